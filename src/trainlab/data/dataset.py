@@ -1,0 +1,181 @@
+"""A data set in memory: train and test splits as tensors, class names, statistics.
+
+Images are kept as stored (uint8 for IDX files: 4x smaller than float32) in NCHW layout;
+normalization happens per batch in the DeviceLoader. The same object comes from a known
+data set, a folder of IDX files (`idx:DIR`), or the user's own tensors / NumPy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .catalog import SPLIT_FILES, get_info
+from .idx import payload_sha256, read_idx
+from .sources import Source, locate, missing_files, split_file
+
+log = logging.getLogger("trainlab.data")
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor  # N,C,H,W, uint8 (0-255) or float32
+    train_y: torch.Tensor  # N, int64
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    mean: list[float]  # per channel, of pixel/scale on the training split
+    std: list[float]
+    source: dict = field(default_factory=dict)
+    hashes: dict = field(default_factory=dict)  # split -> sha256 of the decoded payload
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def scale(self) -> float:
+        """What one pixel unit is: 255 for uint8 images, 1 for floats."""
+        return 255.0 if self.train_x.dtype == torch.uint8 else 1.0
+
+    def fingerprint(self) -> dict:
+        return {"dataset": self.name, "source": self.source.get("kind"), **self.hashes}
+
+
+def _to_nchw(images: np.ndarray, name: str) -> np.ndarray:
+    if images.ndim == 3:  # N,H,W grayscale (the IDX convention)
+        return images[:, None]
+    if images.ndim == 4:  # N,H,W,C (IDX stores channels last)
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    raise DataError(f"{name}: images must have 3 (N,H,W) or 4 (N,H,W,C) dimensions, got shape {images.shape}")
+
+
+def measure_mean_std(images: torch.Tensor, scale: float) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of pixel/scale, in float64 chunks to keep memory flat."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in images.split(4096):
+        x = chunk.to(torch.float64).div_(scale).transpose(0, 1).reshape(c, -1)
+        total += x.sum(1)
+        total_sq += (x * x).sum(1)
+    n = images.numel() // c
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
+    if (std == 0).any():
+        raise DataError("the training images are constant in some channel (std 0); check the data")
+    return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
+
+
+def _check_labels(labels: np.ndarray, n_images: int, num_classes: int | None, name: str) -> None:
+    if labels.ndim != 1:
+        raise DataError(f"{name}: labels must be one-dimensional, got shape {labels.shape}")
+    if len(labels) != n_images:
+        raise DataError(f"{name}: {len(labels)} labels for {n_images} images; the files do not belong together")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{name}: labels must be integers, got {labels.dtype}")
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{name}: negative label {labels.min()}")
+    if num_classes is not None and len(labels) and labels.max() >= num_classes:
+        raise DataError(f"{name}: label {labels.max()} is out of range for {num_classes} classes")
+
+
+def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays",
+                mean=None, std=None, source=None) -> Dataset:
+    """A Dataset from your own tensors or NumPy arrays.
+
+    Images: N,H,W or N,C,H,W (uint8 0-255, or float). Labels: integers 0..K-1.
+    Class names default to "0".."K-1"; mean/std are measured on the training split.
+    """
+    def as_np(a):
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    def as_tensor(a, dtype):
+        # IDX arrays are read-only views of the file's bytes: copy once into torch memory
+        return torch.from_numpy(np.array(a, copy=True, order="C")).to(dtype)
+
+    tx, ty, sx, sy = (as_np(a) for a in (train_x, train_y, test_x, test_y))
+    if tx.ndim == 3:
+        tx, sx = tx[:, None], (sx[:, None] if sx.ndim == 3 else sx)
+    if tx.ndim != 4 or sx.ndim != 4:
+        raise DataError(f"{name}: images must be N,H,W or N,C,H,W; got train {tx.shape}, test {sx.shape}")
+    if tx.shape[1:] != sx.shape[1:]:
+        raise DataError(f"{name}: train images are {tx.shape[1:]} but test images are {sx.shape[1:]}")
+    num_classes = len(classes) if classes is not None else int(max(ty.max(initial=0), sy.max(initial=0))) + 1
+    _check_labels(ty, len(tx), num_classes, f"{name} train")
+    _check_labels(sy, len(sx), num_classes, f"{name} test")
+    dtype = torch.uint8 if tx.dtype == np.uint8 else torch.float32
+    ds = Dataset(
+        name=name,
+        classes=list(classes) if classes is not None else [str(i) for i in range(num_classes)],
+        train_x=as_tensor(tx, dtype),
+        train_y=as_tensor(ty, torch.int64),
+        test_x=as_tensor(sx, dtype),
+        test_y=as_tensor(sy, torch.int64),
+        mean=[], std=[], source=source or {"kind": "arrays"},
+        hashes={split: payload_sha256(a) for split, a in
+                zip(("train_images", "train_labels", "test_images", "test_labels"), (tx, ty, sx, sy))},
+    )
+    if mean is None or std is None:
+        mean, std = measure_mean_std(ds.train_x, ds.scale)
+    ds.mean, ds.std = [float(m) for m in np.broadcast_to(mean, ds.input_shape[0])], \
+        [float(s) for s in np.broadcast_to(std, ds.input_shape[0])]
+    return ds
+
+
+def _read_classes(folder: Path) -> list[str] | None:
+    path = folder / "classes.txt"
+    if not path.is_file():
+        return None
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return names or None
+
+
+def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
+                    source: Source | None = None) -> Dataset:
+    """Read the four split files of `folder` into a Dataset, checking they fit together."""
+    missing = missing_files(folder)
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}")
+    arrays = {}
+    for split in SPLIT_FILES:
+        arrays[split] = read_idx(split_file(folder, split))
+    for split in ("train_images", "test_images"):
+        arrays[split] = _to_nchw(arrays[split], str(split_file(folder, split)))
+    classes = classes or _read_classes(folder)
+    if classes is not None:
+        for split in ("train_labels", "test_labels"):
+            lab = arrays[split]
+            if len(lab) and lab.max() >= len(classes):
+                raise DataError(f"{split_file(folder, split)}: label {lab.max()} is out of range "
+                                f"for the {len(classes)} class names given")
+    ds = from_arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
+                     arrays["test_labels"], classes=classes, name=name, mean=mean, std=std,
+                     source=(source.to_dict() if source else {"kind": "folder", "path": str(folder)}))
+    return ds
+
+
+def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load a known data set (found via trainlab.data.sources) or `idx:DIR`."""
+    info = get_info(name)
+    if info is None:  # idx:DIR
+        folder = Path(name[4:]).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"{name}: {folder} is not a folder; idx:DIR needs a folder holding the four IDX files")
+        log.info("data: reading IDX folder %s", folder)
+        return read_idx_folder(folder, name=f"idx:{folder}",
+                               source=Source("folder", folder))
+    source = locate(info, data_dir)
+    return read_idx_folder(source.path, info.name, classes=list(info.classes),
+                           mean=info.mean, std=info.std, source=source)

@@ -1,0 +1,95 @@
+"""Recipes: named presets of everything that shapes training but is not the model.
+
+`textbook` is the plain loop every tutorial writes (Adam 1e-3, batch 64, no schedule, no
+augmentation). `fast` is the default: the best recipe measured in benchmarks/RESULTS.md.
+Any field can be overridden from a TOML file or the command line; the resolved recipe is
+written into the run folder and the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "onecycle", "cosine")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int = 10
+    batch_size: int = 64  # the global batch: split across ranks under DDP
+    optimizer: str = "adam"
+    lr: float = 1e-3  # the peak rate when a schedule is on
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    schedule: str = "none"
+    warmup_epochs: float = 0.0  # cosine only; onecycle warms up over its first 25% of steps
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    # batched on-device augmentation (see trainlab.augment)
+    translate: int = 0  # random shift of up to this many pixels (pad + crop)
+    hflip: bool = False
+    erase: float = 0.0  # probability of random erasing per image
+    ema: float = 0.0  # weight EMA decay; 0 = off
+    tta_flip: bool = False  # average predictions over the image and its mirror at test time
+
+    def validate(self) -> "Recipe":
+        def bad(name, value, allowed):
+            raise ConfigError(f"{name} = {value!r} is invalid: {allowed}")
+
+        if self.epochs < 1:
+            bad("epochs", self.epochs, "must be at least 1")
+        if self.batch_size < 1:
+            bad("batch_size", self.batch_size, "must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
+        if not self.lr > 0:
+            bad("lr", self.lr, "must be greater than 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", self.weight_decay, "must be 0 or more")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", self.momentum, "must be in [0, 1)")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            bad("warmup_epochs", self.warmup_epochs, "must be in [0, epochs)")
+        if not 0 <= self.label_smoothing < 1:
+            bad("label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        if self.grad_clip < 0:
+            bad("grad_clip", self.grad_clip, "must be 0 (off) or more")
+        if self.translate < 0:
+            bad("translate", self.translate, "must be 0 (off) or a number of pixels")
+        if not 0 <= self.erase <= 1:
+            bad("erase", self.erase, "must be a probability in [0, 1]")
+        if not 0 <= self.ema < 1:
+            bad("ema", self.ema, "must be 0 (off) or a decay in (0, 1)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPE_FIELDS = {f.name: f for f in fields(Recipe)}
+
+PRESETS: dict[str, Recipe] = {
+    "textbook": Recipe(),
+    # Measured best for the MLPs on CPU (benchmarks/RESULTS.md): bigger batches keep the
+    # cores busy, one-cycle AdamW converges in few epochs, smoothing helps calibration.
+    "fast": Recipe(epochs=10, batch_size=256, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+                   schedule="onecycle", label_smoothing=0.1),
+}
+DEFAULT_RECIPE = "fast"
+
+
+def get_recipe(name: str, **overrides) -> Recipe:
+    """A preset by name with `overrides` applied, validated."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown recipe {name!r}: choose one of {', '.join(PRESETS)}")
+    unknown = set(overrides) - set(RECIPE_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown recipe field(s) {', '.join(sorted(unknown))}: "
+                          f"known fields are {', '.join(RECIPE_FIELDS)}")
+    return replace(PRESETS[name], **overrides).validate()
