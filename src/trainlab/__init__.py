@@ -2,13 +2,13 @@
 
 __version__ = "0.1.0"
 
-from .api import TrainResult, evaluate_run, load_model, train  # noqa: E402
+from .api import TrainResult, evaluate_run, load_model, resume, train  # noqa: E402
 from .config import Config, resolve  # noqa: E402
 from .data import Dataset, DeviceLoader, from_arrays, load_dataset  # noqa: E402
 from .engine import evaluate, fit, pick_device  # noqa: E402
 from .errors import ConfigError, DataError, TrainlabError  # noqa: E402
 from .models import build as build_model, register  # noqa: E402
 
-__all__ = ["__version__", "train", "evaluate_run", "load_model", "TrainResult", "Config", "resolve",
+__all__ = ["__version__", "train", "resume", "evaluate_run", "load_model", "TrainResult", "Config", "resolve",
            "Dataset", "DeviceLoader", "from_arrays", "load_dataset", "fit", "evaluate", "pick_device",
            "build_model", "register", "TrainlabError", "ConfigError", "DataError"]

@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-PRECISIONS = ("32",)
+MONITORABLE = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
 @dataclass
@@ -41,6 +41,14 @@ class Config:
     name: str | None = None  # run folder name; None = <model>-<recipe>-<time>
     runs_dir: str = "runs"
     quiet: bool = False
+    # model selection, early stopping and saving (see trainlab.session)
+    monitor: str = "val_loss"  # the metric best.pt and early stopping follow; never a test metric
+    mode: str = "auto"  # min | max | auto (min for losses, max for accuracies)
+    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
+    min_delta: float = 0.0  # the least change that counts as an improvement
+    save_every: int = 0  # also keep epoch-NNNN.pt every N epochs; 0 = off
+    keep: int = 3  # how many epoch-NNNN.pt files to keep; 0 = all
+    tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 
@@ -132,6 +140,21 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"threads = {cfg.threads} is invalid: must be at least 1")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"device = {cfg.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
+    if cfg.monitor.startswith("test"):
+        raise ConfigError(f"monitor = {cfg.monitor!r} is invalid: the test split is for reporting "
+                          "only and never chooses anything; monitor val_loss or val_acc")
+    if cfg.monitor not in MONITORABLE:
+        raise ConfigError(f"monitor = {cfg.monitor!r} is invalid: choose one of {', '.join(MONITORABLE)}")
+    if cfg.monitor.startswith("val") and cfg.val_size == 0:
+        raise ConfigError(f"monitor = {cfg.monitor!r} needs a validation split, but val_size = 0; "
+                          "set val_size > 0 or monitor train_loss")
+    if cfg.mode not in ("auto", "min", "max"):
+        raise ConfigError(f"mode = {cfg.mode!r} is invalid: choose min, max or auto")
+    for key in ("patience", "save_every", "keep"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} = {getattr(cfg, key)} is invalid: must be 0 (off) or more")
+    if cfg.min_delta < 0:
+        raise ConfigError(f"min_delta = {cfg.min_delta} is invalid: must be 0 or more")
     if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
         raise ConfigError(f"name = {cfg.name!r} is invalid: use a plain folder name")
     return cfg

@@ -8,6 +8,7 @@ is found and reported with its epoch and step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
@@ -18,6 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .data.loader import derive_seed
 from .errors import TrainlabError
 from .recipes import Recipe
 
@@ -112,13 +114,14 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
                            nesterov=recipe.nesterov and recipe.momentum > 0, **fused)
 
 
-def lr_multiplier(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float]:
+def lr_multiplier(recipe: Recipe, steps_per_epoch: int, planned_epochs: int | None = None
+                  ) -> Callable[[int], float]:
     """The schedule as a function of the global step (a LambdaLR factor).
 
     Past the planned number of steps (when a run is extended with more epochs) the
     schedule's final rate continues: the documented policy, instead of an error.
     """
-    total = max(1, recipe.epochs * steps_per_epoch)
+    total = max(1, (planned_epochs or recipe.epochs) * steps_per_epoch)
     final = 0.01  # of the peak rate, at the end of onecycle/cosine
 
     if recipe.schedule == "none":
@@ -146,10 +149,6 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int) -> Callable[[int], float
         t = (step - warm) / max(1, total - warm)
         return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * t))
     return cosine
-
-
-def build_scheduler(optimizer, recipe: Recipe, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(recipe, steps_per_epoch))
 
 
 # ---------------------------------------------------------------- evaluation
@@ -187,93 +186,167 @@ def evaluate(model: nn.Module, loader, tta_flip: bool = False) -> dict:
 
 # ---------------------------------------------------------------- training
 
+_DROPOUT_SALT = 0x5EED_0003
+
+
 @dataclass
 class FitState:
-    """What fit() needs to continue a run: saved in every checkpoint."""
+    """Where a run stands: saved in every checkpoint, so fit() can continue it exactly."""
     epoch: int = 0  # epochs completed
     global_step: int = 0
     history: list[dict] = field(default_factory=list)
+    step: int = 0  # steps done in the current (unfinished) epoch; 0 at epoch boundaries
+    partial: dict | None = None  # that epoch's accumulators when stopped mid-way
+    stopped: str | None = None  # why fit() returned early: "interrupt" or "early-stop"
 
 
-def _progress(total: int, desc: str, enabled: bool):
+@dataclass
+class Instruments:
+    """Optional parts around the heartbeat; each is None/off when not used."""
+    scheduler: object = None
+    scaler: object = None  # torch.amp.GradScaler (a disabled one is a pass-through)
+    precision: object = None  # trainlab.precision.Precision
+    ema: object = None  # torch.optim.swa_utils.AveragedModel, updated every step
+    grad_clip: float = 0.0
+    seed: int = 0
+    rank: int = 0
+    should_stop: Callable[[], bool] | None = None  # polled after every step (signals)
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, unit="step", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="step", dynamic_ncols=True)
 
 
-def train_epoch(model, optimizer, loader, *, loss_fn, scheduler=None, grad_clip=0.0,
-                epoch: int = 0, bar=None) -> dict:
-    """One pass over `loader`. Returns {"train_loss", "train_acc", "steps"}; raises NonFiniteLoss."""
+def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, inst: Instruments,
+                bar=None) -> dict | None:
+    """Train the epoch `state.epoch` from `state.step`. Returns its record, or None when
+    `inst.should_stop` asked to stop mid-way (then `state.step/partial` say where)."""
     model.train()
-    loader.set_epoch(epoch)
+    epoch = state.epoch
     steps = len(loader)
-    losses = torch.zeros(steps, device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    seen = 0
-    for i, (x, y) in enumerate(loader):
-        out = model(x)
-        loss = loss_fn(out, y)
+    device = loader.device
+    if state.step == 0:
+        # Dropout's randomness comes from (seed, epoch, rank): an epoch replays exactly on resume.
+        torch.manual_seed(derive_seed(inst.seed, epoch, inst.rank, _DROPOUT_SALT))
+        losses = torch.zeros(steps, device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        loader.set_epoch(epoch)
+    else:
+        p = state.partial
+        losses, correct, seen = p["losses"].to(device), p["correct"].to(device), p["seen"]
+        loader.set_epoch(epoch, state.step, p.get("aug_state"))
+    autocast = inst.precision.autocast(device) if inst.precision else contextlib.nullcontext()
+    scaler = inst.scaler
+    i = state.step
+    for x, y in loader:
+        with autocast:
+            out = model(x)
+            loss = loss_fn(out, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if inst.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), inst.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if inst.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), inst.grad_clip)
+            optimizer.step()
+        if inst.scheduler is not None:
+            inst.scheduler.step()
+        if inst.ema is not None:
+            inst.ema.update_parameters(model)
         losses[i] = loss.detach()
         correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
+        i += 1
+        state.global_step += 1
         if bar is not None:
             bar.update(1)
+        if i < steps and inst.should_stop is not None and inst.should_stop():
+            state.step = i
+            state.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
+                             "aug_state": loader.aug_state(), "rng": rng_state()}
+            return None
+    state.step, state.partial = 0, None
     # One host sync per epoch: here the losses are read and checked.
     losses_cpu = losses.cpu()
     finite = torch.isfinite(losses_cpu)
     if not finite.all():
         bad = int((~finite).nonzero()[0])
-        raise NonFiniteLoss(epoch, bad, float(losses_cpu[bad]))
-    return {"train_loss": float(losses_cpu.mean()), "train_acc": int(correct) / max(1, seen),
-            "steps": steps}
+        raise NonFiniteLoss(epoch + 1, bad + 1, float(losses_cpu[bad]))
+    return {"train_loss": float(losses_cpu.mean()), "train_acc": int(correct) / max(1, seen)}
 
 
-def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, scheduler=None,
-        val_loader=None, test_loader=None, loss_fn=None, grad_clip: float = 0.0,
-        state: FitState | None = None, on_epoch_end: Callable[[FitState], None] | None = None,
-        progress: bool | None = None, tta_flip: bool = False) -> FitState:
-    """Train until `epochs` epochs are complete (continuing `state` when resuming).
+def rng_state() -> dict:
+    """Every generator a step draws from, as tensors and plain values (weights_only-safe)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=None,
+        test_loader=None, loss_fn=None, inst: Instruments | None = None,
+        state: FitState | None = None, on_epoch_end: Callable[[FitState], bool | None] | None = None,
+        progress: bool | None = None, eval_model: nn.Module | None = None,
+        tta_flip: bool = False) -> FitState:
+    """Train until `epochs` epochs are complete, continuing `state` when resuming.
 
     Each epoch is evaluated on `val_loader` (for selection) and `test_loader` (reporting
-    only: nothing here ever chooses by test results), appended to `state.history`, then
-    handed to `on_epoch_end` (logging, checkpointing, early stopping).
+    only: nothing here chooses by test results), appended to `state.history`, then handed
+    to `on_epoch_end` (logging, checkpointing); if that returns True, training stops
+    (early stopping). `eval_model` (e.g. the EMA weights) is what gets evaluated.
     """
     state = state or FitState()
+    inst = inst or Instruments()
     check_same_device(model, train_loader.device, optimizer)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
+    eval_model = eval_model or model
     if progress is None:
         progress = sys.stderr.isatty()
+    if state.step and state.partial and state.partial.get("rng") is not None:
+        set_rng_state(state.partial["rng"])
     while state.epoch < epochs:
-        epoch = state.epoch  # 0-based index of the epoch being trained
         t0 = time.perf_counter()
-        bar = _progress(len(train_loader), f"epoch {epoch + 1}/{epochs}", progress)
+        bar = _progress(len(train_loader), f"epoch {state.epoch + 1}/{epochs}", progress, state.step)
         try:
-            record = train_epoch(model, optimizer, train_loader, loss_fn=loss_fn,
-                                 scheduler=scheduler, grad_clip=grad_clip, epoch=epoch, bar=bar)
+            record = train_epoch(model, optimizer, train_loader, state, loss_fn=loss_fn, inst=inst, bar=bar)
         finally:
             if bar is not None:
                 bar.close()
+        if record is None:
+            state.stopped = "interrupt"
+            return state
         train_seconds = time.perf_counter() - t0
-        state.global_step += record.pop("steps")
         state.epoch += 1
         row = {"epoch": state.epoch, "global_step": state.global_step,
                "lr": optimizer.param_groups[0]["lr"], **record}
         for split, loader in (("val", val_loader), ("test", test_loader)):
             if loader is not None and len(loader):
-                m = evaluate(model, loader, tta_flip)
+                m = evaluate(eval_model, loader, tta_flip)
                 row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
         row["train_seconds"] = train_seconds
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)
-        if on_epoch_end is not None:
-            on_epoch_end(state)
+        if on_epoch_end is not None and on_epoch_end(state):
+            state.stopped = "early-stop"
+            return state
+        if inst.should_stop is not None and inst.should_stop():
+            state.stopped = "interrupt"  # at an epoch boundary: the epoch's checkpoint is the resume point
+            return state
     return state

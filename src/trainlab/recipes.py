@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import ConfigError
+from .precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")
@@ -35,6 +36,7 @@ class Recipe:
     erase: float = 0.0  # probability of random erasing per image
     ema: float = 0.0  # weight EMA decay; 0 = off
     tta_flip: bool = False  # average predictions over the image and its mirror at test time
+    precision: str = "auto"  # auto | 32 | 16-mixed | bf16-mixed (see trainlab.precision)
 
     def validate(self) -> "Recipe":
         def bad(name, value, allowed):
@@ -66,6 +68,8 @@ class Recipe:
             bad("erase", self.erase, "must be a probability in [0, 1]")
         if not 0 <= self.ema < 1:
             bad("ema", self.ema, "must be 0 (off) or a decay in (0, 1)")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         return self
 
     def to_dict(self) -> dict:

@@ -105,6 +105,15 @@ def append_metrics(run_dir: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def truncate_metrics(run_dir: Path, epoch: int, marker: dict) -> None:
+    """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume."""
+    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
+    text = "".join(json.dumps(r) + "\n" for r in rows + [marker])
+    tmp = Path(run_dir) / (METRICS_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, Path(run_dir) / METRICS_FILE)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():

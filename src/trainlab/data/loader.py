@@ -97,9 +97,16 @@ class DeviceLoader:
         self.augment = augment
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self._start_step, self._aug_state = 0, None
+        self._aug_gen: torch.Generator | None = None
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0, aug_state: torch.Tensor | None = None) -> None:
+        """Select the epoch to serve; `start_step`/`aug_state` continue one mid-way (resume)."""
+        self.epoch, self._start_step, self._aug_state = epoch, start_step, aug_state
+
+    def aug_state(self) -> torch.Tensor | None:
+        """The augmentation generator's state now: saved by mid-epoch checkpoints."""
+        return None if self._aug_gen is None else self._aug_gen.get_state()
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
@@ -132,8 +139,11 @@ class DeviceLoader:
         if self.augment is not None:
             aug_gen = torch.Generator(device=self.device)
             aug_gen.manual_seed(derive_seed(self.seed, self.epoch, self.rank, _AUG_SALT))
-        steps = len(self)
-        for i in range(steps):
+            if self._aug_state is not None:
+                aug_gen.set_state(self._aug_state)
+        self._aug_gen = aug_gen
+        start, self._start_step, self._aug_state = self._start_step, 0, None
+        for i in range(start, len(self)):
             idx = order[i * self.local_batch:(i + 1) * self.local_batch]
             x = self.normalize(self.images[idx])
             if aug_gen is not None:

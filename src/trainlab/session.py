@@ -1,0 +1,488 @@
+"""A training session: everything one run needs, built from its config, saved and restored
+as one checkpoint, so a run can be stopped at any moment and resumed exactly.
+
+train() and resume() in trainlab.api are thin wrappers around Session.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shlex
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from . import models, runs
+from .checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
+from .config import Config, resolve
+from .data import Dataset, DeviceLoader, load_dataset, stratified_split
+from .engine import (FitState, Instruments, build_optimizer, describe_device, fit, lr_multiplier,
+                     pick_device, predict)
+from .errors import ConfigError, TrainlabError
+from .metrics import summarize
+from .precision import resolve_precision
+
+log = logging.getLogger("trainlab")
+
+EVAL_BATCH = 1024  # evaluation keeps no activations for backward: bigger batches are free
+WEIGHTS_FILE = "model.pt"  # the final model of a run: what evaluate / predict / export use
+CHECKPOINTS = "checkpoints"
+# Config keys that may differ between a checkpoint and its resume without changing the run.
+RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",
+                    "patience", "min_delta", "save_every", "keep", "tensorboard"}
+
+
+class Interrupted(TrainlabError):
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+# ---------------------------------------------------------------- small parts
+
+@dataclass
+class Monitor:
+    """Tracks the monitored metric for best.pt and early stopping."""
+    metric: str = "val_loss"
+    mode: str = "min"
+    patience: int = 0
+    min_delta: float = 0.0
+    best: float | None = None
+    best_epoch: int = 0
+    counter: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True if it is a new best."""
+        if self.best is None:
+            improved = True
+        elif self.mode == "min":
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.counter = value, epoch, 0
+        else:
+            self.counter += 1
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.counter >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "patience": self.patience,
+                "min_delta": self.min_delta, "best": self.best, "best_epoch": self.best_epoch,
+                "counter": self.counter}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.best_epoch, self.counter = d["best"], d["best_epoch"], d["counter"]
+
+
+class StopSignals:
+    """Ctrl-C / SIGTERM set a flag; the loop saves at the next step and exits 130 / 143."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\ntrainlab: {signal.Signals(signum).name} received: saving a checkpoint at the "
+              "next step (press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def host_rng_state() -> dict:
+    """numpy and Python RNG states as plain values (the legacy numpy tuple is refused by
+    weights_only loading; its dict form with the key array as a tensor is fine)."""
+    np_state = np.random.get_state(legacy=False)
+    np_state = {**np_state, "state": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                                      "pos": int(np_state["state"]["pos"])}}
+    version, internal, gauss = random.getstate()
+    return {"numpy": np_state, "python": [version, list(internal), gauss]}
+
+
+def set_host_rng_state(state: dict) -> None:
+    s = state["numpy"]
+    np.random.set_state({**s, "state": {"key": s["state"]["key"].numpy().astype(np.uint32),
+                                        "pos": s["state"]["pos"]}})
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def resolve_mode(cfg: Config) -> str:
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "max" if cfg.monitor.endswith("acc") else "min"
+
+
+def model_spec(cfg: Config, data: Dataset) -> dict:
+    return {"name": cfg.model, "kwargs": dict(cfg.model_kwargs),
+            "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+
+
+def build_model(spec: dict, allow_import=None) -> nn.Module:
+    return models.build(spec["name"], spec["input_shape"], spec["num_classes"],
+                        allow_import=allow_import, **spec.get("kwargs", {}))
+
+
+def make_loaders(data: Dataset, cfg: Config, device, augment=None) -> dict[str, DeviceLoader]:
+    """Train / val / test loaders on `device`; val is carved from the training split."""
+    n_train = len(data.train_y)
+    if cfg.val_size >= n_train:
+        raise ConfigError(f"val_size = {cfg.val_size} is invalid: the training split has only "
+                          f"{n_train} samples")
+    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.seed)
+    if cfg.train.batch_size > len(train_idx):
+        raise ConfigError(f"batch_size = {cfg.train.batch_size} is invalid: larger than the "
+                          f"{len(train_idx)} training samples")
+    common = dict(mean=data.mean, std=data.std, device=device)
+    return {
+        "train": DeviceLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.train.batch_size,
+                              shuffle=True, seed=cfg.seed, augment=augment, **common),
+        "val": DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], EVAL_BATCH, **common),
+        "test": DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, **common),
+    }
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    keys = (set(saved) | set(current)) - RESUME_FREE_KEYS
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
+            if saved.get(k) != current.get(k)]
+
+
+# ---------------------------------------------------------------- the session
+
+class Session:
+    """Builds the model, optimizer, schedule, precision, EMA and loaders of one run."""
+
+    def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
+                 schedule_epochs: int | None = None):
+        self.cfg = cfg
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        self.device = pick_device(cfg.device)
+        seed_everything(cfg.seed)
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.loaders = make_loaders(self.data, cfg, self.device, self._augment())
+        self.spec = model_spec(cfg, self.data)
+        self.model = build_model(self.spec).to(self.device)
+        self.precision = resolve_precision(cfg.train.precision, self.device, cfg.model)
+        self.optimizer = build_optimizer(self.model, cfg.train)
+        # The schedule is planned once; extending a run keeps the plan (the final rate continues).
+        self.schedule = {"epochs": schedule_epochs or cfg.train.epochs,
+                         "steps_per_epoch": len(self.loaders["train"])}
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_multiplier(cfg.train, self.schedule["steps_per_epoch"],
+                                          self.schedule["epochs"]))
+        self.scaler = self.precision.scaler(self.device)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
+                                  use_buffers=True) if cfg.train.ema > 0 else None)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        self.monitor = Monitor(cfg.monitor, resolve_mode(cfg), cfg.patience, cfg.min_delta)
+        self.state = FitState()
+        self.progress = (not cfg.quiet) if progress is None else progress
+        self.run_dir: Path | None = None
+        self.tb = None
+
+    def _augment(self):
+        t = self.cfg.train
+        if not (t.translate or t.hflip or t.erase):
+            return None
+        from .augment import Augment
+
+        return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and kept: the EMA average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def checkpoints(self) -> CheckpointDir:
+        return CheckpointDir(self.run_dir / CHECKPOINTS)
+
+    # -------------------------------------------------------- state
+
+    def state_dict(self) -> dict:
+        st = self.state
+        return make_checkpoint(
+            self.model, model_spec=self.spec,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            precision=self.precision.name, schedule=self.schedule,
+            epoch=st.epoch, global_step=st.global_step, step=st.step, partial=st.partial,
+            history=st.history, best={"metric": self.monitor.metric, "value": self.monitor.best,
+                                      "epoch": self.monitor.best_epoch},
+            early_stopping=self.monitor.state_dict(),
+            rng={"torch": torch.get_rng_state(),
+                 **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
+                 **host_rng_state()},
+            config=self.cfg.to_dict(), recipe=self.cfg.recipe, threads=torch.get_num_threads(),
+            world_size=1, fingerprint=self.data.fingerprint(), classes=self.data.classes,
+            mean=self.data.mean, std=self.data.std)
+
+    def load_state_dict(self, ckpt: dict, reset_optimizer: bool = False) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if ckpt.get("ema") is not None and self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        if not reset_optimizer:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self._load_scaler(ckpt)
+        else:  # the "amnesia" fork: fresh optimizer, but the schedule continues where it was
+            self.scheduler.last_epoch = ckpt["scheduler"]["last_epoch"]
+            self.scheduler._last_lr = ckpt["scheduler"].get("_last_lr", self.scheduler._last_lr)
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+        self.state = FitState(epoch=ckpt["epoch"], global_step=ckpt["global_step"],
+                              history=list(ckpt["history"]), step=ckpt.get("step", 0),
+                              partial=ckpt.get("partial"))
+        self.monitor.load_state_dict(ckpt["early_stopping"])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_host_rng_state(rng)
+
+    def _load_scaler(self, ckpt: dict) -> None:
+        saved = ckpt.get("scaler")
+        if saved is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved)
+        elif saved is not None:
+            log.warning("resume: the checkpoint has float16 loss-scaler state but this run uses "
+                        "precision %s: the scaler state is dropped", self.precision.name)
+        elif self.scaler.is_enabled():
+            log.warning("resume: switching to 16-mixed from %s: the loss scaler starts fresh at "
+                        "65536 (the first steps may be skipped while it calibrates)",
+                        ckpt.get("precision", "32"))
+
+    # -------------------------------------------------------- running
+
+    def start_run_dir(self, extra_meta: dict | None = None) -> Path:
+        self.run_dir = runs.create_run_dir(self.cfg)
+        runs.write_run_header(self.run_dir, self.cfg, {
+            "device": describe_device(self.device), "precision": self.precision.name,
+            "precision_reason": self.precision.reason, "data_source": self.data.source,
+            "data_fingerprint": self.data.fingerprint(), "classes": self.data.classes,
+            "model_spec": self.spec, "parameters": models.count_parameters(self.model),
+            **(extra_meta or {})})
+        return self.run_dir
+
+    def _on_epoch_end(self, state: FitState) -> bool:
+        row = state.history[-1]
+        runs.append_metrics(self.run_dir, row)
+        if self.tb is not None:
+            self.tb.log_epoch(row)
+        value = row.get(self.monitor.metric)
+        if value is None or not math.isfinite(value):
+            raise TrainlabError(f"the monitored metric {self.monitor.metric} is missing or not "
+                                f"finite at epoch {state.epoch}")
+        improved = self.monitor.update(value, state.epoch)
+        info = {"epoch": state.epoch, "global_step": state.global_step,
+                "metric": self.monitor.metric, "value": value}
+        ckpt = self.state_dict()
+        # best first: if a crash lands inside the last.pt write, a verified best.pt of this
+        # same epoch is still there to resume from.
+        if improved:
+            self.checkpoints.save("best.pt", ckpt, **info)
+        self.checkpoints.save("last.pt", ckpt, **info)
+        if self.cfg.save_every and state.epoch % self.cfg.save_every == 0:
+            self.checkpoints.save(f"epoch-{state.epoch:04d}.pt", ckpt, **info)
+            self.checkpoints.prune_periodic(self.cfg.keep)
+        if not self.cfg.quiet:
+            log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f"
+                     " | %.1fs%s", row["epoch"], self.cfg.train.epochs, row["train_loss"],
+                     row["train_acc"], row.get("val_loss", float("nan")), row.get("val_acc", float("nan")),
+                     row.get("test_acc", float("nan")), row["train_seconds"], "  *best" if improved else "")
+        if self.monitor.should_stop:
+            log.info("early stopping: %s has not improved by more than %g for %d epochs "
+                     "(best %.4f at epoch %d)", self.monitor.metric, self.monitor.min_delta,
+                     self.monitor.patience, self.monitor.best, self.monitor.best_epoch)
+            return True
+        return False
+
+    def run(self) -> "TrainResult":
+        if self.cfg.tensorboard:
+            from .tb import TensorBoardLogger
+
+            self.tb = TensorBoardLogger(self.run_dir)
+        log.info("run: %s | model %s (%s parameters) | recipe %s | precision %s (%s) | device %s",
+                 self.run_dir, self.cfg.model, f"{models.count_parameters(self.model):,}",
+                 self.cfg.recipe, self.precision.name, self.precision.reason, describe_device(self.device))
+        signals = StopSignals()
+        inst = Instruments(scheduler=self.scheduler, scaler=self.scaler if self.scaler.is_enabled() else None,
+                           precision=self.precision, ema=self.ema, grad_clip=self.cfg.train.grad_clip,
+                           seed=self.cfg.seed, should_stop=signals)
+        with signals:
+            state = fit(self.model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
+                        val_loader=self.loaders["val"], test_loader=self.loaders["test"],
+                        loss_fn=self.loss_fn, inst=inst, state=self.state,
+                        on_epoch_end=self._on_epoch_end, progress=self.progress,
+                        eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip)
+        if state.stopped == "interrupt":
+            self._save_interrupt(signals.signum)
+        if self.cfg.patience > 0:
+            self._restore_best()
+        return self.finish()
+
+    def _save_interrupt(self, signum: int):
+        if self.state.step:  # mid-epoch: the epoch-end checkpoint is older, save this point
+            self.checkpoints.save("last.pt", self.state_dict(), epoch=self.state.epoch,
+                                  global_step=self.state.global_step, metric=self.monitor.metric,
+                                  value=None, partial_epoch=True)
+        where = (f"epoch {self.state.epoch + 1}, step {self.state.step}" if self.state.step
+                 else f"the end of epoch {self.state.epoch}")
+        raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped at {where} and saved a "
+                                  f"checkpoint; continue with: trainlab resume {shlex.quote(str(self.run_dir))}")
+
+    def _restore_best(self) -> None:
+        best = self.run_dir / CHECKPOINTS / "best.pt"
+        problem = self.checkpoints.verify("best.pt")
+        if problem:
+            log.warning("early stopping: best.pt is unusable (%s); keeping the final weights", problem)
+            return
+        ckpt = load_checkpoint(best, map_location=self.device)
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        log.info("restored the best weights from %s (epoch %d, %s %.4f)", best, ckpt["epoch"],
+                 self.monitor.metric, ckpt["best"]["value"])
+
+    def finish(self) -> "TrainResult":
+        logits, labels = predict(self.eval_model, self.loaders["test"], self.cfg.train.tta_flip)
+        test = summarize(logits, labels, self.data.classes)
+        save_checkpoint(self.run_dir / WEIGHTS_FILE, make_checkpoint(
+            self.eval_model, model_spec=self.spec, classes=self.data.classes, mean=self.data.mean,
+            std=self.data.std, config=self.cfg.to_dict(), epoch=self.state.epoch,
+            global_step=self.state.global_step, fingerprint=self.data.fingerprint(),
+            best={"metric": self.monitor.metric, "value": self.monitor.best,
+                  "epoch": self.monitor.best_epoch}))
+        hist = self.state.history
+        results = {"test": test, "epochs": self.state.epoch, "device": describe_device(self.device),
+                   "precision": self.precision.name, "stopped": self.state.stopped,
+                   "best": {"metric": self.monitor.metric, "value": self.monitor.best,
+                            "epoch": self.monitor.best_epoch},
+                   "seconds_per_epoch": sum(r["train_seconds"] for r in hist) / max(1, len(hist)),
+                   "total_seconds": sum(r["seconds"] for r in hist)}
+        runs.write_json(self.run_dir / runs.RESULTS_FILE, results)
+        if self.tb is not None:
+            self.tb.close()
+        return TrainResult(self.run_dir, self.cfg, hist, test, describe_device(self.device), results)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    config: Config
+    history: list[dict]
+    test: dict  # metrics.summarize() of the final model on the test split
+    device: str
+    results: dict
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.test["accuracy"]
+
+
+# ---------------------------------------------------------------- entry points
+
+def train(config: Config | dict | None = None, *, data: Dataset | None = None,
+          progress: bool | None = None) -> TrainResult:
+    """Train one run as configured; returns the history and the final test summary."""
+    cfg = config if isinstance(config, Config) else resolve(config or {})
+    session = Session(cfg, data, progress=progress)
+    session.start_run_dir()
+    return session.run()
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
+           reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
+           overrides: dict | None = None, progress: bool | None = None) -> TrainResult:
+    """Continue a run from its newest verified checkpoint (or fork it `into` a new folder)."""
+    run_dir = Path(run_dir)
+    found = CheckpointDir(run_dir / CHECKPOINTS).newest_good()
+    if found is None:
+        raise TrainlabError(f"{run_dir} has no verified checkpoint to resume from "
+                            f"(looked in {run_dir / CHECKPOINTS}); start the run again with trainlab train")
+    name, _ = found
+    ckpt = load_checkpoint(run_dir / CHECKPOINTS / name, map_location="cpu")
+    saved_cfg = ckpt["config"]
+    values = {**saved_cfg, **(overrides or {})}
+    if epochs is not None:
+        values["epochs"] = epochs
+    if into is not None:
+        into = Path(into)
+        values["runs_dir"], values["name"] = str(into.parent), into.name
+    cfg = resolve(values)
+    if cfg.train.epochs < ckpt["epoch"]:
+        raise ConfigError(f"epochs = {cfg.train.epochs} is less than the {ckpt['epoch']} epochs "
+                          "already trained")
+    diffs = config_differences(saved_cfg, cfg.to_dict())
+    if diffs and not allow_changes:
+        raise ConfigError(f"resuming with a changed config would not continue the same run: "
+                          f"{'; '.join(diffs)}; pass --allow-changes to do it anyway")
+    threads = cfg.threads or torch.get_num_threads()
+    if threads != ckpt.get("threads"):
+        log.warning("resume: %d threads now vs %s when saved: results will not be bitwise equal "
+                    "to an uninterrupted run", threads, ckpt.get("threads"))
+    session = Session(cfg, data, progress=progress, schedule_epochs=ckpt["schedule"]["epochs"])
+    changed = _fingerprint_changes(ckpt.get("fingerprint", {}), session.data.fingerprint())
+    if changed and not allow_changes:
+        raise ConfigError(f"the data differs from the checkpoint's ({'; '.join(changed)}); "
+                          "pass --allow-changes to resume on it anyway")
+    if ckpt["model_spec"] != session.spec:
+        raise ConfigError(f"the model differs from the checkpoint's: {ckpt['model_spec']} vs {session.spec}")
+    session.load_state_dict(ckpt, reset_optimizer=reset_optimizer)
+    if into is None:
+        session.run_dir = run_dir
+        runs.truncate_metrics(run_dir, ckpt["epoch"], {"event": "resume", "from": name,
+                                                       "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
+                                                       "global_step": ckpt["global_step"]})
+    else:
+        session.start_run_dir({"parent": {"run": str(run_dir), "checkpoint": name, "epoch": ckpt["epoch"],
+                                          "reset_optimizer": reset_optimizer}})
+        for row in session.state.history:
+            runs.append_metrics(session.run_dir, row)
+        runs.append_metrics(session.run_dir, {"event": "fork", "from": str(run_dir), "epoch": ckpt["epoch"],
+                                              "reset_optimizer": reset_optimizer})
+    where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
+    log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
+             " with a fresh optimizer" if reset_optimizer else "")
+    return session.run()
+
+
+def _fingerprint_changes(saved: dict, current: dict) -> list[str]:
+    return [f"{k}: {str(saved.get(k))[:12]} -> {str(current.get(k))[:12]}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
