@@ -14,6 +14,7 @@ from torch import nn
 from .checkpoint import load_checkpoint
 from .data import Dataset, DeviceLoader, load_dataset
 from .engine import pick_device, predict
+from .errors import TrainlabError
 from .metrics import summarize
 from .session import (CHECKPOINTS, EVAL_BATCH, WEIGHTS_FILE, Session, TrainResult, build_model,
                       make_loaders, resume, seed_everything, train)
@@ -62,5 +63,18 @@ def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_d
     return summarize(logits, labels, data.classes)
 
 
-__all__ = ["TrainResult", "Session", "train", "resume", "load_model", "evaluate_run", "make_loaders",
+def predict_images(model: nn.Module, ckpt: dict, images: torch.Tensor, batch_size: int = EVAL_BATCH
+                   ) -> torch.Tensor:
+    """Class probabilities for N,C,H,W images (uint8 0-255 or float), normalized as in training."""
+    device = next(model.parameters()).device
+    expected = tuple(ckpt["model_spec"]["input_shape"])
+    if tuple(images.shape[1:]) != expected:
+        raise TrainlabError(f"the images are {tuple(images.shape[1:])} but the model expects {expected} (C,H,W)")
+    labels = torch.zeros(len(images), dtype=torch.long)
+    loader = DeviceLoader(images, labels, batch_size, mean=ckpt["mean"], std=ckpt["std"], device=device)
+    logits, _ = predict(model, loader, ckpt.get("config", {}).get("tta_flip", False))
+    return logits.softmax(1).cpu()
+
+
+__all__ = ["predict_images", "TrainResult", "Session", "train", "resume", "load_model", "evaluate_run", "make_loaders",
            "build_model", "seed_everything", "checkpoint_path"]

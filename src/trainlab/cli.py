@@ -82,16 +82,77 @@ def _config_from_args(args) -> "Config":
 
 # ---------------------------------------------------------------- commands
 
-def cmd_train(args) -> int:
-    from .api import train
+def _print_result(result) -> int:
     from .tables import run_summary
 
-    cfg = _config_from_args(args)
-    result = train(cfg)
-    hist = result.history
-    spe = sum(r["train_seconds"] for r in hist) / len(hist)
-    print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result.test, spe,
-                      len(hist), result.device))
+    cfg = result.config
+    print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result.test,
+                      result.results["seconds_per_epoch"], len(result.history), result.device))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .api import resume, train
+
+    if args.resume:
+        return _print_result(resume(args.resume, epochs=args.epochs, allow_changes=args.allow_changes))
+    return _print_result(train(_config_from_args(args)))
+
+
+def cmd_resume(args) -> int:
+    from .api import resume
+
+    overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip)) if v is not None}
+    return _print_result(resume(args.run_dir, epochs=args.epochs, into=args.into,
+                                reset_optimizer=args.reset_optimizer,
+                                allow_changes=args.allow_changes or bool(overrides), overrides=overrides))
+
+
+def cmd_inspect(args) -> int:
+    from .inspection import describe
+
+    print(describe(args.path))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    weights, meta = export_run(args.path, args.out)
+    print(f"wrote {weights} and {meta}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .api import load_model, predict_images
+    from .export import read_images
+    from .tables import table
+
+    model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
+                             allow_import=tuple(args.allow_import or ()))
+    classes = ckpt.get("classes") or [str(i) for i in range(ckpt["model_spec"]["num_classes"])]
+    truth = None
+    if args.input:
+        images = read_images(args.input)[: args.n]
+    else:
+        from .data import load_dataset
+
+        data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
+        images, truth = data.test_x[: args.n], data.test_y[: args.n]
+    probs = predict_images(model, ckpt, images)
+    top = probs.topk(min(3, probs.shape[1]), dim=1)
+    rows = []
+    for i in range(len(probs)):
+        alt = ", ".join(f"{classes[j]} {p:.1%}" for p, j in zip(top.values[i, 1:].tolist(), top.indices[i, 1:].tolist()))
+        row = [i, classes[int(top.indices[i, 0])], f"{float(top.values[i, 0]):.1%}", alt]
+        if truth is not None:
+            row.insert(1, classes[int(truth[i])])
+            row.append("" if int(truth[i]) == int(top.indices[i, 0]) else "wrong")
+        rows.append(row)
+    headers = ["#", "predicted", "prob", "next"]
+    if truth is not None:
+        headers = ["#", "true", "predicted", "prob", "next", ""]
+    print(table(headers, rows, "r" + "l" * (len(headers) - 1)))
     return 0
 
 
@@ -135,6 +196,39 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model and record the run")
     _add_run_options(t)
     t.set_defaults(func=cmd_train)
+
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR instead (same as trainlab resume)")
+    t.add_argument("--allow-changes", action="store_true", help="with --resume: accept changed data or config")
+
+    r = sub.add_parser("resume", help="continue a run from its newest verified checkpoint")
+    r.add_argument("run_dir")
+    r.add_argument("--epochs", type=int, help="train up to this many epochs in all (extends the run)")
+    r.add_argument("--into", metavar="NEW_DIR", help="fork into a new run folder instead of continuing in place")
+    r.add_argument("--reset-optimizer", action="store_true",
+                   help="with --into: start with fresh optimizer state (see the loss spike)")
+    r.add_argument("--lr", type=float, help="change the learning rate (implies --allow-changes)")
+    r.add_argument("--grad-clip", type=float, help="change gradient clipping (implies --allow-changes)")
+    r.add_argument("--allow-changes", action="store_true", help="resume even if the data or config differ")
+    r.set_defaults(func=cmd_resume)
+
+    i = sub.add_parser("inspect", help="what a checkpoint, state_dict or run folder holds")
+    i.add_argument("path")
+    i.set_defaults(func=cmd_inspect)
+
+    x = sub.add_parser("export", help="write model.safetensors + model.json for a run or checkpoint")
+    x.add_argument("path")
+    x.add_argument("-o", "--out", help="output folder (default: the run folder)")
+    x.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="classify test images (or an IDX / .npy file) with a checkpoint")
+    pr.add_argument("checkpoint", help="checkpoint file or run folder")
+    pr.add_argument("--input", help="IDX (.gz) or .npy file of images; default: the data set's test images")
+    pr.add_argument("-n", type=int, default=10, help="how many images (default 10)")
+    pr.add_argument("--data-dir")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("--allow-import", action="append", metavar="MODULE",
+                    help="allow building a model from this module (for module:function specs)")
+    pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint")
     e.add_argument("path", help="run folder or checkpoint file")

@@ -239,6 +239,7 @@ class Session:
         return make_checkpoint(
             self.model, model_spec=self.spec,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            optimizer_param_names=self._param_names(),
             scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
             ema=self.ema.state_dict() if self.ema is not None else None,
             precision=self.precision.name, schedule=self.schedule,
@@ -252,6 +253,11 @@ class Session:
             config=self.cfg.to_dict(), recipe=self.cfg.recipe, threads=torch.get_num_threads(),
             world_size=1, fingerprint=self.data.fingerprint(), classes=self.data.classes,
             mean=self.data.mean, std=self.data.std)
+
+    def _param_names(self) -> list[str]:
+        """Parameter names in the optimizer's order (its state_dict knows only indices)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
 
     def load_state_dict(self, ckpt: dict, reset_optimizer: bool = False) -> None:
         self.model.load_state_dict(ckpt["model"])

@@ -1,0 +1,145 @@
+"""`trainlab inspect`: what a checkpoint or state_dict file holds, the "snapshot of all the
+knobs" made visible: parameters, optimizer state, progress, versions, hash verification."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from .checkpoint import FORMAT, MANIFEST, CheckpointDir, safe_load
+from .tables import table
+
+CHECKPOINTS = "checkpoints"
+
+
+def _norm(t) -> str:
+    return f"{float(t.float().norm()):.4g}" if torch.is_tensor(t) and t.numel() else "-"
+
+
+def _tensor_rows(state: dict) -> list[list]:
+    return [[k, "x".join(map(str, v.shape)) or "scalar", f"{v.numel():,}", str(v.dtype).replace("torch.", "")]
+            for k, v in state.items() if torch.is_tensor(v)]
+
+
+def verification(path: Path) -> str:
+    folder = CheckpointDir(path.parent)
+    if not folder.manifest_path.exists():
+        return "no manifest beside the file: not verified"
+    problem = folder.verify(path.name)
+    return "sha256 verified against the manifest" if problem is None else f"UNVERIFIED: {problem}"
+
+
+def describe_file(path: str | Path) -> str:
+    path = Path(path)
+    obj = safe_load(path, map_location="cpu")
+    out = [f"file      {path} ({path.stat().st_size / 2**20:.2f} MiB)", f"hash      {verification(path)}"]
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        out += _describe_checkpoint(obj)
+    elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        out.append("kind      plain state_dict")
+        out += _params_section(obj)
+    elif isinstance(obj, dict):
+        out.append(f"kind      dict with keys: {', '.join(map(str, obj))}")
+        for key in ("model", "model_state_dict", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                out += _params_section(obj[key])
+                break
+        for key in ("optimizer", "optimizer_state_dict"):
+            if isinstance(obj.get(key), dict) and "state" in obj[key]:
+                out += _optimizer_section(obj[key], None)
+    else:
+        out.append(f"kind      {type(obj).__name__}")
+    return "\n".join(out)
+
+
+def _params_section(state: dict) -> list[str]:
+    rows = _tensor_rows(state)
+    total = sum(v.numel() for k, v in state.items() if torch.is_tensor(v))
+    return ["", f"tensors ({len(rows)}, {total:,} values)", table(["name", "shape", "count", "dtype"], rows,
+                                                                  "lrrl")]
+
+
+def _optimizer_section(opt: dict, names: list[str] | None) -> list[str]:
+    groups = opt.get("param_groups", [])
+    lines = ["", "optimizer param groups: " + "; ".join(
+        ", ".join(f"{k}={v}" for k, v in g.items() if k in ("lr", "weight_decay", "betas", "momentum", "nesterov", "fused"))
+        for g in groups)]
+    rows = []
+    for pid, st in opt.get("state", {}).items():
+        name = names[pid] if names and isinstance(pid, int) and pid < len(names) else str(pid)
+        step = st.get("step")
+        step = int(step) if torch.is_tensor(step) or isinstance(step, (int, float)) else "-"
+        rows.append([name, step, _norm(st.get("exp_avg")), _norm(st.get("exp_avg_sq")),
+                     _norm(st.get("momentum_buffer"))])
+    if rows:
+        lines += [f"optimizer state ({len(rows)} parameters)",
+                  table(["parameter", "step", "|exp_avg|", "|exp_avg_sq|", "|momentum|"], rows)]
+    else:
+        lines.append("optimizer state: empty (no step taken yet)")
+    return lines
+
+
+def _describe_checkpoint(ck: dict) -> list[str]:
+    cfg = ck.get("config", {})
+    best = ck.get("best") or {}
+    out = ["kind      trainlab checkpoint (format version %s)" % ck.get("format_version"),
+           f"versions  trainlab {ck.get('trainlab_version')}, torch {ck.get('torch_version')}",
+           f"model     {ck['model_spec'].get('name')} {ck['model_spec'].get('kwargs') or ''} "
+           f"input {ck['model_spec'].get('input_shape')} classes {ck['model_spec'].get('num_classes')}",
+           f"progress  epoch {ck.get('epoch')}" + (f", step {ck['step']} of the next" if ck.get("step") else "")
+           + f", global step {ck.get('global_step')}",
+           f"recipe    {cfg.get('recipe')}: " + ", ".join(f"{k}={cfg[k]}" for k in
+                                                        ("optimizer", "lr", "batch_size", "schedule", "epochs") if k in cfg),
+           f"precision {ck.get('precision', '32')}; threads {ck.get('threads')}; world size {ck.get('world_size')}"]
+    if best.get("value") is not None:
+        out.append(f"best      {best['metric']} {best['value']:.4f} at epoch {best['epoch']}")
+    es = ck.get("early_stopping") or {}
+    if es.get("patience"):
+        out.append(f"early stop patience {es['patience']}, {es['counter']} epochs without improvement")
+    hist = ck.get("history") or []
+    if hist:
+        rows = [[r["epoch"], f"{r['train_loss']:.4f}", _fmt(r.get("val_loss")), _fmt(r.get("val_acc")),
+                 _fmt(r.get("test_acc")), f"{r['lr']:.3g}"] for r in hist[-10:]]
+        out += ["", "metrics (last 10 epochs)",
+                table(["epoch", "train_loss", "val_loss", "val_acc", "test_acc", "lr"], rows)]
+    out += _params_section(ck["model"])
+    if ck.get("optimizer"):
+        out += _optimizer_section(ck["optimizer"], ck.get("optimizer_param_names"))
+    extras = [k for k in ("scheduler", "scaler", "ema", "rng", "fingerprint") if ck.get(k) is not None]
+    out += ["", "also holds: " + ", ".join(extras)]
+    return out
+
+
+def _fmt(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+
+
+def describe_run(run_dir: str | Path) -> str:
+    run_dir = Path(run_dir)
+    folder = CheckpointDir(run_dir / CHECKPOINTS)
+    files = folder.manifest()["files"]
+    names = sorted({p.name for p in folder.folder.glob("*.pt")} | set(files))
+    rows = []
+    for name in names:
+        e = files.get(name, {})
+        rows.append([name, e.get("epoch", "?"), e.get("global_step", "?"),
+                     _fmt(e.get("value")) + f" {e.get('metric', '')}".rstrip(),
+                     "ok" if folder.verify(name) is None else folder.verify(name)])
+    out = [f"run {run_dir}", table(["checkpoint", "epoch", "step", "monitored", "verified"], rows)
+           if rows else f"(no checkpoints in {folder.folder})"]
+    good = folder.newest_good()
+    if good:
+        out += ["", f"newest verified: {good[0]}", describe_file(folder.folder / good[0])]
+    elif (run_dir / "model.pt").exists():
+        out += ["", describe_file(run_dir / "model.pt")]
+    return "\n".join(out)
+
+
+def describe(path: str | Path) -> str:
+    path = Path(path)
+    return describe_run(path) if path.is_dir() else describe_file(path)
+
+
+__all__ = ["describe", "describe_file", "describe_run", "MANIFEST"]
