@@ -86,12 +86,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        _test_hook("tmp-start", path.name)
         with open(tmp, "wb") as f:
-            _write_all(f, data)
+            half = len(data) // 2
+            _write_all(f, data[:half])
+            f.flush()
+            _test_hook("tmp-partial", path.name)  # a kill here leaves a half-written temp file
+            _write_all(f, data[half:])
             f.flush()
             os.fsync(f.fileno())
-        _test_hook("tmp-done", path.name)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -341,6 +343,11 @@ class CheckpointDir:
             if problem != "missing":
                 log.warning("checkpoint %s is unverified (%s): skipping it", self.folder / name, problem)
         return None
+
+    def remove_stale_temps(self) -> None:
+        """Delete temporary files of interrupted writes (call only with no writer running)."""
+        for tmp in self.folder.glob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
 
     def prune_periodic(self, keep: int) -> None:
         """Keep the `keep` newest epoch-NNNN.pt files (0 = keep all)."""

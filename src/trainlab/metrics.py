@@ -1,6 +1,16 @@
-"""Classification metrics: plain tensors in, plain Python results out."""
+"""Classification metrics: plain tensors in, plain Python results out.
+
+Undefined values are NaN, never a silent 0 (JSON writers turn them into null):
+- accuracy / recall of a class with no samples: NaN (0 of 0);
+- precision of a class that is never predicted: NaN (no prediction to be right about);
+- F1 = 2·TP / (2·TP + FP + FN): 0 for a class that has samples but is never predicted
+  (it found none of them), NaN only for a class neither present nor predicted.
+Macro averages skip NaN classes.
+"""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -10,6 +20,12 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     preds, labels = preds.flatten().long().cpu(), labels.flatten().long().cpu()
     flat = labels * num_classes + preds
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def normalize_rows(cm: torch.Tensor) -> torch.Tensor:
+    """Each row as fractions of that true class (NaN row for a class with no samples)."""
+    cm = cm.double()
+    return cm / cm.sum(1, keepdim=True)
 
 
 def per_class_accuracy(cm: torch.Tensor) -> list[float]:
@@ -22,14 +38,22 @@ def precision_recall_f1(cm: torch.Tensor) -> dict[str, list[float]]:
     tp = cm.diag().double()
     predicted = cm.sum(0).double()
     actual = cm.sum(1).double()
-    precision = tp / predicted
-    recall = tp / actual
-    f1 = 2 * precision * recall / (precision + recall)
-    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+    # written from counts (not from P and R) so "never predicted" gives F1 0, not 0/0
+    f1 = 2 * tp / (predicted + actual)
+    return {"precision": (tp / predicted).tolist(), "recall": (tp / actual).tolist(),
+            "f1": f1.tolist()}
+
+
+def nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
 
 
 def most_confused(cm: torch.Tensor, classes: list[str], top: int = 5) -> list[dict]:
-    """The off-diagonal cells with the most errors, largest first."""
+    """The off-diagonal cells with the most errors, largest first (ties: row-major order).
+
+    `rate` is the share of the true class sent to the predicted one.
+    """
     off = cm.clone()
     off.fill_diagonal_(0)
     values, flat = off.flatten().sort(descending=True, stable=True)
@@ -44,6 +68,26 @@ def most_confused(cm: torch.Tensor, classes: list[str], top: int = 5) -> list[di
     return out
 
 
+def highest_loss(logits: torch.Tensor, labels: torch.Tensor, k: int = 16,
+                 only_wrong: bool = False) -> dict[str, list]:
+    """The k examples with the largest cross-entropy, largest first.
+
+    Returns lists: index (position in `labels`), loss, true, pred, confidence (softmax
+    probability of the predicted class). `only_wrong` keeps misclassified examples only.
+    """
+    logits, labels = logits.detach().float().cpu(), labels.detach().long().cpu()
+    losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    candidates = torch.arange(len(labels))
+    if only_wrong:
+        candidates = candidates[pred != labels]
+    order = losses[candidates].argsort(descending=True, stable=True)[:k]
+    idx = candidates[order]
+    return {"index": idx.tolist(), "loss": losses[idx].tolist(), "true": labels[idx].tolist(),
+            "pred": pred[idx].tolist(), "confidence": conf[idx].tolist()}
+
+
 def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Overall and per-class results for one split, as plain values (JSON-ready)."""
     preds = logits.argmax(1)
@@ -56,6 +100,19 @@ def summarize(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
         "per_class": [{"class": c, "accuracy": a, "precision": p, "recall": r, "f1": f, "support": int(s)}
                       for c, a, p, r, f, s in zip(classes, per_class_accuracy(cm), prf["precision"],
                                                   prf["recall"], prf["f1"], cm.sum(1).tolist())],
+        "macro": {key: nanmean(prf[key]) for key in ("precision", "recall", "f1")},
         "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": normalize_rows(cm).tolist(),
         "most_confused": most_confused(cm, classes),
     }
+
+
+def json_safe(obj):
+    """NaN/inf floats as None, recursively: strict JSON (browsers, jq) has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

@@ -438,10 +438,15 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
            overrides: dict | None = None, progress: bool | None = None) -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder)."""
     run_dir = Path(run_dir)
-    found = CheckpointDir(run_dir / CHECKPOINTS).newest_good()
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise TrainlabError(f"{run_dir} is not a trainlab run folder (no {runs.CONFIG_FILE})")
+    ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
+    ckpt_dir.remove_stale_temps()  # left by a process killed mid-write
+    found = ckpt_dir.newest_good()
     if found is None:
-        raise TrainlabError(f"{run_dir} has no verified checkpoint to resume from "
-                            f"(looked in {run_dir / CHECKPOINTS}); start the run again with trainlab train")
+        if into is not None:
+            raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
+        return _restart(run_dir, epochs, data, progress)
     name, _ = found
     ckpt = load_checkpoint(run_dir / CHECKPOINTS / name, map_location="cpu")
     saved_cfg = ckpt["config"]
@@ -486,6 +491,20 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
     log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
              " with a fresh optimizer" if reset_optimizer else "")
+    return session.run()
+
+
+def _restart(run_dir: Path, epochs: int | None, data, progress) -> TrainResult:
+    """No verified checkpoint (killed during the very first save): train again in place."""
+    from .config import load_toml
+
+    values = load_toml(run_dir / runs.CONFIG_FILE)
+    if epochs is not None:
+        values["epochs"] = epochs
+    log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
+    session = Session(resolve(values), data, progress=progress)
+    session.run_dir = run_dir
+    runs.truncate_metrics(run_dir, 0, {"event": "restart", "epoch": 0})
     return session.run()
 
 

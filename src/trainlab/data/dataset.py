@@ -18,7 +18,7 @@ import torch
 from ..errors import DataError
 from .catalog import SPLIT_FILES, get_info
 from .idx import payload_sha256, read_idx
-from .sources import Source, locate, missing_files, split_file
+from .sources import Source, check_recorded_hashes, locate, missing_files, split_file
 
 log = logging.getLogger("trainlab.data")
 
@@ -163,6 +163,7 @@ def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
     ds = from_arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
                      arrays["test_labels"], classes=classes, name=name, mean=mean, std=std,
                      source=(source.to_dict() if source else {"kind": "folder", "path": str(folder)}))
+    check_recorded_hashes(folder, ds.hashes)  # a cached copy altered since it was fetched
     return ds
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ def _read_bytes(path: Path) -> bytes:
             if head == b"\x1f\x8b":
                 try:
                     return gzip.decompress(f.read())
-                except (OSError, EOFError) as e:
+                except (OSError, EOFError, zlib.error) as e:
                     raise DataError(f"{path}: the gzip stream is corrupt or truncated ({e}); "
                                     "delete the file and download it again") from None
             return f.read()

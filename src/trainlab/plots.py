@@ -1,0 +1,287 @@
+"""Figures of a run and of several runs, written as PNG and SVG.
+
+matplotlib is an optional dependency (`pip install trainlab[report]`), imported only when
+a figure is drawn. Figures are built with `matplotlib.figure.Figure` and rendered by the
+Agg canvas explicitly, never through pyplot: no display is needed, no global figure
+registry can leak, and a notebook's own backend is left alone (which calling
+`matplotlib.use("Agg")` would switch).
+
+Every `plot_*`-style function takes `out` (a path without or with a suffix; the suffix
+is replaced) and returns `Saved(png, svg)`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import TrainlabError
+
+
+class Saved(NamedTuple):
+    png: Path
+    svg: Path
+
+
+def _figure(width: float, height: float):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise TrainlabError("figures need matplotlib: pip install trainlab[report]") from None
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig, out: str | Path) -> Saved:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    base = Path(out)
+    base = base.with_suffix("") if base.suffix in (".png", ".svg") else base
+    base.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    png, svg = base.with_name(base.name + ".png"), base.with_name(base.name + ".svg")
+    fig.savefig(png, dpi=110, metadata={"Software": None})
+    # fixed hash salt + no date: the same figure gives the same SVG bytes
+    with matplotlib.rc_context({"svg.hashsalt": "trainlab"}):
+        fig.savefig(svg, metadata={"Date": None})
+    return Saved(png, svg)
+
+
+def epoch_rows(history: list[dict]) -> list[dict]:
+    """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume)."""
+    by_epoch = {}
+    for row in history:
+        if "epoch" in row:
+            by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for r in rows:
+        v = r.get(key)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            xs.append(r["epoch"])
+            ys.append(v)
+    return xs, ys
+
+
+SPLIT_STYLE = {"train": dict(color="tab:blue"), "val": dict(color="tab:orange", ls="--"),
+               "test": dict(color="tab:red")}
+
+
+# ---------------------------------------------------------------- one run
+
+def curves(history: list[dict], out, title: str = "") -> Saved:
+    """The "scissors": train vs val/test loss and accuracy per epoch, gap shaded."""
+    rows = epoch_rows(history)
+    fig = _figure(10, 3.8)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, metric, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        for split, style in SPLIT_STYLE.items():
+            xs, ys = _series(rows, f"{split}_{metric}")
+            if xs:
+                ax.plot(xs, ys, marker="o", ms=3, label=split, **style)
+        # the shaded band is the train-test gap: the overfitting the picture is about
+        xs_tr, tr = _series(rows, f"train_{metric}")
+        xs_te, te = _series(rows, f"test_{metric}")
+        if xs_tr and xs_tr == xs_te:
+            ax.fill_between(xs_tr, tr, te, color="tab:red", alpha=0.08, label="train-test gap")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    best = _best_val_epoch(rows)
+    if best is not None:
+        for ax in (ax_loss, ax_acc):
+            ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"best val (epoch {best})")
+    ax_loss.legend(fontsize=8)
+    fig.suptitle(title or "train vs test")
+    return _save(fig, out)
+
+
+def _best_val_epoch(rows: list[dict]):
+    xs, ys = _series(rows, "val_loss")
+    return xs[ys.index(min(ys))] if ys else None
+
+
+def per_class_bars(per_class: list[dict], out, title: str = "", overall: float | None = None) -> Saved:
+    """Per-class test accuracy as horizontal bars, hardest class highlighted."""
+    names = [pc["class"] for pc in per_class]
+    accs = [pc["accuracy"] if pc["accuracy"] is not None else float("nan") for pc in per_class]
+    fig = _figure(7, 0.35 * len(names) + 1.2)
+    ax = fig.subplots()
+    finite = [a for a in accs if not math.isnan(a)]
+    worst = min(finite) if finite else None
+    colors = ["tab:red" if a == worst else "tab:blue" for a in accs]
+    ys = list(range(len(names)))
+    ax.barh(ys, [0 if math.isnan(a) else a for a in accs], color=colors)
+    for y, a in zip(ys, accs):
+        ax.text(min(a, 1) + 0.005 if not math.isnan(a) else 0.005, y,
+                "n/a" if math.isnan(a) else f"{100 * a:.1f}%", va="center", fontsize=8)
+    ax.set_yticks(ys, names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.1)
+    ax.set_xlabel("test accuracy (recall)")
+    if overall is not None:
+        ax.axvline(overall, color="grey", ls="--", lw=1, label=f"overall {100 * overall:.1f}%")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or "per-class accuracy")
+    return _save(fig, out)
+
+
+def confusion_figure(cm, classes: list[str], title: str = ""):
+    """A Figure of the confusion matrix: colour = share of the true class, text = count."""
+    import numpy as np
+
+    counts = np.asarray(cm, dtype=np.int64)
+    totals = counts.sum(1, keepdims=True)
+    frac = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    n = len(classes)
+    size = max(4.0, 0.55 * n + 2)
+    fig = _figure(size + 1, size)
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for t in range(n):
+        for p in range(n):
+            if counts[t, p]:
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
+                        color="white" if frac[t, p] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    ax.set_title(title or "confusion matrix")
+    return fig
+
+
+def confusion_heatmap(cm, classes: list[str], out, title: str = "") -> Saved:
+    return _save(confusion_figure(cm, classes, title), out)
+
+
+def _as_hwc(images):
+    """uint8 or float NCHW (tensor or array) -> float NHWC in [0, 1], for imshow."""
+    import numpy as np
+
+    x = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    x = x.astype(np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.max(initial=0) > 1.5:  # stored pixels (0-255)
+        x = x / 255.0
+    else:  # already scaled or normalized floats: stretch each image to [0, 1]
+        lo = x.min(axis=(1, 2, 3), keepdims=True)
+        hi = x.max(axis=(1, 2, 3), keepdims=True)
+        x = (x - lo) / np.maximum(hi - lo, 1e-8)
+    return x.transpose(0, 2, 3, 1).clip(0, 1)
+
+
+def _show(ax, img) -> None:
+    if img.shape[2] == 1:
+        ax.imshow(img[:, :, 0], cmap="gray_r", vmin=0, vmax=1)
+    else:
+        ax.imshow(img)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def misclassified_grid(images, true: list[int], pred: list[int], confidence: list[float],
+                       classes: list[str], out, cols: int = 8, title: str = "") -> Saved:
+    """Images with "true -> predicted (confidence)" above each one."""
+    imgs = _as_hwc(images)
+    n = len(imgs)
+    rows = max(1, math.ceil(n / cols))
+    fig = _figure(1.5 * cols, 1.75 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        if i >= n:
+            ax.axis("off")
+            continue
+        _show(ax, imgs[i])
+        ax.set_title(f"{classes[true[i]]}\n→ {classes[pred[i]]} {100 * confidence[i]:.0f}%",
+                     fontsize=7, color="tab:red" if true[i] != pred[i] else "black")
+    if n == 0:
+        axes[0].text(0.5, 0.5, "no misclassified examples", ha="center", va="center")
+    fig.suptitle(title or "highest-loss test errors (true → predicted, confidence)", fontsize=10)
+    return _save(fig, out)
+
+
+def sample_grid(images, labels, classes: list[str], out, per_class: int = 8, title: str = "") -> Saved:
+    """The first `per_class` images of each class, one row per class."""
+    import numpy as np
+
+    labels = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(len(classes))]
+    pick = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    imgs = _as_hwc(images[pick] if len(pick) else images[:0])
+    fig = _figure(1.1 * per_class + 1.2, 1.1 * len(classes) + 0.4)
+    axes = fig.subplots(len(classes), per_class, squeeze=False)
+    k = 0
+    for c, idx in enumerate(chosen):
+        for j in range(per_class):
+            ax = axes[c, j]
+            if j < len(idx):
+                _show(ax, imgs[k])
+                k += 1
+            else:
+                ax.axis("off")
+        axes[c, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title or "samples by class", fontsize=10)
+    return _save(fig, out)
+
+
+# ---------------------------------------------------------------- several runs
+
+def resume_overlay(with_state: list[dict], without_state: list[dict], fork_epoch: int, out,
+                   parent: list[dict] | None = None, title: str = "") -> Saved:
+    """Loss curves of a run resumed with vs without its optimizer state, fork marked.
+
+    `parent` (optional) is the history both continued from, drawn up to the fork.
+    """
+    fig = _figure(10, 3.8)
+    ax_tr, ax_val = fig.subplots(1, 2)
+    shared = [r for r in epoch_rows(parent or []) if r["epoch"] <= fork_epoch]
+    branches = [(epoch_rows(with_state), "resumed with optimizer state", "tab:green"),
+                (epoch_rows(without_state), "resumed with a fresh optimizer", "tab:purple")]
+    has_val = any(_series(rows, "val_loss")[0] for rows, _, _ in branches)
+    for ax, key in ((ax_tr, "train_loss"), (ax_val, "val_loss" if has_val else "test_loss")):
+        if shared:
+            ax.plot(*_series(shared, key), color="black", marker="o", ms=3, label="before resume")
+        for rows, label, color in branches:
+            if shared:  # connect each branch to the fork point
+                rows = [shared[-1]] + [r for r in rows if r["epoch"] > fork_epoch]
+            ax.plot(*_series(rows, key), color=color, marker="o", ms=3, label=label)
+        ax.axvline(fork_epoch, color="grey", ls="--", lw=1)
+        ax.annotate(f"resume at epoch {fork_epoch}", (fork_epoch, 1), xycoords=("data", "axes fraction"),
+                    xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    ax_tr.legend(fontsize=8)
+    fig.suptitle(title or "resume: with vs without optimizer state")
+    return _save(fig, out)
+
+
+def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> Saved:
+    """Several runs' curves in one figure: loss (val solid, train dotted) and test accuracy."""
+    fig = _figure(11, 4)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    cmap = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+            "tab:pink", "tab:gray", "tab:olive", "tab:cyan"]
+    for i, (name, hist) in enumerate(histories.items()):
+        rows = epoch_rows(hist)
+        color = cmap[i % len(cmap)]
+        val_key = "val_loss" if _series(rows, "val_loss")[0] else "test_loss"
+        ax_loss.plot(*_series(rows, val_key), color=color, label=f"{name} ({val_key.split('_')[0]})")
+        ax_loss.plot(*_series(rows, "train_loss"), color=color, ls=":", lw=1)
+        ax_acc.plot(*_series(rows, "test_acc"), color=color, marker="o", ms=2.5, label=name)
+        ax_acc.plot(*_series(rows, "train_acc"), color=color, ls=":", lw=1)
+    ax_loss.set_ylabel("loss (solid: val, dotted: train)")
+    ax_acc.set_ylabel("accuracy (solid: test, dotted: train)")
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle(title or "runs compared")
+    return _save(fig, out)

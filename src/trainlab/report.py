@@ -1,0 +1,180 @@
+"""One self-contained HTML report of several runs: open it anywhere, offline.
+
+Everything is inside the file: PNG figures as base64 data URIs, CSS inline, no scripts,
+no fonts or links to fetch. Each run is evaluated (trainlab.evaluation writes its files and figures
+into its folder) unless its evaluation is already newer than its checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from . import plots
+from .api import WEIGHTS_FILE
+from .compare import Comparison, RunRecord, compare_runs, resume_pairs
+from .data import Dataset
+from .errors import TrainlabError
+from .evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
+
+log = logging.getLogger("trainlab")
+
+FIGURES = ("curves", "per_class", "confusion_matrix", "misclassified", "samples")
+
+CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1150px; padding: 1.5em; color: #1d1d1f; background: #fff; }
+h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+h3 { margin-top: 1.4em; }
+.meta { color: #555; }
+table { border-collapse: collapse; margin: .6em 0 1em; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+th { background: #f4f4f6; } td:first-child, th:first-child { text-align: left; }
+tr.worst td { background: #fde8e8; } tr.overall td { font-weight: 600; background: #f7f7f9; }
+.warn { background: #fff3cd; border: 2px solid #e0a800; padding: .6em 1em; font-weight: 600; }
+.note { background: #eef5ff; border-left: 4px solid #4a90e2; padding: .4em 1em; }
+img { max-width: 100%; height: auto; display: block; margin: .5em 0; border: 1px solid #eee; }
+nav a { margin-right: 1em; } code { background: #f4f4f6; padding: 0 .25em; }
+"""
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return f'<p class="meta">({_esc(alt)}: not available)</p>'
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(headers: list[str], rows: list[list], row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _pct(x) -> str:
+    return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.2f}%"
+
+
+def _fresh(run_dir: Path) -> bool:
+    """The run's evaluation and figures exist and are newer than its checkpoint."""
+    ev, ckpt = run_dir / EVALUATION_FILE, run_dir / WEIGHTS_FILE
+    figures = [run_dir / PLOTS_DIR / f"{f}.png" for f in FIGURES if f != "curves"]
+    return (ev.exists() and all(p.exists() for p in figures)
+            and (not ckpt.exists() or ev.stat().st_mtime >= ckpt.stat().st_mtime))
+
+
+def _ensure_evaluated(run: RunRecord, data_dir, device, data) -> dict | None:
+    if (run.path / WEIGHTS_FILE).exists() and not _fresh(run.path):
+        evaluate_run_full(run.path, data_dir=data_dir, device=device, data=data, plots_flag=True)
+    elif not (run.path / PLOTS_DIR / "curves.png").exists() and run.history:
+        plots.curves(run.history, run.path / PLOTS_DIR / "curves", f"{run.name}: train vs test")
+    return load_evaluation(run.path)
+
+
+def hardest_classes(summary: dict, n: int = 3) -> str:
+    """'shirt 61.2% (-24.3 points vs overall 85.5%), ...': the sentence a reader wants."""
+    pcs = [pc for pc in summary.get("per_class", []) if isinstance(pc.get("accuracy"), (int, float))]
+    overall = summary.get("accuracy")
+    worst = sorted(pcs, key=lambda pc: pc["accuracy"])[:n]
+    return ", ".join(f"{pc['class']} {_pct(pc['accuracy'])} ({100 * (pc['accuracy'] - overall):+.1f} points)"
+                     for pc in worst) + f" vs overall {_pct(overall)}"
+
+
+def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
+    summary = (evaluation or {}).get("test") or run.test or {}
+    cfg = run.config
+    figs = run.path / PLOTS_DIR
+    out = [f'<section id="run-{i}"><h2>{_esc(run.name)}</h2>',
+           f'<p class="meta">model <code>{_esc(cfg.get("model"))}</code>, recipe '
+           f'<code>{_esc(cfg.get("recipe"))}</code>, {_esc(cfg.get("epochs"))} epochs, optimizer '
+           f'{_esc(cfg.get("optimizer"))} lr {_esc(cfg.get("lr"))}, batch {_esc(cfg.get("batch_size"))}, '
+           f'seed {_esc(cfg.get("seed"))} | device {_esc((run.results or {}).get("device", "?"))} | '
+           f'folder <code>{_esc(run.path)}</code></p>']
+    if summary:
+        out.append(f"<p><b>test accuracy {_pct(summary.get('accuracy'))}</b>, macro F1 "
+                   f"{_pct((summary.get('macro') or {}).get('f1'))}; hardest classes: "
+                   f"{_esc(hardest_classes(summary))}</p>")
+    out.append("<h3>Train vs test</h3>" + _img(figs / "curves.png", "train and test curves"))
+    if summary.get("per_class"):
+        pcs = summary["per_class"]
+        accs = [pc["accuracy"] for pc in pcs if isinstance(pc["accuracy"], (int, float))]
+        worst = min(accs) if accs else None
+        rows = [[pc["class"], _pct(pc["accuracy"]), _pct(pc["precision"]), _pct(pc["recall"]),
+                 _pct(pc["f1"]), pc["support"]] for pc in pcs]
+        rows.append(["overall", _pct(summary.get("accuracy")), "", "", "", summary.get("n", "")])
+        classes = ["worst" if pc["accuracy"] == worst else "" for pc in pcs] + ["overall"]
+        out.append("<h3>Per class</h3>" + _table(
+            ["class", "accuracy", "precision", "recall", "F1", "n"], rows, classes))
+    if summary.get("most_confused"):
+        out.append("<h3>Most confused pairs</h3>" + _table(
+            ["true", "predicted as", "count", "share of true class"],
+            [[c["true"], c["predicted"], c["count"], _pct(c["rate"])] for c in summary["most_confused"]]))
+    out.append("<h3>Confusion matrix</h3>" + _img(figs / "confusion_matrix.png", "confusion matrix"))
+    out.append("<h3>Highest-loss mistakes</h3>" + _img(figs / "misclassified.png", "misclassified test images"))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _comparison_section(comp: Comparison, tmp: Path) -> str:
+    out = ['<section id="comparison"><h2>Comparison</h2>']
+    out += [f'<p class="warn">{_esc(w)}</p>' for w in comp.warnings]
+    out += [f'<p class="note">{_esc(n)}</p>' for n in comp.notes]
+    out.append(_table(*comp.summary_table()))
+    out.append('<p class="meta">Best-validation epoch: lowest validation loss; the test accuracy '
+               "at that epoch is what selecting by validation would have given. Gap: final running "
+               "train accuracy minus final test accuracy. Seeds of one configuration: mean ± std.</p>")
+    if any(r.history for r in comp.runs):
+        fig = plots.compare_overlay(comp.histories(), tmp / "overlay")
+        out.append(_img(fig.png, "curves of all runs"))
+    headers, rows = comp.per_class_table()
+    if rows:
+        out.append("<h3>Per-class test accuracy side by side</h3>" + _table(headers, rows))
+    for k, pair in enumerate(resume_pairs(comp.runs)):
+        fig = plots.resume_overlay(pair.with_state.history, pair.without_state.history, pair.epoch,
+                                   tmp / f"resume-{k}", parent=pair.parent_history)
+        out.append(f"<h3>Resume at epoch {pair.epoch}: with vs without optimizer state</h3>"
+                   + _img(fig.png, "resume comparison"))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=None,
+                 device: str = "auto", data: Dataset | None = None,
+                 title: str = "trainlab report") -> Path:
+    """Evaluate the runs as needed and write one offline HTML file; returns its path."""
+    if not run_dirs:
+        raise TrainlabError("report needs at least one run folder")
+    out_path = Path(out_path)
+    comp = compare_runs(run_dirs)
+    evaluations = [_ensure_evaluated(r, data_dir, device, data) for r in comp.runs]
+    samples = next((r.path / PLOTS_DIR / "samples.png" for r in comp.runs
+                    if (r.path / PLOTS_DIR / "samples.png").exists()), None)
+    with tempfile.TemporaryDirectory() as tmp:
+        nav = " ".join([f'<a href="#comparison">comparison</a>', '<a href="#data">data</a>']
+                       + [f'<a href="#run-{i}">{_esc(r.name)}</a>' for i, r in enumerate(comp.runs)])
+        body = [f"<h1>{_esc(title)}</h1>",
+                f'<p class="meta">{len(comp.runs)} run(s), written {_esc(time.strftime("%Y-%m-%d %H:%M"))}'
+                "; every figure is embedded, nothing is fetched.</p>",
+                f"<nav>{nav}</nav>", _comparison_section(comp, Path(tmp)),
+                '<section id="data"><h2>The data</h2>' + _img(samples, "samples by class") + "</section>"]
+        body += [_run_section(i, r, ev) for i, (r, ev) in enumerate(zip(comp.runs, evaluations))]
+    doc = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+           f"<title>{_esc(title)}</title><link rel=\"icon\" href=\"data:,\">"
+           f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = out_path.with_name(out_path.name + ".tmp")
+    tmp_file.write_text(doc, encoding="utf-8")
+    tmp_file.replace(out_path)
+    return out_path

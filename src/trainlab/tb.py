@@ -1,0 +1,75 @@
+"""Optional TensorBoard logging: `pip install trainlab[tensorboard]`.
+
+Event files go straight into the run folder, so `tensorboard --logdir runs` lists each
+run under its folder name. Steps are epochs: runs with different batch sizes line up.
+
+    tb = TensorBoardLogger(run_dir)
+    tb.log_epoch(row)                          # each metrics.jsonl row
+    tb.log_confusion(cm, classes, step=epoch)  # counts, or a matplotlib Figure
+    tb.close()
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .errors import TrainlabError
+
+# metrics.jsonl key -> TensorBoard tag (grouped by the prefix before "/")
+SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
+           "train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test",
+           "lr": "lr", "train_seconds": "time/train_seconds"}
+
+
+def _summary_writer():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch raises this when the tensorboard package is absent
+        raise TrainlabError("TensorBoard logging needs the tensorboard package: "
+                            "pip install trainlab[tensorboard] (or turn TensorBoard logging off)") from None
+    return SummaryWriter
+
+
+class TensorBoardLogger:
+    def __init__(self, run_dir: str | Path):
+        self.writer = _summary_writer()(log_dir=str(run_dir))
+
+    def log_epoch(self, row: dict) -> None:
+        """Scalars of one metrics row; rows without an epoch (resume markers) are skipped."""
+        if "epoch" not in row:
+            return
+        for key, tag in SCALARS.items():
+            v = row.get(key)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.writer.add_scalar(tag, v, row["epoch"])
+        self.writer.flush()
+
+    def log_confusion(self, figure_or_cm, classes: list[str] | None = None, step: int = 0,
+                      tag: str = "confusion_matrix") -> None:
+        """The confusion matrix as an image: pass counts (rows = true) or a matplotlib Figure."""
+        import numpy as np
+
+        fig = figure_or_cm
+        if not hasattr(fig, "savefig"):
+            from .plots import confusion_figure  # says how to install matplotlib if missing
+
+            cm = fig.tolist() if hasattr(fig, "tolist") else fig
+            fig = confusion_figure(cm, classes or [str(i) for i in range(len(cm))])
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        # rendered on the Agg canvas directly (SummaryWriter.add_figure would go via pyplot)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        image = np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+        self.writer.add_image(tag, image, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
