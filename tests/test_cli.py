@@ -1,0 +1,156 @@
+"""The command line: help, exit codes, data info on the real data, run folders, idx:DIR."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import make_images
+from trainlab.cli import main
+from trainlab.data.idx import write_idx
+
+# From ../shared/data/fashion-mnist/README.md: sha256 of the decoded payloads.
+README_HASHES = {
+    "train_images": "364b881eba674548fb66c1ffd39c5af81fa9d389f2c4aba7dcd0232381a058b1",
+    "train_labels": "5626aa72ea6f80ff61bf043038e9fdc438c335081ab56b71eb6b6f8f8fdb871f",
+    "test_images": "87d1fa587ba26f662d9c4c1c32512e14ed0528716b4e84d0a31450ee87503c31",
+    "test_labels": "08d3210951ad1511d43373c6b32bda28f1cc7a26ba05546b24f6abea47f6fc4c",
+}
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def run_cli(*args, cwd):
+    """`python -m trainlab ...` in a fresh process (the real entry point, real exit code)."""
+    return subprocess.run([sys.executable, "-m", "trainlab", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+@pytest.fixture
+def idx50(tmp_path):
+    """A folder of IDX files: 50 classes of 3x32x32 images, channels last, with classes.txt."""
+    folder = tmp_path / "idx50"
+    folder.mkdir()
+    for split, n, seed in (("train", 100, 1), ("t10k", 50, 2)):
+        images, labels = make_images(n, num_classes=50, size=32, channels=3, seed=seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte", images.transpose(0, 2, 3, 1))  # N,H,W,C
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    (folder / "classes.txt").write_text("".join(f"kind-{i:02d}\n" for i in range(50)))
+    return folder
+
+
+def train_args(folder, runs, *extra):
+    return ["train", "--dataset", f"idx:{folder}", "--recipe", "textbook", "--epochs", "1",
+            "--batch-size", "16", "--val-size", "10", "--threads", "1", "--quiet",
+            "--runs-dir", str(runs), *extra]
+
+
+def test_help_from_python_m(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    for command in ("train", "evaluate", "data"):
+        assert command in proc.stdout
+
+
+def test_train_help_lists_run_and_recipe_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--config", "--data-dir", "--model", "--recipe", "--device", "--threads",
+                 "--val-size", "--name", "--epochs", "--batch-size", "--lr", "--label-smoothing",
+                 "--hflip", "--no-hflip"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("argv", [[], ["frobnicate"], ["train", "--epochs", "x"],
+                                  ["train", "--model-kwarg", "novalue"], ["data"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "trainlab: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--optimizer", "rmsprop"], "optimizer = 'rmsprop' is invalid: choose one of adam, adamw, sgd"),
+    (["--epochs", "-3"], "epochs = -3 is invalid: must be at least 1"),
+    (["--device", "gpu"], "device = 'gpu' is invalid"),
+    (["--recipe", "turbo"], "unknown recipe 'turbo'"),
+    (["--config", "missing.toml"], "config file missing.toml not found"),
+])
+def test_config_errors_exit_2(extra, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--runs-dir", "runs", *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"trainlab: error: {message}" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_key_in_config_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "run.toml"
+    path.write_text("epoch = 3\n")
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'epoch' (did you mean 'epochs'?)" in err and str(path) in err
+
+
+def test_missing_data_exits_1_without_traceback(tmp_path):
+    proc = run_cli("train", "--data-dir", "/nonexistent", "--runs-dir", "runs", "--threads", "1",
+                   cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "trainlab: error: --data-dir points at /nonexistent" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_info_without_data_exits_1(tmp_path, capsys):
+    assert main(["data", "info", "--data-dir", str(tmp_path)]) == 1
+    assert "lacks train-images-idx3-ubyte" in capsys.readouterr().err
+
+
+def test_data_info_on_the_real_data(real_data_dir, capsys):
+    assert main(["data", "info", "--data-dir", str(real_data_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "60000 train / 10000 test" in out and "(1, 28, 28)" in out
+    m = re.search(r"mean \[([\d.]+)\] std \[([\d.]+)\] \(measured", out)
+    assert m and float(m[1]) == pytest.approx(0.2861, abs=1e-4) and float(m[2]) == pytest.approx(0.3528, abs=1e-4)
+    for label, name in enumerate(FASHION_CLASSES):
+        assert re.search(rf"^{label}\s+{re.escape(name)}\s+6000\s+1000$", out, re.M), name
+    for split, digest in README_HASHES.items():
+        assert re.search(rf"{split}\s+{digest}", out), split
+
+
+def snapshot(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_run_folder_is_never_overwritten(idx50, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(train_args(idx50, runs, "--name", "x")) == 0
+    before = snapshot(runs / "x")
+    capsys.readouterr()
+    assert main(train_args(idx50, runs, "--name", "x", "--seed", "1")) == 2
+    err = capsys.readouterr().err
+    assert "already exists and is never overwritten" in err and str(runs / "x") in err
+    assert snapshot(runs / "x") == before
+    assert sorted(p.name for p in runs.iterdir()) == ["x"]
+
+
+def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert main(train_args(idx50, runs, "--name", "rgb", "--model", "cnn")) == 0
+    out = capsys.readouterr().out
+    assert "kind-00" in out and "kind-49" in out  # class names from classes.txt
+    meta = json.loads((runs / "rgb" / "meta.json").read_text())
+    assert meta["model_spec"]["input_shape"] == [3, 32, 32]
+    assert meta["model_spec"]["num_classes"] == 50
+    assert meta["classes"][49] == "kind-49"
+    rows = [json.loads(line) for line in (runs / "rgb" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "epoch" in r] == [1]
+    results = json.loads((runs / "rgb" / "results.json").read_text())
+    assert results["test"]["n"] == 50 and len(results["test"]["per_class"]) == 50
+    assert np.isfinite(results["test"]["loss"])

@@ -1,0 +1,181 @@
+"""The engine: fit learns, history rows, non-finite loss, schedules, devices."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from trainlab import engine, models
+from trainlab.data import DeviceLoader
+from trainlab.engine import DeviceMismatch, NonFiniteLoss, fit, lr_multiplier, pick_device
+from trainlab.errors import TrainlabError
+from trainlab.recipes import get_recipe
+
+HISTORY_KEYS = {"epoch", "global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
+                "test_loss", "test_acc", "train_seconds", "seconds"}
+
+
+def loaders(data, batch_size=64):
+    common = dict(mean=data.mean, std=data.std)
+    train = DeviceLoader(data.train_x[:500], data.train_y[:500], batch_size, shuffle=True, seed=0, **common)
+    val = DeviceLoader(data.train_x[500:], data.train_y[500:], 256, **common)
+    test = DeviceLoader(data.test_x, data.test_y, 256, **common)
+    return train, val, test
+
+
+def test_fit_learns_and_records_history(tiny_data):
+    torch.manual_seed(0)
+    train, val, test = loaders(tiny_data)
+    model = models.build("mlp", tiny_data.input_shape, tiny_data.num_classes)
+    recipe = get_recipe("textbook", epochs=3)
+    opt = engine.build_optimizer(model, recipe)
+    seen = []
+    state = fit(model, opt, train, epochs=3, val_loader=val, test_loader=test, progress=False,
+                on_epoch_end=lambda s: seen.append(s.epoch))
+    assert seen == [1, 2, 3] and state.epoch == 3 and state.global_step == 3 * len(train)
+    assert len(state.history) == 3
+    for i, row in enumerate(state.history, 1):
+        assert HISTORY_KEYS <= set(row)
+        assert row["epoch"] == i and row["global_step"] == i * len(train)
+        assert row["lr"] == pytest.approx(1e-3)
+        assert all(math.isfinite(row[k]) for k in HISTORY_KEYS)
+    last = state.history[-1]
+    assert last["test_acc"] > 0.8 and last["val_acc"] > 0.8  # chance is 0.1
+    assert last["train_loss"] < state.history[0]["train_loss"]
+    assert model.training  # evaluation restored train mode
+
+
+def test_fit_continues_a_state(tiny_data):
+    train, _, _ = loaders(tiny_data)
+    model = models.build("mlp", tiny_data.input_shape, 10)
+    opt = engine.build_optimizer(model, get_recipe("textbook"))
+    state = fit(model, opt, train, epochs=1, progress=False)
+    state = fit(model, opt, train, epochs=2, state=state, progress=False)
+    assert [r["epoch"] for r in state.history] == [1, 2]
+    assert state.global_step == 2 * len(train)
+
+
+class NaNAfter(nn.Module):
+    """A linear model whose output turns NaN from its `n`-th training forward on."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.calls = n, 0
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        out = self.fc(x.flatten(1))
+        if self.training:
+            self.calls += 1
+            if self.calls > self.n:
+                out = out * float("nan")
+        return out
+
+
+def test_non_finite_loss_names_epoch_and_step(tiny_data):
+    train, _, _ = loaders(tiny_data, batch_size=100)  # 5 steps per epoch
+    model = NaNAfter(7)  # NaN from the 8th step on: epoch 2, its step 3 (1-based, as in history)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(NonFiniteLoss) as e:
+        fit(model, opt, train, epochs=3, progress=False)
+    assert (e.value.epoch, e.value.step) == (2, 3)
+    assert math.isnan(e.value.value)
+    assert "epoch 2, step 3" in str(e.value) and "lower the learning rate" in str(e.value)
+    assert isinstance(e.value, TrainlabError)
+
+
+def test_huge_learning_rate_is_caught(tiny_data):
+    torch.manual_seed(0)
+    train, _, _ = loaders(tiny_data)
+    model = models.build("mlp", tiny_data.input_shape, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=1e6)
+    with pytest.raises(NonFiniteLoss, match="the training loss became (nan|inf)"):
+        fit(model, opt, train, epochs=3, progress=False)
+
+
+def test_onecycle_shape():
+    f = lr_multiplier(get_recipe("fast", epochs=4, schedule="onecycle"), steps_per_epoch=10)
+    total, warm = 40, 10  # warm-up: the first 25% of the steps
+    values = [f(s) for s in range(total)]
+    assert values[0] == pytest.approx(1 / 25)
+    assert f(warm) == pytest.approx(1.0) and max(values) == pytest.approx(1.0)
+    assert values.index(max(values)) == warm
+    assert all(a < b for a, b in zip(values[:warm], values[1:warm + 1]))  # rising
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))  # falling
+    assert 0.01 < values[-1] < 0.02
+    assert f(total) == pytest.approx(0.01)
+    assert f(total + 1000) == pytest.approx(0.01)  # past the plan: the final rate continues
+
+
+def test_cosine_shape_with_warmup():
+    f = lr_multiplier(get_recipe("textbook", epochs=4, schedule="cosine", warmup_epochs=1.0),
+                      steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1)
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)  # peak at the end of warm-up
+    assert max(f(s) for s in range(40)) == pytest.approx(1.0)
+    assert f(25) < f(15)
+    assert f(40) == pytest.approx(0.01) and f(10**6) == pytest.approx(0.01)
+
+
+def test_cosine_without_warmup_starts_at_the_peak():
+    f = lr_multiplier(get_recipe("textbook", epochs=2, schedule="cosine"), steps_per_epoch=5)
+    assert f(0) == pytest.approx(1.0) and f(10) == pytest.approx(0.01)
+
+
+def test_no_schedule_is_constant():
+    f = lr_multiplier(get_recipe("textbook"), steps_per_epoch=7)
+    assert {f(s) for s in (0, 5, 70, 10**6)} == {1.0}
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_scheduler_steps_past_the_plan_at_the_final_rate(schedule):
+    recipe = get_recipe("fast", epochs=2, lr=0.1, schedule=schedule)
+    model = nn.Linear(2, 2)
+    opt = engine.build_optimizer(model, recipe)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(recipe, steps_per_epoch=5))
+    for _ in range(10 + 25):  # 10 planned steps, then an extension
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.01)
+
+
+def test_model_on_another_device_is_refused_naming_both(tiny_data):
+    train, _, _ = loaders(tiny_data)
+    model = models.build("mlp", tiny_data.input_shape, 10).to("meta")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(DeviceMismatch) as e:
+        fit(model, opt, train, epochs=1, progress=False)
+    assert "model is on meta" in str(e.value) and "data is on cpu" in str(e.value)
+    with pytest.raises(DeviceMismatch, match="meta"):
+        engine.evaluate(model, train)
+
+
+def test_optimizer_state_on_another_device_is_refused():
+    model = nn.Linear(2, 2)
+    opt = torch.optim.Adam(model.parameters())
+    opt.state[model.weight] = {"exp_avg": torch.zeros(2, 2, device="meta")}
+    with pytest.raises(DeviceMismatch, match="optimizer state is on meta but the model is on cpu"):
+        engine.check_same_device(model, torch.device("cpu"), opt)
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    for dev in ("cuda", "cuda:1"):
+        with pytest.raises(TrainlabError) as e:
+            pick_device(dev)
+        assert "no usable CUDA GPU" in str(e.value) and "--device cpu" in str(e.value)
+    with pytest.raises(TrainlabError, match="'mps' was asked for but is not available"):
+        pick_device("mps")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizers_skip_decay_on_biases(optimizer):
+    model = models.build("mlp-reg", (1, 28, 28), 10)
+    opt = engine.build_optimizer(model, get_recipe("textbook", optimizer=optimizer, weight_decay=0.1))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() > 1 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
