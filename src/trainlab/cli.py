@@ -39,42 +39,60 @@ def _kv(text: str):
     return key.strip(), value
 
 
+RUN_HELP = {
+    "dataset": "fashion-mnist (default), mnist, or idx:DIR",
+    "data_dir": "folder with the four IDX files (else TRAINLAB_DATA, the cache, download)",
+    "model": "mlp (default), mlp-reg, cnn, ... or module:function",
+    "recipe": "textbook or fast (default); the recipe fields below override it",
+    "device": "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
+    "threads": "CPU threads for torch (default: all cores)",
+    "val_size": "validation samples carved from train (default 5000)",
+    "name": "run folder name under --runs-dir (default: generated)",
+    "runs_dir": "where run folders go (default runs)",
+    "quiet": "no progress bar or per-epoch lines",
+    "monitor": "metric for best.pt and early stopping: val_loss (default), val_acc, train_loss, train_acc",
+    "mode": "min, max or auto (default: from the metric's name)",
+    "patience": "stop after this many epochs without improvement (0 = off); restores the best weights",
+    "min_delta": "the least change that counts as an improvement",
+    "save_every": "also keep epoch-NNNN.pt every N epochs (0 = off)",
+    "keep": "how many epoch-NNNN.pt to keep (0 = all; default 3)",
+    "tensorboard": "also write TensorBoard events",
+    "compile": "torch.compile the training forward",
+    "channels_last": "NHWC memory layout for convolutional models",
+    "tf32": "CUDA: allow TF32 matmuls and convolutions",
+}
+
+
+def _flag_for(parser, name: str, annotation: str, help_text: str | None = None) -> None:
+    flag = "--" + name.replace("_", "-")
+    if annotation.startswith("bool"):
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        return
+    kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
+    parser.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=help_text)
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    from .config import RUN_FIELDS
+
     g = p.add_argument_group("run")
     g.add_argument("--config", help="TOML file with run and recipe keys; flags override it")
-    g.add_argument("--dataset", help="fashion-mnist (default), mnist, or idx:DIR")
-    g.add_argument("--data-dir", help="folder with the four IDX files (else TRAINLAB_DATA, cache, download)")
-    g.add_argument("--model", help="mlp (default), mlp-reg, cnn, ... or module:function")
     g.add_argument("--model-kwarg", action="append", type=_kv, metavar="KEY=VALUE",
                    help="model argument, e.g. dropout=0.2 or hidden=[512,256] (repeatable)")
-    g.add_argument("--recipe", help="textbook or fast (default); its fields below override it")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (default: all cores)")
-    g.add_argument("--val-size", type=int, help="validation samples carved from train (default 5000)")
-    g.add_argument("--name", help="run folder name under --runs-dir (default: generated)")
-    g.add_argument("--runs-dir", help="where run folders go (default runs)")
-    g.add_argument("--quiet", action="store_true", default=None, help="no progress bar or per-epoch lines")
-    r = p.add_argument_group("recipe fields")
+    for name, f in RUN_FIELDS.items():
+        if name != "model_kwargs":
+            _flag_for(g, name, str(f.type), RUN_HELP.get(name))
+    r = p.add_argument_group("recipe fields (override the recipe's values)")
     for name, f in RECIPE_FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        if f.type in ("bool", bool):
-            r.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            r.add_argument(flag, type=kind, default=None, metavar=name.upper())
+        _flag_for(r, name, str(f.type))
 
 
 def _config_from_args(args) -> "Config":
-    from .config import load_toml, resolve
+    from .config import RUN_FIELDS, load_toml, resolve
 
     base = load_toml(args.config) if args.config else {}
-    values = {}
-    for key in ("dataset", "data_dir", "model", "recipe", "seed", "device", "threads", "val_size",
-                "name", "runs_dir", "quiet", *RECIPE_FIELDS):
-        v = getattr(args, key, None)
-        if v is not None:
-            values[key] = v
+    values = {k: getattr(args, k) for k in (*RUN_FIELDS, *RECIPE_FIELDS)
+              if k != "model_kwargs" and getattr(args, k, None) is not None}
     if args.model_kwarg:
         values["model_kwargs"] = {**base.get("model_kwargs", {}), **dict(args.model_kwarg)}
     return resolve(values, base=base, origin=str(args.config or "config"))
@@ -188,6 +206,23 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_bench_device(args) -> int:
+    from .bench_device import run
+    from .tables import table
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    timings, advice, params = run(args.model, args.batch_size, args.steps)
+    print(f"model {args.model} ({params:,} parameters), batch size {args.batch_size}, {args.steps} timed steps")
+    print(table(["device", "way", "ms/step", "samples/s", "of which copy ms"],
+                [[t.device, t.way, f"{t.ms_per_step:.2f}", f"{args.batch_size * 1000 / t.ms_per_step:,.0f}",
+                  f"{t.transfer_ms:.2f}" if t.way == "textbook" else "-"] for t in timings]))
+    print(advice)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="trainlab", description="Train image classifiers with PyTorch, the practical patterns done right.")
     p.add_argument("--version", action="version", version=f"trainlab {__version__}")
@@ -235,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_evaluate)
+
+    b = sub.add_parser("bench-device", help="time training steps per device: does the GPU help?")
+    b.add_argument("--model", default="cnn")
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--steps", type=int, default=30)
+    b.add_argument("--threads", type=int)
+    b.set_defaults(func=cmd_bench_device)
 
     d = sub.add_parser("data", help="data set commands")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

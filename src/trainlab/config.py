@@ -49,6 +49,10 @@ class Config:
     save_every: int = 0  # also keep epoch-NNNN.pt every N epochs; 0 = off
     keep: int = 3  # how many epoch-NNNN.pt files to keep; 0 = all
     tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
+    # speed options: same numbers up to float rounding (see benchmarks/RESULTS.md)
+    compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
+    channels_last: bool = False  # NHWC memory layout for convolutional models
+    tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 

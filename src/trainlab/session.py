@@ -37,7 +37,8 @@ WEIGHTS_FILE = "model.pt"  # the final model of a run: what evaluate / predict /
 CHECKPOINTS = "checkpoints"
 # Config keys that may differ between a checkpoint and its resume without changing the run.
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",
-                    "patience", "min_delta", "save_every", "keep", "tensorboard"}
+                    "patience", "min_delta", "save_every", "keep", "tensorboard", "compile",
+                    "channels_last", "tf32"}
 
 
 class Interrupted(TrainlabError):
@@ -194,9 +195,18 @@ class Session:
         self.device = pick_device(cfg.device)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        if cfg.tf32 and self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         self.loaders = make_loaders(self.data, cfg, self.device, self._augment())
         self.spec = model_spec(cfg, self.data)
         self.model = build_model(self.spec).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            for loader in self.loaders.values():
+                loader.channels_last = True
+        # Only the training forward is compiled; checkpoints always hold self.model's keys.
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
         self.precision = resolve_precision(cfg.train.precision, self.device, cfg.model)
         self.optimizer = build_optimizer(self.model, cfg.train)
         # The schedule is planned once; extending a run keeps the plan (the final rate continues).
@@ -352,7 +362,7 @@ class Session:
                            precision=self.precision, ema=self.ema, grad_clip=self.cfg.train.grad_clip,
                            seed=self.cfg.seed, should_stop=signals)
         with signals:
-            state = fit(self.model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
+            state = fit(self.train_model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
                         val_loader=self.loaders["val"], test_loader=self.loaders["test"],
                         loss_fn=self.loss_fn, inst=inst, state=self.state,
                         on_epoch_end=self._on_epoch_end, progress=self.progress,

@@ -97,6 +97,7 @@ class DeviceLoader:
         self.augment = augment
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.channels_last = False  # hand out NHWC batches (for channels_last conv models)
         self._start_step, self._aug_state = 0, None
         self._aug_gen: torch.Generator | None = None
 
@@ -130,8 +131,9 @@ class DeviceLoader:
         return self.drop_last or (self.shuffle and rest < 2)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float().mul_(self._mul).add_(self._add) if x.dtype == torch.uint8 else \
+        x = x.float().mul_(self._mul).add_(self._add) if x.dtype == torch.uint8 else \
             x.mul(self._mul).add_(self._add)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
