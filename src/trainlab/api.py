@@ -34,6 +34,15 @@ def checkpoint_path(path_or_run: str | Path) -> Path:
     return path
 
 
+def kept_weights(ckpt: dict) -> dict:
+    """The weights a run evaluates and keeps: the EMA average when the run used EMA
+    (AveragedModel keys are "module."-prefixed, plus its n_averaged counter)."""
+    ema = ckpt.get("ema")
+    if not ema:
+        return ckpt["model"]
+    return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+
+
 def load_model(path_or_run: str | Path, map_location=None, allow_import=()) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from a checkpoint file or run folder, on the current device.
 
@@ -43,7 +52,7 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=()) -> t
     device = pick_device("auto") if map_location is None else torch.device(map_location)
     ckpt = load_checkpoint(checkpoint_path(path_or_run), map_location=device)
     model = build_model(ckpt["model_spec"], allow_import=tuple(allow_import))
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(kept_weights(ckpt))
     return model.to(device).eval(), ckpt
 
 
@@ -76,5 +85,5 @@ def predict_images(model: nn.Module, ckpt: dict, images: torch.Tensor, batch_siz
     return logits.softmax(1).cpu()
 
 
-__all__ = ["predict_images", "TrainResult", "Session", "train", "resume", "load_model", "evaluate_run", "make_loaders",
+__all__ = ["predict_images", "kept_weights", "TrainResult", "Session", "train", "resume", "load_model", "evaluate_run", "make_loaders",
            "build_model", "seed_everything", "checkpoint_path"]

@@ -103,6 +103,8 @@ def _config_from_args(args) -> "Config":
 def _print_result(result) -> int:
     from .tables import run_summary
 
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
+        return 0
     cfg = result.config
     print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result.test,
                       result.results["seconds_per_epoch"], len(result.history), result.device))
@@ -112,14 +114,34 @@ def _print_result(result) -> int:
 def cmd_train(args) -> int:
     from .api import resume, train
 
+    if args.nproc:
+        from .distributed import launch
+
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
     if args.resume:
         return _print_result(resume(args.resume, epochs=args.epochs, allow_changes=args.allow_changes))
     return _print_result(train(_config_from_args(args)))
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_resume(args) -> int:
     from .api import resume
 
+    if args.nproc:
+        from .distributed import launch
+
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
     overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip)) if v is not None}
     return _print_result(resume(args.run_dir, epochs=args.epochs, into=args.into,
                                 reset_optimizer=args.reset_optimizer,
@@ -174,15 +196,6 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from .api import evaluate_run
-    from .tables import per_class_table
-
-    summary = evaluate_run(args.path, data_dir=args.data_dir, device=args.device)
-    print(per_class_table(summary))
-    return 0
-
-
 def cmd_data_info(args) -> int:
     from .data import load_dataset, measure_mean_std
     from .tables import table
@@ -232,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(t)
     t.set_defaults(func=cmd_train)
 
+    t.add_argument("--nproc", type=int, help="launch N data-parallel processes on this machine (torchrun)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR instead (same as trainlab resume)")
     t.add_argument("--allow-changes", action="store_true", help="with --resume: accept changed data or config")
 
@@ -244,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=float, help="change the learning rate (implies --allow-changes)")
     r.add_argument("--grad-clip", type=float, help="change gradient clipping (implies --allow-changes)")
     r.add_argument("--allow-changes", action="store_true", help="resume even if the data or config differ")
+    r.add_argument("--nproc", type=int, help="resume with N data-parallel processes (torchrun)")
     r.set_defaults(func=cmd_resume)
 
     i = sub.add_parser("inspect", help="what a checkpoint, state_dict or run folder holds")
@@ -265,11 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="allow building a model from this module (for module:function specs)")
     pr.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint")
-    e.add_argument("path", help="run folder or checkpoint file")
-    e.add_argument("--data-dir")
-    e.add_argument("--device", default="auto")
-    e.set_defaults(func=cmd_evaluate)
+    from .cli_report import add_commands  # evaluate, compare, report, experiment
+
+    add_commands(sub)
 
     b = sub.add_parser("bench-device", help="time training steps per device: does the GPU help?")
     b.add_argument("--model", default="cnn")
@@ -291,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except TrainlabError as e:
@@ -301,6 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        # a peer process died under DDP: gloo/NCCL report it as a RuntimeError
+        from .distributed import dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise
+        print(f"trainlab: error: lost contact with the other training processes ({str(e).splitlines()[0]}); "
+              "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
+              file=sys.stderr)
+        return 1
+    finally:
+        from .distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

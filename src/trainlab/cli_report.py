@@ -25,13 +25,14 @@ def _pct(x) -> str:
 def per_class_prf_table(summary: dict) -> str:
     from .tables import table
 
-    rows = [[pc["class"], pc["support"], _pct(pc["accuracy"]), _pct(pc["precision"]),
-             _pct(pc["recall"]), _pct(pc["f1"])] for pc in summary["per_class"]]
+    # a class's accuracy is its recall: one column, named both ways
+    rows = [[pc["class"], pc["support"], _pct(pc["recall"]), _pct(pc["precision"]), _pct(pc["f1"])]
+            for pc in summary["per_class"]]
     macro = summary.get("macro") or {}
-    rows.append(["macro avg", "", "", _pct(macro.get("precision")), _pct(macro.get("recall")),
+    rows.append(["macro avg", "", _pct(macro.get("recall")), _pct(macro.get("precision")),
                  _pct(macro.get("f1"))])
-    rows.append(["overall", summary["n"], _pct(summary["accuracy"]), "", "", ""])
-    return table(["class", "n", "accuracy", "precision", "recall", "F1"], rows)
+    rows.append(["overall", summary["n"], _pct(summary["accuracy"]), "", ""])
+    return table(["class", "n", "recall (= accuracy)", "precision", "F1"], rows)
 
 
 def cmd_evaluate(args) -> int:
@@ -46,7 +47,8 @@ def cmd_evaluate(args) -> int:
     if ev.data_matches is False:
         print("!! the data differs from what this model was trained with (split hashes do not match)")
     print(per_class_prf_table(s))
-    print("precision of a class never predicted is n/a (undefined); its F1 is 0")
+    if any(pc["precision"] != pc["precision"] for pc in s["per_class"]):  # NaN: never predicted
+        print("n/a precision: the class was never predicted (undefined); its F1 counts as 0")
     if s["most_confused"]:
         print("\nmost confused pairs")
         print(table(["true", "predicted as", "count", "share of true class"],
@@ -56,7 +58,10 @@ def cmd_evaluate(args) -> int:
         print(table(["test index", "true", "predicted", "confidence", "loss"],
                     [[r["index"], r["true"], r["pred"], _pct(r["confidence"]), f"{r['loss']:.3f}"]
                      for r in ev.highest_loss]))
-    print("\nwrote " + ", ".join(str(p) for p in ev.files.values()))
+    tables = [p.name for k, p in ev.files.items() if not k.endswith("_plot")]
+    print(f"\nwrote {', '.join(tables)} in {ev.out_dir}")
+    if any(k.endswith("_plot") for k in ev.files):
+        print(f"figures (PNG and SVG) in {ev.out_dir / 'plots'}")
     return 0
 
 

@@ -19,8 +19,8 @@ from .errors import TrainlabError
 from .plots import epoch_rows
 from .tables import table
 
-# Keys that name or place a run, or only change what it prints: never a "difference".
-IGNORED_KEYS = ("name", "runs_dir", "quiet")
+# Keys that name or place a run, or only change what it prints or saves: never a "difference".
+IGNORED_KEYS = ("name", "runs_dir", "quiet", "tensorboard", "save_every", "keep")
 
 
 @dataclass
@@ -42,9 +42,10 @@ class RunRecord:
         return min(rows, key=lambda r: r["val_loss"]) if rows else None
 
     def final_test_acc(self) -> float:
-        if self.test:
-            return self.test["accuracy"]
-        return self.history[-1].get("test_acc", math.nan) if self.history else math.nan
+        """Test accuracy after the last epoch trained (not of a restored best model)."""
+        if self.history and _finite(self.history[-1].get("test_acc")):
+            return self.history[-1]["test_acc"]
+        return self.test["accuracy"] if self.test else math.nan
 
     def stats(self) -> dict:
         best = self.best_val_row()
@@ -161,7 +162,7 @@ class Comparison:
         parts.append(table(*self.summary_table()))
         h, rows = self.per_class_table()
         if rows:
-            parts += ["", "per-class test accuracy (final model)", table(h, rows)]
+            parts += ["", "per-class test accuracy (of each run's saved model.pt)", table(h, rows)]
         return "\n".join(parts)
 
     def histories(self) -> dict[str, list[dict]]:

@@ -53,6 +53,7 @@ class Config:
     compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
     channels_last: bool = False  # NHWC memory layout for convolutional models
     tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
+    sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 

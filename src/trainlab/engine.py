@@ -173,15 +173,22 @@ def predict(model: nn.Module, loader, tta_flip: bool = False) -> tuple[torch.Ten
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, loader, tta_flip: bool = False) -> dict:
-    """{"loss", "acc", "n"} over a loader (plain cross-entropy, so runs compare)."""
-    if len(loader) == 0:
-        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+def evaluate(model: nn.Module, loader, tta_flip: bool = False, reduce=None) -> dict:
+    """{"loss", "acc", "n"} over a loader (plain cross-entropy, so runs compare).
+
+    `reduce` sums across processes (DDP: each rank evaluates its shard of the split)."""
     check_same_device(model, loader.device)
     logits, labels = predict(model, loader, tta_flip)
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    acc = (logits.argmax(1) == labels).float().mean().item()
-    return {"loss": loss, "acc": acc, "n": len(labels)}
+    sums = torch.stack([nn.functional.cross_entropy(logits, labels, reduction="sum"),
+                        (logits.argmax(1) == labels).sum().float(),
+                        torch.tensor(float(len(labels)), device=logits.device)]) if len(labels) else \
+        torch.zeros(3, device=loader.device)
+    if reduce is not None:
+        sums = reduce(sums)
+    loss_sum, correct, n = sums.tolist()
+    if n == 0:
+        return {"loss": float("nan"), "acc": float("nan"), "n": 0}
+    return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
 
 
 # ---------------------------------------------------------------- training
@@ -211,6 +218,9 @@ class Instruments:
     seed: int = 0
     rank: int = 0
     should_stop: Callable[[], bool] | None = None  # polled after every step (signals)
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # DDP: sum across ranks
+    before_eval: Callable[[], None] | None = None  # DDP: make every rank's weights identical
+    partial_ok: bool = True  # whether a stop may save mid-epoch state (not under DDP)
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -274,9 +284,14 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, inst: Ins
         if i < steps and inst.should_stop is not None and inst.should_stop():
             state.step = i
             state.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
-                             "aug_state": loader.aug_state(), "rng": rng_state()}
+                             "aug_state": loader.aug_state(), "rng": rng_state()} if inst.partial_ok else None
             return None
     state.step, state.partial = 0, None
+    if inst.reduce is not None:  # DDP: every rank reports the same numbers
+        world = float(inst.reduce(torch.ones((), device=device)))
+        losses = inst.reduce(losses) / world
+        correct = inst.reduce(correct)
+        seen = int(inst.reduce(torch.tensor(seen, device=device)))
     # One host sync per epoch: here the losses are read and checked.
     losses_cpu = losses.cpu()
     finite = torch.isfinite(losses_cpu)
@@ -336,10 +351,13 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
         state.epoch += 1
         row = {"epoch": state.epoch, "global_step": state.global_step,
                "lr": optimizer.param_groups[0]["lr"], **record}
+        if inst.before_eval is not None:
+            inst.before_eval()
         for split, loader in (("val", val_loader), ("test", test_loader)):
-            if loader is not None and len(loader):
-                m = evaluate(eval_model, loader, tta_flip)
-                row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+            if loader is not None:
+                m = evaluate(eval_model, loader, tta_flip, inst.reduce)
+                if m["n"]:
+                    row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
         row["train_seconds"] = train_seconds
         row["seconds"] = time.perf_counter() - t0
         state.history.append(row)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plots, runs
-from .api import EVAL_BATCH, WEIGHTS_FILE, load_model
+from .api import EVAL_BATCH, WEIGHTS_FILE, checkpoint_path, load_model
 from .data import Dataset, DeviceLoader, load_dataset
 from .engine import pick_device, predict
 from .errors import TrainlabError
@@ -117,7 +117,7 @@ def evaluate_run_full(path_or_run: str | Path, data_dir=None, device: str = "aut
     files = {"evaluation": out_dir / EVALUATION_FILE, "per_class": out_dir / PER_CLASS_FILE,
              "confusion_matrix": out_dir / CONFUSION_FILE}
     runs.write_json(files["evaluation"], json_safe({
-        "checkpoint": str(path if path.is_file() else path / WEIGHTS_FILE),
+        "checkpoint": str(checkpoint_path(path)),
         "epoch": ckpt.get("epoch"), "evaluated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "dataset": data.name, "data_fingerprint": data.fingerprint(),
         "data_matches_training": matches, "split": "test", "test": summary,

@@ -130,5 +130,99 @@ def cnn(input_shape, num_classes, channels=(32, 64), fc=128, dropout=0.3):
     return nn.Sequential(*layers)
 
 
+# ---------------------------------------------------------------- the speed / accuracy ladder
+
+@register("cnn-fast")
+def cnn_fast(input_shape, num_classes, channels=(16, 32, 64), fc=128, dropout=0.2):
+    """A CNN designed for CPU speed: three 3x3 conv-BN-ReLU blocks (16/32/64), a 2x2 max-pool
+    after each of the first two (28 -> 14 -> 7), then FC `fc` (0: none), Dropout, FC.
+
+    Narrow early layers keep the full-resolution activations (the memory-bound part of a
+    CPU step) small: about half the multiply-adds of `cnn` and a third of its activation
+    memory, at higher accuracy (benchmarks/RESULTS.md)."""
+    channels = tuple(channels)
+    _check("channels", channels, len(channels) >= 1 and all(isinstance(c, int) and c > 0 for c in channels),
+           "one or more positive ints")
+    _check("fc", fc, isinstance(fc, int) and fc >= 0, "0 (no hidden FC layer) or a positive int")
+    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
+    c, h, w = input_shape
+    layers: list[nn.Module] = []
+    for i, out in enumerate(channels):
+        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+        c = out
+        if i < len(channels) - 1:  # pool between blocks, not after the last one
+            layers.append(nn.MaxPool2d(2))
+            h, w = h // 2, w // 2
+    _check("channels", channels, h > 0 and w > 0, f"too many pooling stages for {input_shape}")
+    layers.append(nn.Flatten())
+    if fc:
+        layers += [nn.Linear(c * h * w, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                   nn.Linear(fc, num_classes)]
+    else:
+        layers += [nn.Dropout(dropout), nn.Linear(c * h * w, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class PreActBlock(nn.Module):
+    """BN-ReLU-conv3x3-BN-ReLU-conv3x3 with an identity (or 1x1 strided conv) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(cin, cout, 1, stride, bias=False)
+                         if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        # the projection shortcut takes the pre-activated input (He et al. 2016, pre-act)
+        short = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(self.drop(torch.relu(self.bn2(out))))
+        return out + short
+
+
+class PreActResNet(nn.Module):
+    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...], depth: int,
+                 dropout: float):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks: list[nn.Module] = []
+        cin = widths[0]
+        for stage, cout in enumerate(widths):
+            for b in range(depth):
+                blocks.append(PreActBlock(cin, cout, 2 if (stage > 0 and b == 0) else 1, dropout))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))
+        x = torch.relu(self.bn(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register("resnet")
+def resnet(input_shape, num_classes, width=64, depth=2, stages=3, dropout=0.0):
+    """A pre-activation ResNet for small images (28x28 / 32x32): a 3x3 stem, `stages` stages
+    of `depth` pre-activation blocks with widths width, 2*width, 4*width (stride 2 between
+    stages: 28 -> 14 -> 7), global average pooling, FC. The defaults (width 64, depth 2:
+    14 weight layers, 2.8M parameters) are for the top of the ladder on a GPU; on a CPU use
+    e.g. width=32 (a quarter of the compute)."""
+    for name, value in (("width", width), ("depth", depth), ("stages", stages)):
+        _check(name, value, isinstance(value, int) and not isinstance(value, bool) and value > 0,
+               "a positive int")
+    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
+    c, h, w = input_shape
+    _check("stages", stages, min(h, w) // 2 ** (stages - 1) >= 1,
+           f"too many stride-2 stages for {input_shape}")
+    return PreActResNet(c, num_classes, tuple(width * 2 ** i for i in range(stages)), depth, dropout)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

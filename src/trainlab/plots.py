@@ -49,10 +49,13 @@ def _save(fig, out: str | Path) -> Saved:
 
 
 def epoch_rows(history: list[dict]) -> list[dict]:
-    """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume)."""
+    """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume).
+
+    Marker rows ({"event": "resume" | "fork" | "restart", "epoch": ...}) are not epochs.
+    """
     by_epoch = {}
     for row in history:
-        if "epoch" in row:
+        if "epoch" in row and "event" not in row:
             by_epoch[row["epoch"]] = row
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -67,8 +70,17 @@ def _series(rows: list[dict], key: str) -> tuple[list, list]:
     return xs, ys
 
 
-SPLIT_STYLE = {"train": dict(color="tab:blue"), "val": dict(color="tab:orange", ls="--"),
-               "test": dict(color="tab:red")}
+# val is drawn last and dashed: it often lies right on the test curve
+SPLIT_STYLE = {"train": dict(color="tab:blue"), "test": dict(color="tab:red"),
+               "val": dict(color="tab:orange", ls="--")}
+
+
+def _epoch_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
 
 
 # ---------------------------------------------------------------- one run
@@ -88,9 +100,8 @@ def curves(history: list[dict], out, title: str = "") -> Saved:
         xs_te, te = _series(rows, f"test_{metric}")
         if xs_tr and xs_tr == xs_te:
             ax.fill_between(xs_tr, tr, te, color="tab:red", alpha=0.08, label="train-test gap")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(name)
-        ax.grid(alpha=0.3)
     best = _best_val_epoch(rows)
     if best is not None:
         for ax in (ax_loss, ax_acc):
@@ -112,7 +123,7 @@ def per_class_bars(per_class: list[dict], out, title: str = "", overall: float |
     fig = _figure(7, 0.35 * len(names) + 1.2)
     ax = fig.subplots()
     finite = [a for a in accs if not math.isnan(a)]
-    worst = min(finite) if finite else None
+    worst = min(finite) if finite and min(finite) < max(finite) else None
     colors = ["tab:red" if a == worst else "tab:blue" for a in accs]
     ys = list(range(len(names)))
     ax.barh(ys, [0 if math.isnan(a) else a for a in accs], color=colors)
@@ -138,7 +149,7 @@ def confusion_figure(cm, classes: list[str], title: str = ""):
     totals = counts.sum(1, keepdims=True)
     frac = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     n = len(classes)
-    size = max(4.0, 0.55 * n + 2)
+    size = max(4.0, 0.45 * n + 1.5)
     fig = _figure(size + 1, size)
     ax = fig.subplots()
     im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
@@ -191,8 +202,9 @@ def misclassified_grid(images, true: list[int], pred: list[int], confidence: lis
     """Images with "true -> predicted (confidence)" above each one."""
     imgs = _as_hwc(images)
     n = len(imgs)
+    cols = max(1, min(cols, n))
     rows = max(1, math.ceil(n / cols))
-    fig = _figure(1.5 * cols, 1.75 * rows + 0.4)
+    fig = _figure(max(6.0, 1.5 * cols), 1.75 * rows + 0.4)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
         if i >= n:
@@ -255,9 +267,8 @@ def resume_overlay(with_state: list[dict], without_state: list[dict], fork_epoch
         ax.axvline(fork_epoch, color="grey", ls="--", lw=1)
         ax.annotate(f"resume at epoch {fork_epoch}", (fork_epoch, 1), xycoords=("data", "axes fraction"),
                     xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
-        ax.set_xlabel("epoch")
+        _epoch_axis(ax)
         ax.set_ylabel(key.replace("_", " "))
-        ax.grid(alpha=0.3)
     ax_tr.legend(fontsize=8)
     fig.suptitle(title or "resume: with vs without optimizer state")
     return _save(fig, out)
@@ -280,8 +291,7 @@ def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> S
     ax_loss.set_ylabel("loss (solid: val, dotted: train)")
     ax_acc.set_ylabel("accuracy (solid: test, dotted: train)")
     for ax in (ax_loss, ax_acc):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax)
     ax_acc.legend(fontsize=7)
     fig.suptitle(title or "runs compared")
     return _save(fig, out)

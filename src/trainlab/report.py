@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import plots
-from .api import WEIGHTS_FILE
+from .api import checkpoint_path
 from .compare import Comparison, RunRecord, compare_runs, resume_pairs
 from .data import Dataset
 from .errors import TrainlabError
@@ -28,18 +28,21 @@ FIGURES = ("curves", "per_class", "confusion_matrix", "misclassified", "samples"
 
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
-       max-width: 1150px; padding: 1.5em; color: #1d1d1f; background: #fff; }
+       max-width: 1280px; padding: 1.5em; color: #1d1d1f; background: #fff; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 2px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
 h3 { margin-top: 1.4em; }
 .meta { color: #555; }
 table { border-collapse: collapse; margin: .6em 0 1em; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
+td { white-space: nowrap; } td:first-child { white-space: normal; }
 th { background: #f4f4f6; } td:first-child, th:first-child { text-align: left; }
 tr.worst td { background: #fde8e8; } tr.overall td { font-weight: 600; background: #f7f7f9; }
 .warn { background: #fff3cd; border: 2px solid #e0a800; padding: .6em 1em; font-weight: 600; }
 .note { background: #eef5ff; border-left: 4px solid #4a90e2; padding: .4em 1em; }
 img { max-width: 100%; height: auto; display: block; margin: .5em 0; border: 1px solid #eee; }
 nav a { margin-right: 1em; } code { background: #f4f4f6; padding: 0 .25em; }
+.scroll { overflow-x: auto; } .scroll table { font-size: 12.5px; } .side { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
+.side img { max-width: 560px; }
 """
 
 
@@ -69,14 +72,14 @@ def _pct(x) -> str:
 
 def _fresh(run_dir: Path) -> bool:
     """The run's evaluation and figures exist and are newer than its checkpoint."""
-    ev, ckpt = run_dir / EVALUATION_FILE, run_dir / WEIGHTS_FILE
+    ev, ckpt = run_dir / EVALUATION_FILE, checkpoint_path(run_dir)
     figures = [run_dir / PLOTS_DIR / f"{f}.png" for f in FIGURES if f != "curves"]
     return (ev.exists() and all(p.exists() for p in figures)
             and (not ckpt.exists() or ev.stat().st_mtime >= ckpt.stat().st_mtime))
 
 
 def _ensure_evaluated(run: RunRecord, data_dir, device, data) -> dict | None:
-    if (run.path / WEIGHTS_FILE).exists() and not _fresh(run.path):
+    if checkpoint_path(run.path).is_file() and not _fresh(run.path):
         evaluate_run_full(run.path, data_dir=data_dir, device=device, data=data, plots_flag=True)
     elif not (run.path / PLOTS_DIR / "curves.png").exists() and run.history:
         plots.curves(run.history, run.path / PLOTS_DIR / "curves", f"{run.name}: train vs test")
@@ -107,16 +110,23 @@ def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
                    f"{_pct((summary.get('macro') or {}).get('f1'))}; hardest classes: "
                    f"{_esc(hardest_classes(summary))}</p>")
     out.append("<h3>Train vs test</h3>" + _img(figs / "curves.png", "train and test curves"))
+    # train figures are running averages in training mode (dropout, augmentation on)
+    note = "Train loss and accuracy are running averages over each epoch, in training mode"
+    if (cfg.get("label_smoothing") or 0) > 0:
+        note += (f"; the train loss also includes label smoothing ({cfg['label_smoothing']}) and the "
+                 "val/test losses do not, so compare the accuracies rather than the losses")
+    out.append(f'<p class="meta">{_esc(note)}.</p>')
     if summary.get("per_class"):
         pcs = summary["per_class"]
         accs = [pc["accuracy"] for pc in pcs if isinstance(pc["accuracy"], (int, float))]
-        worst = min(accs) if accs else None
-        rows = [[pc["class"], _pct(pc["accuracy"]), _pct(pc["precision"]), _pct(pc["recall"]),
-                 _pct(pc["f1"]), pc["support"]] for pc in pcs]
-        rows.append(["overall", _pct(summary.get("accuracy")), "", "", "", summary.get("n", "")])
+        worst = min(accs) if accs and min(accs) < max(accs) else None
+        rows = [[pc["class"], _pct(pc["accuracy"]), _pct(pc["precision"]), _pct(pc["f1"]), pc["support"]]
+                for pc in pcs]
+        rows.append(["overall", _pct(summary.get("accuracy")), "", "", summary.get("n", "")])
         classes = ["worst" if pc["accuracy"] == worst else "" for pc in pcs] + ["overall"]
-        out.append("<h3>Per class</h3>" + _table(
-            ["class", "accuracy", "precision", "recall", "F1", "n"], rows, classes))
+        out.append('<h3>Per class</h3><div class="side">' + _table(
+            ["class", "accuracy (= recall)", "precision", "F1", "n"], rows, classes)
+            + _img(figs / "per_class.png", "per-class accuracy") + "</div>")
     if summary.get("most_confused"):
         out.append("<h3>Most confused pairs</h3>" + _table(
             ["true", "predicted as", "count", "share of true class"],
@@ -131,7 +141,7 @@ def _comparison_section(comp: Comparison, tmp: Path) -> str:
     out = ['<section id="comparison"><h2>Comparison</h2>']
     out += [f'<p class="warn">{_esc(w)}</p>' for w in comp.warnings]
     out += [f'<p class="note">{_esc(n)}</p>' for n in comp.notes]
-    out.append(_table(*comp.summary_table()))
+    out.append('<div class="scroll">' + _table(*comp.summary_table()) + "</div>")
     out.append('<p class="meta">Best-validation epoch: lowest validation loss; the test accuracy '
                "at that epoch is what selecting by validation would have given. Gap: final running "
                "train accuracy minus final test accuracy. Seeds of one configuration: mean ± std.</p>")
@@ -140,7 +150,8 @@ def _comparison_section(comp: Comparison, tmp: Path) -> str:
         out.append(_img(fig.png, "curves of all runs"))
     headers, rows = comp.per_class_table()
     if rows:
-        out.append("<h3>Per-class test accuracy side by side</h3>" + _table(headers, rows))
+        out.append('<h3>Per-class test accuracy side by side</h3><div class="scroll">'
+                   + _table(headers, rows) + "</div>")
     for k, pair in enumerate(resume_pairs(comp.runs)):
         fig = plots.resume_overlay(pair.with_state.history, pair.without_state.history, pair.epoch,
                                    tmp / f"resume-{k}", parent=pair.parent_history)
@@ -162,7 +173,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=N
     samples = next((r.path / PLOTS_DIR / "samples.png" for r in comp.runs
                     if (r.path / PLOTS_DIR / "samples.png").exists()), None)
     with tempfile.TemporaryDirectory() as tmp:
-        nav = " ".join([f'<a href="#comparison">comparison</a>', '<a href="#data">data</a>']
+        nav = " ".join(['<a href="#comparison">comparison</a>', '<a href="#data">data</a>']
                        + [f'<a href="#run-{i}">{_esc(r.name)}</a>' for i, r in enumerate(comp.runs)])
         body = [f"<h1>{_esc(title)}</h1>",
                 f'<p class="meta">{len(comp.runs)} run(s), written {_esc(time.strftime("%Y-%m-%d %H:%M"))}'

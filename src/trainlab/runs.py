@@ -86,8 +86,10 @@ def environment() -> dict:
 
 
 def write_json(path: Path, obj) -> None:
+    from .metrics import json_safe  # strict JSON: NaN becomes null
+
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
     os.replace(tmp, path)
 
 

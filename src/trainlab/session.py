@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import shlex
 import signal
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import models, runs
+from . import distributed, models, runs
 from .checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
 from .config import Config, resolve
 from .data import Dataset, DeviceLoader, load_dataset, stratified_split
@@ -38,7 +39,7 @@ CHECKPOINTS = "checkpoints"
 # Config keys that may differ between a checkpoint and its resume without changing the run.
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",
                     "patience", "min_delta", "save_every", "keep", "tensorboard", "compile",
-                    "channels_last", "tf32"}
+                    "channels_last", "tf32", "sync_bn"}
 
 
 class Interrupted(TrainlabError):
@@ -157,8 +158,12 @@ def build_model(spec: dict, allow_import=None) -> nn.Module:
                         allow_import=allow_import, **spec.get("kwargs", {}))
 
 
-def make_loaders(data: Dataset, cfg: Config, device, augment=None) -> dict[str, DeviceLoader]:
-    """Train / val / test loaders on `device`; val is carved from the training split."""
+def make_loaders(data: Dataset, cfg: Config, device, augment=None,
+                 ctx: distributed.DistContext = distributed.DistContext()) -> dict[str, DeviceLoader]:
+    """Train / val / test loaders on `device`; val is carved from the training split.
+
+    Under DDP the training loader shards each epoch across ranks, and val/test are split
+    rank::world so the ranks evaluate disjoint parts whose sums are all-reduced."""
     n_train = len(data.train_y)
     if cfg.val_size >= n_train:
         raise ConfigError(f"val_size = {cfg.val_size} is invalid: the training split has only "
@@ -168,12 +173,17 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None) -> dict[str, 
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is invalid: larger than the "
                           f"{len(train_idx)} training samples")
     common = dict(mean=data.mean, std=data.std, device=device)
-    return {
+    r, w = ctx.rank, ctx.world_size
+    loaders = {
         "train": DeviceLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.train.batch_size,
-                              shuffle=True, seed=cfg.seed, augment=augment, **common),
-        "val": DeviceLoader(data.train_x[val_idx], data.train_y[val_idx], EVAL_BATCH, **common),
-        "test": DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, **common),
+                              shuffle=True, seed=cfg.seed, augment=augment, rank=r, world_size=w, **common),
+        "val": DeviceLoader(data.train_x[val_idx[r::w]], data.train_y[val_idx[r::w]], EVAL_BATCH, **common),
+        "test": DeviceLoader(data.test_x[r::w], data.test_y[r::w], EVAL_BATCH, **common),
     }
+    # the final per-class report needs every test image in one place (rank 0)
+    loaders["test_full"] = loaders["test"] if w == 1 else \
+        DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, **common)
+    return loaders
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -192,21 +202,40 @@ class Session:
         self.cfg = cfg
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
-        self.device = pick_device(cfg.device)
+        self.dist = distributed.context()
+        if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
+            log.setLevel(logging.WARNING)
+            progress = False
+        self.device = pick_device(distributed.device_for(self.dist, cfg.device))
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.tf32 and self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.loaders = make_loaders(self.data, cfg, self.device, self._augment())
+        if self.dist.enabled and cfg.train.batch_size % self.dist.world_size:
+            raise ConfigError(f"batch_size = {cfg.train.batch_size} is the global batch and must divide "
+                              f"evenly across the {self.dist.world_size} processes")
+        self.loaders = make_loaders(self.data, cfg, self.device, self._augment(), self.dist)
         self.spec = model_spec(cfg, self.data)
         self.model = build_model(self.spec).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             for loader in self.loaders.values():
                 loader.channels_last = True
+        if cfg.sync_bn:
+            if not (self.dist.enabled and self.device.type == "cuda"):
+                raise ConfigError("sync_bn needs DDP on CUDA GPUs (torchrun with NCCL); on the CPU "
+                                  "each rank keeps its own BatchNorm statistics")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.train_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         # Only the training forward is compiled; checkpoints always hold self.model's keys.
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
         self.precision = resolve_precision(cfg.train.precision, self.device, cfg.model)
         self.optimizer = build_optimizer(self.model, cfg.train)
         # The schedule is planned once; extending a run keeps the plan (the final rate continues).
@@ -221,7 +250,9 @@ class Session:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.monitor = Monitor(cfg.monitor, resolve_mode(cfg), cfg.patience, cfg.min_delta)
         self.state = FitState()
-        self.progress = (not cfg.quiet) if progress is None else progress
+        if progress is None:  # a bar only for a person at a terminal
+            progress = not cfg.quiet and sys.stderr.isatty() and os.environ.get("CI") != "true"
+        self.progress = progress
         self.run_dir: Path | None = None
         self.tb = None
 
@@ -261,7 +292,7 @@ class Session:
                  **({"cuda": torch.cuda.get_rng_state_all()} if torch.cuda.is_available() else {}),
                  **host_rng_state()},
             config=self.cfg.to_dict(), recipe=self.cfg.recipe, threads=torch.get_num_threads(),
-            world_size=1, fingerprint=self.data.fingerprint(), classes=self.data.classes,
+            world_size=self.dist.world_size, fingerprint=self.data.fingerprint(), classes=self.data.classes,
             mean=self.data.mean, std=self.data.std)
 
     def _param_names(self) -> list[str]:
@@ -307,8 +338,12 @@ class Session:
     # -------------------------------------------------------- running
 
     def start_run_dir(self, extra_meta: dict | None = None) -> Path:
+        if not self.dist.is_main:
+            self.run_dir = Path(distributed.broadcast_object(None, self.dist))
+            return self.run_dir
         self.run_dir = runs.create_run_dir(self.cfg)
-        runs.write_run_header(self.run_dir, self.cfg, {
+        distributed.broadcast_object(str(self.run_dir), self.dist)
+        runs.write_run_header(self.run_dir, self.cfg, {"world_size": self.dist.world_size,
             "device": describe_device(self.device), "precision": self.precision.name,
             "precision_reason": self.precision.reason, "data_source": self.data.source,
             "data_fingerprint": self.data.fingerprint(), "classes": self.data.classes,
@@ -318,14 +353,17 @@ class Session:
 
     def _on_epoch_end(self, state: FitState) -> bool:
         row = state.history[-1]
-        runs.append_metrics(self.run_dir, row)
-        if self.tb is not None:
-            self.tb.log_epoch(row)
         value = row.get(self.monitor.metric)
         if value is None or not math.isfinite(value):
             raise TrainlabError(f"the monitored metric {self.monitor.metric} is missing or not "
                                 f"finite at epoch {state.epoch}")
+        # Every rank sees the same all-reduced metrics, so all take the same decision here.
         improved = self.monitor.update(value, state.epoch)
+        if not self.dist.is_main:
+            return self.monitor.should_stop
+        runs.append_metrics(self.run_dir, row)
+        if self.tb is not None:
+            self.tb.log_epoch(row)
         info = {"epoch": state.epoch, "global_step": state.global_step,
                 "metric": self.monitor.metric, "value": value}
         ckpt = self.state_dict()
@@ -350,7 +388,7 @@ class Session:
         return False
 
     def run(self) -> "TrainResult":
-        if self.cfg.tensorboard:
+        if self.cfg.tensorboard and self.dist.is_main:
             from .tb import TensorBoardLogger
 
             self.tb = TensorBoardLogger(self.run_dir)
@@ -360,7 +398,13 @@ class Session:
         signals = StopSignals()
         inst = Instruments(scheduler=self.scheduler, scaler=self.scaler if self.scaler.is_enabled() else None,
                            precision=self.precision, ema=self.ema, grad_clip=self.cfg.train.grad_clip,
-                           seed=self.cfg.seed, should_stop=signals)
+                           seed=self.cfg.seed, rank=self.dist.rank, should_stop=signals)
+        if self.dist.enabled:
+            # all ranks stop at the same step; a partial epoch is redone on resume
+            inst.should_stop = lambda: distributed.any_rank(signals(), self.device)
+            inst.reduce = distributed.all_reduce_sum
+            inst.before_eval = self._sync_for_eval
+            inst.partial_ok = False
         with signals:
             state = fit(self.train_model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
                         val_loader=self.loaders["val"], test_loader=self.loaders["test"],
@@ -370,10 +414,22 @@ class Session:
         if state.stopped == "interrupt":
             self._save_interrupt(signals.signum)
         if self.cfg.patience > 0:
+            distributed.barrier(self.dist)  # rank 0 has finished writing best.pt
             self._restore_best()
         return self.finish()
 
+    def _sync_for_eval(self) -> None:
+        distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema)
+
     def _save_interrupt(self, signum: int):
+        if not self.dist.is_main:
+            raise Interrupted(signum, f"{signal.Signals(signum).name}: rank {self.dist.rank} stopped")
+        if self.state.step and self.state.partial is None:  # DDP: no mid-epoch state
+            raise Interrupted(signum, f"{signal.Signals(signum).name}: stopped in epoch "
+                                      f"{self.state.epoch + 1}, which will be redone; continue with: "
+                                      f"trainlab resume {shlex.quote(str(self.run_dir))}")
         if self.state.step:  # mid-epoch: the epoch-end checkpoint is older, save this point
             self.checkpoints.save("last.pt", self.state_dict(), epoch=self.state.epoch,
                                   global_step=self.state.global_step, metric=self.monitor.metric,
@@ -397,7 +453,13 @@ class Session:
                  self.monitor.metric, ckpt["best"]["value"])
 
     def finish(self) -> "TrainResult":
-        logits, labels = predict(self.eval_model, self.loaders["test"], self.cfg.train.tta_flip)
+        if self.dist.enabled:
+            self._sync_for_eval()
+            if not self.dist.is_main:
+                results = distributed.broadcast_object(None, self.dist)
+                return TrainResult(self.run_dir, self.cfg, self.state.history, results["test"],
+                                   describe_device(self.device), results)
+        logits, labels = predict(self.eval_model, self.loaders["test_full"], self.cfg.train.tta_flip)
         test = summarize(logits, labels, self.data.classes)
         save_checkpoint(self.run_dir / WEIGHTS_FILE, make_checkpoint(
             self.eval_model, model_spec=self.spec, classes=self.data.classes, mean=self.data.mean,
@@ -413,7 +475,9 @@ class Session:
                    "seconds_per_epoch": sum(r["train_seconds"] for r in hist) / max(1, len(hist)),
                    "total_seconds": sum(r["seconds"] for r in hist)}
         runs.write_json(self.run_dir / runs.RESULTS_FILE, results)
+        distributed.broadcast_object(results, self.dist)
         if self.tb is not None:
+            self.tb.log_confusion(test["confusion_matrix"], self.data.classes, step=self.state.epoch)
             self.tb.close()
         return TrainResult(self.run_dir, self.cfg, hist, test, describe_device(self.device), results)
 
@@ -485,19 +549,29 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
                           "pass --allow-changes to resume on it anyway")
     if ckpt["model_spec"] != session.spec:
         raise ConfigError(f"the model differs from the checkpoint's: {ckpt['model_spec']} vs {session.spec}")
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != session.dist.world_size:
+        if ckpt.get("step"):
+            raise ConfigError(f"{name} was saved in the middle of an epoch by {saved_world} process(es); "
+                              f"resume it with the same number of processes, not {session.dist.world_size}")
+        log.info("resume: world size %d -> %d (the batch size is global: same steps, same schedule)",
+                 saved_world, session.dist.world_size)
     session.load_state_dict(ckpt, reset_optimizer=reset_optimizer)
     if into is None:
         session.run_dir = run_dir
-        runs.truncate_metrics(run_dir, ckpt["epoch"], {"event": "resume", "from": name,
-                                                       "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
-                                                       "global_step": ckpt["global_step"]})
+        if session.dist.is_main:
+            runs.truncate_metrics(run_dir, ckpt["epoch"], {"event": "resume", "from": name,
+                                                           "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
+                                                           "global_step": ckpt["global_step"],
+                                                           "world_size": session.dist.world_size})
     else:
         session.start_run_dir({"parent": {"run": str(run_dir), "checkpoint": name, "epoch": ckpt["epoch"],
                                           "reset_optimizer": reset_optimizer}})
-        for row in session.state.history:
-            runs.append_metrics(session.run_dir, row)
-        runs.append_metrics(session.run_dir, {"event": "fork", "from": str(run_dir), "epoch": ckpt["epoch"],
-                                              "reset_optimizer": reset_optimizer})
+        if session.dist.is_main:
+            for row in session.state.history:
+                runs.append_metrics(session.run_dir, row)
+            runs.append_metrics(session.run_dir, {"event": "fork", "from": str(run_dir),
+                                                  "epoch": ckpt["epoch"], "reset_optimizer": reset_optimizer})
     where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
     log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
              " with a fresh optimizer" if reset_optimizer else "")
@@ -514,7 +588,8 @@ def _restart(run_dir: Path, epochs: int | None, data, progress) -> TrainResult:
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session = Session(resolve(values), data, progress=progress)
     session.run_dir = run_dir
-    runs.truncate_metrics(run_dir, 0, {"event": "restart", "epoch": 0})
+    if session.dist.is_main:
+        runs.truncate_metrics(run_dir, 0, {"event": "restart", "epoch": 0})
     return session.run()
 
 

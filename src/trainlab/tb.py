@@ -36,8 +36,8 @@ class TensorBoardLogger:
         self.writer = _summary_writer()(log_dir=str(run_dir))
 
     def log_epoch(self, row: dict) -> None:
-        """Scalars of one metrics row; rows without an epoch (resume markers) are skipped."""
-        if "epoch" not in row:
+        """Scalars of one metrics row; marker rows ({"event": "resume", ...}) are skipped."""
+        if "epoch" not in row or "event" in row:
             return
         for key, tag in SCALARS.items():
             v = row.get(key)

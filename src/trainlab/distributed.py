@@ -1,0 +1,105 @@
+"""Data-parallel training on PyTorch's own engine: torch.distributed + torchrun.
+
+torchrun starts one process per device and sets RANK / WORLD_SIZE / LOCAL_RANK; trainlab
+joins the process group (gloo on CPU, NCCL on CUDA), wraps the model in
+DistributedDataParallel, gives each rank an equal shard of every epoch, all-reduces the
+metrics so every rank sees the same numbers, and lets rank 0 alone print and write files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import TrainlabError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context() -> DistContext:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        # A bounded timeout: if a rank dies, the others fail here instead of waiting forever.
+        timeout = datetime.timedelta(seconds=float(os.environ.get("TRAINLAB_DIST_TIMEOUT", "120")))
+        dist.init_process_group(backend, timeout=timeout)
+    return DistContext(rank, world, local)
+
+
+def device_for(ctx: DistContext, requested: str) -> str:
+    """Under CUDA DDP each process drives its own GPU: cuda:LOCAL_RANK."""
+    if ctx.enabled and requested in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{ctx.local_rank}"
+    return requested
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every rank if any rank's flag is set (so all stop at the same step)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """BatchNorm statistics are per rank (unless --sync-bn): evaluate rank 0's everywhere."""
+    for b in module.buffers():
+        dist.broadcast(b, src=0)
+
+
+def broadcast_object(obj, ctx: DistContext):
+    if not ctx.enabled:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`trainlab train --nproc N ...`: re-run the same command under torchrun on this machine."""
+    if nproc < 1:
+        raise TrainlabError(f"--nproc {nproc} is invalid: use 1 or more processes")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "trainlab", *argv]
+    print("trainlab: launching " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    return subprocess.call(cmd)

@@ -1,0 +1,159 @@
+"""Comparing runs: only the differing config keys, seeds grouped, different data flagged."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from conftest import make_images
+from trainlab.compare import compare_runs, load_run, mean_std, resume_pairs
+from trainlab.errors import TrainlabError
+
+
+def _train(data, root, name, **values):
+    from trainlab.api import train
+    from trainlab.config import resolve
+
+    cfg = resolve({"epochs": 2, "quiet": True, "runs_dir": str(root), "val_size": 100, "threads": 1,
+                   "name": name, **values})
+    return train(cfg, data=data, progress=False)
+
+
+@pytest.fixture
+def three_runs(tiny_data, tmp_path):
+    """Two seeds of the default recipe and one textbook run, on the same data."""
+    return [_train(tiny_data, tmp_path / "runs", "s0", seed=0),
+            _train(tiny_data, tmp_path / "runs", "s1", seed=1),
+            _train(tiny_data, tmp_path / "runs", "tb", recipe="textbook", lr=3e-4)]
+
+
+def test_mean_std_format():
+    assert mean_std([0.8, 0.9], pct=True) == "85.00 ± 7.07%"
+    assert mean_std([0.8], pct=True) == "80.00%"
+    assert mean_std([0.05, -0.01], pct=True, signed=True) == "+2.00 ± 4.24%"
+    assert mean_std([float("nan")]) == "n/a"
+
+
+def test_only_differing_keys_and_seed_groups(three_runs):
+    comp = compare_runs([r.run_dir for r in three_runs])
+    assert "seed" in comp.diff_keys and "recipe" in comp.diff_keys and "lr" in comp.diff_keys
+    for same in ("model", "epochs", "val_size", "dataset", "name", "runs_dir", "quiet"):
+        assert same not in comp.diff_keys
+    assert comp.warnings == []
+    assert [len(g.runs) for g in comp.groups] == [2, 1]
+    headers, rows = comp.summary_table()
+    seed_row = rows[0]
+    assert seed_row[0] == "s0 (+1 seeds)" and seed_row[headers.index("seed")] == "0,1"
+    accs = [r.test_accuracy for r in three_runs[:2]]
+    assert seed_row[headers.index("final test acc")] == mean_std(accs, pct=True)
+    assert "±" in seed_row[headers.index("final test acc")]
+    # per class side by side: one column per group
+    h, pc_rows = comp.per_class_table()
+    assert h == ["class", "s0 (+1 seeds)", "tb"] and [r[0] for r in pc_rows] == [f"c{i}" for i in range(10)]
+    text = comp.text()
+    assert "s0 (+1 seeds)" in text and "per-class test accuracy" in text
+
+
+def test_best_validation_epoch_gap_and_time(three_runs, tmp_path):
+    run = tmp_path / "crafted"
+    shutil.copytree(three_runs[0].run_dir, run)
+    rows = [{"epoch": 1, "train_acc": 0.70, "val_loss": 0.9, "test_acc": 0.68, "seconds": 1.0},
+            {"epoch": 2, "train_acc": 0.90, "val_loss": 0.5, "test_acc": 0.85, "seconds": 1.5},
+            {"event": "resume", "from": "last.pt", "epoch": 2, "step": 0},
+            {"epoch": 3, "train_acc": 0.99, "val_loss": 0.7, "test_acc": 0.83, "seconds": 2.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = json.loads((run / "results.json").read_text())
+    results["test"]["accuracy"], results["total_seconds"] = 0.83, 4.5
+    (run / "results.json").write_text(json.dumps(results))
+    stats = load_run(run).stats()
+    assert stats["best_val_epoch"] == 2 and stats["test_acc_best_val"] == 0.85
+    assert stats["test_acc_final"] == 0.83 and stats["gap"] == pytest.approx(0.16)
+    assert stats["epochs"] == 3 and stats["seconds"] == 4.5
+    headers, table_rows = compare_runs([run, three_runs[2].run_dir]).summary_table()
+    assert table_rows[0][headers.index("test acc @best val (epoch)")] == "85.00% (2)"
+    assert table_rows[0][headers.index("train-test gap")] == "+16.00%"
+
+
+def test_different_data_is_flagged_not_grouped(tiny_data, tmp_path):
+    from trainlab.data import from_arrays
+
+    tx, ty = make_images(600, seed=7)
+    sx, sy = make_images(200, seed=8)
+    other = from_arrays(tx, ty, sx, sy, name="tiny", classes=[f"c{i}" for i in range(10)])
+    a = _train(tiny_data, tmp_path, "a", seed=0)
+    b = _train(other, tmp_path, "b", seed=1)  # differs only by seed... and by its data
+    comp = compare_runs([a.run_dir, b.run_dir])
+    assert len(comp.groups) == 2, "runs on different data must never be averaged"
+    assert [g.data for g in comp.groups] == ["A", "B"]
+    assert len(comp.warnings) == 2 and all("DIFFERENT DATA" in w for w in comp.warnings)
+    assert comp.text().startswith("!! DIFFERENT DATA")
+
+
+def test_same_bytes_from_another_source_is_a_note(three_runs, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(three_runs[1].run_dir, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["data_fingerprint"]["source"] = "folder"
+    (copy / "meta.json").write_text(json.dumps(meta))
+    comp = compare_runs([three_runs[0].run_dir, copy])
+    assert comp.warnings == [] and len(comp.groups) == 1
+    assert "identical" in comp.notes[0]
+
+
+def test_resume_pairs_from_real_forks(tiny_data, three_runs, tmp_path):
+    """Fork one run at its last checkpoint twice, keeping and resetting the optimizer."""
+    from trainlab.api import resume
+
+    parent = three_runs[0].run_dir
+    forks = [resume(parent, epochs=4, into=tmp_path / f"fork-reset-{reset}", reset_optimizer=reset,
+                    data=tiny_data, progress=False).run_dir for reset in (False, True)]
+    pairs = resume_pairs([load_run(p) for p in [parent, *forks]])
+    assert len(pairs) == 1
+    pair = pairs[0]
+    assert pair.epoch == 2 and len(pair.parent_history) == 2
+    assert pair.with_state.path == forks[0] and pair.without_state.path == forks[1]
+    # the fork's history holds the parent's epochs, then its own; the marker is not an epoch
+    assert [r["epoch"] for r in pair.with_state.history] == [1, 2, 3, 4]
+    comp = compare_runs(forks)
+    assert comp.diff_keys == [] and comp.warnings == []
+
+
+@pytest.fixture
+def cli_main(monkeypatch):
+    """trainlab.cli.main with the report commands; wires them in if cli.py does not yet."""
+    from trainlab import cli
+
+    orig = cli.build_parser
+
+    def build_parser():
+        p = orig()
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        if "compare" not in sub.choices:
+            from trainlab.cli_report import add_commands
+
+            sub.choices.pop("evaluate", None)
+            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != "evaluate"]
+            add_commands(sub)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    return cli.main
+
+
+def test_compare_cli(cli_main, three_runs, tmp_path, capsys):
+    out = tmp_path / "fig" / "overlay.png"
+    assert cli_main(["compare", *(str(r.run_dir) for r in three_runs), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "s0 (+1 seeds)" in text and "train-test gap" in text and "c9" in text
+    assert out.stat().st_size > 1000 and out.with_suffix(".svg").exists()
+
+
+def test_compare_cli_not_a_run_folder(cli_main, tmp_path, capsys):
+    assert cli_main(["compare", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "not a trainlab run folder" in err and "Traceback" not in err
+    with pytest.raises(TrainlabError):
+        compare_runs([])

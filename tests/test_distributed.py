@@ -1,0 +1,111 @@
+"""Data-parallel training on torch.distributed (gloo, 2 CPU processes via torchrun)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_images
+from trainlab.checkpoint import load_checkpoint
+from trainlab.data.idx import write_idx
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("idx")
+    tx, ty = make_images(440, seed=1)
+    sx, sy = make_images(101, seed=2)  # odd: ranks evaluate unequal shards, sums stay exact
+    for name, arr in (("train-images-idx3-ubyte.gz", tx[:, 0]), ("train-labels-idx1-ubyte.gz", ty),
+                      ("t10k-images-idx3-ubyte.gz", sx[:, 0]), ("t10k-labels-idx1-ubyte.gz", sy)):
+        write_idx(d / name, arr)
+    return d
+
+
+def run(args, nproc=1, timeout=180, **popen):
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "trainlab", *args]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "trainlab", *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env, **popen)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def common(idx_dir, tmp_path, name, *extra):
+    return ["train", "--dataset", f"idx:{idx_dir}", "--runs-dir", str(tmp_path), "--name", name,
+            "--threads", "1", "--val-size", "40", "--quiet", "--seed", "5", *extra]
+
+
+SGD = ["--model", "mlp", "--recipe", "textbook", "--optimizer", "sgd", "--lr", "0.05",
+       "--momentum", "0.9", "--epochs", "1"]
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def max_diff(a, b):
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_ranks_match_one_process_with_the_same_global_batch(idx_dir, tmp_path):
+    """400 samples / global batch 40 = 10 SGD-momentum steps: 2 ranks x 20 == 1 x 40."""
+    two = run(common(idx_dir, tmp_path, "two", *SGD, "--batch-size", "40"), nproc=2)
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run(common(idx_dir, tmp_path, "one", *SGD, "--batch-size", "40"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    half = run(common(idx_dir, tmp_path, "half", *SGD, "--batch-size", "20"))
+    assert half.returncode == 0, half.stderr[-2000:]
+    w2, w1, wh = weights(tmp_path / "two"), weights(tmp_path / "one"), weights(tmp_path / "half")
+    assert load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["global_step"] == 10
+    assert max_diff(w2, w1) < 1e-6
+    assert max_diff(wh, w1) > 1e-3  # negative control: 1 process x batch 20 is another run
+    m2 = load_checkpoint(tmp_path / "two" / "checkpoints" / "last.pt")["history"][-1]
+    m1 = load_checkpoint(tmp_path / "one" / "checkpoints" / "last.pt")["history"][-1]
+    for key in ("train_loss", "val_loss", "val_acc", "test_loss", "test_acc"):  # all-reduced
+        assert m2[key] == pytest.approx(m1[key], abs=1e-5), key
+
+
+@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+def test_resume_with_another_world_size(idx_dir, tmp_path, first, second):
+    args = common(idx_dir, tmp_path, "r", "--model", "mlp-reg", "--epochs", "1", "--batch-size", "40")
+    assert run(args, nproc=first).returncode == 0
+    env_args = ["resume", str(tmp_path / "r"), "--epochs", "2"]
+    proc = run(env_args, nproc=second)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ck = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 2 and ck["world_size"] == second
+    assert f"world size {first} -> {second}" in proc.stderr
+
+
+def test_a_killed_rank_ends_the_job_in_bounded_time_and_resume_works(idx_dir, tmp_path):
+    args = common(idx_dir, tmp_path, "k", "--model", "mlp", "--epochs", "500", "--batch-size", "8")
+    proc = run(args, nproc=2, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpt = tmp_path / "k" / "checkpoints" / "last.pt"
+    deadline = time.time() + 90
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(children) == 2
+    os.kill(children[-1], signal.SIGKILL)  # one rank dies
+    t0 = time.time()
+    _, err = proc.communicate(timeout=150)
+    assert proc.returncode != 0
+    assert time.time() - t0 < 150
+    proc = run(["resume", str(tmp_path / "k"), "--epochs", str(load_checkpoint(ckpt)["epoch"] + 1)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_sync_bn_on_cpu_is_refused_clearly(idx_dir, tmp_path):
+    proc = run(common(idx_dir, tmp_path, "s", "--model", "mlp-reg", "--sync-bn"))
+    assert proc.returncode == 2 and "sync_bn needs DDP on CUDA" in proc.stderr

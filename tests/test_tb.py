@@ -1,0 +1,66 @@
+"""TensorBoard logging, read back with TensorBoard's own event reader."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from trainlab import runs
+from trainlab.errors import TrainlabError
+
+# part of the test set-up (the `test` extra): in CI this must import, not skip
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+
+def read_events(folder):
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
+    from trainlab.api import train
+    from trainlab.config import resolve
+    from trainlab.tb import TensorBoardLogger
+
+    result = train(resolve({"epochs": 2, "quiet": True, "runs_dir": str(tmp_path), "val_size": 100,
+                            "threads": 1}), data=tiny_data, progress=False)
+    rows = runs.read_metrics(result.run_dir)
+    rows.insert(1, {"event": "resume", "from": "last.pt", "epoch": 1, "step": 0})  # a marker: skipped
+    with TensorBoardLogger(result.run_dir) as tb:
+        for row in rows:
+            tb.log_epoch(row)
+        tb.log_confusion(result.test["confusion_matrix"], tiny_data.classes, step=2)
+
+    acc = read_events(result.run_dir)
+    tags = set(acc.Tags()["scalars"])
+    assert {"loss/train", "loss/val", "loss/test", "acc/train", "acc/val", "acc/test", "lr"} <= tags
+    history = result.history
+    for tag, key in (("loss/train", "train_loss"), ("acc/test", "test_acc"), ("loss/val", "val_loss"),
+                     ("lr", "lr")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in history], rel=1e-6)
+    assert acc.Tags()["images"] == ["confusion_matrix"]
+    image = acc.Images("confusion_matrix")[0]
+    assert image.step == 2 and image.width > 100 and image.height > 100
+    assert image.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confusion_from_a_figure(tmp_path):
+    from trainlab.plots import confusion_figure
+    from trainlab.tb import TensorBoardLogger
+
+    fig = confusion_figure([[3, 1], [0, 4]], ["a", "b"])
+    with TensorBoardLogger(tmp_path) as tb:
+        tb.log_confusion(fig, step=5, tag="cm/test")
+    assert read_events(tmp_path).Images("cm/test")[0].step == 5
+
+
+def test_missing_tensorboard_says_how_to_install(monkeypatch, tmp_path):
+    from trainlab.tb import TensorBoardLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(TrainlabError, match=r"pip install trainlab\[tensorboard\]"):
+        TensorBoardLogger(tmp_path)
