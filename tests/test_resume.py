@@ -131,12 +131,16 @@ def _kill_trial(idx_dir, tmp_path, trial: int) -> str:
     run = f"k{trial}"
     cmd = [sys.executable, "-m", "trainlab", "train", *_cli_args(idx_dir, tmp_path, run)]
     proc = subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start, landed = time.time(), None
-    kill_at = rng.uniform(2.0, 5.0)
-    while proc.poll() is None and time.time() - start < 60:
+    start, landed = None, None
+    kill_after = rng.uniform(0.0, 3.0)  # seconds into training (start-up is not the point)
+    deadline = time.time() + 90
+    while proc.poll() is None and time.time() < deadline:
+        if start is None and (tmp_path / run / "config.toml").exists():
+            start = time.time()
         lines = log.read_text().splitlines() if log.exists() else []
         hits = [x for x in lines if x.startswith(target) and x.endswith(".pt")]
-        if (target == "time" and time.time() - start > kill_at) or len(hits) >= nth:
+        timed_out = target == "time" and start is not None and time.time() - start > kill_after
+        if timed_out or len(hits) >= nth:
             proc.kill()
             landed = lines[-1] if lines else "before the first save"
             break

@@ -84,6 +84,11 @@ PRESETS: dict[str, Recipe] = {
     # cores busy, one-cycle AdamW converges in few epochs, smoothing helps calibration.
     "fast": Recipe(epochs=10, batch_size=256, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
                    schedule="onecycle", label_smoothing=0.1),
+    "fast-cnn": Recipe(epochs=10, batch_size=256, optimizer="adamw", lr=3e-3, weight_decay=5e-4,
+                       schedule="onecycle", label_smoothing=0.1),
+    "resnet": Recipe(epochs=30, batch_size=256, optimizer="sgd", lr=0.2, momentum=0.9,
+                     nesterov=True, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1,
+                     translate=2, hflip=True, erase=0.25, ema=0.999, tta_flip=True),
 }
 DEFAULT_RECIPE = "fast"
 

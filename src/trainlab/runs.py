@@ -94,7 +94,9 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_run_header(run_dir: Path, cfg: Config, extra_meta: dict) -> None:
-    (run_dir / CONFIG_FILE).write_text(dumps_toml(cfg.to_dict()))
+    tmp = run_dir / (CONFIG_FILE + ".tmp")  # whole or absent: resume reads it
+    tmp.write_text(dumps_toml(cfg.to_dict()))
+    os.replace(tmp, run_dir / CONFIG_FILE)
     meta = {"command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **environment(), **extra_meta}
     write_json(run_dir / META_FILE, meta)

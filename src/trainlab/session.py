@@ -513,7 +513,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder)."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
-        raise TrainlabError(f"{run_dir} is not a trainlab run folder (no {runs.CONFIG_FILE})")
+        raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
+                            "or its run was stopped before it started; start it again with trainlab train")
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
     ckpt_dir.remove_stale_temps()  # left by a process killed mid-write
     found = ckpt_dir.newest_good()
