@@ -107,7 +107,8 @@ def _print_result(result) -> int:
         return 0
     cfg = result.config
     print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result.test,
-                      result.results["seconds_per_epoch"], len(result.history), result.device))
+                      result.results["seconds_per_epoch"], len(result.history), result.device,
+                      result.results.get("test_split", "test split")))
     return 0
 
 
@@ -205,6 +206,7 @@ def cmd_data_info(args) -> int:
     print(f"source   {data.source.get('kind')}: {data.source.get('path')} {data.source.get('detail', '')}".rstrip())
     print(f"shape    {tuple(data.input_shape)} images, {data.num_classes} classes, "
           f"{len(data.train_y)} train / {len(data.test_y)} test, dtype {data.train_x.dtype}")
+    print(f"test     {data.test_split}")
     mean, std = measure_mean_std(data.train_x, data.scale)
     print(f"train    mean {mean} std {std} (measured; catalog: mean {data.mean} std {data.std})")
     import torch

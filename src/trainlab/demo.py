@@ -38,7 +38,7 @@ def main(argv=None) -> int:
             spe = sum(r["train_seconds"] for r in result.history) / len(result.history)
             summaries.append(run_summary(
                 f"== {label}: {cfg.model} / recipe {cfg.recipe} -> {result.run_dir}",
-                result.test, spe, len(result.history), result.device))
+                result.test, spe, len(result.history), result.device, result.results["test_split"]))
             print(summaries[-1] + "\n", flush=True)
     except TrainlabError as e:
         print(f"trainlab demo: error: {e}", file=sys.stderr)

@@ -468,7 +468,7 @@ class Session:
             best={"metric": self.monitor.metric, "value": self.monitor.best,
                   "epoch": self.monitor.best_epoch}))
         hist = self.state.history
-        results = {"test": test, "epochs": self.state.epoch, "device": describe_device(self.device),
+        results = {"test": test, "test_split": self.data.test_split, "epochs": self.state.epoch, "device": describe_device(self.device),
                    "precision": self.precision.name, "stopped": self.state.stopped,
                    "best": {"metric": self.monitor.metric, "value": self.monitor.best,
                             "epoch": self.monitor.best_epoch},

@@ -28,8 +28,9 @@ def per_class_table(summary: dict) -> str:
     return table(["class", "accuracy", "precision", "f1", "n"], rows)
 
 
-def run_summary(title: str, summary: dict, seconds_per_epoch: float, epochs: int, device: str) -> str:
-    head = (f"{title}\n  test accuracy {pct(summary['accuracy'])} | "
+def run_summary(title: str, summary: dict, seconds_per_epoch: float, epochs: int, device: str,
+                split: str = "test split") -> str:
+    head = (f"{title}\n  test accuracy {pct(summary['accuracy'])} on the {split} | "
             f"{epochs} epochs | {seconds_per_epoch:.2f} s/epoch | device {device}")
     confused = summary.get("most_confused") or []
     tail = ""

