@@ -112,8 +112,8 @@ def test_ddp_shards_are_equal_disjoint_and_cover_the_epoch():
 def test_batch_size_is_global_under_ddp():
     loader = make(100, 32, rank=1, world_size=4)
     assert loader.local_batch == 8
-    with pytest.raises(TrainlabError, match="smaller than the world size"):
-        make(100, 2, world_size=4)
+    with pytest.raises(TrainlabError, match="must divide evenly"):
+        make(100, 10, world_size=4)
 
 
 def test_images_and_labels_must_match():

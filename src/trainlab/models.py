@@ -65,11 +65,15 @@ def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *,
     factory = _resolve_factory(name, allow_import)
     try:
         sig = inspect.signature(factory)
-        sig.bind(tuple(input_shape), num_classes, **kwargs)
-    except TypeError as e:
-        params = [p for p in list(sig.parameters)[2:]]
-        raise ConfigError(f"model {name!r}: bad arguments {kwargs} ({e}); it takes "
-                          f"{', '.join(params) or 'no keyword arguments'}") from None
+    except (TypeError, ValueError):
+        sig = None  # a builtin or C factory: let the call itself check the arguments
+    if sig is not None:
+        try:
+            sig.bind(tuple(input_shape), num_classes, **kwargs)
+        except TypeError as e:
+            params = list(sig.parameters)[2:]
+            raise ConfigError(f"model {name!r}: bad arguments {kwargs} ({e}); it takes "
+                              f"{', '.join(params) or 'no keyword arguments'}") from None
     model = factory(tuple(input_shape), num_classes, **kwargs)
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not an nn.Module")

@@ -71,8 +71,9 @@ class DeviceLoader:
                  memory_limit: int | None = None):
         if len(images) != len(labels):
             raise TrainlabError(f"{len(images)} images but {len(labels)} labels")
-        if batch_size < world_size:
-            raise TrainlabError(f"batch_size {batch_size} is smaller than the world size {world_size}")
+        if batch_size % world_size:
+            raise TrainlabError(f"batch_size {batch_size} is the global batch: it must divide evenly "
+                                f"across the {world_size} processes")
         self.device = torch.device(device)
         self.scale = 255.0 if images.dtype == torch.uint8 else 1.0
         if resident == "float32" and images.dtype == torch.uint8:
@@ -157,9 +158,18 @@ def _free_memory(device: torch.device) -> int | None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free
-    try:
-        import os
+    import os
 
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+    # In a container the limit is the cgroup's, not the host's free memory.
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
