@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -122,25 +121,10 @@ def test_resume_pairs_from_real_forks(tiny_data, three_runs, tmp_path):
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """trainlab.cli.main with the report commands; wires them in if cli.py does not yet."""
-    from trainlab import cli
+def cli_main():
+    from trainlab.cli import main
 
-    orig = cli.build_parser
-
-    def build_parser():
-        p = orig()
-        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        if "compare" not in sub.choices:
-            from trainlab.cli_report import add_commands
-
-            sub.choices.pop("evaluate", None)
-            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != "evaluate"]
-            add_commands(sub)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", build_parser)
-    return cli.main
+    return main
 
 
 def test_compare_cli(cli_main, three_runs, tmp_path, capsys):

@@ -7,7 +7,6 @@ no WebDriver, no websocket library, nothing downloaded. Chromium comes from Debi
 
 from __future__ import annotations
 
-import argparse
 import base64
 import fcntl
 import io
@@ -242,25 +241,10 @@ def report_file(idx_runs):
 
 
 @pytest.fixture
-def cli_main(monkeypatch):
-    """trainlab.cli.main with the report commands; wires them in if cli.py does not yet."""
-    from trainlab import cli
+def cli_main():
+    from trainlab.cli import main
 
-    orig = cli.build_parser
-
-    def build_parser():
-        p = orig()
-        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-        if "compare" not in sub.choices:
-            from trainlab.cli_report import add_commands
-
-            sub.choices.pop("evaluate", None)
-            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest != "evaluate"]
-            add_commands(sub)
-        return p
-
-    monkeypatch.setattr(cli, "build_parser", build_parser)
-    return cli.main
+    return main
 
 
 # ---------------------------------------------------------------- tests
