@@ -178,6 +178,27 @@ def _unsafe_globals(path: Path) -> list[str]:
         return []
 
 
+def _plain_pickle_imports(path: Path) -> list[str] | None:
+    """For a file that is not a zip archive: the names its pickle would import, read with
+    pickletools (a disassembler: nothing is imported or run); None if it is not a pickle."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":  # protocol 4+: module and name pushed as strings
+                    names.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:
+        return None
+    return names
+
+
 def safe_load(path: str | os.PathLike, map_location=None):
     """torch.load(weights_only=True) with one clear sentence for each way a file can be bad."""
     path = Path(path)
@@ -194,13 +215,27 @@ def safe_load(path: str | os.PathLike, map_location=None):
                 "torch.save(torch.load(path, weights_only=False).state_dict(), new_path)")
         raise CheckpointError(f"{path} holds pickled Python objects ({shown}) that safe loading "
                               "refuses; it was not loaded (nothing in it was run)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    torn = CheckpointError(f"{path} is torn or corrupt (not a complete checkpoint file): "
+                           "use an earlier checkpoint")
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):  # the zip's directory comes last
+        raise torn
+    if head and head != b"PK\x03\x04":  # not torch's zip format: a plain pickle, or not a pickle
+        imports = _plain_pickle_imports(path)
+        if imports is None:
+            raise CheckpointError(f"{path} is not a checkpoint file (neither a PyTorch zip archive "
+                                  "nor a pickle): it is corrupt or in another format")
+        if imports:
+            shown = ", ".join(sorted(set(imports))[:4]) + (" ..." if len(set(imports)) > 4 else "")
+            raise CheckpointError(f"{path} is a plain pickle that would import {shown}: safe loading "
+                                  "refused it and nothing in it was run")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for bad files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "zip archive" in msg or "central directory" in msg or isinstance(e, (EOFError, zipfile.BadZipFile)):
-            raise CheckpointError(f"{path} is torn or corrupt (not a complete checkpoint file): "
-                                  "use an earlier checkpoint") from None
+            raise torn from None
         if "Weights only load failed" in msg or "Unsupported global" in str(e) or "unpickl" in msg.lower():
             raise CheckpointError(f"{path} holds objects that safe loading refuses "
                                   "(weights_only=True); it was not loaded and nothing in it was run") from None
@@ -353,6 +388,7 @@ class CheckpointDir:
         """Keep the `keep` newest epoch-NNNN.pt files (0 = keep all)."""
         if keep <= 0:
             return
-        periodic = sorted(n for n in self.manifest()["files"] if re.fullmatch(r"epoch-\d+\.pt", n))
+        periodic = sorted((n for n in self.manifest()["files"] if re.fullmatch(r"epoch-\d+\.pt", n)),
+                          key=lambda n: int(n[len("epoch-"):-len(".pt")]))  # epoch-10000 after epoch-9999
         for name in periodic[:-keep]:
             self.remove(name)

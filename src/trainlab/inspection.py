@@ -42,6 +42,9 @@ def describe_file(path: str | Path) -> str:
         out += _params_section(obj)
     elif isinstance(obj, dict):
         out.append(f"kind      dict with keys: {', '.join(map(str, obj))}")
+        plain = {k: v for k, v in obj.items() if isinstance(v, (bool, int, float, str))}
+        if plain:  # the hand-made checkpoint's epoch, loss, ...
+            out.append("values    " + ", ".join(f"{k} {v}" for k, v in plain.items()))
         for key in ("model", "model_state_dict", "state_dict"):
             if isinstance(obj.get(key), dict):
                 out += _params_section(obj[key])
@@ -91,8 +94,10 @@ def _describe_checkpoint(ck: dict) -> list[str]:
            f"progress  epoch {ck.get('epoch')}" + (f", step {ck['step']} of the next" if ck.get("step") else "")
            + f", global step {ck.get('global_step')}",
            f"recipe    {cfg.get('recipe')}: " + ", ".join(f"{k}={cfg[k]}" for k in
-                                                        ("optimizer", "lr", "batch_size", "schedule", "epochs") if k in cfg),
-           f"precision {ck.get('precision', '32')}; threads {ck.get('threads')}; world size {ck.get('world_size')}"]
+                                                        ("optimizer", "lr", "batch_size", "schedule", "epochs") if k in cfg)]
+    if any(k in ck for k in ("precision", "threads", "world_size")):  # not in a run's final model.pt
+        out.append(f"precision {ck.get('precision', '32')}; threads {ck.get('threads')}; "
+                   f"world size {ck.get('world_size')}")
     if best.get("value") is not None:
         out.append(f"best      {best['metric']} {best['value']:.4f} at epoch {best['epoch']}")
     es = ck.get("early_stopping") or {}
@@ -124,9 +129,10 @@ def describe_run(run_dir: str | Path) -> str:
     rows = []
     for name in names:
         e = files.get(name, {})
+        problem = folder.verify(name)
         rows.append([name, e.get("epoch", "?"), e.get("global_step", "?"),
                      _fmt(e.get("value")) + f" {e.get('metric', '')}".rstrip(),
-                     "ok" if folder.verify(name) is None else folder.verify(name)])
+                     "ok" if problem is None else f"UNVERIFIED: {problem}"])
     out = [f"run {run_dir}", table(["checkpoint", "epoch", "step", "monitored", "verified"], rows)
            if rows else f"(no checkpoints in {folder.folder})"]
     good = folder.newest_good()
