@@ -47,7 +47,7 @@ def common(idx_dir, tmp_path, name, *extra):
 
 
 SGD = ["--model", "mlp", "--recipe", "textbook", "--optimizer", "sgd", "--lr", "0.05",
-       "--momentum", "0.9", "--epochs", "1"]
+       "--momentum", "0.9", "--epochs", "1", "--precision", "32"]
 
 
 def weights(run_dir):

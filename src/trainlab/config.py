@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .recipes import DEFAULT_RECIPE, PRESETS, RECIPE_FIELDS, Recipe, get_recipe
+from .recipes import CONV_MODELS, DEFAULT_RECIPE, MODEL_RECIPES, PRESETS, RECIPE_FIELDS, Recipe, get_recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,7 +33,7 @@ class Config:
     data_dir: str | None = None
     model: str = "mlp"
     model_kwargs: dict = field(default_factory=dict)
-    recipe: str = DEFAULT_RECIPE
+    recipe: str = "auto"  # auto = the measured best preset for the model (recipes.MODEL_RECIPES)
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # CPU threads; None = torch's default (all cores)
@@ -51,9 +51,10 @@ class Config:
     tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
     # speed options: same numbers up to float rounding (see benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
-    channels_last: bool = False  # NHWC memory layout for convolutional models
+    channels_last: bool | None = None  # NHWC layout; None = on for convolutional models (measured 1.4x)
     tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
     sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
+    malloc_tuning: bool = True  # CPU: keep freed activation memory instead of returning it to the OS
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 
@@ -134,6 +135,10 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
     recipe_overrides = {k: v for k, v in merged.items() if k in RECIPE_FIELDS}
     cfg = Config(**run)
+    if cfg.recipe == "auto":  # the measured best preset for this model
+        cfg.recipe = MODEL_RECIPES.get(cfg.model, DEFAULT_RECIPE)
+    if cfg.channels_last is None:
+        cfg.channels_last = cfg.model in CONV_MODELS
     cfg.train = get_recipe(cfg.recipe, **recipe_overrides)
     return validate(cfg)
 

@@ -154,16 +154,20 @@ def lr_multiplier(recipe: Recipe, steps_per_epoch: int, planned_epochs: int | No
 # ---------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def predict(model: nn.Module, loader, tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and labels for a whole loader, in loader order, on the loader's device."""
+def predict(model: nn.Module, loader, tta_flip: bool = False, autocast=None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for a whole loader, in loader order, on the loader's device.
+
+    `autocast` (a context manager, e.g. Precision.autocast) evaluates in the training precision."""
     was_training = model.training
     model.eval()
     logits, labels = [], []
     try:
         for x, y in loader:
-            out = model(x)
-            if tta_flip:
-                out = (out.softmax(1) + model(x.flip(3)).softmax(1)).div_(2).log_()
+            with autocast or contextlib.nullcontext():
+                out = model(x)
+                if tta_flip:
+                    out = (out.float().softmax(1) + model(x.flip(3)).float().softmax(1)).div_(2).log_()
             logits.append(out.float())
             labels.append(y)
     finally:
@@ -173,12 +177,12 @@ def predict(model: nn.Module, loader, tta_flip: bool = False) -> tuple[torch.Ten
     return torch.cat(logits), torch.cat(labels)
 
 
-def evaluate(model: nn.Module, loader, tta_flip: bool = False, reduce=None) -> dict:
+def evaluate(model: nn.Module, loader, tta_flip: bool = False, reduce=None, autocast=None) -> dict:
     """{"loss", "acc", "n"} over a loader (plain cross-entropy, so runs compare).
 
     `reduce` sums across processes (DDP: each rank evaluates its shard of the split)."""
     check_same_device(model, loader.device)
-    logits, labels = predict(model, loader, tta_flip)
+    logits, labels = predict(model, loader, tta_flip, autocast)
     sums = torch.stack([nn.functional.cross_entropy(logits, labels, reduction="sum"),
                         (logits.argmax(1) == labels).sum().float(),
                         torch.tensor(float(len(labels)), device=logits.device)]) if len(labels) else \
@@ -355,7 +359,8 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             inst.before_eval()
         for split, loader in (("val", val_loader), ("test", test_loader)):
             if loader is not None:
-                m = evaluate(eval_model, loader, tta_flip, inst.reduce)
+                autocast = inst.precision.autocast(loader.device) if inst.precision else None
+                m = evaluate(eval_model, loader, tta_flip, inst.reduce, autocast)
                 if m["n"]:
                     row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
         row["train_seconds"] = train_seconds

@@ -1,0 +1,158 @@
+"""The learning-rate schedules (engine.lr_multiplier), weight EMA as the session builds it,
+and flip test-time augmentation (engine.predict), each on small tensors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from trainlab.engine import lr_multiplier, predict
+from trainlab.recipes import get_recipe
+
+STEPS = 10  # per epoch
+
+
+def curve(schedule, epochs=4, **kw):
+    f = lr_multiplier(get_recipe("textbook", schedule=schedule, epochs=epochs, **kw), STEPS)
+    return [f(s) for s in range(epochs * STEPS)], f
+
+
+def test_no_schedule_is_constant():
+    values, f = curve("none")
+    assert values == [1.0] * len(values) and f(10_000) == 1.0
+
+
+def test_onecycle_warms_up_over_a_quarter_then_anneals_to_one_percent():
+    values, f = curve("onecycle", epochs=4)
+    total, warm = 40, 10
+    assert values[0] == pytest.approx(1 / 25)
+    assert values[warm] == pytest.approx(1.0)
+    assert max(values) == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(values[:warm], values[1:warm + 1]))  # rising
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))  # then falling
+    # the cosine half: midway through the anneal, halfway between 1 and the final 0.01
+    assert values[warm + (total - warm) // 2] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-9)
+    assert values[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    assert f(total) == f(total + 100) == 0.01  # past the plan: the final rate continues
+
+
+def test_cosine_with_linear_warmup():
+    values, f = curve("cosine", epochs=4, warmup_epochs=1.0)
+    warm, total = 10, 40
+    assert values[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])
+    assert values[warm] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))
+    assert values[warm + 15] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert f(total) == 0.01
+
+
+def test_cosine_without_warmup_starts_at_the_peak():
+    values, _ = curve("cosine", epochs=2)
+    assert values[0] == pytest.approx(1.0)
+    assert values[-1] < 0.05
+
+
+def test_the_schedule_drives_the_optimizer_through_lambdalr():
+    p = nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([p], lr=0.5)
+    recipe = get_recipe("textbook", schedule="onecycle", epochs=2, lr=0.5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(recipe, STEPS))
+    lrs = []
+    for _ in range(2 * STEPS):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.5 / 25)
+    assert lrs[5] == pytest.approx(0.5)  # warm-up is 25% of 20 steps
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.01)
+
+
+# ---------------------------------------------------------------- EMA
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+
+
+def test_ema_matches_the_hand_computed_average():
+    decay = 0.9
+    model = tiny_model()
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = None
+    for step in range(5):
+        loss = model(torch.randn(8, 3)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        ema.update_parameters(model)
+        current = [t.detach().clone().float() for t in list(model.parameters()) + list(model.buffers())
+                   if t.is_floating_point()]
+        if expected is None:  # the first update copies the weights
+            expected = current
+        else:
+            expected = [decay * e + (1 - decay) * c for e, c in zip(expected, current)]
+    got = [t.float() for t in list(ema.module.parameters()) + list(ema.module.buffers())
+           if t.is_floating_point()]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e)
+    # and the raw model moved away from its average (EMA is not a copy)
+    assert not torch.equal(ema.module[0].weight, model[0].weight)
+
+
+def test_ema_averages_batchnorm_statistics_too():
+    model = tiny_model()
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    ema.update_parameters(model)
+    before = model[1].running_mean.clone()
+    model.train()
+    model(torch.randn(16, 3) + 5)  # moves the running mean
+    ema.update_parameters(model)
+    torch.testing.assert_close(ema.module[1].running_mean, 0.5 * before + 0.5 * model[1].running_mean)
+
+
+# ---------------------------------------------------------------- flip TTA
+
+class Batches(list):
+    device = torch.device("cpu")
+
+
+def image_model():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 6, 5))
+
+
+def test_tta_flip_averages_the_probabilities_of_the_image_and_its_mirror():
+    model = image_model()
+    xs = [torch.randn(4, 1, 4, 6), torch.randn(3, 1, 4, 6)]
+    loader = Batches([(x, torch.arange(len(x))) for x in xs])
+    logits, labels = predict(model, loader, tta_flip=True)
+    assert logits.shape == (7, 5) and labels.tolist() == [0, 1, 2, 3, 0, 1, 2]
+    model.eval()
+    with torch.no_grad():
+        x = torch.cat(xs)
+        by_hand = ((model(x).softmax(1) + model(x.flip(3)).softmax(1)) / 2).log()
+    torch.testing.assert_close(logits, by_hand)
+    assert torch.allclose(logits.exp().sum(1), torch.ones(7))  # log-probabilities
+
+
+def test_without_tta_predict_returns_the_plain_logits_and_restores_train_mode():
+    model = image_model().train()
+    x = torch.randn(5, 1, 4, 6)
+    logits, _ = predict(model, Batches([(x, torch.zeros(5, dtype=torch.long))]))
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x))
+
+
+def test_tta_on_mirror_symmetric_images_changes_nothing_but_the_scale():
+    model = image_model()
+    x = torch.randn(6, 1, 4, 3)
+    x = torch.cat([x, x.flip(3)], dim=3)  # each image equals its mirror
+    plain, _ = predict(model, Batches([(x, torch.zeros(6, dtype=torch.long))]))
+    tta, _ = predict(model, Batches([(x, torch.zeros(6, dtype=torch.long))]), tta_flip=True)
+    torch.testing.assert_close(tta, plain.log_softmax(1))

@@ -1,0 +1,54 @@
+"""trainlab.tuning: glibc malloc thresholds through mallopt, a no-op elsewhere."""
+
+import subprocess
+import sys
+
+import pytest
+
+from trainlab import tuning
+
+
+def test_not_glibc_is_a_no_op_with_a_reason(monkeypatch):
+    monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(tuning.platform, "libc_ver", lambda: ("musl", "1.2"))
+    monkeypatch.setattr(tuning.sys, "platform", "linux")
+    r = tuning.apply_cpu_tuning()
+    assert r["applied"] is False and "not glibc" in r["reason"] and r["settings"] == {}
+    monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(tuning.sys, "platform", "darwin")
+    assert "darwin" in tuning.apply_cpu_tuning()["reason"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or tuning.platform.libc_ver()[0] != "glibc",
+                    reason="glibc only")
+def test_on_glibc_the_thresholds_are_set_once():
+    # in a child process: mallopt changes the whole process's allocator
+    code = ("from trainlab import tuning\n"
+            "r = tuning.apply_cpu_tuning()\n"
+            "assert r['applied'] and not r['failed'], r\n"
+            "assert r['settings']['M_MMAP_THRESHOLD'] == 32 * 2**20\n"
+            "assert r['settings']['M_MMAP_MAX'] == 0 and r['settings']['M_TRIM_THRESHOLD'] == 2**31 - 1\n"
+            "assert tuning.apply_cpu_tuning() is r and tuning.malloc_tuning_state() is r\n"
+            "import torch; x = torch.ones(4096, 4096); assert float(x.sum()) == 4096 * 4096\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_values_are_clamped_to_what_glibc_accepts(monkeypatch):
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(tuning, "_glibc", lambda: (FakeLibc(), "glibc test"))
+    r = tuning.apply_cpu_tuning(mmap_threshold=2**40, trim_threshold=2**40, disable_mmap=False)
+    assert dict(calls)[tuning.M_MMAP_THRESHOLD] == tuning.MAX_MMAP_THRESHOLD
+    assert dict(calls)[tuning.M_TRIM_THRESHOLD] == 2**31 - 1
+    assert tuning.M_MMAP_MAX not in dict(calls)
+    assert r["applied"] and r["reason"] == "glibc test"
+    monkeypatch.setattr(tuning, "_applied", None)
