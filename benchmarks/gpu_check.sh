@@ -4,6 +4,8 @@
 #
 # The data does not travel with the repo: copy it beside the checkout first, e.g.
 #   mkdir -p .data && cp -r ../shared/data/fashion-mnist .data/   (and carry .data)
+# The machine has no network: tqdm and tomli-w travel as wheels (pip download ... -d .whl,
+# carry .whl, then `pip install --no-index .whl/*.whl` before this script).
 # Usage: bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,7 @@ log() { echo; echo "=== $* ($(date +%T))"; }
 log "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 $PY -c "import torch, platform; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', platform.python_version()); print(torch.cuda.get_device_name())"
-$PY -m pip install -q --no-deps --no-build-isolation tqdm tomli-w 2>/dev/null || true
+[ -d .whl ] && $PY -m pip install -q --no-index --no-deps .whl/*.whl
 
 log "cnn, 3 epochs each: 32 / bf16-mixed / 16-mixed (time and accuracy)"
 for p in 32 bf16-mixed 16-mixed; do
@@ -71,7 +73,10 @@ fi
 
 log "time to accuracy (GPU rows)"
 if [ -f benchmarks/time_to_accuracy.py ]; then
-  timeout 200 $PY benchmarks/time_to_accuracy.py --gpu --json "$OUT/time_to_accuracy.json" || echo "time_to_accuracy exited $?"
+  timeout 90 $PY benchmarks/time_to_accuracy.py --models cnn-fast --no-textbook --seeds 1 \
+    --epochs-list 5,10 --json "$OUT/tta_cnn_fast.json" || echo "time_to_accuracy exited $?"
+  timeout 150 $PY benchmarks/time_to_accuracy.py --models resnet --no-textbook --seeds 1 \
+    --epochs-list 10,30 --set 'model_kwargs={"width":64}' --json "$OUT/tta_resnet.json" || echo "time_to_accuracy exited $?"
 fi
 log "done"
 } 2>&1 | tee "$OUT/gpu_check.log"
