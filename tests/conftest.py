@@ -52,6 +52,22 @@ def make_images(n: int, num_classes: int = 10, size: int = 28, channels: int = 1
     return images, labels.astype(np.uint8)
 
 
+def write_idx_folder(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 1,
+                     gz: bool = True) -> Path:
+    """Tiny synthetic data as the four standard IDX files, so `idx:DIR` runs (and other
+    processes) can read it."""
+    from trainlab.data.idx import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tx, ty = make_images(n_train, seed=seed)
+    sx, sy = make_images(n_test, seed=seed + 1)
+    ext = ".gz" if gz else ""
+    for name, arr in (("train-images-idx3-ubyte", tx[:, 0]), ("train-labels-idx1-ubyte", ty),
+                      ("t10k-images-idx3-ubyte", sx[:, 0]), ("t10k-labels-idx1-ubyte", sy)):
+        write_idx(folder / (name + ext), arr)
+    return folder
+
+
 @pytest.fixture
 def tiny_data():
     """A small trainlab Dataset (600 train / 200 test, 10 classes, 1x28x28)."""

@@ -10,24 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import make_images
+from conftest import write_idx_folder
 from trainlab.checkpoint import load_checkpoint
-from trainlab.data.idx import write_idx
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("idx")
-    tx, ty = make_images(440, seed=1)
-    sx, sy = make_images(101, seed=2)  # odd: ranks evaluate unequal shards, sums stay exact
-    for name, arr in (("train-images-idx3-ubyte.gz", tx[:, 0]), ("train-labels-idx1-ubyte.gz", ty),
-                      ("t10k-images-idx3-ubyte.gz", sx[:, 0]), ("t10k-labels-idx1-ubyte.gz", sy)):
-        write_idx(d / name, arr)
-    return d
+    # 101 test images (odd): ranks evaluate unequal shards, the sums stay exact
+    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=440, n_test=101)
 
 
 def run(args, nproc=1, timeout=180, **popen):

@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_images
+from conftest import make_images, write_idx_folder
 from trainlab.api import load_model, predict_images
 from trainlab.cli import main
 from trainlab.config import resolve
-from trainlab.data.idx import write_idx
 from trainlab.export import export_run
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -185,15 +184,7 @@ def test_predict_refuses_a_file_that_is_not_an_npy_array(run_dir, tmp_path, caps
 
 @pytest.fixture
 def idx_dir(tmp_path) -> Path:
-    folder = tmp_path / "idx"
-    folder.mkdir()
-    tx, ty = make_images(600, seed=1)
-    sx, sy = make_images(200, seed=2)
-    write_idx(folder / "train-images-idx3-ubyte.gz", tx[:, 0])
-    write_idx(folder / "train-labels-idx1-ubyte.gz", ty)
-    write_idx(folder / "t10k-images-idx3-ubyte.gz", sx[:, 0])
-    write_idx(folder / "t10k-labels-idx1-ubyte.gz", sy)
-    return folder
+    return write_idx_folder(tmp_path / "idx")
 
 
 def test_predict_on_the_runs_own_test_images_and_an_idx_file(idx_dir, tmp_path, capsys):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import make_images
+import conftest
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--no-first-run", "--disable-background-networking",
@@ -199,15 +199,8 @@ def background_share(png: bytes) -> float:
 # ---------------------------------------------------------------- fixtures: runs on disk
 
 def write_idx_folder(folder: Path, seed: int = 1) -> Path:
-    """The tiny synthetic data as an IDX folder, so `idx:DIR` runs can be re-read by the CLI."""
-    from trainlab.data.idx import write_idx
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tx, ty = make_images(600, seed=seed)
-    sx, sy = make_images(200, seed=seed + 1)
-    for name, arr in (("train-images-idx3-ubyte", tx[:, 0]), ("train-labels-idx1-ubyte", ty),
-                      ("t10k-images-idx3-ubyte", sx[:, 0]), ("t10k-labels-idx1-ubyte", sy)):
-        write_idx(folder / name, arr)
+    """The tiny synthetic data as an IDX folder with class names."""
+    conftest.write_idx_folder(folder, seed=seed, gz=False)
     (folder / "classes.txt").write_text("\n".join(["top", "trouser", "pullover", "dress", "coat", "sandal",
                                                    "shirt", "sneaker", "bag", "boot"]) + "\n")
     return folder

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_images
+from conftest import make_images, write_idx_folder
 from trainlab.checkpoint import CheckpointDir, load_checkpoint
 from trainlab.config import resolve
-from trainlab.data.idx import write_idx
 from trainlab.errors import ConfigError
 from trainlab.session import resume, train
 
@@ -30,14 +29,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """600 train / 200 test tiny images as an IDX folder, so subprocesses can load it."""
-    d = tmp_path_factory.mktemp("idx")
-    tx, ty = make_images(600, seed=1)
-    sx, sy = make_images(200, seed=2)
-    write_idx(d / "train-images-idx3-ubyte.gz", tx[:, 0])
-    write_idx(d / "train-labels-idx1-ubyte.gz", ty)
-    write_idx(d / "t10k-images-idx3-ubyte.gz", sx[:, 0])
-    write_idx(d / "t10k-labels-idx1-ubyte.gz", sy)
-    return d
+    return write_idx_folder(tmp_path_factory.mktemp("idx"))
 
 
 def env():

@@ -11,10 +11,9 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, TrainlabError
+from .errors import TrainlabError
 from .recipes import RECIPE_FIELDS
 
 log = logging.getLogger("trainlab")
@@ -87,7 +86,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         _flag_for(r, name, str(f.type))
 
 
-def _config_from_args(args) -> "Config":
+def _config_from_args(args):
     from .config import RUN_FIELDS, load_toml, resolve
 
     base = load_toml(args.config) if args.config else {}
