@@ -306,8 +306,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    from .distributed import shutdown
+
+    code = _run(args)
+    if shutdown():
+        # gloo's worker threads can abort the interpreter's own teardown ("terminate called
+        # without an active exception", seen in ~1 run of 6 here): the work is done and the
+        # process group destroyed, so leave without that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(args) -> int:
+    """The command's exit code; user errors become one line on stderr."""
     try:
-        return args.func(args)
+        code = args.func(args)
+        from .distributed import finish_together
+
+        finish_together()  # DDP: no rank tears down while another still talks to it
+        return code
     except TrainlabError as e:
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
@@ -326,10 +345,6 @@ def main(argv: list[str] | None = None) -> int:
               "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
               file=sys.stderr)
         return 1
-    finally:
-        from .distributed import shutdown
-
-        shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -90,9 +90,18 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
+def finish_together() -> None:
+    """After a successful run: wait for every rank before the process group goes away."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> bool:
+    """Leave the process group; True if there was one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+        return True
+    return False
 
 
 def launch(nproc: int, argv: list[str]) -> int:
