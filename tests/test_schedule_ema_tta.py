@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from trainlab.ema import ema_decay, make_ema
 from trainlab.engine import lr_multiplier, predict
 from trainlab.recipes import get_recipe
 
@@ -76,13 +76,21 @@ def tiny_model():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
 
 
+def test_ema_decay_warms_up_then_settles_at_the_configured_decay():
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)  # the 2nd update mostly takes the new weights
+    assert ema_decay(0.999, 90) == pytest.approx(0.91)
+    assert ema_decay(0.999, 100_000) == 0.999
+    assert ema_decay(0.5, 100) == 0.5  # the warm-up only ever lowers the decay
+    assert ema_decay(0.5, 3) == pytest.approx(4 / 13)
+
+
 def test_ema_matches_the_hand_computed_average():
     decay = 0.9
     model = tiny_model()
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = make_ema(model, decay)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     expected = None
-    for step in range(5):
+    for step in range(40):  # long enough for the warm-up to reach the configured decay
         loss = model(torch.randn(8, 3)).square().mean()
         opt.zero_grad()
         loss.backward()
@@ -93,25 +101,45 @@ def test_ema_matches_the_hand_computed_average():
         if expected is None:  # the first update copies the weights
             expected = current
         else:
-            expected = [decay * e + (1 - decay) * c for e, c in zip(expected, current)]
+            d = min(decay, (1 + step) / (10 + step))  # `step` earlier updates
+            expected = [d * e + (1 - d) * c for e, c in zip(expected, current)]
     got = [t.float() for t in list(ema.module.parameters()) + list(ema.module.buffers())
            if t.is_floating_point()]
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e)
+    assert int(ema.n_averaged) == 40
     # and the raw model moved away from its average (EMA is not a copy)
     assert not torch.equal(ema.module[0].weight, model[0].weight)
 
 
+def test_ema_forgets_the_initial_weights_in_a_short_run():
+    """The reason for the warm-up: after 1,500 updates a fixed 0.999 decay still keeps 22% of
+    the random initialization; with the warm-up it is under 1%."""
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)  # "initialization"
+    ema = make_ema(model, 0.999)
+    ema.update_parameters(model)  # copies the initial weight
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # then training moves it for good
+    for _ in range(1500):
+        ema.update_parameters(model)
+    share_of_init = 1 - float(ema.module.weight)
+    assert share_of_init < 0.01
+    assert 0.999 ** 1500 > 0.2  # what a fixed decay would have kept
+
+
 def test_ema_averages_batchnorm_statistics_too():
     model = tiny_model()
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    ema = make_ema(model, 0.5)
     ema.update_parameters(model)
     before = model[1].running_mean.clone()
     model.train()
     model(torch.randn(16, 3) + 5)  # moves the running mean
     ema.update_parameters(model)
-    torch.testing.assert_close(ema.module[1].running_mean, 0.5 * before + 0.5 * model[1].running_mean)
+    d = ema_decay(0.5, 1)
+    torch.testing.assert_close(ema.module[1].running_mean, d * before + (1 - d) * model[1].running_mean)
 
 
 # ---------------------------------------------------------------- flip TTA

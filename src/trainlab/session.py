@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed, models, runs
 from .checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
 from .config import Config, resolve
 from .data import Dataset, DeviceLoader, load_dataset, stratified_split
+from .ema import make_ema
 from .engine import (FitState, Instruments, build_optimizer, describe_device, fit, lr_multiplier,
                      pick_device, predict)
 from .errors import ConfigError, TrainlabError
@@ -252,8 +252,7 @@ class Session:
             self.optimizer, lr_multiplier(cfg.train, self.schedule["steps_per_epoch"],
                                           self.schedule["epochs"]))
         self.scaler = self.precision.scaler(self.device)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema),
-                                  use_buffers=True) if cfg.train.ema > 0 else None)
+        self.ema = make_ema(self.model, cfg.train.ema) if cfg.train.ema > 0 else None
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
         self.monitor = Monitor(cfg.monitor, resolve_mode(cfg), cfg.patience, cfg.min_delta)
         self.state = FitState()
