@@ -186,6 +186,17 @@ def test_early_stopping_restores_best_and_resumed_run_stops_at_the_same_epoch(id
     assert len(again.history) == 3 and again.results["stopped"] == "early-stop"
 
 
+def test_patience_on_a_loss_with_one_cycle_warns_and_accuracy_does_not(idx_dir, tmp_path, caplog):
+    kw = dict(model="mlp", schedule="onecycle", patience=3, epochs=1)
+    with caplog.at_level(logging.WARNING, logger="trainlab"):
+        train(resolve(config(idx_dir, tmp_path, "w1", monitor="val_loss", **kw)), progress=False)
+    assert "high-rate phase" in caplog.text and "monitor val_acc" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="trainlab"):
+        train(resolve(config(idx_dir, tmp_path, "w2", monitor="val_acc", **kw)), progress=False)
+    assert "high-rate phase" not in caplog.text
+
+
 def test_fork_with_reset_optimizer_records_parent_and_starts_fresh_state(idx_dir, tmp_path):
     train(resolve(config(idx_dir, tmp_path, "base", model="mlp", epochs=2)), progress=False)
     fork = resume(tmp_path / "base", epochs=4, into=tmp_path / "fork", reset_optimizer=True, progress=False)

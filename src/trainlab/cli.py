@@ -42,7 +42,8 @@ RUN_HELP = {
     "dataset": "fashion-mnist (default), mnist, or idx:DIR",
     "data_dir": "folder with the four IDX files (else TRAINLAB_DATA, the cache, download)",
     "model": "mlp (default), mlp-reg, cnn, ... or module:function",
-    "recipe": "textbook or fast (default); the recipe fields below override it",
+    "recipe": "auto (default: the measured best preset for the model), textbook, fast, "
+              "fast-cnn or resnet; the recipe fields below override it",
     "device": "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
     "threads": "CPU threads for torch (default: all cores)",
     "val_size": "validation samples carved from train (default 5000)",

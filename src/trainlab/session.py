@@ -214,6 +214,12 @@ class Session:
         if cfg.train.tta_flip and not cfg.train.hflip:
             log.warning("tta_flip is on but hflip is off: the model never saw mirrored images, "
                         "so averaging over them usually hurts")
+        if cfg.patience and cfg.train.schedule == "onecycle" and cfg.monitor.endswith("loss"):
+            # seen in the notebooks: val_loss rises while the rate is high, before the anneal
+            log.warning("patience = %d with a one-cycle schedule, monitoring %s: the loss often "
+                        "rises during the high-rate phase and stops the run before the schedule "
+                        "anneals; monitor val_acc, raise patience, or use schedule = cosine",
+                        cfg.patience, cfg.monitor)
         seed_everything(cfg.seed)
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
         if cfg.tf32 and self.device.type == "cuda":
