@@ -22,10 +22,12 @@ import pytest
 import torch
 from torch import nn
 
+import trainlab.atomic as atomic
 import trainlab.checkpoint as ckmod
 from trainlab.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, load_weights,
                                  make_checkpoint, safe_load, save_checkpoint, save_weights, sha256_file)
 from trainlab.cli import main
+from trainlab.errors import StoreError
 from trainlab.config import resolve
 
 SPEC = {"name": "test", "kwargs": {}, "input_shape": [1, 4, 4], "num_classes": 3}
@@ -461,7 +463,7 @@ def full_disk_after(monkeypatch, nbytes: int):
         if n < len(data):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckmod, "_write_all", write_some)
+    monkeypatch.setattr(atomic, "_write_all", write_some)
 
 
 def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -471,7 +473,7 @@ def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, m
     manifest_before = folder.manifest_path.read_bytes()
     file_before = (tmp_path / "last.pt").read_bytes()
     full_disk_after(monkeypatch, 700)
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(StoreError) as e:
         folder.save("last.pt", tiny_ckpt(epoch=2), epoch=2, global_step=20)
     msg = str(e.value)
     assert "disk filled up" in msg and "partial file was removed" in msg and "intact" in msg
@@ -485,7 +487,7 @@ def test_a_full_disk_mid_write_leaves_the_previous_checkpoint_intact(tmp_path, m
 
 def test_a_full_disk_during_a_first_save_leaves_nothing_behind(tmp_path, monkeypatch):
     full_disk_after(monkeypatch, 100)
-    with pytest.raises(CheckpointError, match="disk filled up"):
+    with pytest.raises(StoreError, match="disk filled up"):
         save_checkpoint(tmp_path / "w.pt", tiny_ckpt())
     assert list(tmp_path.iterdir()) == []
 
@@ -500,10 +502,10 @@ def test_free_space_is_checked_before_anything_is_written(tmp_path, monkeypatch)
     def must_not_write(f, data):
         raise AssertionError("wrote despite too little free space")
 
-    monkeypatch.setattr(ckmod, "_write_all", must_not_write)
+    monkeypatch.setattr(atomic, "_write_all", must_not_write)
     for save in (lambda: folder.save("last.pt", tiny_ckpt(2), epoch=2, global_step=20),
                  lambda: save_checkpoint(tmp_path / "other.pt", tiny_ckpt())):
-        with pytest.raises(CheckpointError) as e:
+        with pytest.raises(StoreError) as e:
             save()
         assert "not enough free disk space" in str(e.value) and "1.0 MiB free" in str(e.value)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -99,7 +99,7 @@ def test_export_copies_channels_last_tensors_contiguous(run_dir, tmp_path, monke
             "num_classes": 10}
     model = build_model(spec).to(memory_format=torch.channels_last)
     _, ckpt = load_model(run_dir, map_location="cpu")
-    monkeypatch.setattr(export, "load_model", lambda path, map_location=None: (model, {**ckpt, "model_spec": spec}))
+    monkeypatch.setattr(export, "load_model", lambda path, map_location=None, allow_import=(): (model, {**ckpt, "model_spec": spec}))
     state = model.state_dict()
     assert any(not t.is_contiguous() for t in state.values())  # the premise
     with pytest.raises(ValueError, match="contiguous"):

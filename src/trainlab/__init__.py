@@ -1,6 +1,6 @@
 """trainlab: train image classifiers with PyTorch, with the practical patterns done right."""
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import TrainResult, evaluate_run, load_model, resume, train  # noqa: E402
 from .config import Config, resolve  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, check_compatible, check_fields, load_checkpoint
 from .data import Dataset, DeviceLoader, load_dataset
 from .engine import pick_device, predict
 from .errors import TrainlabError
@@ -38,7 +38,7 @@ def kept_weights(ckpt: dict) -> dict:
     """The weights a run evaluates and keeps: the EMA average when the run used EMA
     (AveragedModel keys are "module."-prefixed, plus its n_averaged counter)."""
     ema = ckpt.get("ema")
-    if not ema:
+    if not isinstance(ema, dict) or not ema:
         return ckpt["model"]
     return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
 
@@ -49,18 +49,24 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=()) -> t
     Returns (model in eval mode, checkpoint dict). Only registered model names are built;
     a `module:function` spec needs that module in `allow_import`.
     """
-    device = pick_device("auto") if map_location is None else torch.device(map_location)
-    ckpt = load_checkpoint(checkpoint_path(path_or_run), map_location=device)
-    model = build_model(ckpt["model_spec"], allow_import=tuple(allow_import))
-    model.load_state_dict(kept_weights(ckpt))
+    device = pick_device("auto") if map_location is None else pick_device(str(map_location))
+    path = checkpoint_path(path_or_run)
+    ckpt = check_fields(load_checkpoint(path, map_location=device), path)
+    model = build_model(ckpt["model_spec"], allow_import=tuple(allow_import or ()), source=str(path))
+    weights = kept_weights(ckpt)
+    check_compatible(model, weights, str(path))  # by name and shape, in one sentence
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit its own model spec ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
 
 
 def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
-                 device: str = "auto") -> dict:
+                 device: str = "auto", allow_import=()) -> dict:
     """Per-class test results of a finished run (or checkpoint) on its data set."""
     dev = pick_device(device)
-    model, ckpt = load_model(path_or_run, map_location=dev)
+    model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import)
     if data is None:
         data = load_dataset(ckpt["config"]["dataset"], data_dir)
     stored = ckpt.get("fingerprint") or {}

@@ -11,7 +11,6 @@ or failing its hash is "unverified": resuming falls back to the newest good one.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
@@ -25,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
-from .errors import TrainlabError
+from ._version import __version__
+from .atomic import _test_hook, atomic_write_bytes, commit, discard, remove_stale_temps, write_temp
+from .errors import StoreError, TrainlabError
 
 log = logging.getLogger("trainlab")
 
@@ -42,70 +42,12 @@ class CheckpointError(TrainlabError):
 
 # ---------------------------------------------------------------- writing
 
-def _test_hook(phase: str, name: str) -> None:
-    """Test-only: widen the write window and record where a kill landed (env-driven)."""
-    logfile = os.environ.get("TRAINLAB_TEST_WRITE_LOG")
-    if logfile:
-        with open(logfile, "a") as f:
-            f.write(f"{phase} {name}\n")
-            f.flush()
-            os.fsync(f.fileno())
-    delay = float(os.environ.get("TRAINLAB_TEST_WRITE_DELAY", "0") or 0)
-    if delay:
-        time.sleep(delay)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # folders cannot be opened on this platform (Windows)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_all(f, data: bytes) -> None:
-    """Write in 1 MiB chunks (a seam the full-disk test patches)."""
-    view = memoryview(data)
-    for i in range(0, len(view), 1 << 20):
-        f.write(view[i:i + (1 << 20)])
-
-
 def check_free_space(folder: Path, need: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < need + (16 << 20):  # keep a margin for the manifest and logs
-        raise CheckpointError(f"not enough free disk space in {folder} to save a checkpoint: "
+        raise StoreError(f"not enough free disk space in {folder} to save a checkpoint: "
                               f"need {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free some "
                               "space (or use --runs-dir elsewhere) and resume; earlier files are intact")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` so that a crash leaves the old file or the new, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            half = len(data) // 2
-            _write_all(f, data[:half])
-            f.flush()
-            _test_hook("tmp-partial", path.name)  # a kill here leaves a half-written temp file
-            _write_all(f, data[half:])
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise CheckpointError(f"the disk filled up while writing {path}; the partial file was "
-                                  "removed and earlier checkpoints are intact: free some space and "
-                                  "resume") from None
-        raise CheckpointError(f"could not write {path}: {e.strerror or e}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def serialize(obj) -> bytes:
@@ -199,11 +141,37 @@ def _plain_pickle_imports(path: Path) -> list[str] | None:
     return names
 
 
+MAX_RECORDS = 100_000  # a checkpoint of a large model has a few thousand
+
+
+def _check_zip_records(path: Path) -> None:
+    """Refuse a zip whose records could inflate beyond the file: torch.save stores records
+    uncompressed, so a compressed one (a zip bomb: 4 MB asking for 4 GiB) is not its work."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path} is torn or corrupt (not a complete checkpoint file): "
+                              "use an earlier checkpoint") from None
+    if len(infos) > MAX_RECORDS:
+        raise CheckpointError(f"{path} holds {len(infos)} records, far more than any checkpoint: refused")
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{path} holds a compressed record ({info.filename}, {info.file_size:,} "
+                                  "bytes inflated), which torch.save never writes: refused unread")
+        if info.file_size > size:
+            raise CheckpointError(f"{path} declares a record larger than the file itself: it is corrupt")
+
+
 def safe_load(path: str | os.PathLike, map_location=None):
     """torch.load(weights_only=True) with one clear sentence for each way a file can be bad."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such file" if not path.exists() else
+                              f"{path} is not a regular file (a folder or device): refused")
+    if zipfile.is_zipfile(path):
+        _check_zip_records(path)
     unsafe = _unsafe_globals(path)
     if unsafe:
         shown = ", ".join(sorted(unsafe)[:4]) + (" ..." if len(unsafe) > 4 else "")
@@ -232,6 +200,8 @@ def safe_load(path: str | os.PathLike, map_location=None):
                                   "refused it and nothing in it was run")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except (MemoryError, RecursionError):
+        raise CheckpointError(f"{path} is malformed (it would not fit in memory or nests too deeply)") from None
     except Exception as e:  # torch raises several types for bad files
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "zip archive" in msg or "central directory" in msg or isinstance(e, (EOFError, zipfile.BadZipFile)):
@@ -316,10 +286,100 @@ def load_weights(model: torch.nn.Module, path: str | os.PathLike, map_location=N
     return model
 
 
+# ---------------------------------------------------------------- what a checkpoint must hold
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _numbers(v) -> bool:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return True
+    return isinstance(v, (list, tuple)) and 0 < len(v) <= 4096 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+# field -> (check, what it must be); the model fields are what inference needs
+_MODEL_FIELDS = {
+    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t)
+                                                    for k, t in v.items()), "a state_dict (names -> tensors)"),
+    "mean": (_numbers, "a number or a list of numbers"),
+    "std": (_numbers, "a number or a list of numbers"),
+}
+_OPTIONAL_FIELDS = {
+    "classes": (lambda v: isinstance(v, list) and len(v) <= 1_000_000 and all(isinstance(c, str) for c in v),
+                "a list of class names"),
+    "config": (lambda v: isinstance(v, dict), "a table of config values"),
+    "ema": (lambda v: v is None or isinstance(v, dict), "an EMA state_dict"),
+}
+_TRAINING_FIELDS = {
+    "optimizer": (lambda v: isinstance(v, dict) and "param_groups" in v, "an optimizer state_dict"),
+    "scheduler": (lambda v: isinstance(v, dict) and _is_int(v.get("last_epoch")), "a scheduler state_dict"),
+    "epoch": (lambda v: _is_int(v) and v >= 0, "an epoch count"),
+    "global_step": (lambda v: _is_int(v) and v >= 0, "a step count"),
+    "history": (lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v), "a list of epoch rows"),
+    "early_stopping": (lambda v: isinstance(v, dict) and {"best", "best_epoch", "counter"} <= set(v),
+                       "early-stopping state"),
+    "rng": (lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")) and isinstance(v.get("numpy"), dict)
+            and isinstance(v.get("python"), list) and len(v["python"]) == 3, "the RNG states"),
+    "config": (lambda v: isinstance(v, dict), "a table of config values"),
+    "schedule": (lambda v: isinstance(v, dict) and _is_int(v.get("epochs")) and v["epochs"] > 0,
+                 "the planned schedule"),
+}
+
+
+def check_fields(ckpt: dict, path, training: bool = False) -> dict:
+    """The one schema check at load: every field the caller will use is present and of the
+    right kind, so a hostile or damaged file ends in one sentence, not a KeyError later."""
+    from .models import check_spec
+
+    check_spec(ckpt.get("model_spec"), str(path))
+    wanted = {**_MODEL_FIELDS, **(_TRAINING_FIELDS if training else {})}
+    for name, (ok, what) in wanted.items():
+        if name not in ckpt:
+            raise CheckpointError(f"{path} has no {name!r} field: it is not a complete trainlab "
+                                  f"{'training ' if training else ''}checkpoint")
+        if not ok(ckpt[name]):
+            raise CheckpointError(f"{path}: its {name!r} field is not {what}: the file is damaged or forged")
+    for name, (ok, what) in _OPTIONAL_FIELDS.items():
+        if name in ckpt and not ok(ckpt[name]):
+            raise CheckpointError(f"{path}: its {name!r} field is not {what}: the file is damaged or forged")
+    if "classes" in ckpt and len(ckpt["classes"]) != ckpt["model_spec"]["num_classes"]:
+        raise CheckpointError(f"{path}: it names {len(ckpt['classes'])} classes but its model has "
+                              f"{ckpt['model_spec']['num_classes']} outputs: the file is damaged or forged")
+    return ckpt
+
+
 # ---------------------------------------------------------------- the checkpoint folder
 
+# Names in the manifest are plain file names inside checkpoints/: no folders, no "..",
+# nothing absolute, nothing hidden, so no entry can point outside the run folder.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.pt")
+_SHA = re.compile(r"[0-9a-f]{64}")
+MAX_MANIFEST = 16 << 20
+
+
+def valid_name(name) -> bool:
+    return isinstance(name, str) and len(name) <= 100 and _NAME.fullmatch(name) is not None
+
+
+def _valid_entry(entry, nested: bool = False) -> bool:
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) or not _SHA.fullmatch(entry["sha256"]):
+        return False
+    for key in ("epoch", "global_step", "bytes"):
+        if key in entry and not (_is_int(entry[key]) and entry[key] >= 0):
+            return False
+    prev = entry.get("replaces")
+    return prev is None or (not nested and _valid_entry(prev, nested=True))
+
+
 class CheckpointDir:
-    """runs/<name>/checkpoints/: last.pt, best.pt, epoch-NNNN.pt and manifest.json."""
+    """runs/<name>/checkpoints/: last.pt, best.pt, epoch-NNNN.pt and manifest.json.
+
+    A save is three steps, each atomic: the manifest first records the new file's hash
+    beside the one it replaces, then the file is renamed into place, then the manifest
+    drops the old hash. A kill at any instant leaves the file matching one of the two
+    hashes, so it verifies: at most the work since the previous save is lost."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -328,67 +388,168 @@ class CheckpointDir:
     def manifest_path(self) -> Path:
         return self.folder / MANIFEST
 
-    def manifest(self) -> dict:
+    def read_manifest(self) -> tuple[dict, str | None, list]:
+        """(valid entries, why the manifest as a whole is unusable or None, dropped names)."""
         try:
-            data = json.loads(self.manifest_path.read_text())
-            return data if isinstance(data.get("files"), dict) else {"files": {}}
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"files": {}}
+            if self.manifest_path.stat().st_size > MAX_MANIFEST:
+                return {}, "larger than any manifest", []
+            raw = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            return {}, "missing", []
+        except OSError as e:  # a folder named manifest.json, no permission
+            return {}, f"unreadable ({e.strerror})", []
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return {}, "not valid UTF-8 JSON", []
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            return {}, "not a manifest (no 'files' table)", []
+        files, dropped = {}, []
+        for name, entry in data["files"].items():
+            (files.__setitem__(name, entry) if valid_name(name) and _valid_entry(entry) else dropped.append(name))
+        return files, None, dropped
+
+    def manifest(self) -> dict:
+        return {"files": self.read_manifest()[0]}
+
+    def _write_manifest(self, files: dict) -> None:
+        atomic_write_bytes(self.manifest_path, (json.dumps({"files": files}, indent=1) + "\n").encode())
 
     def save(self, name: str, ckpt: dict, **info) -> None:
-        """Write `name` and record it (sha256 + info) in the manifest, both atomically."""
+        """Write `name` and record it (sha256 + info) in the manifest, crash-safe at every instant."""
+        if not valid_name(name):
+            raise ValueError(f"checkpoint name {name!r} is not a plain file name")
         self.folder.mkdir(parents=True, exist_ok=True)
         data = serialize(ckpt)
         check_free_space(self.folder, len(data))
-        atomic_write_bytes(self.folder / name, data)
+        files = self.read_manifest()[0]
+        entry = {"sha256": sha256_bytes(data), "bytes": len(data),
+                 "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        old = files.get(name)
+        if old is not None and (self.folder / name).is_file():
+            old = {k: v for k, v in old.items() if k != "replaces"}
+        else:
+            old = None
+        files[name] = {**entry, "replaces": old}
+        tmp = write_temp(self.folder / name, data)  # a full disk fails here, nothing changed yet
+        try:
+            self._write_manifest(files)  # 1: both hashes accepted
+            _test_hook("pending", name)
+            commit(tmp, self.folder / name)  # 2: the new file in place
+        except BaseException:
+            discard(tmp)
+            raise
         _test_hook("renamed", name)
-        manifest = self.manifest()
-        manifest["files"][name] = {"sha256": sha256_bytes(data), "bytes": len(data),
-                                   "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
+        files[name] = entry
+        self._write_manifest(files)  # 3: only the new hash
         _test_hook("manifest-done", name)
+
+    def _match(self, name: str, files: dict) -> tuple[dict | None, str | None]:
+        path = self.folder / name
+        if not valid_name(name):
+            return None, "not a plain checkpoint file name"
+        if path.is_symlink():
+            return None, "a symbolic link, not a checkpoint file"
+        if not path.is_file():
+            return None, "missing"
+        entry = files.get(name)
+        if entry is None:
+            return None, "not in the manifest"
+        digest = sha256_file(path)
+        if digest == entry["sha256"]:
+            return {k: v for k, v in entry.items() if k != "replaces"}, None
+        prev = entry.get("replaces")
+        if prev is not None and digest == prev["sha256"]:
+            return prev, None  # killed between steps 1 and 2 of a save: the old file is whole
+        return None, "its sha256 does not match the manifest (torn or altered)"
 
     def verify(self, name: str) -> str | None:
         """None if `name` is present and matches its manifest hash, else why not."""
-        entry = self.manifest()["files"].get(name)
-        path = self.folder / name
-        if not path.is_file():
-            return "missing"
-        if entry is None:
-            return "not in the manifest"
-        if sha256_file(path) != entry["sha256"]:
-            return "its sha256 does not match the manifest (torn or altered)"
-        return None
+        return self._match(name, self.read_manifest()[0])[1]
+
+    def entry(self, name: str) -> dict | None:
+        """The manifest entry that `name` matches now (None if it does not verify)."""
+        return self._match(name, self.read_manifest()[0])[0]
+
+    def files_here(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.folder) if valid_name(e.name))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def remove(self, name: str) -> None:
-        manifest = self.manifest()
-        manifest["files"].pop(name, None)
-        atomic_write_bytes(self.manifest_path, (json.dumps(manifest, indent=1) + "\n").encode())
-        (self.folder / name).unlink(missing_ok=True)
+        files = self.read_manifest()[0]
+        files.pop(name, None)
+        self._write_manifest(files)
+        if valid_name(name):
+            (self.folder / name).unlink(missing_ok=True)
 
     def newest_good(self) -> tuple[str, dict] | None:
         """(name, manifest entry) of the newest verified checkpoint; warns about bad ones."""
-        files = self.manifest()["files"]
-        names = sorted({p.name for p in self.folder.glob("*.pt")} | set(files),
-                       key=lambda n: (files.get(n, {}).get("global_step", -1), n == "last.pt"), reverse=True)
-        for name in names:
-            problem = self.verify(name)
-            if problem is None:
-                return name, files[name]
-            if problem != "missing":
+        files = self.read_manifest()[0]
+        good = []
+        for name in sorted(set(self.files_here()) | set(files)):
+            entry, problem = self._match(name, files)
+            if entry is not None:
+                good.append((entry.get("global_step", -1), name == "last.pt", name, entry))
+            elif problem != "missing":
                 log.warning("checkpoint %s is unverified (%s): skipping it", self.folder / name, problem)
-        return None
+        return max(good)[2:] if good else None
+
+    def recover(self) -> list[str]:
+        """For resume, with the run's lock held: if manifest.json is missing or unusable while
+        checkpoint files are here, rebuild it from the files that load and pass the structural
+        check (the old manifest is kept aside). A loadable checkpoint is never lost to a bad
+        manifest. Returns the names recovered."""
+        files, problem, dropped = self.read_manifest()
+        for name in dropped:
+            log.warning("manifest %s: ignored the entry %r (not a plain checkpoint name inside "
+                        "checkpoints/, or malformed)", self.manifest_path, name)
+        names = self.files_here()
+        if problem is None or not names:
+            return []
+        rebuilt = {}
+        for name in names:
+            path = self.folder / name
+            try:
+                ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
+            except TrainlabError as e:
+                log.warning("checkpoint %s: not recovered (%s)", path, e)
+                continue
+            rebuilt[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
+                             "epoch": ckpt["epoch"], "global_step": ckpt["global_step"], "rebuilt": True}
+        if self.manifest_path.exists() or self.manifest_path.is_symlink():
+            aside = self.manifest_path.with_name(f"{MANIFEST}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.manifest_path, aside)
+            log.warning("manifest %s was %s: kept it as %s", self.manifest_path, problem, aside.name)
+        self._write_manifest(rebuilt)
+        log.warning("rebuilt %s from %d of %d checkpoint file(s) that load and pass the structural "
+                    "check: %s", self.manifest_path, len(rebuilt), len(names), ", ".join(rebuilt) or "none")
+        return list(rebuilt)
+
+    def set_aside_unusable(self) -> Path | None:
+        """Move checkpoint files that do not verify into unusable-<time>/ (kept, never deleted),
+        so a restart from epoch 0 cannot overwrite them."""
+        files = self.read_manifest()[0]
+        bad = [n for n in self.files_here() if self._match(n, files)[0] is None]
+        if not bad:
+            return None
+        aside = self.folder / f"unusable-{time.strftime('%Y%m%d-%H%M%S')}"
+        aside.mkdir(exist_ok=True)
+        for name in bad:
+            os.replace(self.folder / name, aside / name)
+        log.warning("moved %d checkpoint file(s) that do not verify into %s: %s", len(bad), aside, ", ".join(bad))
+        return aside
 
     def remove_stale_temps(self) -> None:
-        """Delete temporary files of interrupted writes (call only with no writer running)."""
-        for tmp in self.folder.glob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+        """Delete temporary files of interrupted writes (call only with the run's lock held)."""
+        remove_stale_temps(self.folder)
 
     def prune_periodic(self, keep: int) -> None:
         """Keep the `keep` newest epoch-NNNN.pt files (0 = keep all)."""
         if keep <= 0:
             return
-        periodic = sorted((n for n in self.manifest()["files"] if re.fullmatch(r"epoch-\d+\.pt", n)),
+        periodic = sorted((n for n in self.read_manifest()[0] if re.fullmatch(r"epoch-\d+\.pt", n)),
                           key=lambda n: int(n[len("epoch-"):-len(".pt")]))  # epoch-10000 after epoch-9999
         for name in periodic[:-keep]:
             self.remove(name)

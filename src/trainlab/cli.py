@@ -12,8 +12,8 @@ import logging
 import os
 import sys
 
-from . import __version__
-from .errors import TrainlabError
+from ._version import __version__
+from .errors import ConfigError, TrainlabError
 from .recipes import RECIPE_FIELDS
 
 log = logging.getLogger("trainlab")
@@ -61,6 +61,26 @@ RUN_HELP = {
     "channels_last": "NHWC memory layout for convolutional models",
     "tf32": "CUDA: allow TF32 matmuls and convolutions",
 }
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def add_allow_import(parser) -> None:
+    parser.add_argument("--allow-import", action="append", metavar="MODULE",
+                        help="allow building a model that a run's files name as MODULE:function "
+                             "(a file never imports code by itself; repeatable)")
+
+
+def _allowed(args) -> tuple[str, ...]:
+    return tuple(getattr(args, "allow_import", None) or ())
 
 
 def _flag_for(parser, name: str, annotation: str, help_text: str | None = None) -> None:
@@ -112,15 +132,42 @@ def _print_result(result) -> int:
     return 0
 
 
+def _resume_overrides(args) -> dict:
+    """`train --resume RUN --lr X ...`: every flag given counts, as with `resume`."""
+    from .config import RUN_FIELDS
+
+    if args.config:
+        raise ConfigError("--config cannot be combined with --resume: the run's own config is used; "
+                          "give the values to change as flags")
+    if args.model_kwarg:
+        raise ConfigError("--model-kwarg cannot change on --resume: the model is restored from the "
+                          "checkpoint; start a new run instead")
+    return {k: getattr(args, k) for k in (*RUN_FIELDS, *RECIPE_FIELDS)
+            if k not in ("model_kwargs", "epochs") and getattr(args, k, None) is not None}
+
+
+def _check_nproc_batch(nproc: int, batch_size: int) -> None:
+    if batch_size % nproc:
+        raise ConfigError(f"batch_size = {batch_size} is the global batch and must divide evenly "
+                          f"across --nproc {nproc} processes: choose a multiple of {nproc}")
+
+
 def cmd_train(args) -> int:
     from .api import resume, train
 
     if args.nproc:
         from .distributed import launch
 
+        if not args.resume:  # the usage error here, in one line, not in every rank's traceback
+            _check_nproc_batch(args.nproc, _config_from_args(args).train.batch_size)
         return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
     if args.resume:
-        return _print_result(resume(args.resume, epochs=args.epochs, allow_changes=args.allow_changes))
+        overrides = _resume_overrides(args)
+        return _print_result(resume(args.resume, epochs=args.epochs, overrides=overrides,
+                                    allow_changes=args.allow_changes or bool(overrides),
+                                    allow_import=_allowed(args)))
+    if ":" in (args.model or ""):
+        log.debug("model %s: imported from your command line", args.model)
     return _print_result(train(_config_from_args(args)))
 
 
@@ -143,10 +190,12 @@ def cmd_resume(args) -> int:
         from .distributed import launch
 
         return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
-    overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip)) if v is not None}
+    overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip),
+                                   ("weight_decay", args.weight_decay)) if v is not None}
     return _print_result(resume(args.run_dir, epochs=args.epochs, into=args.into,
                                 reset_optimizer=args.reset_optimizer,
-                                allow_changes=args.allow_changes or bool(overrides), overrides=overrides))
+                                allow_changes=args.allow_changes or bool(overrides), overrides=overrides,
+                                allow_import=_allowed(args)))
 
 
 def cmd_inspect(args) -> int:
@@ -159,7 +208,7 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     from .export import export_run
 
-    weights, meta = export_run(args.path, args.out)
+    weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
     print(f"wrote {weights} and {meta}")
     return 0
 
@@ -170,7 +219,7 @@ def cmd_predict(args) -> int:
     from .tables import table
 
     model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
-                             allow_import=tuple(args.allow_import or ()))
+                             allow_import=_allowed(args))
     classes = ckpt.get("classes") or [str(i) for i in range(ckpt["model_spec"]["num_classes"])]
     truth = None
     if args.input:
@@ -247,20 +296,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(t)
     t.set_defaults(func=cmd_train)
 
-    t.add_argument("--nproc", type=int, help="launch N data-parallel processes on this machine (torchrun)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR instead (same as trainlab resume)")
+    t.add_argument("--nproc", type=_positive_int, help="launch N data-parallel processes on this machine (torchrun)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR instead (same as trainlab resume; "
+                   "the flags given change the run as resume's do, or are refused by name)")
     t.add_argument("--allow-changes", action="store_true", help="with --resume: accept changed data or config")
+    add_allow_import(t)
 
     r = sub.add_parser("resume", help="continue a run from its newest verified checkpoint")
     r.add_argument("run_dir")
-    r.add_argument("--epochs", type=int, help="train up to this many epochs in all (extends the run)")
+    r.add_argument("--epochs", type=_positive_int, help="train up to this many epochs in all (extends the run)")
     r.add_argument("--into", metavar="NEW_DIR", help="fork into a new run folder instead of continuing in place")
     r.add_argument("--reset-optimizer", action="store_true",
                    help="with --into: start with fresh optimizer state (see the loss spike)")
     r.add_argument("--lr", type=float, help="change the learning rate (implies --allow-changes)")
     r.add_argument("--grad-clip", type=float, help="change gradient clipping (implies --allow-changes)")
+    r.add_argument("--weight-decay", type=float, help="change weight decay (implies --allow-changes)")
     r.add_argument("--allow-changes", action="store_true", help="resume even if the data or config differ")
-    r.add_argument("--nproc", type=int, help="resume with N data-parallel processes (torchrun)")
+    r.add_argument("--nproc", type=_positive_int, help="resume with N data-parallel processes (torchrun)")
+    add_allow_import(r)
     r.set_defaults(func=cmd_resume)
 
     i = sub.add_parser("inspect", help="what a checkpoint, state_dict or run folder holds")
@@ -270,16 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write model.safetensors + model.json for a run or checkpoint")
     x.add_argument("path")
     x.add_argument("-o", "--out", help="output folder (default: the run folder)")
+    add_allow_import(x)
     x.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("predict", help="classify test images (or an IDX / .npy file) with a checkpoint")
     pr.add_argument("checkpoint", help="checkpoint file or run folder")
     pr.add_argument("--input", help="IDX (.gz) or .npy file of images; default: the data set's test images")
-    pr.add_argument("-n", type=int, default=10, help="how many images (default 10)")
+    pr.add_argument("-n", type=_positive_int, default=10, help="how many images (default 10)")
     pr.add_argument("--data-dir")
     pr.add_argument("--device", default="auto")
-    pr.add_argument("--allow-import", action="append", metavar="MODULE",
-                    help="allow building a model from this module (for module:function specs)")
+    add_allow_import(pr)
     pr.set_defaults(func=cmd_predict)
 
     from .cli_report import add_commands  # evaluate, compare, report, experiment
@@ -310,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     from .distributed import shutdown
 
     code = _run(args)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
     if shutdown():
         # gloo's worker threads can abort the interpreter's own teardown ("terminate called
         # without an active exception", seen in ~1 run of 6 here): the work is done and the
@@ -336,16 +393,55 @@ def _run(args) -> int:
     except KeyboardInterrupt:
         print("trainlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `trainlab inspect ... | head`: the reader left; nothing to say
+        _silence_stdout()
+        return 1
     except RuntimeError as e:
         # a peer process died under DDP: gloo/NCCL report it as a RuntimeError
         from .distributed import dist
 
-        if not (dist.is_available() and dist.is_initialized()):
+        if dist.is_available() and dist.is_initialized():
+            print(f"trainlab: error: lost contact with the other training processes ({_first_line(e)}); "
+                  "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
+                  file=sys.stderr)
+            return 1
+        return _unexpected(e)
+    except MemoryError:
+        if os.environ.get("TRAINLAB_DEBUG"):
             raise
-        print(f"trainlab: error: lost contact with the other training processes ({str(e).splitlines()[0]}); "
-              "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
-              file=sys.stderr)
+        print("trainlab: error: out of memory: use a smaller batch size, model or data set "
+              "(earlier files are intact)", file=sys.stderr)
         return 1
+    except OSError as e:  # the disk or the OS said no (full, read-only, missing): one sentence
+        if os.environ.get("TRAINLAB_DEBUG"):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"trainlab: error: {e.strerror or e}{where}; earlier files are intact", file=sys.stderr)
+        return 1
+    except Exception as e:
+        return _unexpected(e)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
+
+
+def _unexpected(e: Exception) -> int:
+    """Still one line, but marked as trainlab's own fault: a bug to report, not a user error."""
+    if os.environ.get("TRAINLAB_DEBUG"):
+        raise e
+    print(f"trainlab: internal error: {type(e).__name__}: {_first_line(e)} (a bug in trainlab; "
+          "TRAINLAB_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return 1
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not raise again
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

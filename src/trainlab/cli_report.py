@@ -40,6 +40,7 @@ def cmd_evaluate(args) -> int:
     from .tables import table
 
     ev = evaluate_run_full(args.path, data_dir=args.data_dir, device=args.device, top_k=args.top,
+                           allow_import=tuple(args.allow_import or ()),
                            plots_flag=False if args.no_plots else None)
     s = ev.summary
     print(f"{args.path}: test accuracy {_pct(s['accuracy'])}, loss {s['loss']:.4f}, "
@@ -85,6 +86,7 @@ def cmd_report(args) -> int:
     from .report import write_report
 
     path = write_report(args.runs, args.output, data_dir=args.data_dir, device=args.device,
+                        allow_import=tuple(args.allow_import or ()),
                         title=args.title)
     print(f"wrote {path} (self-contained: open it in any browser, offline)")
     return 0
@@ -161,12 +163,15 @@ def cmd_experiment(args) -> int:
 # ---------------------------------------------------------------- registration
 
 def add_commands(sub) -> None:
+    from .cli import add_allow_import
+
     e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint, "
                        "written as JSON/CSV and figures")
     e.add_argument("path", help="run folder or checkpoint file")
     e.add_argument("--data-dir")
     e.add_argument("--device", default="auto")
     e.add_argument("--top", type=int, default=10, help="highest-loss examples to list (default 10)")
+    add_allow_import(e)
     e.add_argument("--no-plots", action="store_true", help="tables and files only, no figures")
     e.set_defaults(func=cmd_evaluate)
 
@@ -181,6 +186,7 @@ def add_commands(sub) -> None:
     r.add_argument("--data-dir")
     r.add_argument("--device", default="auto")
     r.add_argument("--title", default="trainlab report")
+    add_allow_import(r)
     r.set_defaults(func=cmd_report)
 
     x = sub.add_parser("experiment", help="run a ready-made sequence of runs and report on it")

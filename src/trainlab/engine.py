@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import math
 import sys
 import time
@@ -48,6 +49,10 @@ def pick_device(requested: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    if not isinstance(requested, str) or not re.fullmatch(r"cpu|mps|cuda(:\d{1,3})?", requested):
+        from .errors import ConfigError
+
+        raise ConfigError(f"device {requested!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
     dev = torch.device(requested)
     if dev.type == "cuda":
         if not torch.cuda.is_available():

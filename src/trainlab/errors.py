@@ -19,3 +19,7 @@ class ConfigError(TrainlabError, ValueError):
 
 class DataError(TrainlabError):
     """The data could not be found, read or trusted."""
+
+
+class StoreError(TrainlabError):
+    """A file could not be written, locked or read back (full or read-only disk, a busy run)."""

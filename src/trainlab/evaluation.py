@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import importlib.util
 import logging
 import math
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import plots, runs
+from .atomic import atomic_write_text
 from .api import EVAL_BATCH, WEIGHTS_FILE, checkpoint_path, load_model
 from .data import Dataset, DeviceLoader, load_dataset
 from .engine import pick_device, predict
@@ -55,21 +58,19 @@ def _fmt(x) -> str:
     return "" if isinstance(x, float) and math.isnan(x) else str(x)  # empty cell = undefined
 
 
+def _write_csv(path: Path, rows: list[list]) -> None:
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def write_per_class_csv(path: Path, summary: dict) -> None:
     keys = ("class", "support", "accuracy", "precision", "recall", "f1")
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(keys)
-        for pc in summary["per_class"]:
-            w.writerow([_fmt(pc[k]) for k in keys])
+    _write_csv(path, [list(keys)] + [[_fmt(pc[k]) for k in keys] for pc in summary["per_class"]])
 
 
 def write_confusion_csv(path: Path, cm: list[list[int]], classes: list[str]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, cm):
-            w.writerow([name, *row])
+    _write_csv(path, [["true \\ predicted", *classes]] + [[name, *row] for name, row in zip(classes, cm)])
 
 
 def _want_plots(plots_flag: bool | None) -> bool:
@@ -84,17 +85,24 @@ def _want_plots(plots_flag: bool | None) -> bool:
 
 def evaluate_run_full(path_or_run: str | Path, data_dir=None, device: str = "auto", *,
                       data: Dataset | None = None, top_k: int = 16,
-                      plots_flag: bool | None = None) -> Evaluation:
-    """Evaluate a run folder or checkpoint on its test split and write the results."""
+                      plots_flag: bool | None = None, allow_import=()) -> Evaluation:
+    """Evaluate a run folder or checkpoint on its test split and write the results (holding
+    the run folder's lock: one process owns a run folder at a time)."""
     path = Path(path_or_run)
     if not path.exists():
         raise TrainlabError(f"{path} does not exist: give a run folder or a checkpoint file")
+    owner = runs.owning_run(path if path.is_dir() else path.parent)
+    with (runs.RunLock(owner) if owner is not None else contextlib.nullcontext()):
+        return _evaluate(path, data_dir, device, data, top_k, plots_flag, allow_import)
+
+
+def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_import) -> Evaluation:
     run_dir = path if path.is_dir() else None
     out_dir = path if path.is_dir() else path.parent
     if run_dir is None and path.name == WEIGHTS_FILE and (path.parent / runs.METRICS_FILE).exists():
         run_dir = path.parent  # runs/x/model.pt is the run itself: give it its curves too
     dev = pick_device(device)
-    model, ckpt = load_model(path, map_location=dev)
+    model, ckpt = load_model(path, map_location=dev, allow_import=allow_import)
     if data is None:
         data = load_dataset(ckpt["config"]["dataset"], data_dir)
     matches = _data_matches(data, ckpt.get("fingerprint"))

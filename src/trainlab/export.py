@@ -3,32 +3,46 @@ small JSON with what is needed to use it: the model spec, class names, mean/std.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
+from ._version import __version__
 from .api import checkpoint_path, load_model
-from .errors import TrainlabError
+from . import runs
+from .atomic import atomic_write_bytes, atomic_write_text, write_error
+from .errors import ConfigError, TrainlabError
 
 
-def export_run(path_or_run: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
+def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=()) -> tuple[Path, Path]:
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise TrainlabError("export needs safetensors: pip install 'trainlab[export]'") from None
     src = checkpoint_path(path_or_run)
-    model, ckpt = load_model(src, map_location="cpu")
     out = Path(out_dir) if out_dir else (Path(path_or_run) if Path(path_or_run).is_dir() else src.parent)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {out} is a file: export writes two files, so give a folder")
+    model, ckpt = load_model(src, map_location="cpu", allow_import=allow_import)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(out, e) from None
+    owner = runs.owning_run(out)
+    with (runs.RunLock(owner) if owner is not None else contextlib.nullcontext()):
+        return _write_export(model, ckpt, src, out, save)
+
+
+def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, Path]:
     # safetensors refuses non-contiguous views (e.g. channels_last): copy them contiguous first
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = out / "model.safetensors"
-    save_file(tensors, str(weights), metadata={"format": "trainlab", "model": ckpt["model_spec"]["name"]})
+    atomic_write_bytes(weights, save(tensors, metadata={"format": "trainlab", "model": ckpt["model_spec"]["name"]}))
     meta = out / "model.json"
-    meta.write_text(json.dumps({"model_spec": ckpt["model_spec"], "classes": ckpt.get("classes"),
+    atomic_write_text(meta, json.dumps({"model_spec": ckpt["model_spec"], "classes": ckpt.get("classes"),
                                 "mean": ckpt.get("mean"), "std": ckpt.get("std"),
                                 "trainlab_version": __version__, "source": str(src)}, indent=2) + "\n")
     return weights, meta
@@ -42,15 +56,21 @@ def read_images(path: str | Path) -> torch.Tensor:
     if path.suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)  # never unpickle a user file
-        except (ValueError, OSError) as e:
-            raise TrainlabError(f"{path}: not a readable .npy array ({e})") from None
+        except (ValueError, OSError, EOFError) as e:
+            raise TrainlabError(f"{path}: not a readable .npy array ({str(e).splitlines()[0] if str(e) else 'empty file'})") from None
     else:
         arr = read_idx(path)
+    if arr.dtype.kind not in "uif":
+        raise TrainlabError(f"{path}: holds {arr.dtype} values, not pixel numbers")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4:
         raise TrainlabError(f"{path}: expected images shaped N,H,W or N,C,H,W, got {arr.shape}")
+    if arr.size == 0:
+        raise TrainlabError(f"{path} holds no pixels (shape {arr.shape}): nothing to predict")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise TrainlabError(f"{path} has NaN or infinite pixel values: fix the file first")
     t = torch.from_numpy(np.array(arr, copy=True))
     return t if t.dtype == torch.uint8 else t.float()

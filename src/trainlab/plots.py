@@ -41,10 +41,18 @@ def _save(fig, out: str | Path) -> Saved:
     base.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     png, svg = base.with_name(base.name + ".png"), base.with_name(base.name + ".svg")
-    fig.savefig(png, dpi=110, metadata={"Software": None})
+    import io
+
+    from .atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    atomic_write_bytes(png, buf.getvalue())  # never through a planted link
     # fixed hash salt + no date: the same figure gives the same SVG bytes
+    buf = io.BytesIO()
     with matplotlib.rc_context({"svg.hashsalt": "trainlab"}):
-        fig.savefig(svg, metadata={"Date": None})
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    atomic_write_bytes(svg, buf.getvalue())
     return Saved(png, svg)
 
 

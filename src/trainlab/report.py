@@ -19,7 +19,8 @@ from . import plots
 from .api import checkpoint_path
 from .compare import Comparison, RunRecord, compare_runs, resume_pairs
 from .data import Dataset
-from .errors import TrainlabError
+from .atomic import atomic_write_text
+from .errors import ConfigError, TrainlabError
 from .evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
 
 log = logging.getLogger("trainlab")
@@ -78,9 +79,10 @@ def _fresh(run_dir: Path) -> bool:
             and (not ckpt.exists() or ev.stat().st_mtime >= ckpt.stat().st_mtime))
 
 
-def _ensure_evaluated(run: RunRecord, data_dir, device, data) -> dict | None:
+def _ensure_evaluated(run: RunRecord, data_dir, device, data, allow_import=()) -> dict | None:
     if checkpoint_path(run.path).is_file() and not _fresh(run.path):
-        evaluate_run_full(run.path, data_dir=data_dir, device=device, data=data, plots_flag=True)
+        evaluate_run_full(run.path, data_dir=data_dir, device=device, data=data, plots_flag=True,
+                          allow_import=allow_import)
     elif not (run.path / PLOTS_DIR / "curves.png").exists() and run.history:
         plots.curves(run.history, run.path / PLOTS_DIR / "curves", f"{run.name}: train vs test")
     return load_evaluation(run.path)
@@ -163,13 +165,13 @@ def _comparison_section(comp: Comparison, tmp: Path) -> str:
 
 def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=None,
                  device: str = "auto", data: Dataset | None = None,
-                 title: str = "trainlab report") -> Path:
+                 title: str = "trainlab report", allow_import=()) -> Path:
     """Evaluate the runs as needed and write one offline HTML file; returns its path."""
     if not run_dirs:
         raise TrainlabError("report needs at least one run folder")
     out_path = Path(out_path)
     comp = compare_runs(run_dirs)
-    evaluations = [_ensure_evaluated(r, data_dir, device, data) for r in comp.runs]
+    evaluations = [_ensure_evaluated(r, data_dir, device, data, allow_import) for r in comp.runs]
     samples = next((r.path / PLOTS_DIR / "samples.png" for r in comp.runs
                     if (r.path / PLOTS_DIR / "samples.png").exists()), None)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,8 +186,8 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=N
     doc = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{_esc(title)}</title><link rel=\"icon\" href=\"data:,\">"
            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+    if out_path.is_dir():
+        raise ConfigError(f"-o {out_path} is a folder: give the report's file name, e.g. {out_path / 'report.html'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = out_path.with_name(out_path.name + ".tmp")
-    tmp_file.write_text(doc, encoding="utf-8")
-    tmp_file.replace(out_path)
+    atomic_write_text(out_path, doc)
     return out_path

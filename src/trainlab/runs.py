@@ -6,6 +6,7 @@ a generated name gets a numeric suffix (and the log says so).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
+from .atomic import append_line, atomic_write_text, write_error
 from .config import Config, dumps_toml
-from .errors import ConfigError, TrainlabError
+from .errors import ConfigError, StoreError, TrainlabError
 
 log = logging.getLogger("trainlab")
 
@@ -29,20 +31,94 @@ METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
 
 
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """One process owns a run folder at a time: an OS lock (flock) on runs/<name>/.lock,
+    released by the OS when its process dies however it dies (kill -9 included), so a
+    stale lock cannot exist. The file holds the owner's PID for the refusal message."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        path = self.run_dir / LOCK_FILE
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; one process per run is then up to the user
+            return self
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                raise StoreError(f"cannot lock {self.run_dir} ({e.strerror}): the run folder is "
+                                 "read-only; copy it somewhere writable, or fork it with --into") from None
+            raise write_error(path, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(f"{self.run_dir} is in use by another trainlab process (PID {holder}); "
+                             "wait for it to finish or stop it, then try again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (deleting it would race)
+            self.fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def owning_run(folder: Path) -> Path | None:
+    """The run folder that `folder` is or lies directly in (runs/x or runs/x/checkpoints)."""
+    folder = Path(folder)
+    for cand in (folder, folder.parent):
+        if (cand / CONFIG_FILE).is_file():
+            return cand
+    return None
+
+
+def _mkdir(path: Path, exist_ok: bool = False) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise ConfigError(f"cannot make the run folder {path}: a file stands where a folder "
+                              "must be; choose another --runs-dir or --name") from None
+        raise write_error(path, e) from None
+
+
 def create_run_dir(cfg: Config) -> Path:
     root = Path(cfg.runs_dir)
     if cfg.name:
         path = root / cfg.name
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise ConfigError(f"run folder {path} already exists and is never overwritten: choose "
                               "another --name, or continue it with `trainlab resume`")
-        path.mkdir(parents=True)
+        try:
+            _mkdir(path)
+        except FileExistsError:  # another process made it a moment ago
+            raise ConfigError(f"run folder {path} already exists and is never overwritten: choose "
+                              "another --name, or continue it with `trainlab resume`") from None
         return path
     base = f"{cfg.model.replace(':', '-').replace('.', '-')}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     for i in range(1000):
         path = root / (base if i == 0 else f"{base}-{i}")
         try:
-            path.mkdir(parents=True)
+            _mkdir(path)
         except FileExistsError:
             continue
         if i:
@@ -88,34 +164,28 @@ def environment() -> dict:
 def write_json(path: Path, obj) -> None:
     from .metrics import json_safe  # strict JSON: NaN becomes null
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
+
+
+def write_config(run_dir: Path, cfg: Config) -> None:
+    atomic_write_text(Path(run_dir) / CONFIG_FILE, dumps_toml(cfg.to_dict()))  # whole or absent
 
 
 def write_run_header(run_dir: Path, cfg: Config, extra_meta: dict) -> None:
-    tmp = run_dir / (CONFIG_FILE + ".tmp")  # whole or absent: resume reads it
-    tmp.write_text(dumps_toml(cfg.to_dict()))
-    os.replace(tmp, run_dir / CONFIG_FILE)
+    write_config(run_dir, cfg)
     meta = {"command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **environment(), **extra_meta}
     write_json(run_dir / META_FILE, meta)
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_line(Path(run_dir) / METRICS_FILE, json.dumps(row))
 
 
 def truncate_metrics(run_dir: Path, epoch: int, marker: dict) -> None:
     """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume."""
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
-    text = "".join(json.dumps(r) + "\n" for r in rows + [marker])
-    tmp = Path(run_dir) / (METRICS_FILE + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, Path(run_dir) / METRICS_FILE)
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows + [marker]))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -123,19 +193,23 @@ def read_metrics(run_dir: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 break  # a torn last line from a killed process: ignore it
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise TrainlabError(f"{path} not found: is {Path(path).parent} a trainlab run folder?") from None
-    except json.JSONDecodeError as e:
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TrainlabError(f"{path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise TrainlabError(f"{path} cannot be read ({e.strerror})") from None

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from . import distributed, models, runs
-from .checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
-from .config import Config, resolve
+from .atomic import remove_stale_temps
+from .checkpoint import (CheckpointDir, CheckpointError, check_fields, load_checkpoint, make_checkpoint,
+                         save_checkpoint)
+from .config import Config, load_toml, resolve
 from .data import Dataset, DeviceLoader, load_dataset, stratified_split
 from .ema import make_ema
 from .engine import (FitState, Instruments, build_optimizer, describe_device, fit, lr_multiplier,
@@ -36,10 +38,25 @@ log = logging.getLogger("trainlab")
 EVAL_BATCH = 1024  # evaluation keeps no activations for backward: bigger batches are free
 WEIGHTS_FILE = "model.pt"  # the final model of a run: what evaluate / predict / export use
 CHECKPOINTS = "checkpoints"
-# Config keys that may differ between a checkpoint and its resume without changing the run.
+# What a resume may change, in three kinds (every config key is in exactly one):
+# free: read from the config each time, they change nothing about the numbers' path;
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",
                     "patience", "min_delta", "save_every", "keep", "tensorboard", "compile",
                     "channels_last", "tf32", "sync_bn", "malloc_tuning"}
+# changeable: they change the run from here on, so they need --allow-changes (resume --lr
+# implies it); the optimizer's own values are restored from the checkpoint, so those are
+# re-applied after the restore, or the override would silently do nothing;
+RESUME_CHANGEABLE_KEYS = {"lr", "weight_decay", "momentum", "grad_clip", "label_smoothing",
+                          "translate", "hflip", "erase", "tta_flip", "precision"}
+# fixed: everything else (model, data, seed, optimizer, schedule, batch, split, monitor, EMA)
+# is restored from the checkpoint or shapes its state: a change could not take effect, so
+# it is refused by name; start a new run (or fork with --into) instead.
+
+
+def fixed_differences(saved: dict, current: dict) -> list[str]:
+    keys = (set(saved) | set(current)) - RESUME_FREE_KEYS - RESUME_CHANGEABLE_KEYS
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
+            if saved.get(k) != current.get(k)]
 
 
 class Interrupted(TrainlabError):
@@ -89,14 +106,17 @@ class Monitor:
 
 
 class StopSignals:
-    """Ctrl-C / SIGTERM set a flag; the loop saves at the next step and exits 130 / 143."""
+    """Ctrl-C / SIGTERM / SIGHUP (a closed terminal, a dropped ssh) set a flag; the loop
+    saves at the next step and exits 128 + the signal's number."""
 
     def __init__(self):
         self.signum: int | None = None
         self._old = {}
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if s is None:
+                continue
             try:
                 self._old[s] = signal.signal(s, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -107,8 +127,11 @@ class StopSignals:
         if self.signum is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\ntrainlab: {signal.Signals(signum).name} received: saving a checkpoint at the "
-              "next step (press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        try:  # after SIGHUP the terminal may be gone: printing must not kill the save
+            print(f"\ntrainlab: {signal.Signals(signum).name} received: saving a checkpoint at the "
+                  "next step (press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -153,9 +176,12 @@ def model_spec(cfg: Config, data: Dataset) -> dict:
             "input_shape": list(data.input_shape), "num_classes": data.num_classes}
 
 
-def build_model(spec: dict, allow_import=None) -> nn.Module:
-    return models.build(spec["name"], spec["input_shape"], spec["num_classes"],
-                        allow_import=allow_import, **spec.get("kwargs", {}))
+def build_model(spec: dict, allow_import=None, source: str = "the stored spec") -> nn.Module:
+    """allow_import=None: a spec the user wrote now (may import what it names); a tuple:
+    a spec read from disk, built through the one trust check (models.build_from_spec)."""
+    if allow_import is None:
+        return models.build(spec["name"], spec["input_shape"], spec["num_classes"], **spec.get("kwargs", {}))
+    return models.build_from_spec(spec, allow_import, source)
 
 
 def make_loaders(data: Dataset, cfg: Config, device, augment=None,
@@ -186,20 +212,15 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     return loaders
 
 
-def config_differences(saved: dict, current: dict) -> list[str]:
-    keys = (set(saved) | set(current)) - RESUME_FREE_KEYS
-    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
-            if saved.get(k) != current.get(k)]
-
-
 # ---------------------------------------------------------------- the session
 
 class Session:
     """Builds the model, optimizer, schedule, precision, EMA and loaders of one run."""
 
     def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
-                 schedule_epochs: int | None = None):
+                 schedule_epochs: int | None = None, allow_import: tuple[str, ...] | None = None):
         self.cfg = cfg
+        self.lock: runs.RunLock | None = None
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         self.dist = distributed.context()
@@ -230,7 +251,7 @@ class Session:
                               f"evenly across the {self.dist.world_size} processes")
         self.loaders = make_loaders(self.data, cfg, self.device, self._augment(), self.dist)
         self.spec = model_spec(cfg, self.data)
-        self.model = build_model(self.spec).to(self.device)
+        self.model = build_model(self.spec, allow_import, "the run's config").to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             for loader in self.loaders.values():
@@ -312,7 +333,15 @@ class Session:
         names = {id(p): n for n, p in self.model.named_parameters()}
         return [names[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
 
-    def load_state_dict(self, ckpt: dict, reset_optimizer: bool = False) -> None:
+    def load_state_dict(self, ckpt: dict, reset_optimizer: bool = False, source: str = "the checkpoint") -> None:
+        try:
+            self._load_state_dict(ckpt, reset_optimizer)
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            # checked fields of the wrong inner shape: a forged or foreign file
+            raise CheckpointError(f"{source} does not fit this run ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''}); it was not used") from None
+
+    def _load_state_dict(self, ckpt: dict, reset_optimizer: bool = False) -> None:
         self.model.load_state_dict(ckpt["model"])
         if ckpt.get("ema") is not None and self.ema is not None:
             self.ema.load_state_dict(ckpt["ema"])
@@ -347,6 +376,26 @@ class Session:
                         "65536 (the first steps may be skipped while it calibrates)",
                         ckpt.get("precision", "32"))
 
+    def apply_overrides(self, changes: dict) -> None:
+        """Make resume overrides real: the restored optimizer and scheduler would otherwise
+        put the old values back (grad_clip, augmentation, precision come from the config)."""
+        groups = self.optimizer.param_groups
+        if "lr" in changes:
+            old, new = changes["lr"]
+            ratio = new / old  # the schedule's shape is kept; its peak moves
+            self.scheduler.base_lrs = [b * ratio for b in self.scheduler.base_lrs]
+            for g in groups:
+                g["initial_lr"] = g.get("initial_lr", g["lr"]) * ratio
+                g["lr"] = g["lr"] * ratio
+            self.scheduler._last_lr = [g["lr"] for g in groups]
+        if "weight_decay" in changes:
+            groups[0]["weight_decay"] = changes["weight_decay"][1]  # group 0 decays (build_optimizer)
+        if "momentum" in changes and "momentum" in groups[0]:
+            for g in groups:
+                g["momentum"] = changes["momentum"][1]
+        for key, (old, new) in changes.items():
+            log.info("resume: %s %r -> %r (in effect from the next step)", key, old, new)
+
     # -------------------------------------------------------- running
 
     def start_run_dir(self, extra_meta: dict | None = None) -> Path:
@@ -354,6 +403,7 @@ class Session:
             self.run_dir = Path(distributed.broadcast_object(None, self.dist))
             return self.run_dir
         self.run_dir = runs.create_run_dir(self.cfg)
+        self.lock = runs.RunLock(self.run_dir).acquire()  # before any file is written in it
         distributed.broadcast_object(str(self.run_dir), self.dist)
         from .tuning import malloc_tuning_state
 
@@ -497,6 +547,11 @@ class Session:
             self.tb.close()
         return TrainResult(self.run_dir, self.cfg, hist, test, describe_device(self.device), results)
 
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
 
 @dataclass
 class TrainResult:
@@ -520,52 +575,113 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None,
     cfg = config if isinstance(config, Config) else resolve(config or {})
     session = Session(cfg, data, progress=progress)
     session.start_run_dir()
-    return session.run()
+    try:
+        return session.run()
+    finally:
+        session.release()
+
+
+def _damaged(path, e: Exception) -> TrainlabError:
+    return TrainlabError(f"{path} is damaged or was not written by trainlab ({e}); it was not used")
+
+
+def _read_run_config(run_dir: Path) -> dict:
+    try:
+        return load_toml(run_dir / runs.CONFIG_FILE)
+    except ConfigError as e:  # the run's own file, not the user's command line: exit 1
+        raise _damaged(run_dir / runs.CONFIG_FILE, e) from None
+
+
+def _changes(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
+    """{key: (old, new)} of the changeable keys; refuses fixed ones by name."""
+    current = cfg.to_dict()
+    fixed = fixed_differences(saved, current)
+    if fixed:
+        raise ConfigError(f"{what} cannot change {'; '.join(fixed)}: these are restored from the "
+                          "checkpoint or shape its state, so the change could not take effect; "
+                          "start a new run with trainlab train instead")
+    changes = {k: (saved.get(k), current.get(k)) for k in sorted(RESUME_CHANGEABLE_KEYS)
+               if saved.get(k) != current.get(k)}
+    if changes and not allow_changes:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        raise ConfigError(f"resuming with a changed config would not continue the same run: {shown}; "
+                          "pass --allow-changes to do it anyway")
+    return changes
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
            reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
-           overrides: dict | None = None, progress: bool | None = None) -> TrainResult:
-    """Continue a run from its newest verified checkpoint (or fork it `into` a new folder)."""
+           overrides: dict | None = None, progress: bool | None = None,
+           allow_import: tuple[str, ...] = ()) -> TrainResult:
+    """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
+
+    Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
+    metrics.jsonl, or are refused by name. A model named by import path in the run's files
+    is built only if its module is in `allow_import`."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
                             "or its run was stopped before it started; start it again with trainlab train")
+    dist_ctx = distributed.context()
+    lock = runs.RunLock(run_dir).acquire() if into is None and dist_ctx.is_main else None
+    try:
+        return _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data,
+                              dict(overrides or {}), progress, tuple(allow_import or ()), lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, overrides, progress,
+                   allow_import, lock) -> TrainResult:
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
-    ckpt_dir.remove_stale_temps()  # left by a process killed mid-write
+    if lock is not None:  # only the owner may clean or repair
+        for folder in (run_dir, ckpt_dir.folder):
+            remove_stale_temps(folder)  # left by a process killed mid-write
+        ckpt_dir.recover()  # a lost or broken manifest: rebuilt from the files that load
+    folder_cfg = _read_run_config(run_dir)
     found = ckpt_dir.newest_good()
     if found is None:
         if into is not None:
             raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
-        return _restart(run_dir, epochs, data, progress)
+        return _restart(run_dir, folder_cfg, epochs, overrides, allow_changes, data, progress, allow_import)
     name, _ = found
-    ckpt = load_checkpoint(run_dir / CHECKPOINTS / name, map_location="cpu")
+    path = run_dir / CHECKPOINTS / name
+    ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
     saved_cfg = ckpt["config"]
-    values = {**saved_cfg, **(overrides or {})}
+    try:
+        resolve(saved_cfg)
+    except ConfigError as e:
+        raise _damaged(path, e) from None
+    # the checkpoint must belong to this folder: another run's file (re-hashed) is refused
+    foreign = fixed_differences(folder_cfg, saved_cfg)
+    if foreign:
+        raise TrainlabError(f"{path} does not belong to the run in {run_dir}: its config.toml and the "
+                            f"checkpoint disagree on {'; '.join(foreign)}; it was not used")
+    values = {**saved_cfg, **overrides}
     if epochs is not None:
         values["epochs"] = epochs
     if into is not None:
         into = Path(into)
         values["runs_dir"], values["name"] = str(into.parent), into.name
-    cfg = resolve(values)
+    cfg = resolve(values, origin="resume")
     if cfg.train.epochs < ckpt["epoch"]:
         raise ConfigError(f"epochs = {cfg.train.epochs} is less than the {ckpt['epoch']} epochs "
                           "already trained")
-    diffs = config_differences(saved_cfg, cfg.to_dict())
-    if diffs and not allow_changes:
-        raise ConfigError(f"resuming with a changed config would not continue the same run: "
-                          f"{'; '.join(diffs)}; pass --allow-changes to do it anyway")
+    changes = _changes(saved_cfg, cfg, allow_changes, "resume")
     threads = cfg.threads or torch.get_num_threads()
     if threads != ckpt.get("threads"):
         log.warning("resume: %d threads now vs %s when saved: results will not be bitwise equal "
                     "to an uninterrupted run", threads, ckpt.get("threads"))
-    session = Session(cfg, data, progress=progress, schedule_epochs=ckpt["schedule"]["epochs"])
+    session = Session(cfg, data, progress=progress, schedule_epochs=ckpt["schedule"]["epochs"],
+                      allow_import=allow_import)
     changed = _fingerprint_changes(ckpt.get("fingerprint", {}), session.data.fingerprint())
     if changed and not allow_changes:
         raise ConfigError(f"the data differs from the checkpoint's ({'; '.join(changed)}); "
                           "pass --allow-changes to resume on it anyway")
     if ckpt["model_spec"] != session.spec:
-        raise ConfigError(f"the model differs from the checkpoint's: {ckpt['model_spec']} vs {session.spec}")
+        raise TrainlabError(f"{path}: its model ({ckpt['model_spec']}) differs from the one this run "
+                            f"builds ({session.spec}); it was not used")
     saved_world = ckpt.get("world_size", 1)
     if saved_world != session.dist.world_size:
         if ckpt.get("step"):
@@ -573,14 +689,21 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
                               f"resume it with the same number of processes, not {session.dist.world_size}")
         log.info("resume: world size %d -> %d (the batch size is global: same steps, same schedule)",
                  saved_world, session.dist.world_size)
-    session.load_state_dict(ckpt, reset_optimizer=reset_optimizer)
+    session.load_state_dict(ckpt, reset_optimizer=reset_optimizer, source=str(path))
+    session.apply_overrides(changes)
+    event = {"event": "override", "epoch": ckpt["epoch"],
+             "changes": {k: [a, b] for k, (a, b) in changes.items()}} if changes else None
     if into is None:
         session.run_dir = run_dir
+        session.lock = lock  # released by resume()
         if session.dist.is_main:
             runs.truncate_metrics(run_dir, ckpt["epoch"], {"event": "resume", "from": name,
                                                            "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
                                                            "global_step": ckpt["global_step"],
                                                            "world_size": session.dist.world_size})
+            if changes:
+                runs.write_config(run_dir, cfg)  # the folder's config says what runs from now on
+                runs.append_metrics(run_dir, event)
     else:
         session.start_run_dir({"parent": {"run": str(run_dir), "checkpoint": name, "epoch": ckpt["epoch"],
                                           "reset_optimizer": reset_optimizer}})
@@ -589,24 +712,45 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
                 runs.append_metrics(session.run_dir, row)
             runs.append_metrics(session.run_dir, {"event": "fork", "from": str(run_dir),
                                                   "epoch": ckpt["epoch"], "reset_optimizer": reset_optimizer})
+            if changes:
+                runs.append_metrics(session.run_dir, event)
     where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
     log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
              " with a fresh optimizer" if reset_optimizer else "")
-    return session.run()
+    try:
+        return session.run()
+    finally:
+        if into is not None:
+            session.release()
 
 
-def _restart(run_dir: Path, epochs: int | None, data, progress) -> TrainResult:
-    """No verified checkpoint (killed during the very first save): train again in place."""
-    from .config import load_toml
-
-    values = load_toml(run_dir / runs.CONFIG_FILE)
+def _restart(run_dir: Path, values: dict, epochs, overrides: dict, allow_changes: bool, data, progress,
+             allow_import) -> TrainResult:
+    """No verified checkpoint (killed during the very first save): train again in place.
+    Files that do not verify are moved aside, never overwritten; overrides apply as on resume."""
+    try:
+        saved = resolve(values).to_dict()
+    except ConfigError as e:
+        raise _damaged(run_dir / runs.CONFIG_FILE, e) from None
+    merged = {**values, **overrides}
     if epochs is not None:
-        values["epochs"] = epochs
+        merged["epochs"] = epochs
+    cfg = resolve(merged, origin="resume")
+    changes = _changes(saved, cfg, allow_changes, "resume")
+    ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
+    ckpt_dir.set_aside_unusable()
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
-    session = Session(resolve(values), data, progress=progress)
+    session = Session(cfg, data, progress=progress, allow_import=allow_import)
     session.run_dir = run_dir
     if session.dist.is_main:
+        old = run_dir / runs.METRICS_FILE
+        if old.is_file() and old.stat().st_size:  # earlier rows kept aside, not erased
+            os.replace(old, run_dir / f"metrics-before-restart-{int(os.path.getmtime(old))}.jsonl")
+        runs.write_config(run_dir, cfg)
         runs.truncate_metrics(run_dir, 0, {"event": "restart", "epoch": 0})
+        if changes:
+            runs.append_metrics(run_dir, {"event": "override", "epoch": 0,
+                                          "changes": {k: [a, b] for k, (a, b) in changes.items()}})
     return session.run()
 
 
