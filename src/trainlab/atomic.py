@@ -26,12 +26,12 @@ _BINARY = getattr(os, "O_BINARY", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
 
 
-def _test_hook(phase: str, name: str) -> None:
+def _test_hook(phase: str, name: str, step=None) -> None:
     """Test-only: widen the write window and record where a kill landed (env-driven)."""
     logfile = os.environ.get("TRAINLAB_TEST_WRITE_LOG")
     if logfile:
         with open(logfile, "a") as f:
-            f.write(f"{phase} {name}\n")
+            f.write(f"{phase} {name}" + ("" if step is None else f" {step}") + "\n")
             f.flush()
             os.fsync(f.fileno())
     delay = float(os.environ.get("TRAINLAB_TEST_WRITE_DELAY", "0") or 0)
@@ -65,9 +65,9 @@ def write_error(path: Path, e: OSError) -> StoreError:
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return StoreError(f"cannot write {path}: {e.strerror} (read-only or not yours); earlier files "
                           "are intact: fix the folder's permissions or write elsewhere (--runs-dir, -o)")
-    if e.errno == errno.ELOOP:
-        return StoreError(f"refused to write {path}: a symbolic link stands at the temporary name "
-                          "(planted?); nothing was written: remove it and try again")
+    if e.errno in (errno.ELOOP, errno.EEXIST):  # O_EXCL | O_NOFOLLOW said no
+        return StoreError(f"refused to write {path}: a file or symbolic link stands at its temporary "
+                          "name (planted?); nothing was written: remove it and try again")
     return StoreError(f"could not write {path}: {e.strerror or e}; earlier files are intact")
 
 

@@ -195,7 +195,7 @@ def cmd_resume(args) -> int:
     return _print_result(resume(args.run_dir, epochs=args.epochs, into=args.into,
                                 reset_optimizer=args.reset_optimizer,
                                 allow_changes=args.allow_changes or bool(overrides), overrides=overrides,
-                                allow_import=_allowed(args)))
+                                allow_import=_allowed(args), from_checkpoint=args.from_checkpoint))
 
 
 def cmd_inspect(args) -> int:
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir")
     r.add_argument("--epochs", type=_positive_int, help="train up to this many epochs in all (extends the run)")
     r.add_argument("--into", metavar="NEW_DIR", help="fork into a new run folder instead of continuing in place")
+    r.add_argument("--from", dest="from_checkpoint", metavar="NAME",
+                   help="continue from this checkpoint (e.g. best.pt) instead of the newest; in place, "
+                        "newer checkpoints are set aside in checkpoints/superseded-<time>/")
     r.add_argument("--reset-optimizer", action="store_true",
                    help="with --into: start with fresh optimizer state (see the loss spike)")
     r.add_argument("--lr", type=float, help="change the learning rate (implies --allow-changes)")

@@ -31,7 +31,7 @@ class NonFiniteLoss(TrainlabError):
     def __init__(self, epoch: int, step: int, value: float):
         self.epoch, self.step, self.value = epoch, step, value
         super().__init__(f"the training loss became {value} at epoch {epoch}, step {step} of that "
-                         "epoch; lower the learning rate or enable grad_clip, then resume from "
+                         "epoch; lower the learning rate or enable grad_clip and resume from "
                          "the last checkpoint")
 
 

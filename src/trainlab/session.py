@@ -13,6 +13,7 @@ import random
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,8 @@ from .checkpoint import (CheckpointDir, CheckpointError, check_fields, load_chec
 from .config import Config, load_toml, resolve
 from .data import Dataset, DeviceLoader, load_dataset, stratified_split
 from .ema import make_ema
-from .engine import (FitState, Instruments, build_optimizer, describe_device, fit, lr_multiplier,
-                     pick_device, predict)
+from .engine import (FitState, Instruments, NonFiniteLoss, build_optimizer, describe_device, fit,
+                     lr_multiplier, pick_device, predict)
 from .errors import ConfigError, TrainlabError
 from .metrics import summarize
 from .precision import resolve_precision
@@ -421,7 +422,8 @@ class Session:
         value = row.get(self.monitor.metric)
         if value is None or not math.isfinite(value):
             raise TrainlabError(f"the monitored metric {self.monitor.metric} is missing or not "
-                                f"finite at epoch {state.epoch}")
+                                f"finite at epoch {state.epoch} (the weights diverged): "
+                                f"{self._divergence_advice()}")
         # Every rank sees the same all-reduced metrics, so all take the same decision here.
         improved = self.monitor.update(value, state.epoch)
         if not self.dist.is_main:
@@ -471,17 +473,29 @@ class Session:
             inst.before_eval = self._sync_for_eval
             inst.partial_ok = False
         with signals:
-            state = fit(self.train_model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
-                        val_loader=self.loaders["val"], test_loader=self.loaders["test"],
-                        loss_fn=self.loss_fn, inst=inst, state=self.state,
-                        on_epoch_end=self._on_epoch_end, progress=self.progress,
-                        eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip)
+            try:
+                state = fit(self.train_model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
+                            val_loader=self.loaders["val"], test_loader=self.loaders["test"],
+                            loss_fn=self.loss_fn, inst=inst, state=self.state,
+                            on_epoch_end=self._on_epoch_end, progress=self.progress,
+                            eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip)
+            except NonFiniteLoss as e:
+                raise TrainlabError(f"{e}: {self._divergence_advice()}") from None
         if state.stopped == "interrupt":
             self._save_interrupt(signals.signum)
         if self.cfg.patience > 0:
             distributed.barrier(self.dist)  # rank 0 has finished writing best.pt
             self._restore_best()
         return self.finish()
+
+    def _divergence_advice(self) -> str:
+        """A command that works: the rate a tenth, from the best checkpoint when there is one
+        (last.pt may already hold diverging weights), applied to the restored optimizer."""
+        lower = f"{self.cfg.train.lr / 10:.3g}"
+        run = shlex.quote(str(self.run_dir))
+        best = self.run_dir is not None and self.checkpoints.verify("best.pt") is None
+        return (f"continue with trainlab resume {run} {'--from best.pt ' if best else ''}--lr {lower} "
+                "(or --grad-clip 1.0)")
 
     def _sync_for_eval(self) -> None:
         distributed.broadcast_buffers(self.model)
@@ -612,12 +626,13 @@ def _changes(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
            reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
            overrides: dict | None = None, progress: bool | None = None,
-           allow_import: tuple[str, ...] = ()) -> TrainResult:
+           allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None) -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
 
     Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
     metrics.jsonl, or are refused by name. A model named by import path in the run's files
-    is built only if its module is in `allow_import`."""
+    is built only if its module is in `allow_import`. `from_checkpoint` (e.g. "best.pt")
+    rewinds to that checkpoint instead of the newest; newer ones are set aside, not deleted."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
@@ -626,14 +641,14 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     lock = runs.RunLock(run_dir).acquire() if into is None and dist_ctx.is_main else None
     try:
         return _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data,
-                              dict(overrides or {}), progress, tuple(allow_import or ()), lock)
+                              dict(overrides or {}), progress, tuple(allow_import or ()), lock, from_checkpoint)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, overrides, progress,
-                   allow_import, lock) -> TrainResult:
+                   allow_import, lock, from_checkpoint=None) -> TrainResult:
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
     if lock is not None:  # only the owner may clean or repair
         for folder in (run_dir, ckpt_dir.folder):
@@ -641,6 +656,8 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
         ckpt_dir.recover()  # a lost or broken manifest: rebuilt from the files that load
     folder_cfg = _read_run_config(run_dir)
     found = ckpt_dir.newest_good()
+    if from_checkpoint is not None:
+        found = _rewind(ckpt_dir, from_checkpoint, found, in_place=into is None)
     if found is None:
         if into is not None:
             raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
@@ -722,6 +739,32 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
     finally:
         if into is not None:
             session.release()
+
+
+def _rewind(ckpt_dir: CheckpointDir, name: str, newest, in_place: bool):
+    """The named checkpoint, verified; in place, checkpoints newer than it are set aside."""
+    from .checkpoint import valid_name
+
+    if not valid_name(name):
+        raise ConfigError(f"--from {name!r} is not a checkpoint file name (e.g. best.pt, epoch-0003.pt)")
+    problem = ckpt_dir.verify(name)
+    if problem:
+        raise TrainlabError(f"--from {name}: {ckpt_dir.folder / name} cannot be used ({problem})")
+    entry = ckpt_dir.entry(name)
+    if in_place and newest is not None and newest[0] != name:
+        step = entry.get("global_step", -1)
+        files = ckpt_dir.read_manifest()[0]
+        newer = [n for n in ckpt_dir.files_here() if n != name
+                 and (ckpt_dir.entry(n) or {}).get("global_step", -1) >= step]
+        if newer:
+            aside = ckpt_dir.folder / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.mkdir(exist_ok=True)
+            for n in newer:
+                os.replace(ckpt_dir.folder / n, aside / n)
+                files.pop(n, None)
+            ckpt_dir._write_manifest(files)
+            log.warning("resume --from %s: set %s aside in %s (kept, not deleted)", name, ", ".join(newer), aside)
+    return name, entry
 
 
 def _restart(run_dir: Path, values: dict, epochs, overrides: dict, allow_changes: bool, data, progress,

@@ -1,0 +1,257 @@
+"""checkpoint.CheckpointDir at its edges: hostile names, manifests of every wrong shape,
+a kill between any two steps of a save, a lost manifest, zip bombs, forged fields."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+import trainlab.checkpoint as ckmod
+from trainlab.checkpoint import (CheckpointDir, CheckpointError, check_fields, make_checkpoint, safe_load,
+                                 sha256_file)
+from trainlab.errors import TrainlabError
+
+SPEC = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
+
+
+def ckpt(epoch: int = 1) -> dict:
+    return make_checkpoint(nn.Linear(3, 2), model_spec=json.loads(json.dumps(SPEC)), epoch=epoch, global_step=10 * epoch,
+                           history=[{"epoch": epoch}])
+
+
+def training_ckpt(epoch: int = 1) -> dict:
+    """A checkpoint with every field resume needs (made by a real Session in other tests)."""
+    net = nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return make_checkpoint(net, model_spec=json.loads(json.dumps(SPEC)), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                           epoch=epoch, global_step=10 * epoch, history=[{"epoch": epoch}],
+                           early_stopping={"best": 0.1, "best_epoch": epoch, "counter": 0},
+                           rng={"torch": torch.get_rng_state(), "numpy": {}, "python": [3, [0], None]},
+                           config={"model": "mlp"}, schedule={"epochs": 3}, mean=0.5, std=0.25)
+
+
+# ---------------------------------------------------------------- names stay inside checkpoints/
+
+@pytest.mark.parametrize("name", ["../../x.pt", "../x.pt", "/abs/x.pt", "sub/x.pt", ".hidden.pt",
+                                  "x.pt/..", "", "last.pt\x00", "x" * 200 + ".pt", 7, "a\\b.pt"])
+def test_manifest_names_outside_checkpoints_are_never_verified_or_loaded(tmp_path, name):
+    outside = tmp_path / "x.pt"
+    torch.save(ckpt(epoch=99), outside)
+    folder = CheckpointDir(tmp_path / "run" / "checkpoints")
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    data = json.loads(folder.manifest_path.read_text())
+    data["files"][str(name) if not isinstance(name, str) else name] = {
+        "sha256": sha256_file(outside), "epoch": 99, "global_step": 990}
+    folder.manifest_path.write_text(json.dumps(data))
+    assert folder.newest_good()[0] == "last.pt"  # the outside file, though "newer", is never used
+    assert name not in folder.manifest()["files"]
+
+
+# ---------------------------------------------------------------- manifests of every wrong shape
+
+BAD_MANIFESTS = {
+    "a list": b"[]", "null": b"null", "a number": b"3", "files is a list": b'{"files": []}',
+    "entry without sha256": b'{"files": {"last.pt": {"epoch": 1}}}',
+    "string step": b'{"files": {"last.pt": {"sha256": "' + b"0" * 64 + b'", "global_step": "ten"}}}',
+    "sha not hex": b'{"files": {"last.pt": {"sha256": "zz"}}}',
+    "entry a string": b'{"files": {"last.pt": "abc"}}',
+    "not UTF-8": b'{"files": {"\xff\xfe.pt": {}}}',
+    "not JSON": b"{files",
+    "empty": b"",
+    "bad replaces": b'{"files": {"last.pt": {"sha256": "' + b"0" * 64 + b'", "replaces": 5}}}',
+}
+
+
+@pytest.mark.parametrize("what", sorted(BAD_MANIFESTS))
+def test_a_manifest_of_the_wrong_shape_never_raises(tmp_path, what):
+    folder = CheckpointDir(tmp_path)
+    folder.manifest_path.write_bytes(BAD_MANIFESTS[what])
+    (tmp_path / "last.pt").write_bytes(b"not checked yet")
+    assert folder.newest_good() is None
+    assert folder.verify("last.pt") in ("not in the manifest",)
+    assert isinstance(folder.manifest()["files"], dict)
+
+
+def test_a_folder_named_manifest_json_never_raises(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    folder.manifest_path.mkdir()
+    assert folder.newest_good() is None and folder.read_manifest()[1].startswith("unreadable")
+
+
+# ---------------------------------------------------------------- a lost manifest costs nothing
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "wrong shape", "a folder"])
+def test_a_lost_or_broken_manifest_is_rebuilt_from_the_files_that_load(tmp_path, damage):
+    folder = CheckpointDir(tmp_path)
+    folder.save("best.pt", training_ckpt(epoch=2), epoch=2, global_step=20)
+    folder.save("last.pt", training_ckpt(epoch=3), epoch=3, global_step=30)
+    (tmp_path / "epoch-0001.pt").write_bytes(b"PK\x03\x04 torn")  # does not load: left alone
+    before = {n: (tmp_path / n).read_bytes() for n in ("best.pt", "last.pt", "epoch-0001.pt")}
+    if damage == "deleted":
+        folder.manifest_path.unlink()
+    elif damage == "garbage":
+        folder.manifest_path.write_bytes(b"\x00\xff garbage")
+    elif damage == "wrong shape":
+        folder.manifest_path.write_text("[]")
+    else:
+        folder.manifest_path.unlink()
+        folder.manifest_path.mkdir()
+    assert sorted(folder.recover()) == ["best.pt", "last.pt"]
+    name, entry = folder.newest_good()
+    assert (name, entry["epoch"], entry["global_step"]) == ("last.pt", 3, 30)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before  # nothing overwritten
+    if damage != "deleted":  # the unusable manifest is kept aside, not deleted
+        assert len(list(tmp_path.glob("manifest.json.unusable-*"))) == 1
+
+
+def test_recover_leaves_a_good_manifest_alone(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", training_ckpt(), epoch=1, global_step=10)
+    before = folder.manifest_path.read_bytes()
+    assert folder.recover() == []
+    assert folder.manifest_path.read_bytes() == before
+
+
+def test_files_that_do_not_verify_are_set_aside_never_deleted(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", ckpt(), epoch=1, global_step=10)
+    (tmp_path / "last.pt").write_bytes(b"altered")
+    aside = folder.set_aside_unusable()
+    assert (aside / "last.pt").read_bytes() == b"altered" and not (tmp_path / "last.pt").exists()
+
+
+# ---------------------------------------------------------------- a kill between any two steps
+
+class Killed(BaseException):
+    pass
+
+
+def test_a_kill_after_the_manifest_records_both_hashes_keeps_the_old_file_verified(tmp_path, monkeypatch):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+
+    def killed(tmp, path):
+        raise Killed
+
+    monkeypatch.setattr(ckmod, "commit", killed)
+    with pytest.raises(Killed):
+        folder.save("last.pt", ckpt(epoch=2), epoch=2, global_step=20)
+    name, entry = folder.newest_good()
+    assert (name, entry["global_step"]) == ("last.pt", 10)
+    assert not list(tmp_path.glob(".*.tmp-*"))
+
+
+def test_a_kill_after_the_rename_before_the_manifest_update_keeps_the_new_file(tmp_path, monkeypatch):
+    """The fault of the first wave: the new last.pt was unverified and resume fell back to
+    an older best.pt. Now the new file verifies: nothing since the previous save is lost."""
+    folder = CheckpointDir(tmp_path)
+    folder.save("best.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    real = CheckpointDir._write_manifest
+    calls = []
+
+    def second_write_killed(self, files):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        real(self, files)
+
+    monkeypatch.setattr(CheckpointDir, "_write_manifest", second_write_killed)
+    with pytest.raises(Killed):
+        folder.save("last.pt", ckpt(epoch=5), epoch=5, global_step=50)
+    name, entry = folder.newest_good()
+    assert (name, entry["global_step"]) == ("last.pt", 50)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 5
+
+
+def test_an_altered_file_matching_neither_hash_is_unverified(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    (tmp_path / "last.pt").write_bytes(b"x" * 100)
+    assert "does not match" in folder.verify("last.pt")
+
+
+def test_a_symlink_in_checkpoints_is_never_verified(tmp_path):
+    folder = CheckpointDir(tmp_path / "c")
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    outside = tmp_path / "outside.pt"
+    (tmp_path / "c" / "last.pt").rename(outside)
+    (tmp_path / "c" / "last.pt").symlink_to(outside)  # same bytes, same hash, but a link
+    assert folder.verify("last.pt") == "a symbolic link, not a checkpoint file"
+
+
+# ---------------------------------------------------------------- bounded loading
+
+def test_a_compressed_record_zip_bomb_is_refused_before_inflating(tmp_path):
+    buf = io.BytesIO()
+    torch.save(ckpt(), buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w") as z:
+        for info in src.infolist():
+            z.writestr(info, src.read(info))
+        z.writestr(zipfile.ZipInfo("archive/data/9"), b"\0" * (64 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match="compressed record"):
+        safe_load(bomb)
+
+
+def test_a_record_declared_larger_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save(ckpt(), path)
+    data = bytearray(path.read_bytes())
+    # the central directory's uncompressed size of the first record: offset 24 in its header
+    cd = data.rfind(b"PK\x01\x02", 0, len(data))
+    first = data.find(b"PK\x01\x02")
+    data[first + 24:first + 28] = (1 << 31).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert cd > 0
+    with pytest.raises(CheckpointError):
+        safe_load(path)
+
+
+# ---------------------------------------------------------------- one schema check at load
+
+FORGED = {
+    "no model_spec": lambda c: c.pop("model_spec"),
+    "spec a string": lambda c: c.update(model_spec="mlp"),
+    "spec name missing": lambda c: c["model_spec"].pop("name"),
+    "shape of two dims": lambda c: c["model_spec"].update(input_shape=[28, 28]),
+    "shape huge": lambda c: c["model_spec"].update(input_shape=[3, 1 << 20, 1 << 20]),
+    "shape of bools": lambda c: c["model_spec"].update(input_shape=[True, 2, 2]),
+    "zero classes": lambda c: c["model_spec"].update(num_classes=0),
+    "kwargs a list": lambda c: c["model_spec"].update(kwargs=[1]),
+    "model a list": lambda c: c.update(model=[1, 2]),
+    "model of strings": lambda c: c.update(model={"w": "x"}),
+    "mean a string": lambda c: c.update(mean="a"),
+    "classes of ints": lambda c: c.update(classes=[1, 2]),
+    "classes too few": lambda c: c.update(classes=["a"]),
+    "no epoch": lambda c: c.pop("epoch"),
+    "epoch a string": lambda c: c.update(epoch="3"),
+    "no rng": lambda c: c.pop("rng"),
+    "rng without torch": lambda c: c["rng"].pop("torch"),
+    "optimizer a list": lambda c: c.update(optimizer=[]),
+    "history a dict": lambda c: c.update(history={}),
+    "schedule of zero epochs": lambda c: c.update(schedule={"epochs": 0}),
+}
+
+
+@pytest.mark.parametrize("what", sorted(FORGED))
+def test_forged_fields_end_in_one_sentence(what):
+    c = training_ckpt()
+    c["classes"] = ["a", "b"]
+    FORGED[what](c)
+    with pytest.raises(TrainlabError) as e:
+        check_fields(c, "x.pt", training=True)
+    assert "\n" not in str(e.value) and "x.pt" in str(e.value)
+
+
+def test_a_complete_checkpoint_passes_the_schema_check():
+    c = training_ckpt()
+    assert check_fields(c, "x.pt", training=True) is c
