@@ -33,7 +33,7 @@ def training_ckpt(epoch: int = 1) -> dict:
                            epoch=epoch, global_step=10 * epoch, history=[{"epoch": epoch}],
                            early_stopping={"best": 0.1, "best_epoch": epoch, "counter": 0},
                            rng={"torch": torch.get_rng_state(), "numpy": {}, "python": [3, [0], None]},
-                           config={"model": "mlp"}, schedule={"epochs": 3}, mean=0.5, std=0.25)
+                           config={"model": "mlp", "dataset": "fashion-mnist"}, schedule={"epochs": 3}, mean=0.5, std=0.25)
 
 
 # ---------------------------------------------------------------- names stay inside checkpoints/
@@ -235,6 +235,8 @@ FORGED = {
     "no epoch": lambda c: c.pop("epoch"),
     "epoch a string": lambda c: c.update(epoch="3"),
     "no rng": lambda c: c.pop("rng"),
+    "no config": lambda c: c.pop("config"),
+    "config without dataset": lambda c: c["config"].pop("dataset"),
     "rng without torch": lambda c: c["rng"].pop("torch"),
     "optimizer a list": lambda c: c.update(optimizer=[]),
     "history a dict": lambda c: c.update(history={}),

@@ -176,17 +176,27 @@ def test_a_restart_sets_unverifiable_files_and_old_metrics_aside(idx_dir, tmp_pa
     assert len(kept) == 1 and kept[0].read_bytes() == metrics_before
 
 
-def test_resume_refuses_a_checkpoint_of_another_run(idx_dir, tmp_path):
+@pytest.mark.parametrize("replaced", [["last.pt"], ["last.pt", "best.pt"]])
+def test_resume_refuses_a_checkpoint_of_another_run(idx_dir, tmp_path, replaced, caplog):
     a = train(cfg(idx_dir, tmp_path, "a", epochs=1), progress=False)
     b = train(cfg(idx_dir, tmp_path, "b", epochs=1, model="mlp-reg", model_kwargs={"hidden": [8]}), progress=False)
     target = a.run_dir / "checkpoints"
-    shutil.copy(b.run_dir / "checkpoints" / "last.pt", target / "last.pt")
     data = json.loads((target / "manifest.json").read_text())
-    data["files"]["last.pt"]["sha256"] = sha256_file(target / "last.pt")  # re-hashed: verifies
-    data["files"]["last.pt"]["global_step"] = 10**6
+    for name in replaced:
+        shutil.copy(b.run_dir / "checkpoints" / "last.pt", target / name)
+        data["files"][name]["sha256"] = sha256_file(target / name)  # re-hashed: verifies
+        data["files"][name]["global_step"] = 10**6
     (target / "manifest.json").write_text(json.dumps(data))
-    with pytest.raises(TrainlabError, match=r"does not belong to the run .*model: 'mlp' -> 'mlp-reg'"):
-        resume(a.run_dir, epochs=2, progress=False)
+    before = {n: (target / n).read_bytes() for n in replaced}
+    if len(replaced) == 2:
+        with pytest.raises(TrainlabError, match=r"no checkpoint in .* can be used .*does not belong to "
+                                                r"the run .*model: 'mlp' -> 'mlp-reg'.*nothing was changed"):
+            resume(a.run_dir, epochs=2, progress=False)
+        assert {n: (target / n).read_bytes() for n in replaced} == before
+    else:  # the run's own best.pt is used instead, and the foreign file is named
+        again = resume(a.run_dir, epochs=2, progress=False)
+        assert "does not belong to the run" in caplog.text
+        assert load_checkpoint(again.run_dir / "model.pt")["model_spec"]["name"] == "mlp"
 
 
 # ---------------------------------------------------------------- overrides take effect or are refused

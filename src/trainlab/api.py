@@ -69,6 +69,7 @@ def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_d
     model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import)
     if data is None:
         data = load_dataset(ckpt["config"]["dataset"], data_dir)
+    check_data_fits(ckpt, data, path_or_run)
     stored = ckpt.get("fingerprint") or {}
     if any(data.hashes.get(k) != v for k, v in stored.items() if k in data.hashes):
         log.warning("evaluate: the data differs from what this model was trained with "
@@ -76,6 +77,15 @@ def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_d
     loader = DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, mean=ckpt["mean"], std=ckpt["std"], device=dev)
     logits, labels = predict(model, loader, ckpt["config"].get("tta_flip", False))
     return summarize(logits, labels, data.classes)
+
+
+def check_data_fits(ckpt: dict, data: Dataset, source) -> None:
+    """The data must have the model's image shape and class count, said in one sentence."""
+    spec = ckpt["model_spec"]
+    if tuple(data.input_shape) != tuple(spec["input_shape"]) or data.num_classes != spec["num_classes"]:
+        raise TrainlabError(f"{source}: its model takes {tuple(spec['input_shape'])} images and "
+                            f"{spec['num_classes']} classes, but the data set {data.name} has "
+                            f"{tuple(data.input_shape)} images and {data.num_classes} classes")
 
 
 def predict_images(model: nn.Module, ckpt: dict, images: torch.Tensor, batch_size: int = EVAL_BATCH

@@ -305,11 +305,12 @@ _MODEL_FIELDS = {
                                                     for k, t in v.items()), "a state_dict (names -> tensors)"),
     "mean": (_numbers, "a number or a list of numbers"),
     "std": (_numbers, "a number or a list of numbers"),
+    "config": (lambda v: isinstance(v, dict) and isinstance(v.get("dataset"), str),
+               "a table of config values naming its data set"),
 }
 _OPTIONAL_FIELDS = {
     "classes": (lambda v: isinstance(v, list) and len(v) <= 1_000_000 and all(isinstance(c, str) for c in v),
                 "a list of class names"),
-    "config": (lambda v: isinstance(v, dict), "a table of config values"),
     "ema": (lambda v: v is None or isinstance(v, dict), "an EMA state_dict"),
 }
 _TRAINING_FIELDS = {
@@ -322,7 +323,6 @@ _TRAINING_FIELDS = {
                        "early-stopping state"),
     "rng": (lambda v: isinstance(v, dict) and torch.is_tensor(v.get("torch")) and isinstance(v.get("numpy"), dict)
             and isinstance(v.get("python"), list) and len(v["python"]) == 3, "the RNG states"),
-    "config": (lambda v: isinstance(v, dict), "a table of config values"),
     "schedule": (lambda v: isinstance(v, dict) and _is_int(v.get("epochs")) and v["epochs"] > 0,
                  "the planned schedule"),
 }
@@ -484,8 +484,8 @@ class CheckpointDir:
         if valid_name(name):
             (self.folder / name).unlink(missing_ok=True)
 
-    def newest_good(self) -> tuple[str, dict] | None:
-        """(name, manifest entry) of the newest verified checkpoint; warns about bad ones."""
+    def verified(self) -> list[tuple[str, dict]]:
+        """(name, manifest entry) of every verified checkpoint, newest first; warns about bad ones."""
         files = self.read_manifest()[0]
         good = []
         for name in sorted(set(self.files_here()) | set(files)):
@@ -494,7 +494,12 @@ class CheckpointDir:
                 good.append((entry.get("global_step", -1), name == "last.pt", name, entry))
             elif problem != "missing":
                 log.warning("checkpoint %s is unverified (%s): skipping it", self.folder / name, problem)
-        return max(good)[2:] if good else None
+        return [g[2:] for g in sorted(good, key=lambda g: g[:3], reverse=True)]
+
+    def newest_good(self) -> tuple[str, dict] | None:
+        """(name, manifest entry) of the newest verified checkpoint."""
+        good = self.verified()
+        return good[0] if good else None
 
     def recover(self) -> list[str]:
         """For resume, with the run's lock held: if manifest.json is missing or unusable while

@@ -227,7 +227,10 @@ def cmd_predict(args) -> int:
     else:
         from .data import load_dataset
 
+        from .api import check_data_fits
+
         data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
+        check_data_fits(ckpt, data, args.checkpoint)
         images, truth = data.test_x[: args.n], data.test_y[: args.n]
     probs = predict_images(model, ckpt, images)
     top = probs.topk(min(3, probs.shape[1]), dim=1)

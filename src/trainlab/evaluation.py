@@ -24,7 +24,7 @@ from pathlib import Path
 
 from . import plots, runs
 from .atomic import atomic_write_text
-from .api import EVAL_BATCH, WEIGHTS_FILE, checkpoint_path, load_model
+from .api import EVAL_BATCH, WEIGHTS_FILE, check_data_fits, checkpoint_path, load_model
 from .data import Dataset, DeviceLoader, load_dataset
 from .engine import pick_device, predict
 from .errors import TrainlabError
@@ -105,6 +105,7 @@ def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_impor
     model, ckpt = load_model(path, map_location=dev, allow_import=allow_import)
     if data is None:
         data = load_dataset(ckpt["config"]["dataset"], data_dir)
+    check_data_fits(ckpt, data, path)
     matches = _data_matches(data, ckpt.get("fingerprint"))
     if matches is False:
         log.warning("evaluate: the data differs from what this model was trained with "

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FORMAT, MANIFEST, CheckpointDir, safe_load
+from .checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
+from .errors import TrainlabError
 from .tables import table
 
 CHECKPOINTS = "checkpoints"
@@ -36,7 +37,13 @@ def describe_file(path: str | Path) -> str:
     obj = safe_load(path, map_location="cpu")
     out = [f"file      {path} ({path.stat().st_size / 2**20:.2f} MiB)", f"hash      {verification(path)}"]
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        out += _describe_checkpoint(obj)
+        try:
+            check_fields(obj, path)
+            out += _describe_checkpoint(obj)
+        except (TrainlabError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            # a damaged or forged file is still worth seeing: say why, then show what is there
+            out.append(f"kind      trainlab checkpoint, DAMAGED: {e}")
+            out.append(f"keys      {', '.join(map(str, obj))}")
     elif isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
         out.append("kind      plain state_dict")
         out += _params_section(obj)
@@ -125,7 +132,7 @@ def describe_run(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     folder = CheckpointDir(run_dir / CHECKPOINTS)
     files = folder.manifest()["files"]
-    names = sorted({p.name for p in folder.folder.glob("*.pt")} | set(files))
+    names = sorted(set(folder.files_here()) | set(files))
     rows = []
     for name in names:
         e = files.get(name, {})

@@ -606,6 +606,20 @@ def _read_run_config(run_dir: Path) -> dict:
         raise _damaged(run_dir / runs.CONFIG_FILE, e) from None
 
 
+def _usable_checkpoint(path: Path, run_dir: Path, folder_cfg: dict) -> dict:
+    ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
+    try:
+        resolve(ckpt["config"])
+    except ConfigError as e:
+        raise _damaged(path, e) from None
+    # the checkpoint must belong to this folder: another run's file (re-hashed) is refused
+    foreign = fixed_differences(folder_cfg, ckpt["config"])
+    if foreign:
+        raise TrainlabError(f"{path} does not belong to the run in {run_dir}: its config.toml and the "
+                            f"checkpoint disagree on {'; '.join(foreign)}; it was not used")
+    return ckpt
+
+
 def _changes(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
     """{key: (old, new)} of the changeable keys; refuses fixed ones by name."""
     current = cfg.to_dict()
@@ -655,26 +669,27 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
             remove_stale_temps(folder)  # left by a process killed mid-write
         ckpt_dir.recover()  # a lost or broken manifest: rebuilt from the files that load
     folder_cfg = _read_run_config(run_dir)
-    found = ckpt_dir.newest_good()
+    candidates = ckpt_dir.verified()
     if from_checkpoint is not None:
-        found = _rewind(ckpt_dir, from_checkpoint, found, in_place=into is None)
-    if found is None:
+        candidates = [_rewind(ckpt_dir, from_checkpoint, candidates[0] if candidates else None,
+                              in_place=into is None)]
+    if not candidates:
         if into is not None:
             raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
         return _restart(run_dir, folder_cfg, epochs, overrides, allow_changes, data, progress, allow_import)
-    name, _ = found
-    path = run_dir / CHECKPOINTS / name
-    ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
+    problems = []
+    for name, _ in candidates:  # the newest that loads, passes the schema and belongs here
+        path = run_dir / CHECKPOINTS / name
+        try:
+            ckpt = _usable_checkpoint(path, run_dir, folder_cfg)
+            break
+        except TrainlabError as e:
+            problems.append(str(e))
+            log.warning("resume: %s", e)
+    else:  # never restart over verified files: they are left exactly as they are
+        raise TrainlabError(f"no checkpoint in {ckpt_dir.folder} can be used ({problems[0]}); "
+                            "nothing was changed")
     saved_cfg = ckpt["config"]
-    try:
-        resolve(saved_cfg)
-    except ConfigError as e:
-        raise _damaged(path, e) from None
-    # the checkpoint must belong to this folder: another run's file (re-hashed) is refused
-    foreign = fixed_differences(folder_cfg, saved_cfg)
-    if foreign:
-        raise TrainlabError(f"{path} does not belong to the run in {run_dir}: its config.toml and the "
-                            f"checkpoint disagree on {'; '.join(foreign)}; it was not used")
     values = {**saved_cfg, **overrides}
     if epochs is not None:
         values["epochs"] = epochs
