@@ -10,7 +10,7 @@ export TRAINLAB_DATA ?= $(if $(wildcard $(DATA)/train-images-idx3-ubyte.gz),$(DA
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test browser clean
+.PHONY: setup demo test fuzz browser clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ browser:
 # At most two workers, one torch thread each (conftest.py): parallel-safe temp folders.
 test: setup browser
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+# The property-based tests (marker fuzz) with many more examples than in `make test`.
+fuzz: setup
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -n 2 -m fuzz --timeout 1800 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -13,6 +13,19 @@ import torch
 torch.set_num_threads(1)
 
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+# The user's own environment, captured before `isolated_home` redirects it: the real-data
+# fixture looks where trainlab would look outside the tests (the real cache, TRAINLAB_DATA).
+_REAL_ENV = {k: os.environ.get(k) for k in ("HOME", "XDG_CACHE_HOME", "TRAINLAB_DATA", "PATH")}
+_real_data_found: dict = {}  # once per process: a failed fetch is not retried by every test
+
+try:  # property tests (hypothesis): few examples by default, many under `make fuzz`
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=150, deadline=None, database=None)
+    settings.register_profile("fuzz", max_examples=5000, deadline=None, database=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # only the property tests need it (pyproject's `test` extra)
+    pass
 
 # Reasons a test may be skipped even in CI (listed in the README); any other skip fails CI.
 ALLOWED_SKIPS = ("needs a CUDA GPU", "needs Apple MPS", "needs several CUDA GPUs")
@@ -28,15 +41,44 @@ def isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
+def _find_real_data() -> Path:
+    """../shared (or TRAINLAB_TEST_DATA) when present, else trainlab's own chain run in the
+    user's real environment (TRAINLAB_DATA, the user cache, the mirrors, npm)."""
+    from trainlab.data.catalog import FASHION_MNIST
+    from trainlab.data.sources import locate, missing_files
+    from trainlab.errors import DataError
+
+    named = os.environ.get("TRAINLAB_TEST_DATA")
+    path = Path(named or REAL_DATA)
+    if path.is_dir() and not missing_files(path):
+        return path
+    if named:  # a folder the user named is the only place looked
+        raise LookupError(f"TRAINLAB_TEST_DATA={named} lacks the four Fashion-MNIST IDX files")
+    with pytest.MonkeyPatch.context() as m:
+        for key, value in _REAL_ENV.items():
+            if value is None:
+                m.delenv(key, raising=False)
+            else:
+                m.setenv(key, value)
+        try:
+            return locate(FASHION_MNIST).path
+        except DataError as e:
+            raise LookupError(f"the real Fashion-MNIST data is missing: {path} is absent, and "
+                              f"trainlab's own lookup failed: {e}") from None
+
+
 @pytest.fixture
 def real_data_dir(monkeypatch) -> Path:
-    """The real Fashion-MNIST files from ../shared, exported as TRAINLAB_DATA."""
-    path = Path(os.environ.get("TRAINLAB_TEST_DATA", REAL_DATA))
-    if not (path / "train-images-idx3-ubyte.gz").exists():
-        pytest.fail(f"the real data is missing at {path}: tests expect ../shared/data/fashion-mnist "
-                    "beside the project (or TRAINLAB_TEST_DATA)")
-    monkeypatch.setenv("TRAINLAB_DATA", str(path))
-    return path
+    """The real Fashion-MNIST files (see `_find_real_data`), exported as TRAINLAB_DATA."""
+    if not _real_data_found:
+        try:
+            _real_data_found["path"] = _find_real_data()
+        except LookupError as e:
+            _real_data_found["error"] = str(e)
+    if "error" in _real_data_found:
+        pytest.fail(_real_data_found["error"])
+    monkeypatch.setenv("TRAINLAB_DATA", str(_real_data_found["path"]))
+    return _real_data_found["path"]
 
 
 def make_images(n: int, num_classes: int = 10, size: int = 28, channels: int = 1, seed: int = 0):

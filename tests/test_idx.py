@@ -116,3 +116,127 @@ def test_missing_split_names_it(tmp_path):
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         read_idx_folder(folder, "d")
+
+
+
+# --- property-based tests (hypothesis): `make fuzz` runs them with many more examples ---------
+
+import math  # noqa: E402
+import tracemalloc  # noqa: E402
+
+from hypothesis import example, given, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from trainlab.data.idx import _DTYPES, _GZIP_RATIO, parse_idx  # noqa: E402
+
+NATIVE = [dt.newbyteorder("=") for dt in _DTYPES.values()]
+SMALL_ARRAYS = st.sampled_from(NATIVE).flatmap(
+    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6)))
+
+
+@pytest.fixture(scope="module")
+def fuzz_dir(tmp_path_factory):
+    """One folder per module (hypothesis runs many examples per function call)."""
+    return tmp_path_factory.mktemp("idx-fuzz")
+
+
+def check_bounded(read, bound: int):
+    """`read()` returns a non-empty array of at most `bound` bytes or raises a one-line
+    DataError, and never allocates much more than `bound` (what the input can hold)."""
+    tracemalloc.start()
+    try:
+        arr = read()
+    except DataError as e:
+        assert "\n" not in str(e)
+        arr = None
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    if arr is not None:
+        assert arr.nbytes <= bound and 0 not in arr.shape
+    assert peak <= 2 * bound + (2 << 20)  # 2 MiB: gzip and read buffers
+    return arr
+
+
+@pytest.mark.fuzz
+@given(arr=SMALL_ARRAYS, gz=st.booleans())
+def test_prop_round_trip(fuzz_dir, arr, gz):
+    path = fuzz_dir / ("rt.gz" if gz else "rt")
+    write_idx(path, arr)
+    back = read_idx(path)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    assert back.tobytes() == arr.tobytes()  # bytes: NaN payloads compare equal too
+
+
+@pytest.mark.fuzz
+@given(raw=st.binary(max_size=600))
+def test_prop_arbitrary_bytes(raw):
+    check_bounded(lambda: parse_idx(raw, "x"), len(raw))
+
+
+@pytest.mark.fuzz
+@given(code=st.sampled_from(sorted(_DTYPES) + [0x00, 0x0A, 0xFF]), ndim=st.integers(0, 6),
+       dims=st.lists(st.sampled_from([0, 1, 2, 3, 255, 65536, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+                     min_size=6, max_size=6),
+       payload=st.binary(max_size=300), zeros=st.sampled_from([0, 0, 1 << 16, 4 << 20]),
+       gz=st.booleans())
+@example(code=0x08, ndim=4, dims=[65536] * 6, payload=b"", zeros=0, gz=False)  # 2**64 wraps to 0
+@example(code=0x08, ndim=3, dims=[5, 0, 28, 0, 0, 0], payload=b"", zeros=0, gz=True)  # no values
+@example(code=0x08, ndim=1, dims=[10] * 6, payload=b"", zeros=4 << 20, gz=True)  # a gzip bomb
+def test_prop_random_headers(fuzz_dir, code, ndim, dims, payload, zeros, gz):
+    """Headers of any size, zero or overflowing, over payloads short or long (gzip bombs):
+    DataError, and memory bounded by the smaller of the declared and the real size."""
+    dims = dims[:ndim]
+    raw = bytes([0, 0, code, ndim]) + b"".join(d.to_bytes(4, "big") for d in dims) + payload + bytes(zeros)
+    declared = math.prod(dims) * _DTYPES[code].itemsize if code in _DTYPES else 0
+    bound = min(len(raw), 4 + 4 * ndim + declared)
+    if gz:
+        (fuzz_dir / "h.gz").write_bytes(gzip.compress(raw, compresslevel=1))
+        check_bounded(lambda: read_idx(fuzz_dir / "h.gz"), bound)
+    else:
+        check_bounded(lambda: parse_idx(raw, "x"), bound)
+
+
+MUTATION = st.one_of(
+    st.tuples(st.just("cut"), st.integers(0, 10**6)),
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
+    st.tuples(st.just("set"), st.integers(0, 24), st.integers(0, 255)),  # mostly header bytes
+    st.tuples(st.just("append"), st.binary(min_size=1, max_size=64)),
+)
+
+
+def mutate(data: bytes, mutations) -> bytes:
+    b = bytearray(data)
+    for kind, *args in mutations:
+        if not b:
+            break
+        if kind == "cut":
+            del b[args[0] % (len(b) + 1):]
+        elif kind == "flip":
+            b[args[0] % len(b)] ^= 1 << args[1]
+        elif kind == "set":
+            b[args[0] % len(b)] = args[1]
+        else:
+            b += args[0]
+    return bytes(b)
+
+
+@pytest.mark.fuzz
+@given(arr=SMALL_ARRAYS, mutations=st.lists(MUTATION, min_size=1, max_size=4),
+       where=st.sampled_from(["raw", "gzip of mutated", "mutated gzip"]))
+def test_prop_mutated_files(fuzz_dir, arr, mutations, where):
+    """Truncations, bit flips, header edits and trailing bytes of a valid file, raw or gzipped
+    (mutated before or after compressing): only ever a DataError or a bounded array."""
+    good = encode_idx(arr)
+    if where == "raw":
+        data = mutate(good, mutations)
+        bound = len(data)
+    elif where == "gzip of mutated":
+        inner = mutate(good, mutations)
+        data, bound = gzip.compress(inner), len(inner)
+    else:
+        data = mutate(gzip.compress(good), mutations)
+        bound = len(data) * _GZIP_RATIO
+    path = fuzz_dir / ("m" if where == "raw" else "m.gz")
+    path.write_bytes(data)
+    check_bounded(lambda: read_idx(path), bound)

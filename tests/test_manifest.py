@@ -257,3 +257,85 @@ def test_forged_fields_end_in_one_sentence(what):
 def test_a_complete_checkpoint_passes_the_schema_check():
     c = training_ckpt()
     assert check_fields(c, "x.pt", training=True) is c
+
+
+# ---------------------------------------------------------------- property-based (hypothesis)
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+                    max_leaves=20)
+NAMES = st.sampled_from(["last.pt", "best.pt", "epoch-0001.pt", "../x.pt", "/x.pt", ".h.pt", "a/b.pt", "x"]) | st.text(max_size=12)
+ENTRY = st.fixed_dictionaries({}, optional={"sha256": st.sampled_from(["0" * 64, "zz", 3]) | st.text(max_size=70),
+                                            "global_step": JSON, "epoch": JSON, "replaces": JSON})
+
+
+@pytest.fixture(scope="module")
+def prop_dir(tmp_path_factory):
+    folder = CheckpointDir(tmp_path_factory.mktemp("prop"))
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+    return folder
+
+
+@pytest.mark.fuzz
+@given(doc=JSON | st.fixed_dictionaries({"files": st.dictionaries(NAMES, ENTRY | JSON, max_size=5)}))
+def test_prop_any_manifest_parses_to_valid_entries_or_nothing(prop_dir, doc):
+    good = prop_dir.manifest_path.read_bytes()
+    try:
+        prop_dir.manifest_path.write_text(json.dumps(doc, allow_nan=True))
+        files, problem, dropped = prop_dir.read_manifest()
+        assert all(ckmod.valid_name(n) and ckmod._valid_entry(e) for n, e in files.items())
+        found = prop_dir.newest_good()
+        assert found is None or (ckmod.valid_name(found[0]) and found[0] == "last.pt")
+    finally:
+        prop_dir.manifest_path.write_bytes(good)
+
+
+@pytest.mark.fuzz
+@given(raw=st.binary(max_size=300))
+def test_prop_any_manifest_bytes_never_raise(prop_dir, raw):
+    good = prop_dir.manifest_path.read_bytes()
+    try:
+        prop_dir.manifest_path.write_bytes(raw)
+        prop_dir.read_manifest()
+        prop_dir.newest_good()
+    finally:
+        prop_dir.manifest_path.write_bytes(good)
+
+
+@pytest.fixture(scope="module")
+def valid_bytes():
+    buf = io.BytesIO()
+    torch.save(training_ckpt(), buf)
+    return buf.getvalue()
+
+
+@pytest.mark.fuzz
+@given(data=st.data())
+def test_prop_mutated_checkpoints_load_or_raise_one_sentence(tmp_path_factory, valid_bytes, data):
+    raw = bytearray(valid_bytes)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "truncate", "insert", "zero-run"]))
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if kind == "flip":
+            raw[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "truncate":
+            del raw[at:]
+            if not raw:
+                break
+        elif kind == "insert":
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        else:
+            raw[at:at + 64] = bytes(min(64, len(raw) - at))
+    path = tmp_path_factory.mktemp("mut") / "c.pt"
+    path.write_bytes(bytes(raw))
+    try:
+        obj = ckmod.load_checkpoint(path)
+    except TrainlabError as e:
+        assert "\n" not in str(e)
+        return
+    try:  # it loaded: the schema check accepts it or says why in one sentence
+        check_fields(obj, path, training=True)
+    except TrainlabError as e:
+        assert "\n" not in str(e)

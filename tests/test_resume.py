@@ -273,7 +273,7 @@ def test_precision_change_on_resume_is_explicit(idx_dir, tmp_path, caplog):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
     from trainlab.engine import NonFiniteLoss
 
-    cfg = config(idx_dir, tmp_path, "nan", model="mlp", optimizer="sgd", lr=1e4, recipe="textbook",
+    cfg = config(idx_dir, tmp_path, "nan", model="mlp", optimizer="sgd", lr=10.0, recipe="textbook",
                  momentum=0.0, epochs=3)
     with pytest.raises(NonFiniteLoss, match=r"epoch \d+, step \d+"):
         train(resolve(cfg), progress=False)

@@ -49,9 +49,10 @@ def start_slow(idx_dir, runs, name, *args):
                             stderr=subprocess.PIPE, text=True)
     lock = runs / name / ".lock"
     deadline = time.time() + 60
-    while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
+    # the lock file may hold an earlier process's PID: wait until this one owns it
+    while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
         time.sleep(0.02)
-    assert lock.exists(), proc.communicate()[1]
+    assert lock.read_text().strip() == str(proc.pid), proc.communicate()[1]
     return proc
 
 

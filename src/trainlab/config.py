@@ -9,6 +9,8 @@ before any data is loaded or any training starts.
 from __future__ import annotations
 
 import difflib
+import math
+import os
 import re
 import sys
 import types
@@ -17,7 +19,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
-from .recipes import CONV_MODELS, DEFAULT_RECIPE, MODEL_RECIPES, PRESETS, RECIPE_FIELDS, Recipe, get_recipe
+from .recipes import (CONV_MODELS, DEFAULT_RECIPE, MODEL_RECIPES, PRESETS, RECIPE_FIELDS, Recipe,
+                      check_fields, get_recipe)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,14 +117,30 @@ def _type_name(annotation) -> str:
     return " or ".join("none" if a is type(None) else a.__name__ for a in args)
 
 
+MAX_TOML_BYTES = 1 << 20  # a config is a few hundred bytes; this stops --config /dev/zero
+
+
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read(MAX_TOML_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} cannot be read: permission denied") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the path
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError(f"config file {path} is over {MAX_TOML_BYTES} bytes: not a trainlab config")
+    try:
+        return tomllib.loads(raw.decode("utf-8-sig"))  # -sig: a BOM from a Windows editor is fine
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); "
+                          "TOML files must be UTF-8") from None
+    except ValueError as e:  # TOMLDecodeError, or an integer of over 4300 digits
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
@@ -130,6 +149,8 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     merged: dict = {}
     for source, name in ((base or {}, origin), (values or {}, "command line")):
         for key, value in source.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"{name}: key {key!r} is invalid: keys are strings")
             key = key.replace("-", "_")
             merged[key] = _check_key(key, value, name)
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
@@ -143,30 +164,101 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     return validate(cfg)
 
 
+# Run settings checked by a table, like the recipe's fields (recipes.RECIPE_LIMITS): a test
+# of (value, config) and the words for the error. Upper bounds stop typos from reaching an
+# allocation or the OS; seeds are what torch.manual_seed takes (below 2**63).
+RUN_LIMITS = {
+    "seed": (lambda v, c: 0 <= v < 2**63, "must be an int in [0, 2**63)"),
+    "threads": (lambda v, c: 1 <= v <= 1024, "must be at least 1 and at most 1024"),
+    "val_size": (lambda v, c: 0 <= v <= 10**9, "must be 0 (no validation split) or more, up to 10**9"),
+    "patience": (lambda v, c: 0 <= v <= 10**6, "must be 0 (off) or more, up to 1000000"),
+    "save_every": (lambda v, c: 0 <= v <= 10**6, "must be 0 (off) or more, up to 1000000"),
+    "keep": (lambda v, c: 0 <= v <= 10**6, "must be 0 (all) or more, up to 1000000"),
+    "min_delta": (lambda v, c: 0 <= v <= 1e6, "must be 0 or more, up to 1000000"),
+    "device": (lambda v, c: re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v) is not None,
+               "use auto, cpu, cuda, cuda:N or mps"),
+    "mode": (lambda v, c: v in ("auto", "min", "max"), "choose min, max or auto"),
+}
+MAX_NAME_BYTES = 200  # a run folder name; the OS limit is 255 and suffixes get added
+_PLAIN = (bool, int, float, str)  # what a model_kwargs value (or list item) may be
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-10:]
+
+
+def _path_problem(path: str) -> str | None:
+    if "\0" in path:
+        return "contains a NUL byte"
+    if any(len(os.fsencode(part)) > 255 for part in Path(path).parts):
+        return "has a path component over 255 bytes"
+    return None
+
+
+def _model_spec_ok(spec: str) -> bool:
+    """A registered name (checked when the model is built) or module.path:function."""
+    if len(spec) > 100:
+        return False
+    if ":" not in spec:
+        return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", spec) is not None
+    module, _, function = spec.partition(":")
+    return all(part.isidentifier() for part in module.split(".")) and function.isidentifier()
+
+
+def _model_kwargs_problem(kwargs: dict) -> str | None:
+    """model_kwargs is a flat table of name -> number, bool, string or a list of those."""
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            return f"model_kwargs key {_short(key)} is invalid: keys are Python identifiers such as hidden or dropout"
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if not isinstance(item, _PLAIN):
+                return (f"model_kwargs.{key} = {_short(value)} is invalid: use a number, true/false, "
+                        "a string or a flat list of those")
+            if isinstance(item, float) and not math.isfinite(item):
+                return f"model_kwargs.{key} = {_short(value)} is invalid: numbers must be finite"
+            if isinstance(item, str) and "\0" in item:
+                return f"model_kwargs.{key} = {_short(value)} is invalid: contains a NUL byte"
+    return None
+
+
 def validate(cfg: Config) -> Config:
-    if cfg.val_size < 0:
-        raise ConfigError(f"val_size = {cfg.val_size} is invalid: must be 0 (no validation split) or more")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ConfigError(f"threads = {cfg.threads} is invalid: must be at least 1")
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
-        raise ConfigError(f"device = {cfg.device!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
+    """Every value, before any data is loaded: an error is one sentence naming the key."""
+    for f in fields(cfg):  # no string reaches a file name, the OS or torch with a NUL byte
+        value = getattr(cfg, f.name)
+        if isinstance(value, str) and "\0" in value:
+            raise ConfigError(f"{f.name} = {_short(value)} is invalid: contains a NUL byte")
+    check_fields(cfg, RUN_LIMITS)
     if cfg.monitor.startswith("test"):
         raise ConfigError(f"monitor = {cfg.monitor!r} is invalid: the test split is for reporting "
                           "only and never chooses anything; monitor val_loss or val_acc")
     if cfg.monitor not in MONITORABLE:
-        raise ConfigError(f"monitor = {cfg.monitor!r} is invalid: choose one of {', '.join(MONITORABLE)}")
+        raise ConfigError(f"monitor = {_short(cfg.monitor)} is invalid: choose one of {', '.join(MONITORABLE)}")
     if cfg.monitor.startswith("val") and cfg.val_size == 0:
         raise ConfigError(f"monitor = {cfg.monitor!r} needs a validation split, but val_size = 0; "
                           "set val_size > 0 or monitor train_loss")
-    if cfg.mode not in ("auto", "min", "max"):
-        raise ConfigError(f"mode = {cfg.mode!r} is invalid: choose min, max or auto")
-    for key in ("patience", "save_every", "keep"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} = {getattr(cfg, key)} is invalid: must be 0 (off) or more")
-    if cfg.min_delta < 0:
-        raise ConfigError(f"min_delta = {cfg.min_delta} is invalid: must be 0 or more")
-    if cfg.name is not None and (not cfg.name or "/" in cfg.name or cfg.name in (".", "..")):
-        raise ConfigError(f"name = {cfg.name!r} is invalid: use a plain folder name")
+    if not _model_spec_ok(cfg.model):
+        raise ConfigError(f"model = {_short(cfg.model)} is invalid: name a registered model (e.g. mlp, "
+                          "cnn-fast) or your own factory as package.module:function")
+    problem = _model_kwargs_problem(cfg.model_kwargs)
+    if problem:
+        raise ConfigError(problem)
+    name = cfg.name
+    if name is not None and (not name or not name.isprintable() or name.startswith(".") or "/" in name
+                             or "\\" in name or len(name.encode()) > MAX_NAME_BYTES):
+        raise ConfigError(f"name = {_short(name)} is invalid: use a plain folder name (printable, "
+                          f"up to {MAX_NAME_BYTES} bytes, no '/' or '\\', not starting with '.')")
+    for key in ("runs_dir", "data_dir"):
+        path = getattr(cfg, key)
+        problem = path is not None and _path_problem(path)
+        if problem:
+            raise ConfigError(f"{key} = {_short(path)} is invalid: it {problem}")
+    # run folders are made inside runs_dir: the nearest part of it that exists must be a folder
+    for part in (Path(cfg.runs_dir), *Path(cfg.runs_dir).parents):
+        if os.path.exists(part):
+            if not os.path.isdir(part):
+                raise ConfigError(f"runs_dir = {cfg.runs_dir!r} is invalid: {part} is a file, not a folder")
+            break
     return cfg
 
 

@@ -54,10 +54,9 @@ def read_images(path: str | Path) -> torch.Tensor:
 
     path = Path(path)
     if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)  # never unpickle a user file
-        except (ValueError, OSError, EOFError) as e:
-            raise TrainlabError(f"{path}: not a readable .npy array ({str(e).splitlines()[0] if str(e) else 'empty file'})") from None
+        from .data.npy import read_npy
+
+        arr = read_npy(path)  # header checked against the file first; never a pickle
     else:
         arr = read_idx(path)
     if arr.dtype.kind not in "uif":

@@ -131,6 +131,9 @@ def _fmt(x) -> str:
 def describe_run(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     folder = CheckpointDir(run_dir / CHECKPOINTS)
+    if not any((run_dir / n).exists() for n in ("config.toml", CHECKPOINTS, "model.pt")):
+        raise TrainlabError(f"{run_dir} is a folder but not a trainlab run folder (no config.toml, "
+                            "checkpoints/ or model.pt): give a run folder or a checkpoint file")
     files = folder.manifest()["files"]
     names = sorted(set(folder.files_here()) | set(files))
     rows = []

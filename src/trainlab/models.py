@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import reprlib
+import re
+import sys
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -38,24 +42,96 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def _import(module_name: str):
+    """Import a module the user named, also from the current folder: `python -m trainlab`
+    finds mymod.py there, and the installed `trainlab` command should too."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = module_name.split(".")[0]
+        here = Path.cwd()
+        if e.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            raise
+        if str(here) not in sys.path:
+            sys.path.insert(0, str(here))
+        return importlib.import_module(module_name)
+
+
 def _resolve_factory(name: str, allow_import: tuple[str, ...] | None) -> Callable[..., nn.Module]:
     if name in _REGISTRY:
         return _REGISTRY[name]
     if ":" in name:
+        if not _IMPORT_PATH.fullmatch(name):
+            raise ConfigError(f"model {name!r} is not a valid import path: write module:function, "
+                              "e.g. mypkg.nets:make_net")
         module_name, _, attr = name.partition(":")
         if allow_import is not None and module_name not in allow_import:
-            raise ConfigError(f"model {name!r} needs importing {module_name!r}, which is not allowed: "
-                              f"pass --allow-import {module_name} if you trust that module")
+            raise ConfigError(f"model {name!r} needs importing {module_name!r}, which a stored spec "
+                              f"may not do by itself: pass --allow-import {module_name} if you trust "
+                              "that module")
         try:
-            module = importlib.import_module(module_name)
+            module = _import(module_name)
         except ImportError as e:
-            raise ConfigError(f"model {name!r}: cannot import {module_name!r} ({e})") from None
+            raise ConfigError(f"model {name!r}: cannot import {module_name!r} ({e}); run from the "
+                              "folder that holds it or put it on PYTHONPATH") from None
         factory = getattr(module, attr, None)
         if not callable(factory):
             raise ConfigError(f"model {name!r}: {module_name} has no callable {attr!r}")
         return factory
     raise ConfigError(f"unknown model {name!r}: choose one of {', '.join(available())}, "
                       "or name your own factory as module:function")
+
+
+MAX_INPUT = 1 << 26  # C*H*W of one image: 8192x8192 RGB is already beyond this pipeline
+MAX_CLASSES = 1_000_000
+
+
+def check_spec(spec, source: str = "the file") -> dict:
+    """A stored model spec, checked before anything is built from it (one sentence if bad)."""
+    from .errors import TrainlabError
+
+    def bad(what):
+        raise TrainlabError(f"{source}: its model spec {what}: the file is damaged or forged")
+
+    if not isinstance(spec, dict):
+        bad("is missing or not a table")
+    if not isinstance(spec.get("name"), str) or not 0 < len(spec["name"]) <= 200:
+        bad("has no model name")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+        bad("has model arguments that are not a table of names")
+    shape = spec.get("input_shape")
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            or shape[0] * shape[1] * shape[2] > MAX_INPUT):
+        bad(f"has an invalid input shape {shape!r} (expected [C, H, W], positive, at most {MAX_INPUT:,} values)")
+    n = spec.get("num_classes")
+    if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CLASSES):
+        bad(f"has an invalid class count {n!r}")
+    return spec
+
+
+def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str = "the file") -> nn.Module:
+    """The one trust-checked way from a stored spec (checkpoint, config.toml, run folder) to
+    a model: registered names only, plus the modules the user allows by name. Every path
+    that reads a spec from disk (resume, restart, evaluate, predict, export, report,
+    inspect, load_model) goes through here, so no file can make trainlab import code."""
+    from .errors import TrainlabError
+
+    check_spec(spec, source)
+    try:
+        return build(spec["name"], spec["input_shape"], spec["num_classes"],
+                     allow_import=tuple(allow_import or ()), **spec.get("kwargs", {}))
+    except ConfigError as e:
+        if "--allow-import" in str(e):
+            raise  # the user can act on this one: a usage error
+        raise TrainlabError(f"{source}: its model cannot be built ({e})") from None
+    except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:  # a factory's own failure
+        raise TrainlabError(f"{source}: its model cannot be built ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *,
@@ -80,9 +156,42 @@ def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *,
     return model
 
 
+MAX_WIDTH = 65536  # any one layer's width or channel count
+MAX_LAYERS = 64  # entries in a hidden / channels list
+MAX_PARAMETERS = 10**9  # 4 GB of float32 weights, before gradients and optimizer state
+
+
 def _check(name, value, ok, allowed):
-    if not ok:
-        raise ConfigError(f"model kwarg {name} = {value!r} is invalid: {allowed}")
+    if not ok:  # reprlib: a list of a million widths is shown as its first few
+        raise ConfigError(f"model kwarg {name} = {reprlib.repr(value)} is invalid: {allowed}")
+
+
+def _is_int(value, low, high) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high  # True is 1
+
+
+def _int_list(name, value, min_len=0) -> tuple:
+    """A list of layer widths (a TOML/JSON array or a tuple): each an int, not a bool."""
+    span = f"{min_len} to {MAX_LAYERS}" if min_len else f"up to {MAX_LAYERS}"
+    _check(name, value, isinstance(value, (list, tuple)) and min_len <= len(value) <= MAX_LAYERS
+           and all(_is_int(v, 1, MAX_WIDTH) for v in value), f"a list of {span} ints, each from 1 to {MAX_WIDTH}")
+    return tuple(value)
+
+
+def _dropout(value):
+    _check("dropout", value, isinstance(value, (int, float)) and not isinstance(value, bool)
+           and 0 <= value < 1, "a probability in [0, 1)")  # NaN fails the comparison
+
+
+def _sized(make: Callable[[], nn.Module]) -> nn.Module:
+    """Build on the meta device (no memory) and refuse a model over MAX_PARAMETERS, so a
+    width of 10**7 is an error, not a terabyte allocation."""
+    with torch.device("meta"):
+        n = count_parameters(make())
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"model kwargs give {n:,} parameters, over the limit of {MAX_PARAMETERS:,}: "
+                          "use smaller widths or fewer layers")
+    return make()
 
 
 # ---------------------------------------------------------------- released architectures
@@ -90,48 +199,59 @@ def _check(name, value, ok, allowed):
 @register("mlp")
 def mlp(input_shape, num_classes, hidden=(256, 128)):
     """784-256-128-10 with ReLU: the plain baseline."""
-    hidden = tuple(hidden)
-    _check("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden), "positive ints")
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = int(torch.tensor(input_shape).prod())
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU()]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    hidden = _int_list("hidden", hidden)
+    features = int(torch.tensor(input_shape).prod())  # not inside make: meta tensors have no value
+
+    def make():
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        return nn.Sequential(*layers)
+    return _sized(make)
 
 
 @register("mlp-reg")
 def mlp_reg(input_shape, num_classes, hidden=(512, 256), dropout=0.3):
     """784-512-256-10; each hidden block Linear -> BatchNorm1d -> ReLU -> Dropout."""
-    hidden = tuple(hidden)
-    _check("hidden", hidden, all(isinstance(h, int) and h > 0 for h in hidden), "positive ints")
-    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = int(torch.tensor(input_shape).prod())
-    for h in hidden:
-        layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
-        width = h
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+    hidden = _int_list("hidden", hidden)
+    _dropout(dropout)
+    features = int(torch.tensor(input_shape).prod())  # not inside make: meta tensors have no value
+
+    def make():
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        return nn.Sequential(*layers)
+    return _sized(make)
 
 
 @register("cnn")
 def cnn(input_shape, num_classes, channels=(32, 64), fc=128, dropout=0.3):
     """conv(32,3)-BN-ReLU-maxpool, conv(64,3)-BN-ReLU-maxpool, FC 128, Dropout, FC."""
-    channels = tuple(channels)
-    _check("channels", channels, all(isinstance(c, int) and c > 0 for c in channels), "positive ints")
-    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
-    c, h, w = input_shape
-    layers: list[nn.Module] = []
-    for out in channels:
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
-                   nn.MaxPool2d(2)]
-        c, h, w = out, h // 2, w // 2
-    _check("channels", channels, h > 0 and w > 0, f"too many pooling stages for {input_shape}")
-    layers += [nn.Flatten(), nn.Linear(c * h * w, fc), nn.ReLU(), nn.Dropout(dropout),
-               nn.Linear(fc, num_classes)]
-    return nn.Sequential(*layers)
+    channels = _int_list("channels", channels)
+    _check("fc", fc, _is_int(fc, 1, MAX_WIDTH), f"an int from 1 to {MAX_WIDTH}")
+    _dropout(dropout)
+    _, h, w = input_shape
+    _check("channels", channels, h >> len(channels) > 0 and w >> len(channels) > 0,
+           f"too many pooling stages for {input_shape}")
+
+    def make():
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for out in channels:
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                       nn.MaxPool2d(2)]
+            c, h, w = out, h // 2, w // 2
+        layers += [nn.Flatten(), nn.Linear(c * h * w, fc), nn.ReLU(), nn.Dropout(dropout),
+                   nn.Linear(fc, num_classes)]
+        return nn.Sequential(*layers)
+    return _sized(make)
 
 
 # ---------------------------------------------------------------- the speed / accuracy ladder
@@ -144,27 +264,30 @@ def cnn_fast(input_shape, num_classes, channels=(16, 32, 64), fc=128, dropout=0.
     Narrow early layers keep the full-resolution activations (the memory-bound part of a
     CPU step) small: 2.3M multiply-adds per image against `cnn`'s 4.2M, and half its
     full-resolution activation memory, at higher accuracy (benchmarks/RESULTS.md)."""
-    channels = tuple(channels)
-    _check("channels", channels, len(channels) >= 1 and all(isinstance(c, int) and c > 0 for c in channels),
-           "one or more positive ints")
-    _check("fc", fc, isinstance(fc, int) and fc >= 0, "0 (no hidden FC layer) or a positive int")
-    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
-    c, h, w = input_shape
-    layers: list[nn.Module] = []
-    for i, out in enumerate(channels):
-        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-        c = out
-        if i < len(channels) - 1:  # pool between blocks, not after the last one
-            layers.append(nn.MaxPool2d(2))
-            h, w = h // 2, w // 2
-    _check("channels", channels, h > 0 and w > 0, f"too many pooling stages for {input_shape}")
-    layers.append(nn.Flatten())
-    if fc:
-        layers += [nn.Linear(c * h * w, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                   nn.Linear(fc, num_classes)]
-    else:
-        layers += [nn.Dropout(dropout), nn.Linear(c * h * w, num_classes)]
-    return nn.Sequential(*layers)
+    channels = _int_list("channels", channels, min_len=1)
+    _check("fc", fc, _is_int(fc, 0, MAX_WIDTH), f"0 (no hidden FC layer) or an int up to {MAX_WIDTH}")
+    _dropout(dropout)
+    _, h, w = input_shape
+    pools = len(channels) - 1  # between blocks, not after the last one
+    _check("channels", channels, h >> pools > 0 and w >> pools > 0, f"too many pooling stages for {input_shape}")
+
+    def make():
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for i, out in enumerate(channels):
+            layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            c = out
+            if i < pools:
+                layers.append(nn.MaxPool2d(2))
+                h, w = h // 2, w // 2
+        layers.append(nn.Flatten())
+        if fc:
+            layers += [nn.Linear(c * h * w, fc), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                       nn.Linear(fc, num_classes)]
+        else:
+            layers += [nn.Dropout(dropout), nn.Linear(c * h * w, num_classes)]
+        return nn.Sequential(*layers)
+    return _sized(make)
 
 
 class PreActBlock(nn.Module):
@@ -218,14 +341,14 @@ def resnet(input_shape, num_classes, width=64, depth=2, stages=3, dropout=0.0):
     stages: 28 -> 14 -> 7), global average pooling, FC. The defaults (width 64, depth 2:
     14 weight layers, 2.8M parameters) are for the top of the ladder on a GPU; on a CPU use
     e.g. width=32 (a quarter of the compute)."""
-    for name, value in (("width", width), ("depth", depth), ("stages", stages)):
-        _check(name, value, isinstance(value, int) and not isinstance(value, bool) and value > 0,
-               "a positive int")
-    _check("dropout", dropout, 0 <= dropout < 1, "a probability in [0, 1)")
+    for name, value, high in (("width", width, MAX_WIDTH), ("depth", depth, 256), ("stages", stages, 16)):
+        _check(name, value, _is_int(value, 1, high), f"an int from 1 to {high}")
+    _dropout(dropout)
     c, h, w = input_shape
     _check("stages", stages, min(h, w) // 2 ** (stages - 1) >= 1,
            f"too many stride-2 stages for {input_shape}")
-    return PreActResNet(c, num_classes, tuple(width * 2 ** i for i in range(stages)), depth, dropout)
+    widths = tuple(width * 2 ** i for i in range(stages))
+    return _sized(lambda: PreActResNet(c, num_classes, widths, depth, dropout))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -8,6 +8,7 @@ written into the run folder and the checkpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from .errors import ConfigError
@@ -39,37 +40,7 @@ class Recipe:
     precision: str = "auto"  # auto | 32 | 16-mixed | bf16-mixed (see trainlab.precision)
 
     def validate(self) -> "Recipe":
-        def bad(name, value, allowed):
-            raise ConfigError(f"{name} = {value!r} is invalid: {allowed}")
-
-        if self.epochs < 1:
-            bad("epochs", self.epochs, "must be at least 1")
-        if self.batch_size < 1:
-            bad("batch_size", self.batch_size, "must be at least 1")
-        if self.optimizer not in OPTIMIZERS:
-            bad("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
-        if not self.lr > 0:
-            bad("lr", self.lr, "must be greater than 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", self.weight_decay, "must be 0 or more")
-        if not 0 <= self.momentum < 1:
-            bad("momentum", self.momentum, "must be in [0, 1)")
-        if self.schedule not in SCHEDULES:
-            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            bad("warmup_epochs", self.warmup_epochs, "must be in [0, epochs)")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", self.label_smoothing, "must be in [0, 1)")
-        if self.grad_clip < 0:
-            bad("grad_clip", self.grad_clip, "must be 0 (off) or more")
-        if self.translate < 0:
-            bad("translate", self.translate, "must be 0 (off) or a number of pixels")
-        if not 0 <= self.erase <= 1:
-            bad("erase", self.erase, "must be a probability in [0, 1]")
-        if not 0 <= self.ema < 1:
-            bad("ema", self.ema, "must be 0 (off) or a decay in (0, 1)")
-        if self.precision not in PRECISIONS:
-            bad("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
+        check_fields(self, RECIPE_LIMITS)
         return self
 
     def to_dict(self) -> dict:
@@ -77,6 +48,52 @@ class Recipe:
 
 
 RECIPE_FIELDS = {f.name: f for f in fields(Recipe)}
+
+# What each field allows: a test of (value, recipe) and the words for the error. Every number
+# and choice field has a row (tests/test_config_edges.py checks that none is missing); the
+# upper bounds keep a typo (lr = 1e9, epochs = 10**30) from reaching the optimizer or an
+# allocation. Recipes hold only finite values, so they can always be written back as TOML.
+RECIPE_LIMITS = {
+    "epochs": (lambda v, r: 1 <= v <= 100_000, "must be at least 1 and at most 100000"),
+    "batch_size": (lambda v, r: 1 <= v <= 2**20, "must be at least 1 and at most 1048576"),
+    "optimizer": (lambda v, r: v in OPTIMIZERS, f"choose one of {', '.join(OPTIMIZERS)}"),
+    "lr": (lambda v, r: 0 < v <= 10, "must be greater than 0 and at most 10"),
+    "weight_decay": (lambda v, r: 0 <= v <= 1, "must be in [0, 1]"),
+    "momentum": (lambda v, r: 0 <= v < 1, "must be in [0, 1)"),
+    "schedule": (lambda v, r: v in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
+    "warmup_epochs": (lambda v, r: 0 <= v < r.epochs, "must be in [0, epochs)"),
+    "label_smoothing": (lambda v, r: 0 <= v < 1, "must be in [0, 1)"),
+    "grad_clip": (lambda v, r: 0 <= v <= 1e6, "must be 0 (off) or a max norm up to 1000000"),
+    # pixels of shift (augment.random_translate pads by this much on each side): the images
+    # are 28-32 pixels, so more than 16 would shift most of an image out of view
+    "translate": (lambda v, r: 0 <= v <= 16, "must be 0 (off) or a number of pixels up to 16"),
+    "erase": (lambda v, r: 0 <= v <= 1, "must be a probability in [0, 1]"),
+    "ema": (lambda v, r: 0 <= v < 1, "must be 0 (off) or a decay in (0, 1)"),
+    "precision": (lambda v, r: v in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
+}
+
+
+def check_fields(obj, limits: dict) -> None:
+    """Check each field of the dataclass `obj` that has a row in `limits`. Numbers must first
+    be of the field's declared type (bool is not a number here) and finite: NaN and inf fail
+    no comparison, so they would slip past a plain range test."""
+    for f in fields(obj):
+        if f.name not in limits:
+            continue
+        value = getattr(obj, f.name)
+        annotation = str(f.type)
+        if value is None and "None" in annotation:
+            continue
+        test, allowed = limits[f.name]
+        if annotation.startswith(("int", "float")):
+            kinds = int if annotation.startswith("int") else (int, float)
+            ok = (isinstance(value, kinds) and not isinstance(value, bool)
+                  and not (isinstance(value, float) and not math.isfinite(value)) and test(value, obj))
+        else:
+            ok = isinstance(value, str) and test(value, obj)
+        if not ok:
+            raise ConfigError(f"{f.name} = {value!r} is invalid: {allowed}")
+
 
 PRESETS: dict[str, Recipe] = {
     "textbook": Recipe(),

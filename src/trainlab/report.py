@@ -170,6 +170,8 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=N
     if not run_dirs:
         raise TrainlabError("report needs at least one run folder")
     out_path = Path(out_path)
+    if out_path.is_dir():  # before any run is evaluated: a usage error changes nothing
+        raise ConfigError(f"-o {out_path} is a folder: give the report's file name, e.g. {out_path / 'report.html'}")
     comp = compare_runs(run_dirs)
     evaluations = [_ensure_evaluated(r, data_dir, device, data, allow_import) for r in comp.runs]
     samples = next((r.path / PLOTS_DIR / "samples.png" for r in comp.runs
@@ -186,8 +188,6 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=N
     doc = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{_esc(title)}</title><link rel=\"icon\" href=\"data:,\">"
            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
-    if out_path.is_dir():
-        raise ConfigError(f"-o {out_path} is a folder: give the report's file name, e.g. {out_path / 'report.html'}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_path, doc)
     return out_path

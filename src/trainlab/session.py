@@ -480,7 +480,8 @@ class Session:
                             on_epoch_end=self._on_epoch_end, progress=self.progress,
                             eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip)
             except NonFiniteLoss as e:
-                raise TrainlabError(f"{e}: {self._divergence_advice()}") from None
+                e.args = (f"{e}: {self._divergence_advice()}",)  # still a NonFiniteLoss for callers
+                raise
         if state.stopped == "interrupt":
             self._save_interrupt(signals.signum)
         if self.cfg.patience > 0:

