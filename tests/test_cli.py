@@ -154,3 +154,70 @@ def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, capsys):
     results = json.loads((runs / "rgb" / "results.json").read_text())
     assert results["test"]["n"] == 50 and len(results["test"]["per_class"]) == 50
     assert np.isfinite(results["test"]["loss"])
+
+
+# ---------------------------------------------------------------- a read-only folder or a full disk
+
+def _refuse_writes_under(monkeypatch, folder, err):
+    """The OS's answer for a read-only mount (EROFS) or a full disk (ENOSPC), injected under
+    `folder`: CI runs as root, which permission bits do not stop."""
+    import errno
+    import os
+
+    import trainlab.atomic as atomic
+
+    real = atomic.os.open
+
+    def guarded(path, flags, mode=0o777):
+        if str(path).startswith(str(folder)) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(err, os.strerror(err), str(path))
+        return real(path, flags, mode)
+
+    monkeypatch.setattr(atomic.os, "open", guarded)
+    return errno
+
+
+@pytest.mark.parametrize("err_name", ["EROFS", "ENOSPC"])
+def test_train_resume_evaluate_export_on_a_read_only_or_full_disk_say_one_sentence(idx50, tmp_path, monkeypatch,
+                                                                                   capsys, err_name):
+    import errno
+
+    runs = tmp_path / "runs"
+    assert main(train_args(idx50, runs, "--name", "r", "--model", "mlp", "--epochs", "1")) == 0
+    before = snapshot(runs / "r")
+    capsys.readouterr()
+    _refuse_writes_under(monkeypatch, runs, getattr(errno, err_name))
+    for argv in (train_args(idx50, runs, "--name", "s", "--model", "mlp"),
+                 ["resume", str(runs / "r"), "--epochs", "2"],
+                 ["evaluate", str(runs / "r"), "--no-plots"],
+                 ["export", str(runs / "r")]):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        lines = [x for x in err.strip().splitlines() if x.startswith("trainlab: ")]
+        assert len(lines) == 1 and "Traceback" not in err, (argv, err)
+        assert ("read-only" in lines[0]) if err_name == "EROFS" else ("filled up" in lines[0] or "free" in lines[0])
+    monkeypatch.undo()
+    after = snapshot(runs / "r")
+    assert {k: v for k, v in after.items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+
+
+def test_sighup_saves_like_sigterm(idx50, tmp_path):
+    import os
+    import signal
+    import time
+
+    from trainlab.checkpoint import CheckpointDir
+
+    src = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab", *train_args(idx50, tmp_path, "--name", "h", "--epochs",
+                                                                          "500", "--model", "mlp")],
+                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=src))
+    metrics = tmp_path / "h" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGHUP, err
+    assert "SIGHUP" in err and f"trainlab resume {tmp_path / 'h'}" in err and "Traceback" not in err
+    assert CheckpointDir(tmp_path / "h" / "checkpoints").newest_good() is not None
