@@ -93,7 +93,9 @@ def test_resume_in_fresh_process_is_bitwise_exact(idx_dir, tmp_path, model, step
     assert [r["epoch"] for r in rows if "epoch" in r and "event" not in r] == [1, 2, 3]
 
 
-def test_sigint_on_the_cli_exits_130_and_prints_the_resume_command(idx_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_on_the_cli_saves_and_prints_the_resume_command(idx_dir, tmp_path, sig):
+    """Ctrl-C, a scheduler's SIGTERM, a closed terminal's SIGHUP: save, exit 128 + signal."""
     cmd = [sys.executable, "-m", "trainlab", "train", "--dataset", f"idx:{idx_dir}", "--runs-dir",
            str(tmp_path), "--name", "r", "--threads", "1", "--val-size", "100", "--batch-size", "10",
            "--epochs", "200", "--model", "mlp", "--quiet"]
@@ -102,10 +104,10 @@ def test_sigint_on_the_cli_exits_130_and_prints_the_resume_command(idx_dir, tmp_
     deadline = time.time() + 60
     while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert f"trainlab resume {tmp_path / 'r'}" in err
+    assert proc.returncode == 128 + sig, err
+    assert sig.name in err and f"trainlab resume {tmp_path / 'r'}" in err
     assert "Traceback" not in err
     assert CheckpointDir(tmp_path / "r" / "checkpoints").newest_good() is not None
 
