@@ -339,3 +339,55 @@ def test_prop_mutated_checkpoints_load_or_raise_one_sentence(tmp_path_factory, v
         check_fields(obj, path, training=True)
     except TrainlabError as e:
         assert "\n" not in str(e)
+
+
+def test_two_kills_in_the_same_window_still_leave_a_verified_file(tmp_path, monkeypatch):
+    """After a kill between steps 1 and 2 the entry is {new, replaces old} while the file is
+    old; the next save must take the hash the file matches, or a second kill loses it."""
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", ckpt(epoch=1), epoch=1, global_step=10)
+
+    def killed(tmp, path):
+        raise Killed
+
+    monkeypatch.setattr(ckmod, "commit", killed)
+    for epoch in (2, 3):
+        with pytest.raises(Killed):
+            folder.save("last.pt", ckpt(epoch=epoch), epoch=epoch, global_step=10 * epoch)
+        name, entry = folder.newest_good()
+        assert (name, entry["global_step"]) == ("last.pt", 10)
+
+
+@pytest.mark.parametrize("damage", ["uppercase sha", "empty files table", "entry dropped"])
+def test_a_malformed_or_missing_entry_is_repaired_from_the_file(tmp_path, damage):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", training_ckpt(epoch=3), epoch=3, global_step=30)
+    data = json.loads(folder.manifest_path.read_text())
+    if damage == "uppercase sha":
+        data["files"]["last.pt"]["sha256"] = data["files"]["last.pt"]["sha256"].upper()
+    elif damage == "empty files table":
+        data["files"] = {}
+    else:
+        data["files"].pop("last.pt")
+    folder.manifest_path.write_text(json.dumps(data))
+    assert folder.newest_good() is None
+    assert folder.recover() == ["last.pt"]
+    assert folder.newest_good()[1]["global_step"] == 30
+
+
+def test_a_hash_that_contradicts_its_file_is_not_repaired(tmp_path):
+    folder = CheckpointDir(tmp_path)
+    folder.save("last.pt", training_ckpt(epoch=3), epoch=3, global_step=30)
+    data = bytearray((tmp_path / "last.pt").read_bytes())
+    data[-200] ^= 1  # the file changed after its hash was recorded: that is what the hash is for
+    (tmp_path / "last.pt").write_bytes(bytes(data))
+    assert folder.recover() == [] and folder.newest_good() is None
+
+
+def test_a_linked_checkpoints_folder_is_refused(tmp_path):
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    (tmp_path / "checkpoints").symlink_to(real)
+    with pytest.raises(ckmod.StoreError, match="symbolic link"):
+        CheckpointDir(tmp_path / "checkpoints").save("last.pt", ckpt(), epoch=1, global_step=10)
+    assert not list(real.iterdir())

@@ -276,3 +276,63 @@ def test_the_nan_advice_works_as_printed(idx_dir, tmp_path, capsys):
     model = load_checkpoint(tmp_path / "nan" / "model.pt")["model"]
     assert all(torch.isfinite(v).all() for v in model.values())
     assert list((tmp_path / "nan" / "checkpoints").glob("superseded-*/last.pt"))  # kept aside
+
+
+def test_tuple_model_kwargs_resume(idx_dir, tmp_path):
+    first = train(cfg(idx_dir, tmp_path, "t", epochs=1, model_kwargs={"hidden": (16,)}), progress=False)
+    assert len(resume(first.run_dir, epochs=2, progress=False).history) == 2
+
+
+def test_reset_optimizer_with_lr_uses_the_new_rate_once(idx_dir, tmp_path):
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=2, lr=1e-3), progress=False)
+    fork = resume(first.run_dir, epochs=3, into=tmp_path / "fork", reset_optimizer=True,
+                  overrides={"lr": 1e-4}, allow_changes=True, progress=False)
+    assert _rates(fork.run_dir / "checkpoints" / "last.pt") == pytest.approx([1e-4, 1e-4])
+
+
+def test_reset_optimizer_in_place_is_a_usage_error(idx_dir, tmp_path, capsys):
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=1), progress=False)
+    assert main(["resume", str(first.run_dir), "--reset-optimizer"]) == 2
+    assert "--reset-optimizer needs --into" in capsys.readouterr().err
+
+
+def test_momentum_change_is_refused_where_the_optimizer_ignores_it(idx_dir, tmp_path):
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=1), progress=False)  # textbook: adam
+    with pytest.raises(ConfigError, match="only sgd uses it"):
+        resume(first.run_dir, epochs=2, overrides={"momentum": 0.5}, allow_changes=True, progress=False)
+
+
+def test_an_override_recorded_before_a_kill_is_applied_again(idx_dir, tmp_path):
+    """resume --lr writes config.toml first; killed before the next save, the checkpoint still
+    holds the old rate: the next plain resume applies the recorded one."""
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=2, lr=1e-3), progress=False)
+    toml = first.run_dir / "config.toml"
+    toml.write_text(toml.read_text().replace("lr = 0.001", "lr = 0.0001"))
+    resume(first.run_dir, epochs=3, progress=False)
+    assert _rates(first.run_dir / "checkpoints" / "last.pt") == pytest.approx([1e-4, 1e-4])
+
+
+def test_flags_on_train_resume_do_not_waive_the_data_check(idx_dir, tmp_path, capsys):
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=1), progress=False)
+    other = write_idx_folder(tmp_path / "other", n_train=300, n_test=100, seed=9)
+    # the same folder, other contents (a user's edited data), restored afterwards
+    shutil.copytree(idx_dir, tmp_path / "saved-idx")
+    for f in other.iterdir():
+        shutil.copy(f, idx_dir / f.name)
+    try:
+        assert main(["train", "--resume", str(first.run_dir), "--epochs", "2", "--quiet"]) == 2
+        assert "the data differs" in capsys.readouterr().err
+    finally:
+        for f in (tmp_path / "saved-idx").iterdir():
+            shutil.copy(f, idx_dir / f.name)
+
+
+def test_a_config_file_never_imports_code_by_itself(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "marker"
+    (tmp_path / "evilmod.py").write_text(EVIL)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("EVIL_MARKER", str(marker))
+    (tmp_path / "c.toml").write_text('model = "evilmod:make"\n')
+    assert main(["train", "--config", str(tmp_path / "c.toml"), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "--allow-import evilmod" in capsys.readouterr().err and not marker.exists()

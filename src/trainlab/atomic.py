@@ -136,6 +136,11 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         raise write_error(path, e) from None
 
 
+# the temporary names of trainlab before this module (never a user's own *.tmp file)
+_LEGACY_TEMPS = {"config.toml.tmp", "meta.json.tmp", "results.json.tmp", "metrics.jsonl.tmp",
+                 "evaluation.json.tmp", "report.html.tmp"}
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)  # unlink removes a link itself, never its target
@@ -152,7 +157,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[str]:
         return removed
     for entry in os.scandir(folder):
         name = entry.name
-        stale = (name.startswith(".") and TMP_MARK in name) or name.endswith(".tmp")  # .tmp: older trainlab
+        stale = (name.startswith(".") and TMP_MARK in name) or name in _LEGACY_TEMPS
         if stale and not stat.S_ISDIR(entry.stat(follow_symlinks=False).st_mode):
             _unlink_quietly(folder / name)
             removed.append(name)

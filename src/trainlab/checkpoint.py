@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .atomic import _test_hook, atomic_write_bytes, commit, discard, remove_stale_temps, write_temp
+from .atomic import _test_hook, atomic_write_bytes, commit, discard, fsync_dir, remove_stale_temps, write_temp
 from .errors import StoreError, TrainlabError
 
 log = logging.getLogger("trainlab")
@@ -352,6 +352,13 @@ def check_fields(ckpt: dict, path, training: bool = False) -> dict:
 
 # ---------------------------------------------------------------- the checkpoint folder
 
+def _stamp() -> str:
+    """A time stamp that two set-asides in one second never share."""
+    import secrets
+
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
 # Names in the manifest are plain file names inside checkpoints/: no folders, no "..",
 # nothing absolute, nothing hidden, so no entry can point outside the run folder.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.pt")
@@ -388,6 +395,11 @@ class CheckpointDir:
     def manifest_path(self) -> Path:
         return self.folder / MANIFEST
 
+    def _refuse_link(self) -> None:
+        if self.folder.is_symlink():
+            raise StoreError(f"{self.folder} is a symbolic link: checkpoints are written only into a "
+                             "real folder inside the run folder; replace the link by a folder")
+
     def read_manifest(self) -> tuple[dict, str | None, list]:
         """(valid entries, why the manifest as a whole is unusable or None, dropped names)."""
         try:
@@ -419,17 +431,16 @@ class CheckpointDir:
         """Write `name` and record it (sha256 + info) in the manifest, crash-safe at every instant."""
         if not valid_name(name):
             raise ValueError(f"checkpoint name {name!r} is not a plain file name")
+        self._refuse_link()
         self.folder.mkdir(parents=True, exist_ok=True)
         data = serialize(ckpt)
         check_free_space(self.folder, len(data))
         files = self.read_manifest()[0]
         entry = {"sha256": sha256_bytes(data), "bytes": len(data),
                  "saved": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
-        old = files.get(name)
-        if old is not None and (self.folder / name).is_file():
-            old = {k: v for k, v in old.items() if k != "replaces"}
-        else:
-            old = None
+        # the entry the file on disk matches now (after an earlier kill, maybe the "replaces"
+        # one): a second kill in the same window must still leave a verified file
+        old = self._match(name, files)[0] if name in files else None
         files[name] = {**entry, "replaces": old}
         tmp = write_temp(self.folder / name, data)  # a full disk fails here, nothing changed yet
         try:
@@ -510,10 +521,14 @@ class CheckpointDir:
         for name in dropped:
             log.warning("manifest %s: ignored the entry %r (not a plain checkpoint name inside "
                         "checkpoints/, or malformed)", self.manifest_path, name)
-        names = self.files_here()
-        if problem is None or not names:
+        self._refuse_link()
+        # files the manifest says nothing about (lost, or a malformed entry); a file whose
+        # hash contradicts its entry stays unverified: that is what the hash is for
+        names = [n for n in self.files_here() if n not in files and (self.folder / n).is_file()
+                 and not (self.folder / n).is_symlink()]
+        if not names:
             return []
-        rebuilt = {}
+        rebuilt = dict(files)
         for name in names:
             path = self.folder / name
             try:
@@ -523,28 +538,39 @@ class CheckpointDir:
                 continue
             rebuilt[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size,
                              "epoch": ckpt["epoch"], "global_step": ckpt["global_step"], "rebuilt": True}
-        if self.manifest_path.exists() or self.manifest_path.is_symlink():
-            aside = self.manifest_path.with_name(f"{MANIFEST}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+        added = [n for n in names if n in rebuilt]
+        if problem is not None and (self.manifest_path.exists() or self.manifest_path.is_symlink()):
+            aside = self.manifest_path.with_name(f"{MANIFEST}.unusable-{_stamp()}")
             os.replace(self.manifest_path, aside)
             log.warning("manifest %s was %s: kept it as %s", self.manifest_path, problem, aside.name)
-        self._write_manifest(rebuilt)
-        log.warning("rebuilt %s from %d of %d checkpoint file(s) that load and pass the structural "
-                    "check: %s", self.manifest_path, len(rebuilt), len(names), ", ".join(rebuilt) or "none")
-        return list(rebuilt)
+        if added or problem is not None:
+            self._write_manifest(rebuilt)
+            log.warning("%s %s: recorded %d of %d unlisted checkpoint file(s) that load and pass the "
+                        "structural check: %s", "rebuilt" if problem else "repaired", self.manifest_path,
+                        len(added), len(names), ", ".join(added) or "none")
+        return added
+
+    def set_aside(self, names: list[str], kind: str) -> Path:
+        """Move `names` into <kind>-<time>-<random>/ (kept, never deleted) and drop them from
+        the manifest; the folder's name is unique, so nothing set aside is ever overwritten."""
+        files = self.read_manifest()[0]
+        aside = self.folder / f"{kind}-{_stamp()}"
+        aside.mkdir()
+        for name in names:
+            os.replace(self.folder / name, aside / name)
+            files.pop(name, None)
+        fsync_dir(aside)
+        fsync_dir(self.folder)
+        self._write_manifest(files)
+        log.warning("moved %d checkpoint file(s) into %s (kept, not deleted): %s", len(names), aside, ", ".join(names))
+        return aside
 
     def set_aside_unusable(self) -> Path | None:
-        """Move checkpoint files that do not verify into unusable-<time>/ (kept, never deleted),
-        so a restart from epoch 0 cannot overwrite them."""
+        """Move checkpoint files that do not verify into unusable-<time>/, so a restart from
+        epoch 0 cannot overwrite them."""
         files = self.read_manifest()[0]
         bad = [n for n in self.files_here() if self._match(n, files)[0] is None]
-        if not bad:
-            return None
-        aside = self.folder / f"unusable-{time.strftime('%Y%m%d-%H%M%S')}"
-        aside.mkdir(exist_ok=True)
-        for name in bad:
-            os.replace(self.folder / name, aside / name)
-        log.warning("moved %d checkpoint file(s) that do not verify into %s: %s", len(bad), aside, ", ".join(bad))
-        return aside
+        return self.set_aside(bad, "unusable") if bad else None
 
     def remove_stale_temps(self) -> None:
         """Delete temporary files of interrupted writes (call only with the run's lock held)."""

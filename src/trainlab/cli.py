@@ -142,6 +142,10 @@ def _resume_overrides(args) -> dict:
     if args.model_kwarg:
         raise ConfigError("--model-kwarg cannot change on --resume: the model is restored from the "
                           "checkpoint; start a new run instead")
+    for flag in ("name", "runs_dir"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume: the run "
+                              "continues in its own folder (fork it with trainlab resume --into)")
     return {k: getattr(args, k) for k in (*RUN_FIELDS, *RECIPE_FIELDS)
             if k not in ("model_kwargs", "epochs") and getattr(args, k, None) is not None}
 
@@ -165,10 +169,15 @@ def cmd_train(args) -> int:
         overrides = _resume_overrides(args)
         return _print_result(resume(args.resume, epochs=args.epochs, overrides=overrides,
                                     allow_changes=args.allow_changes or bool(overrides),
-                                    allow_import=_allowed(args)))
-    if ":" in (args.model or ""):
-        log.debug("model %s: imported from your command line", args.model)
-    return _print_result(train(_config_from_args(args)))
+                                    allow_data_change=args.allow_changes, allow_import=_allowed(args)))
+    cfg = _config_from_args(args)
+    if ":" in cfg.model and args.model is None:  # named by a file, not on this command line
+        module = cfg.model.partition(":")[0]
+        if module not in _allowed(args):
+            raise ConfigError(f"{args.config} names the model {cfg.model!r}, which needs importing "
+                              f"{module!r}: a file never imports code by itself; pass --allow-import "
+                              f"{module} if you trust that module (or give --model on the command line)")
+    return _print_result(train(cfg))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -192,10 +201,14 @@ def cmd_resume(args) -> int:
         return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
     overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip),
                                    ("weight_decay", args.weight_decay)) if v is not None}
+    if args.reset_optimizer and not args.into:
+        raise ConfigError("--reset-optimizer needs --into NEW_DIR: a fresh optimizer makes another "
+                          "run, so it is forked, not continued in place")
     return _print_result(resume(args.run_dir, epochs=args.epochs, into=args.into,
                                 reset_optimizer=args.reset_optimizer,
                                 allow_changes=args.allow_changes or bool(overrides), overrides=overrides,
-                                allow_import=_allowed(args), from_checkpoint=args.from_checkpoint))
+                                allow_data_change=args.allow_changes, allow_import=_allowed(args),
+                                from_checkpoint=args.from_checkpoint))
 
 
 def cmd_inspect(args) -> int:
@@ -347,9 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench-device", help="time training steps per device: does the GPU help?")
     b.add_argument("--model", default="cnn")
-    b.add_argument("--batch-size", type=int, default=256)
-    b.add_argument("--steps", type=int, default=30)
-    b.add_argument("--threads", type=int)
+    b.add_argument("--batch-size", type=_positive_int, default=256)
+    b.add_argument("--steps", type=_positive_int, default=30)
+    b.add_argument("--threads", type=_positive_int)
     b.set_defaults(func=cmd_bench_device)
 
     d = sub.add_parser("data", help="data set commands")

@@ -153,6 +153,8 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
                 raise ConfigError(f"{name}: key {key!r} is invalid: keys are strings")
             key = key.replace("-", "_")
             merged[key] = _check_key(key, value, name)
+    if isinstance(merged.get("model_kwargs"), dict):  # tuples as lists: what TOML stores and reads back
+        merged["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in merged["model_kwargs"].items()}
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
     recipe_overrides = {k: v for k, v in merged.items() if k in RECIPE_FIELDS}
     cfg = Config(**run)

@@ -38,6 +38,9 @@ def _save(fig, out: str | Path) -> Saved:
 
     base = Path(out)
     base = base.with_suffix("") if base.suffix in (".png", ".svg") else base
+    if base.parent.is_symlink():
+        raise TrainlabError(f"{base.parent} is a symbolic link: figures are written only into a real "
+                            "folder; replace the link by a folder")
     base.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     png, svg = base.with_name(base.name + ".png"), base.with_name(base.name + ".svg")

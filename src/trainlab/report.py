@@ -52,9 +52,13 @@ def _esc(x) -> str:
 
 
 def _img(path: Path | None, alt: str) -> str:
-    if path is None or not Path(path).is_file():
+    # only a real PNG file of the run is embedded: a planted link (to ~/.ssh/...) never is
+    if path is None or Path(path).is_symlink() or not Path(path).is_file():
         return f'<p class="meta">({_esc(alt)}: not available)</p>'
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    raw = Path(path).read_bytes()
+    if not raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return f'<p class="meta">({_esc(alt)}: not a PNG file, left out)</p>'
+    data = base64.b64encode(raw).decode("ascii")
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 

@@ -198,7 +198,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                break  # a torn last line from a killed process: ignore it
+                continue  # a torn line (a killed process, a damaged disk): skip it, keep the rest
             if isinstance(row, dict):
                 rows.append(row)
     return rows

@@ -351,10 +351,13 @@ class Session:
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self._load_scaler(ckpt)
         else:  # the "amnesia" fork: fresh optimizer, but the schedule continues where it was
-            self.scheduler.last_epoch = ckpt["scheduler"]["last_epoch"]
-            self.scheduler._last_lr = ckpt["scheduler"].get("_last_lr", self.scheduler._last_lr)
-            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            step = ckpt["scheduler"]["last_epoch"]
+            self.scheduler.last_epoch = step
+            # the rates of this config's schedule at that step (a changed --lr included)
+            rates = [base * fn(step) for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+            for group, lr in zip(self.optimizer.param_groups, rates):
                 group["lr"] = lr
+            self.scheduler._last_lr = rates
         self.state = FitState(epoch=ckpt["epoch"], global_step=ckpt["global_step"],
                               history=list(ckpt["history"]), step=ckpt.get("step", 0),
                               partial=ckpt.get("partial"))
@@ -607,6 +610,34 @@ def _read_run_config(run_dir: Path) -> dict:
         raise _damaged(run_dir / runs.CONFIG_FILE, e) from None
 
 
+def _choose_checkpoint(run_dir, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, into, from_checkpoint) -> dict:
+    """{"name": the checkpoint to resume from} or {"name": None}: start over (no checkpoint
+    verifies). Only the lock holder cleans temporaries and repairs the manifest."""
+    if lock is not None:
+        for folder in (run_dir, ckpt_dir.folder):
+            remove_stale_temps(folder)  # left by a process killed mid-write
+        ckpt_dir.recover()  # entries lost or malformed: rebuilt from the files that load
+    if from_checkpoint is not None:
+        name, _ = _rewind(ckpt_dir, from_checkpoint, in_place=into is None,
+                          validate=lambda p: _usable_checkpoint(p, run_dir, folder_cfg))
+        return {"name": name}
+    candidates = ckpt_dir.verified()
+    if not candidates:
+        if into is not None:
+            raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
+        return {"name": None}
+    problems = []
+    for name, _ in candidates:  # the newest that loads, passes the schema and belongs here
+        try:
+            _usable_checkpoint(run_dir / CHECKPOINTS / name, run_dir, folder_cfg)
+            return {"name": name}
+        except TrainlabError as e:
+            problems.append(str(e))
+            log.warning("resume: %s", e)
+    # never restart over verified files: they are left exactly as they are
+    raise TrainlabError(f"no checkpoint in {ckpt_dir.folder} can be used ({problems[0]}); nothing was changed")
+
+
 def _usable_checkpoint(path: Path, run_dir: Path, folder_cfg: dict) -> dict:
     ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
     try:
@@ -631,6 +662,9 @@ def _changes(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
                           "start a new run with trainlab train instead")
     changes = {k: (saved.get(k), current.get(k)) for k in sorted(RESUME_CHANGEABLE_KEYS)
                if saved.get(k) != current.get(k)}
+    if "momentum" in changes and current.get("optimizer") != "sgd":
+        raise ConfigError(f"momentum cannot change on resume with optimizer = {current.get('optimizer')!r}: "
+                          "only sgd uses it, so the change would do nothing")
     if changes and not allow_changes:
         shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         raise ConfigError(f"resuming with a changed config would not continue the same run: {shown}; "
@@ -641,13 +675,16 @@ def _changes(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
            reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
            overrides: dict | None = None, progress: bool | None = None,
-           allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None) -> TrainResult:
+           allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None,
+           allow_data_change: bool | None = None) -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
 
     Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
     metrics.jsonl, or are refused by name. A model named by import path in the run's files
     is built only if its module is in `allow_import`. `from_checkpoint` (e.g. "best.pt")
-    rewinds to that checkpoint instead of the newest; newer ones are set aside, not deleted."""
+    rewinds to that checkpoint instead of the newest; newer ones are set aside, not deleted.
+    `allow_data_change` (default: `allow_changes`) accepts data that differs from the
+    checkpoint's; the CLI waives it only for an explicit --allow-changes."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
@@ -656,41 +693,46 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     lock = runs.RunLock(run_dir).acquire() if into is None and dist_ctx.is_main else None
     try:
         return _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data,
-                              dict(overrides or {}), progress, tuple(allow_import or ()), lock, from_checkpoint)
+                              dict(overrides or {}), progress, tuple(allow_import or ()), lock, from_checkpoint,
+                              allow_changes if allow_data_change is None else allow_data_change)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, overrides, progress,
-                   allow_import, lock, from_checkpoint=None) -> TrainResult:
+                   allow_import, lock, from_checkpoint=None, allow_data_change=False) -> TrainResult:
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
-    if lock is not None:  # only the owner may clean or repair
-        for folder in (run_dir, ckpt_dir.folder):
-            remove_stale_temps(folder)  # left by a process killed mid-write
-        ckpt_dir.recover()  # a lost or broken manifest: rebuilt from the files that load
     folder_cfg = _read_run_config(run_dir)
-    candidates = ckpt_dir.verified()
-    if from_checkpoint is not None:
-        candidates = [_rewind(ckpt_dir, from_checkpoint, candidates[0] if candidates else None,
-                              in_place=into is None)]
-    if not candidates:
-        if into is not None:
-            raise TrainlabError(f"{run_dir} has no verified checkpoint to fork from")
-        return _restart(run_dir, folder_cfg, epochs, overrides, allow_changes, data, progress, allow_import)
-    problems = []
-    for name, _ in candidates:  # the newest that loads, passes the schema and belongs here
-        path = run_dir / CHECKPOINTS / name
+    ctx = distributed.context()
+    # Rank 0 alone cleans, repairs and chooses; the other ranks follow its choice (under DDP
+    # a rank deciding on its own could restart over checkpoints rank 0 is recovering).
+    decision = None
+    if ctx.is_main:
         try:
-            ckpt = _usable_checkpoint(path, run_dir, folder_cfg)
-            break
+            decision = _choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, into, from_checkpoint)
         except TrainlabError as e:
-            problems.append(str(e))
-            log.warning("resume: %s", e)
-    else:  # never restart over verified files: they are left exactly as they are
-        raise TrainlabError(f"no checkpoint in {ckpt_dir.folder} can be used ({problems[0]}); "
-                            "nothing was changed")
+            distributed.broadcast_object({"error": str(e), "code": e.exit_code}, ctx)
+            raise
+    decision = distributed.broadcast_object(decision, ctx)
+    if "error" in decision:
+        err = TrainlabError(decision["error"])
+        err.exit_code = decision["code"]
+        raise err
+    if decision["name"] is None:
+        return _restart(run_dir, folder_cfg, epochs, overrides, allow_changes, data, progress, allow_import)
+    name = decision["name"]
+    path = run_dir / CHECKPOINTS / name
+    ckpt = _usable_checkpoint(path, run_dir, folder_cfg)
     saved_cfg = ckpt["config"]
+    # an override recorded in config.toml whose first save never came (a kill): applied again
+    pending = {k: folder_cfg[k] for k in RESUME_CHANGEABLE_KEYS
+               if k in folder_cfg and folder_cfg[k] != saved_cfg.get(k) and k not in overrides}
+    if pending:
+        log.warning("resume: re-applying the override(s) recorded in config.toml: %s",
+                    ", ".join(f"{k} = {v!r}" for k, v in sorted(pending.items())))
+        overrides = {**pending, **overrides}
+        allow_changes = True
     values = {**saved_cfg, **overrides}
     if epochs is not None:
         values["epochs"] = epochs
@@ -709,7 +751,7 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
     session = Session(cfg, data, progress=progress, schedule_epochs=ckpt["schedule"]["epochs"],
                       allow_import=allow_import)
     changed = _fingerprint_changes(ckpt.get("fingerprint", {}), session.data.fingerprint())
-    if changed and not allow_changes:
+    if changed and not allow_data_change:
         raise ConfigError(f"the data differs from the checkpoint's ({'; '.join(changed)}); "
                           "pass --allow-changes to resume on it anyway")
     if ckpt["model_spec"] != session.spec:
@@ -723,7 +765,7 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
         log.info("resume: world size %d -> %d (the batch size is global: same steps, same schedule)",
                  saved_world, session.dist.world_size)
     session.load_state_dict(ckpt, reset_optimizer=reset_optimizer, source=str(path))
-    session.apply_overrides(changes)
+    session.apply_overrides({} if reset_optimizer else changes)  # a fresh optimizer has the new values
     event = {"event": "override", "epoch": ckpt["epoch"],
              "changes": {k: [a, b] for k, (a, b) in changes.items()}} if changes else None
     if into is None:
@@ -757,8 +799,9 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
             session.release()
 
 
-def _rewind(ckpt_dir: CheckpointDir, name: str, newest, in_place: bool):
-    """The named checkpoint, verified; in place, checkpoints newer than it are set aside."""
+def _rewind(ckpt_dir: CheckpointDir, name: str, in_place: bool, validate):
+    """The named checkpoint, verified and usable (checked before anything moves); in place,
+    checkpoints as new as it or newer are set aside, never deleted."""
     from .checkpoint import valid_name
 
     if not valid_name(name):
@@ -766,20 +809,14 @@ def _rewind(ckpt_dir: CheckpointDir, name: str, newest, in_place: bool):
     problem = ckpt_dir.verify(name)
     if problem:
         raise TrainlabError(f"--from {name}: {ckpt_dir.folder / name} cannot be used ({problem})")
+    validate(ckpt_dir.folder / name)
     entry = ckpt_dir.entry(name)
-    if in_place and newest is not None and newest[0] != name:
+    if in_place:
         step = entry.get("global_step", -1)
-        files = ckpt_dir.read_manifest()[0]
         newer = [n for n in ckpt_dir.files_here() if n != name
                  and (ckpt_dir.entry(n) or {}).get("global_step", -1) >= step]
         if newer:
-            aside = ckpt_dir.folder / f"superseded-{time.strftime('%Y%m%d-%H%M%S')}"
-            aside.mkdir(exist_ok=True)
-            for n in newer:
-                os.replace(ckpt_dir.folder / n, aside / n)
-                files.pop(n, None)
-            ckpt_dir._write_manifest(files)
-            log.warning("resume --from %s: set %s aside in %s (kept, not deleted)", name, ", ".join(newer), aside)
+            ckpt_dir.set_aside(newer, "superseded")
     return name, entry
 
 
@@ -797,7 +834,8 @@ def _restart(run_dir: Path, values: dict, epochs, overrides: dict, allow_changes
     cfg = resolve(merged, origin="resume")
     changes = _changes(saved, cfg, allow_changes, "resume")
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
-    ckpt_dir.set_aside_unusable()
+    if distributed.context().is_main:  # rank 0 alone moves files
+        ckpt_dir.set_aside_unusable()
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session = Session(cfg, data, progress=progress, allow_import=allow_import)
     session.run_dir = run_dir
