@@ -323,3 +323,28 @@ def test_hostile_image_arrays_through_predict(corpus, tmp_path):
     cases.append({"argv": ["predict", good, "--input", str(corpus["files"] / "random.pt")]})
     n = _check(corpus, cases, tmp_path)
     print(f"hostile image arrays: {n} command runs refused cleanly")
+
+
+def test_hostile_run_metadata_through_compare_and_report(corpus, tmp_path):
+    """meta.json, results.json and metrics.jsonl of shapes trainlab never writes: one sentence
+    naming the file (a damaged row of metrics.jsonl is left out instead)."""
+    good = corpus["good"]
+    variants = {"meta-a-list": ("meta.json", "[1]"), "meta-fingerprint": ("meta.json", '{"data_fingerprint": "x"}'),
+                "meta-parent": ("meta.json", '{"parent": {"run": 5}}'), "results-a-string": ("results.json", '"x"'),
+                "results-test": ("results.json", '{"test": "x"}'),
+                "results-per-class": ("results.json", '{"test": {"per_class": [1, 2]}}'),
+                "results-seconds": ("results.json", '{"total_seconds": "x"}')}
+    cases = []
+    for name, (file, text) in variants.items():
+        d = tmp_path / name
+        shutil.copytree(good, d)
+        (d / file).write_text(text)
+        cases += [{"argv": ["compare", str(good), str(d)]}]
+    rows = tmp_path / "rows"
+    shutil.copytree(good, rows)
+    with open(rows / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": "a", "train_acc": "x"}\n{"epoch": [1]}\n\xff\n')
+    results = run_cases(corpus, cases + [{"argv": ["compare", str(good), str(rows)]}], tmp_path)
+    for case, result in zip(cases, results):
+        assert_refused_cleanly(case, result, corpus["marker"])
+    assert results[-1]["code"] == 0 and "Traceback" not in results[-1]["stderr"], results[-1]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import runs
 from .config import load_toml
-from .errors import TrainlabError
+from .errors import ConfigError, TrainlabError
 from .plots import epoch_rows
 from .tables import table
 
@@ -83,8 +83,55 @@ def load_run(path: str | Path) -> RunRecord:
         raise TrainlabError(f"{path} is not a trainlab run folder (it has no {runs.CONFIG_FILE})")
     meta = runs.read_json(path / runs.META_FILE) if (path / runs.META_FILE).exists() else {}
     results = runs.read_json(path / runs.RESULTS_FILE) if (path / runs.RESULTS_FILE).exists() else None
-    return RunRecord(path, path.name, load_toml(path / runs.CONFIG_FILE), meta,
-                     epoch_rows(runs.read_metrics(path)), results)
+    try:
+        config = load_toml(path / runs.CONFIG_FILE)
+    except ConfigError as e:  # the run's file, not the user's command line
+        raise TrainlabError(f"{path}: {e}") from None
+    _check_shape(path, meta, results)
+    rows = [r for r in runs.read_metrics(path) if _plain_row(r)]
+    return RunRecord(path, path.name, config, meta, epoch_rows(rows), results)
+
+
+_ROW_NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
+                "train_seconds", "lr")
+
+
+def _plain_row(row: dict) -> bool:
+    """A metrics row as trainlab writes it (rows of another shape are left out, not fatal)."""
+    if "event" in row:
+        return True
+    return (isinstance(row.get("epoch"), int) and not isinstance(row.get("epoch"), bool)
+            and all(row.get(k) is None or (isinstance(row[k], (int, float)) and not isinstance(row[k], bool))
+                    for k in _ROW_NUMBERS))
+
+
+def _check_shape(path: Path, meta, results) -> None:
+    """meta.json and results.json of the shapes trainlab writes, or one sentence."""
+    def bad(name, what):
+        raise TrainlabError(f"{path / name} is not what trainlab writes ({what}): the run folder is "
+                            "damaged; leave it out of the comparison")
+
+    if not isinstance(meta, dict):
+        bad(runs.META_FILE, "not a JSON object")
+    if meta.get("data_fingerprint") is not None and not isinstance(meta["data_fingerprint"], dict):
+        bad(runs.META_FILE, "data_fingerprint is not a table")
+    if isinstance(meta.get("parent"), dict) and not isinstance(meta["parent"].get("run", ""), str):
+        bad(runs.META_FILE, "parent.run is not a path")
+    if results is None:
+        return
+    if not isinstance(results, dict):
+        bad(runs.RESULTS_FILE, "not a JSON object")
+    for key in ("total_seconds", "seconds_per_epoch", "epochs"):
+        if results.get(key) is not None and not isinstance(results[key], (int, float)):
+            bad(runs.RESULTS_FILE, f"{key} is not a number")
+    test = results.get("test")
+    if test is not None:
+        if not isinstance(test, dict) or not isinstance(test.get("per_class", []), list):
+            bad(runs.RESULTS_FILE, "test is not a table with a per_class list")
+        for pc in test.get("per_class", []):
+            if not (isinstance(pc, dict) and isinstance(pc.get("class"), str)
+                    and isinstance(pc.get("accuracy"), (int, float))):
+                bad(runs.RESULTS_FILE, "a per_class entry lacks its class name or accuracy")
 
 
 # ---------------------------------------------------------------- data identity
