@@ -590,7 +590,7 @@ class TrainResult:
 def train(config: Config | dict | None = None, *, data: Dataset | None = None,
           progress: bool | None = None) -> TrainResult:
     """Train one run as configured; returns the history and the final test summary."""
-    cfg = config if isinstance(config, Config) else resolve(config or {})
+    cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})  # validated either way
     session = Session(cfg, data, progress=progress)
     session.start_run_dir()
     try:
