@@ -489,11 +489,13 @@ class CheckpointDir:
             return []
 
     def remove(self, name: str) -> None:
+        # the file first: a kill between the two leaves an entry for a missing file (skipped
+        # quietly), never an orphaned file that is warned about on every resume
+        if valid_name(name):
+            (self.folder / name).unlink(missing_ok=True)
         files = self.read_manifest()[0]
         files.pop(name, None)
         self._write_manifest(files)
-        if valid_name(name):
-            (self.folder / name).unlink(missing_ok=True)
 
     def verified(self) -> list[tuple[str, dict]]:
         """(name, manifest entry) of every verified checkpoint, newest first; warns about bad ones."""
