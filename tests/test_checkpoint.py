@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 import trainlab.atomic as atomic
-import trainlab.checkpoint as ckmod
 from trainlab.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, load_weights,
                                  make_checkpoint, safe_load, save_checkpoint, save_weights, sha256_file)
 from trainlab.cli import main

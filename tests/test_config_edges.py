@@ -3,7 +3,6 @@ the value and what is allowed, raised before any data is loaded (never a traceba
 huge allocation)."""
 
 import math
-import os
 import typing
 from dataclasses import fields
 

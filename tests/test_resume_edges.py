@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import write_idx_folder
-from trainlab.checkpoint import CheckpointDir, load_checkpoint, sha256_file
+from trainlab.checkpoint import load_checkpoint, sha256_file
 from trainlab.cli import main
 from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError

@@ -13,7 +13,6 @@ import random
 import shlex
 import signal
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
