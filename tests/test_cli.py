@@ -81,12 +81,19 @@ def test_usage_errors_exit_2(argv, capsys):
     (["--device", "gpu"], "device = 'gpu' is invalid"),
     (["--recipe", "turbo"], "unknown recipe 'turbo'"),
     (["--config", "missing.toml"], "config file missing.toml not found"),
+    (["--lr", "inf"], "lr = inf is invalid: must be greater than 0 and at most 10"),
+    (["--weight-decay", "inf"], "weight_decay = inf is invalid: must be in [0, 1]"),
+    (["--model", ":"], "model = ':' is invalid"),
+    (["--name", "n" * 300], f"name = '{'n' * 59}...{'n' * 9}' is invalid: use a plain folder name"),  # shortened
+    (["--seed", "-1"], "seed = -1 is invalid"),
+    (["--config", "."], "config file . is a folder, not a TOML file"),
+    (["--model-kwarg", "dropout=NaN"], "model_kwargs.dropout = nan is invalid: numbers must be finite"),
 ])
 def test_config_errors_exit_2(extra, message, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--runs-dir", "runs", *extra]) == 2
     err = capsys.readouterr().err
-    assert f"trainlab: error: {message}" in err
+    assert f"trainlab: error: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 
 
