@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/python -m trainlab.demo
+	$(BIN)/python -m trainlab.cli.demo
 
 # The report's browser test needs Debian's Chromium (never a downloaded browser).
 browser:

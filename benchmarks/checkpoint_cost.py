@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from trainlab.checkpoint import CheckpointDir, load_checkpoint
 from trainlab.config import resolve
 from trainlab.data import load_dataset
-from trainlab.runs import environment
-from trainlab.session import Session
+from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.store.runs import environment
+from trainlab.training.session import Session
 
 
 def median_time(fn, repeats: int) -> float:

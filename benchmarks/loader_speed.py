@@ -31,11 +31,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainlab.data import DeviceLoader, load_dataset
-from trainlab.engine import build_optimizer, pick_device
 from trainlab.models import build
-from trainlab.precision import resolve_precision
 from trainlab.recipes import get_recipe
-from trainlab.runs import cpu_model
+from trainlab.store.runs import cpu_model
+from trainlab.training.loop import build_optimizer, pick_device
+from trainlab.training.precision import resolve_precision
 
 MEAN, STD = 0.2861, 0.3528
 WARMUP_STEPS = 50

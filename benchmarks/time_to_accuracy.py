@@ -24,7 +24,7 @@ model the run keeps (the EMA weights when the recipe uses EMA; no epoch or model
 by test accuracy). "Time to X%" is the training time of the shortest schedule in the list
 whose final-epoch test accuracy, averaged over the seeds, reaches X.
 
-The textbook reference runs first, before trainlab's malloc tuning (trainlab.tuning,
+The textbook reference runs first, before trainlab's malloc tuning (trainlab.training.runtime,
 --malloc-tuning) touches the process, so the reference runs as a textbook user's would.
 Time only on a quiet machine: with other jobs on the cores, two OpenMP threads wait for a
 descheduled sibling on every op (a 3-epoch textbook mlp took over 380 s at load 3); use
@@ -57,8 +57,8 @@ import trainlab
 from trainlab import models
 from trainlab.config import resolve
 from trainlab.data import from_arrays, load_dataset, stratified_split
-from trainlab.runs import cpu_model
-from trainlab.session import train
+from trainlab.store.runs import cpu_model
+from trainlab.training.session import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override a config key for every trainlab run, e.g. --set compile=true")
     p.add_argument("--malloc-tuning", choices=("on", "off"), default="on",
-                   help="raise glibc's malloc thresholds (trainlab.tuning) after the textbook runs, "
+                   help="raise glibc's malloc thresholds (trainlab.training.runtime) after the textbook runs, "
                         "before trainlab's (default on: measured 1.4-1.9x on cnn steps)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: tiny synthetic data, 1 seed, 1-2 epochs (default models mlp, cnn-fast)")
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
 
     # 2. trainlab's recipes, with trainlab's process settings
     if args.malloc_tuning == "on":
-        from trainlab.tuning import apply_cpu_tuning
+        from trainlab.training.runtime import apply_cpu_tuning
 
         tuning = apply_cpu_tuning()
         report["malloc_tuning"] = tuning

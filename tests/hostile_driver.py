@@ -36,7 +36,7 @@ def run_one(case: dict, out_path: str, err_path: str) -> int:
             sys.path.insert(0, os.getcwd())  # as `python -m trainlab` run from that folder would
             for k, v in case.get("env", {}).items():
                 os.environ[k] = v
-            from trainlab.cli import main
+            from trainlab.cli.main import main
 
             try:
                 code = main(case["argv"])
@@ -59,7 +59,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import trainlab.cli  # noqa: F401  (imported once, before any fork)
+    import trainlab.cli.main  # noqa: F401  (imported once, before any fork)
 
     cases = json.load(open(sys.argv[1]))
     results = []

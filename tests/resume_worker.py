@@ -16,8 +16,8 @@ import torch
 
 
 def interrupt(step: int, config: dict) -> int:
-    from trainlab import session
     from trainlab.config import resolve
+    from trainlab.training import session
 
     original = session.DeviceLoader.__iter__
     seen = {"n": 0}
@@ -44,7 +44,7 @@ def resume(run_dir: str) -> int:
     random.seed(12345)
     np.random.seed(12345)
     torch.manual_seed(12345)
-    from trainlab.session import resume as do_resume
+    from trainlab.training.session import resume as do_resume
 
     do_resume(run_dir, progress=False)
     return 0

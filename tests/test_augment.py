@@ -1,10 +1,10 @@
-"""Batched on-device augmentation (trainlab.augment): shapes, ranges, determinism under a
+"""Batched on-device augmentation (trainlab.data.augment): shapes, ranges, determinism under a
 seed, identity when disabled, and what each op does to the pixels."""
 
 import pytest
 import torch
 
-from trainlab.augment import Augment, random_erase, random_hflip, random_translate
+from trainlab.data.augment import Augment, random_erase, random_hflip, random_translate
 
 
 def gen(seed=0):

@@ -2,8 +2,8 @@
 
 import torch
 
-from trainlab.bench_device import Timing, recommend, time_steps
-from trainlab.cli import main
+from trainlab.cli.bench_device import Timing, recommend, time_steps
+from trainlab.cli.main import main
 
 
 def test_no_gpu_reports_cpu_figures():

@@ -22,12 +22,21 @@ import pytest
 import torch
 from torch import nn
 
-import trainlab.atomic as atomic
-from trainlab.checkpoint import (CheckpointDir, CheckpointError, load_checkpoint, load_weights,
-                                 make_checkpoint, safe_load, save_checkpoint, save_weights, sha256_file)
-from trainlab.cli import main
-from trainlab.errors import StoreError
+import trainlab.store.atomic as atomic
+from trainlab.cli.main import main
 from trainlab.config import resolve
+from trainlab.errors import StoreError
+from trainlab.store.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    make_checkpoint,
+    safe_load,
+    save_checkpoint,
+    save_weights,
+    sha256_file,
+)
 
 SPEC = {"name": "test", "kwargs": {}, "input_shape": [1, 4, 4], "num_classes": 3}
 
@@ -353,7 +362,7 @@ def test_bad_files_through_the_cli_exit_1_with_one_line(tmp_path, real_checkpoin
 
 
 def test_every_load_is_weights_only(tmp_path, real_checkpoint, monkeypatch):
-    from trainlab.inspection import describe
+    from trainlab.analysis.inspection import describe
 
     calls = []
     real_load = torch.load
@@ -540,7 +549,7 @@ def test_cuda_tagged_file_plain_load_fails_trainlab_load_works(tmp_path):
 
 def test_cuda_tagged_run_loads_and_resumes_on_cpu(tmp_path, tiny_data):
     from trainlab.api import load_model, resume
-    from trainlab.session import Session
+    from trainlab.training.session import Session
 
     run = tiny_run(tmp_path, tiny_data).run_dir
     folder = CheckpointDir(run / "checkpoints")

@@ -7,9 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import make_images
-from trainlab.cli import main
+
+from trainlab.cli.main import main
 from trainlab.data.idx import write_idx
 
 # From ../shared/data/fashion-mnist/README.md: sha256 of the decoded payloads.
@@ -171,7 +171,7 @@ def _refuse_writes_under(monkeypatch, folder, err):
     import errno
     import os
 
-    import trainlab.atomic as atomic
+    import trainlab.store.atomic as atomic
 
     real = atomic.os.open
 

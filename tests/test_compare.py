@@ -6,9 +6,9 @@ import json
 import shutil
 
 import pytest
-
 from conftest import make_images
-from trainlab.compare import compare_runs, load_run, mean_std, resume_pairs
+
+from trainlab.analysis.compare import compare_runs, load_run, mean_std, resume_pairs
 from trainlab.errors import TrainlabError
 
 
@@ -122,7 +122,7 @@ def test_resume_pairs_from_real_forks(tiny_data, three_runs, tmp_path):
 
 @pytest.fixture
 def cli_main():
-    from trainlab.cli import main
+    from trainlab.cli.main import main
 
     return main
 

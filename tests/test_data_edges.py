@@ -8,13 +8,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from conftest import make_images, write_idx_folder
 
 from trainlab.data import from_arrays, load_dataset
 from trainlab.data.idx import read_idx, write_idx
 from trainlab.data.npy import read_npy
 from trainlab.errors import ConfigError, DataError
-
-from conftest import make_images, write_idx_folder
 
 
 def peak_bytes(fn):

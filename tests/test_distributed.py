@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_idx_folder
-from trainlab.checkpoint import load_checkpoint
+
+from trainlab.store.checkpoint import load_checkpoint
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab import engine, models
+from trainlab import models
 from trainlab.data import DeviceLoader
-from trainlab.engine import DeviceMismatch, NonFiniteLoss, fit, lr_multiplier, pick_device
 from trainlab.errors import TrainlabError
 from trainlab.recipes import get_recipe
+from trainlab.training import loop as engine
+from trainlab.training.loop import DeviceMismatch, NonFiniteLoss, fit, lr_multiplier, pick_device
 
 HISTORY_KEYS = {"epoch", "global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                 "test_loss", "test_acc", "train_seconds", "seconds"}

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_images, write_idx_folder
+
+from trainlab.analysis.export import export_run
 from trainlab.api import load_model, predict_images
-from trainlab.cli import main
+from trainlab.cli.main import main
 from trainlab.config import resolve
-from trainlab.export import export_run
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
@@ -67,7 +67,7 @@ def test_export_writes_safetensors_equal_to_the_model_and_a_json(run_dir, tmp_pa
     assert meta["classes"] == CLASSES and meta["mean"] == ckpt["mean"] and meta["std"] == ckpt["std"]
     assert meta["source"] == str(run_dir / "model.pt")
     # the weights load into the architecture rebuilt from the JSON alone
-    from trainlab.session import build_model
+    from trainlab.training.session import build_model
 
     rebuilt = build_model(meta["model_spec"])
     rebuilt.load_state_dict(tensors)
@@ -77,7 +77,7 @@ def test_export_writes_safetensors_equal_to_the_model_and_a_json(run_dir, tmp_pa
 def test_export_a_checkpoint_file(run_dir, tmp_path):
     weights, meta = export_run(run_dir / "checkpoints" / "last.pt", tmp_path)
     tensors = safetensors_torch.load_file(str(weights))
-    from trainlab.checkpoint import load_checkpoint
+    from trainlab.store.checkpoint import load_checkpoint
 
     assert_same_tensors(tensors, load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
 
@@ -92,8 +92,8 @@ def test_export_a_channels_last_cnn(tmp_path, tiny_data):
 
 def test_export_copies_channels_last_tensors_contiguous(run_dir, tmp_path, monkeypatch):
     """A model still in channels_last when exported: safetensors refuses its views as they are."""
-    import trainlab.export as export
-    from trainlab.session import build_model
+    import trainlab.analysis.export as export
+    from trainlab.training.session import build_model
 
     spec = {"name": "cnn", "kwargs": {"channels": [4, 8], "fc": 16}, "input_shape": [1, 28, 28],
             "num_classes": 10}

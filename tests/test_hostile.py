@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from conftest import write_idx_folder
+from torch import nn
 
 DRIVER = Path(__file__).with_name("hostile_driver.py")
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -4,13 +4,12 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import make_images
 
 from trainlab.data.catalog import SPLIT_FILES
 from trainlab.data.dataset import read_idx_folder
-from trainlab.errors import DataError
 from trainlab.data.idx import encode_idx, payload_sha256, read_idx, write_idx
-
-from conftest import make_images
+from trainlab.errors import DataError
 
 
 @pytest.mark.parametrize("name", ["a.idx", "a.idx.gz"])
@@ -124,7 +123,8 @@ def test_missing_split_names_it(tmp_path):
 import math  # noqa: E402
 import tracemalloc  # noqa: E402
 
-from hypothesis import example, given, strategies as st  # noqa: E402
+from hypothesis import example, given  # noqa: E402
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
 from trainlab.data.idx import _DTYPES, _GZIP_RATIO, parse_idx  # noqa: E402

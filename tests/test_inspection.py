@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_images
 from torch import nn
 
-from conftest import make_images
 from trainlab import __version__
-from trainlab.checkpoint import load_checkpoint, save_checkpoint
-from trainlab.cli import main
-from trainlab.inspection import describe
+from trainlab.analysis.inspection import describe
+from trainlab.cli.main import main
+from trainlab.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

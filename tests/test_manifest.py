@@ -11,10 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-import trainlab.checkpoint as ckmod
-from trainlab.checkpoint import (CheckpointDir, CheckpointError, check_fields, make_checkpoint, safe_load,
-                                 sha256_file)
+import trainlab.store.checkpoint as ckmod
 from trainlab.errors import TrainlabError
+from trainlab.store.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    check_fields,
+    make_checkpoint,
+    safe_load,
+    sha256_file,
+)
 
 SPEC = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
 
@@ -261,7 +267,8 @@ def test_a_complete_checkpoint_passes_the_schema_check():
 
 # ---------------------------------------------------------------- property-based (hypothesis)
 
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4),

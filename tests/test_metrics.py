@@ -119,7 +119,7 @@ def test_summarize_keys_stable():
 
 @pytest.fixture
 def cli_main():
-    from trainlab.cli import main
+    from trainlab.cli.main import main
 
     return main
 
@@ -128,6 +128,7 @@ def cli_main():
 def idx_run(tmp_path):
     """A tiny run trained on an IDX folder (so the CLI can load its data again), with some errors."""
     from test_report import write_idx_folder
+
     from trainlab.api import train
     from trainlab.config import resolve
 

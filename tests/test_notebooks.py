@@ -16,7 +16,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from notebook_runner import notebooks, output_problems, run_notebook, structure_problems, tags
 
 EXPECTED = ["2-3-1-saving-and-loading.ipynb", "2-3-2-gpu-training.ipynb", "2-3-3-fashion-mnist-project.ipynb"]

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from trainlab import precision as P
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
-from trainlab.session import train
+from trainlab.training import precision as P
+from trainlab.training.session import train
 
 
 def test_auto_on_cpu_is_float32_unless_bf16_was_measured_to_help(monkeypatch):
@@ -66,7 +66,7 @@ def test_mixed_precision_training_learns_on_cpu(tiny_data, tmp_path, precision):
 
 
 def test_scaler_state_round_trips_through_a_checkpoint(tiny_data, tmp_path):
-    from trainlab.checkpoint import load_checkpoint
+    from trainlab.store.checkpoint import load_checkpoint
 
     train(resolve({"model": "mlp", "precision": "16-mixed", "epochs": 1, "batch_size": 32,
                    "val_size": 100, "quiet": True, "runs_dir": str(tmp_path), "name": "r"}),

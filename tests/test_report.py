@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
-
-import conftest
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--no-first-run", "--disable-background-networking",
@@ -227,7 +226,7 @@ def idx_runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report_file(idx_runs):
-    from trainlab.report import write_report
+    from trainlab.analysis.report import write_report
 
     root, runs = idx_runs
     return write_report(runs, root / "out" / "report.html")
@@ -235,7 +234,7 @@ def report_file(idx_runs):
 
 @pytest.fixture
 def cli_main():
-    from trainlab.cli import main
+    from trainlab.cli.main import main
 
     return main
 
@@ -319,8 +318,8 @@ def test_experiment_ladder_quick(cli_main, tmp_path, capsys):
 
 def test_report_shows_resume_with_vs_without_optimizer_state(idx_runs, tmp_path):
     """Two real forks of one run at the same epoch, differing by reset_optimizer: one overlay."""
+    from trainlab.analysis.report import write_report
     from trainlab.api import resume
-    from trainlab.report import write_report
 
     _, runs = idx_runs
     forks = [resume(runs[0], epochs=3, into=tmp_path / f"fork-reset-{reset}", reset_optimizer=reset,

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import make_images, write_idx_folder
-from trainlab.checkpoint import CheckpointDir, load_checkpoint
+
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
-from trainlab.session import resume, train
+from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.training.session import resume, train
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -273,7 +273,7 @@ def test_precision_change_on_resume_is_explicit(idx_dir, tmp_path, caplog):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
-    from trainlab.engine import NonFiniteLoss
+    from trainlab.training.loop import NonFiniteLoss
 
     cfg = config(idx_dir, tmp_path, "nan", model="mlp", optimizer="sgd", lr=10.0, recipe="textbook",
                  momentum=0.0, epochs=3)

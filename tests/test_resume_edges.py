@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_idx_folder
-from trainlab.checkpoint import load_checkpoint, sha256_file
-from trainlab.cli import main
+
+from trainlab.cli.main import main
 from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError
-from trainlab.runs import read_metrics
-from trainlab.session import resume, train
+from trainlab.store.checkpoint import load_checkpoint, sha256_file
+from trainlab.store.runs import read_metrics
+from trainlab.training.session import resume, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

@@ -11,11 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import write_idx_folder
-from trainlab.checkpoint import CheckpointDir, load_checkpoint
+
 from trainlab.errors import StoreError
-from trainlab.runs import RunLock, read_metrics
+from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.store.runs import RunLock, read_metrics
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -84,7 +84,7 @@ def test_a_symlinked_lock_file_is_refused_not_followed(tmp_path):
 
 
 def test_the_lock_dies_with_its_process_even_under_kill_9(tmp_path):
-    code = f"import sys, time; sys.path.insert(0, {str(SRC)!r}); from trainlab.runs import RunLock; " \
+    code = f"import sys, time; sys.path.insert(0, {str(SRC)!r}); from trainlab.store.runs import RunLock; " \
            f"RunLock({str(tmp_path)!r}).acquire(); print('locked', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab.ema import ema_decay, make_ema
-from trainlab.engine import lr_multiplier, predict
 from trainlab.recipes import get_recipe
+from trainlab.training.ema import ema_decay, make_ema
+from trainlab.training.loop import lr_multiplier, predict
 
 STEPS = 10  # per epoch
 

@@ -17,14 +17,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
+from conftest import make_images
 
 from trainlab.data import npm as npm_mod
 from trainlab.data.catalog import FASHION_MNIST, SPLIT_FILES, DatasetInfo
 from trainlab.data.idx import encode_idx, payload_sha256, read_idx
 from trainlab.data.sources import cache_root, check_recorded_hashes, locate, mirrors
 from trainlab.errors import DataError
-
-from conftest import make_images
 
 GZ = {split: f"{stem}.gz" for split, stem in SPLIT_FILES.items()}
 

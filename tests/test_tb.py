@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from trainlab import runs
-from trainlab.errors import TrainlabError
-
 # part of the test set-up (the `test` extra): in CI this must import, not skip
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from trainlab.errors import TrainlabError
+from trainlab.store import runs
 
 
 def read_events(folder):
@@ -22,7 +22,7 @@ def read_events(folder):
 def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
     from trainlab.api import train
     from trainlab.config import resolve
-    from trainlab.tb import TensorBoardLogger
+    from trainlab.training.tensorboard import TensorBoardLogger
 
     result = train(resolve({"epochs": 2, "quiet": True, "runs_dir": str(tmp_path), "val_size": 100,
                             "threads": 1}), data=tiny_data, progress=False)
@@ -49,8 +49,8 @@ def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
 
 
 def test_confusion_from_a_figure(tmp_path):
-    from trainlab.plots import confusion_figure
-    from trainlab.tb import TensorBoardLogger
+    from trainlab.analysis.plots import confusion_figure
+    from trainlab.training.tensorboard import TensorBoardLogger
 
     fig = confusion_figure([[3, 1], [0, 4]], ["a", "b"])
     with TensorBoardLogger(tmp_path) as tb:
@@ -59,7 +59,7 @@ def test_confusion_from_a_figure(tmp_path):
 
 
 def test_missing_tensorboard_says_how_to_install(monkeypatch, tmp_path):
-    from trainlab.tb import TensorBoardLogger
+    from trainlab.training.tensorboard import TensorBoardLogger
 
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(TrainlabError, match=r"pip install trainlab\[tensorboard\]"):

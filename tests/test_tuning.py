@@ -1,11 +1,11 @@
-"""trainlab.tuning: glibc malloc thresholds through mallopt, a no-op elsewhere."""
+"""trainlab.training.runtime: glibc malloc thresholds through mallopt, a no-op elsewhere."""
 
 import subprocess
 import sys
 
 import pytest
 
-from trainlab import tuning
+from trainlab.training import runtime as tuning
 
 
 def test_not_glibc_is_a_no_op_with_a_reason(monkeypatch):
@@ -23,7 +23,7 @@ def test_not_glibc_is_a_no_op_with_a_reason(monkeypatch):
                     reason="glibc only")
 def test_on_glibc_the_thresholds_are_set_once():
     # in a child process: mallopt changes the whole process's allocator
-    code = ("from trainlab import tuning\n"
+    code = ("from trainlab.training import runtime as tuning\n"
             "r = tuning.apply_cpu_tuning()\n"
             "assert r['applied'] and not r['failed'], r\n"
             "assert r['settings']['M_MMAP_THRESHOLD'] == 32 * 2**20\n"

@@ -1,13 +1,13 @@
 """trainlab: train image classifiers with PyTorch, with the practical patterns done right."""
 
-from ._version import __version__
-
-from .api import TrainResult, evaluate_run, load_model, resume, train  # noqa: E402
-from .config import Config, resolve  # noqa: E402
-from .data import Dataset, DeviceLoader, from_arrays, load_dataset  # noqa: E402
-from .engine import evaluate, fit, pick_device  # noqa: E402
-from .errors import ConfigError, DataError, TrainlabError  # noqa: E402
-from .models import build as build_model, register  # noqa: E402
+from trainlab._version import __version__
+from trainlab.api import TrainResult, evaluate_run, load_model, resume, train  # noqa: E402
+from trainlab.config import Config, resolve  # noqa: E402
+from trainlab.data import Dataset, DeviceLoader, from_arrays, load_dataset  # noqa: E402
+from trainlab.errors import ConfigError, DataError, TrainlabError  # noqa: E402
+from trainlab.models import build as build_model  # noqa: E402
+from trainlab.models import register
+from trainlab.training.loop import evaluate, fit, pick_device  # noqa: E402
 
 __all__ = ["__version__", "train", "resume", "evaluate_run", "load_model", "TrainResult", "Config", "resolve",
            "Dataset", "DeviceLoader", "from_arrays", "load_dataset", "fit", "evaluate", "pick_device",

@@ -11,13 +11,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, check_compatible, check_fields, load_checkpoint
-from .data import Dataset, DeviceLoader, load_dataset
-from .engine import pick_device, predict
-from .errors import TrainlabError
-from .metrics import summarize
-from .session import (CHECKPOINTS, EVAL_BATCH, WEIGHTS_FILE, Session, TrainResult, build_model,
-                      make_loaders, resume, seed_everything, train)
+from trainlab.data import Dataset, DeviceLoader, load_dataset
+from trainlab.errors import TrainlabError
+from trainlab.metrics import summarize
+from trainlab.store.checkpoint import CheckpointError, check_compatible, check_fields, load_checkpoint
+from trainlab.training.loop import pick_device, predict
+from trainlab.training.session import (
+    CHECKPOINTS,
+    EVAL_BATCH,
+    WEIGHTS_FILE,
+    Session,
+    TrainResult,
+    build_model,
+    make_loaders,
+    resume,
+    seed_everything,
+    train,
+)
 
 log = logging.getLogger("trainlab")
 

@@ -18,9 +18,17 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from .errors import ConfigError
-from .recipes import (CONV_MODELS, DEFAULT_RECIPE, MODEL_RECIPES, PRESETS, RECIPE_FIELDS, Recipe,
-                      check_fields, get_recipe)
+from trainlab.errors import ConfigError
+from trainlab.recipes import (
+    CONV_MODELS,
+    DEFAULT_RECIPE,
+    MODEL_RECIPES,
+    PRESETS,
+    RECIPE_FIELDS,
+    Recipe,
+    check_fields,
+    get_recipe,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import reprlib
 import re
+import reprlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from trainlab.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -91,7 +91,7 @@ MAX_CLASSES = 1_000_000
 
 def check_spec(spec, source: str = "the file") -> dict:
     """A stored model spec, checked before anything is built from it (one sentence if bad)."""
-    from .errors import TrainlabError
+    from trainlab.errors import TrainlabError
 
     def bad(what):
         raise TrainlabError(f"{source}: its model spec {what}: the file is damaged or forged")
@@ -119,7 +119,7 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
     a model: registered names only, plus the modules the user allows by name. Every path
     that reads a spec from disk (resume, restart, evaluate, predict, export, report,
     inspect, load_model) goes through here, so no file can make trainlab import code."""
-    from .errors import TrainlabError
+    from trainlab.errors import TrainlabError
 
     check_spec(spec, source)
     try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields, replace
 
-from .errors import ConfigError
-from .precision import PRECISIONS
+from trainlab.errors import ConfigError
+from trainlab.training.precision import PRECISIONS
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")

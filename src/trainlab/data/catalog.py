@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import ConfigError
+from trainlab.errors import ConfigError
 
 # The four standard file names; raw (un-gzipped) copies are accepted too.
 SPLIT_FILES = {

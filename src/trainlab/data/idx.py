@@ -18,8 +18,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
-from ..errors import DataError
+from trainlab.errors import DataError
+from trainlab.store.atomic import atomic_write_bytes
 
 # type code -> numpy dtype (big-endian where it matters)
 _DTYPES = {

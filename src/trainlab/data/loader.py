@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..errors import TrainlabError
+from trainlab.errors import TrainlabError
 
 # Odd constants mixed into seeds so that the data order, augmentation and each rank
 # draw from unrelated streams.

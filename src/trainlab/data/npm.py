@@ -23,9 +23,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..errors import DataError
-from .catalog import SPLIT_FILES
-from .idx import payload_sha256, write_idx
+from trainlab.data.catalog import SPLIT_FILES
+from trainlab.data.idx import payload_sha256, write_idx
+from trainlab.errors import DataError
 
 NUM_CLASSES = 10
 ROW = 784  # 28 x 28 pixels per row

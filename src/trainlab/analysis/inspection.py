@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
-from .errors import TrainlabError
-from .tables import table
+from trainlab.analysis.tables import table
+from trainlab.errors import TrainlabError
+from trainlab.store.checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
 
 CHECKPOINTS = "checkpoints"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,9 +20,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data.loader import derive_seed
-from .errors import TrainlabError
-from .recipes import Recipe
+from trainlab.data.loader import derive_seed
+from trainlab.errors import TrainlabError
+from trainlab.recipes import Recipe
 
 log = logging.getLogger("trainlab")
 
@@ -50,7 +50,7 @@ def pick_device(requested: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if not isinstance(requested, str) or not re.fullmatch(r"cpu|mps|cuda(:\d{1,3})?", requested):
-        from .errors import ConfigError
+        from trainlab.errors import ConfigError
 
         raise ConfigError(f"device {requested!r} is invalid: use auto, cpu, cuda, cuda:N or mps")
     dev = torch.device(requested)

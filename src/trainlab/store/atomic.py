@@ -17,7 +17,7 @@ import stat
 import time
 from pathlib import Path
 
-from .errors import StoreError
+from trainlab.errors import StoreError
 
 TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random>"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

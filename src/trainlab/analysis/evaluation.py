@@ -14,21 +14,22 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import importlib.util
+import io
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import plots, runs
-from .atomic import atomic_write_text
-from .api import EVAL_BATCH, WEIGHTS_FILE, check_data_fits, checkpoint_path, load_model
-from .data import Dataset, DeviceLoader, load_dataset
-from .engine import pick_device, predict
-from .errors import TrainlabError
-from .metrics import highest_loss, json_safe, summarize
+from trainlab.analysis import plots
+from trainlab.api import EVAL_BATCH, WEIGHTS_FILE, check_data_fits, checkpoint_path, load_model
+from trainlab.data import Dataset, DeviceLoader, load_dataset
+from trainlab.errors import TrainlabError
+from trainlab.metrics import highest_loss, json_safe, summarize
+from trainlab.store import runs
+from trainlab.store.atomic import atomic_write_text
+from trainlab.training.loop import pick_device, predict
 
 log = logging.getLogger("trainlab")
 

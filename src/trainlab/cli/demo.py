@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from .api import train
-from .config import resolve
-from .errors import TrainlabError
-from .tables import run_summary
+from trainlab.analysis.tables import run_summary
+from trainlab.api import train
+from trainlab.config import resolve
+from trainlab.errors import TrainlabError
 
 STEPS = [
     ("baseline", {"model": "mlp", "recipe": "textbook"}),
@@ -22,7 +22,7 @@ STEPS = [
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainlab.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m trainlab.cli.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--runs-dir", default="runs")

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import models
-from .data import DeviceLoader
-from .engine import build_optimizer
-from .recipes import get_recipe
+from trainlab import models
+from trainlab.data import DeviceLoader
+from trainlab.recipes import get_recipe
+from trainlab.training.loop import build_optimizer
 
 
 @dataclass

@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import plots
-from .api import checkpoint_path
-from .compare import Comparison, RunRecord, compare_runs, resume_pairs
-from .data import Dataset
-from .atomic import atomic_write_text
-from .errors import ConfigError, TrainlabError
-from .evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
+from trainlab.analysis import plots
+from trainlab.analysis.compare import Comparison, RunRecord, compare_runs, resume_pairs
+from trainlab.analysis.evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
+from trainlab.api import checkpoint_path
+from trainlab.data import Dataset
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.store.atomic import atomic_write_text
 
 log = logging.getLogger("trainlab")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .errors import TrainlabError
+from trainlab.errors import TrainlabError
 
 # metrics.jsonl key -> TensorBoard tag (grouped by the prefix before "/")
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
@@ -52,7 +52,7 @@ class TensorBoardLogger:
 
         fig = figure_or_cm
         if not hasattr(fig, "savefig"):
-            from .plots import confusion_figure  # says how to install matplotlib if missing
+            from trainlab.analysis.plots import confusion_figure  # says how to install matplotlib if missing
 
             cm = fig.tolist() if hasattr(fig, "tolist") else fig
             fig = confusion_figure(cm, classes or [str(i) for i in range(len(cm))])

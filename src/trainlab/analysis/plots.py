@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-from .errors import TrainlabError
+from trainlab.errors import TrainlabError
 
 
 class Saved(NamedTuple):
@@ -46,7 +46,7 @@ def _save(fig, out: str | Path) -> Saved:
     png, svg = base.with_name(base.name + ".png"), base.with_name(base.name + ".svg")
     import io
 
-    from .atomic import atomic_write_bytes
+    from trainlab.store.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})

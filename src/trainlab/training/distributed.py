@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import TrainlabError
+from trainlab.errors import TrainlabError
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,17 @@ from pathlib import Path
 
 import torch
 
-from ._version import __version__
-from .atomic import _test_hook, atomic_write_bytes, commit, discard, fsync_dir, remove_stale_temps, write_temp
-from .errors import StoreError, TrainlabError
+from trainlab._version import __version__
+from trainlab.errors import StoreError, TrainlabError
+from trainlab.store.atomic import (
+    _test_hook,
+    atomic_write_bytes,
+    commit,
+    discard,
+    fsync_dir,
+    remove_stale_temps,
+    write_temp,
+)
 
 log = logging.getLogger("trainlab")
 
@@ -331,7 +339,7 @@ _TRAINING_FIELDS = {
 def check_fields(ckpt: dict, path, training: bool = False) -> dict:
     """The one schema check at load: every field the caller will use is present and of the
     right kind, so a hostile or damaged file ends in one sentence, not a KeyError later."""
-    from .models import check_spec
+    from trainlab.models import check_spec
 
     check_spec(ckpt.get("model_spec"), str(path))
     wanted = {**_MODEL_FIELDS, **(_TRAINING_FIELDS if training else {})}

@@ -13,11 +13,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs
-from .config import load_toml
-from .errors import ConfigError, TrainlabError
-from .plots import epoch_rows
-from .tables import table
+from trainlab.analysis.plots import epoch_rows
+from trainlab.analysis.tables import table
+from trainlab.config import load_toml
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.store import runs
 
 # Keys that name or place a run, or only change what it prints or saves: never a "difference".
 IGNORED_KEYS = ("name", "runs_dir", "quiet", "tensorboard", "save_every", "keep")

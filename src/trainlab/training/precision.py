@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from trainlab.errors import ConfigError
 
 PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._version import __version__
-from .api import checkpoint_path, load_model
-from . import runs
-from .atomic import atomic_write_bytes, atomic_write_text, write_error
-from .errors import ConfigError, TrainlabError
+from trainlab._version import __version__
+from trainlab.api import checkpoint_path, load_model
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.store import runs
+from trainlab.store.atomic import atomic_write_bytes, atomic_write_text, write_error
 
 
 def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=()) -> tuple[Path, Path]:
@@ -50,11 +50,11 @@ def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, 
 
 def read_images(path: str | Path) -> torch.Tensor:
     """Images from an IDX (.gz or raw) or .npy file as N,C,H,W (uint8 or float32)."""
-    from .data.idx import read_idx
+    from trainlab.data.idx import read_idx
 
     path = Path(path)
     if path.suffix == ".npy":
-        from .data.npy import read_npy
+        from trainlab.data.npy import read_npy
 
         arr = read_npy(path)  # header checked against the file first; never a pickle
     else:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ._version import __version__
-from .atomic import append_line, atomic_write_text, write_error
-from .config import Config, dumps_toml
-from .errors import ConfigError, StoreError, TrainlabError
+from trainlab._version import __version__
+from trainlab.config import Config, dumps_toml
+from trainlab.errors import ConfigError, StoreError, TrainlabError
+from trainlab.store.atomic import append_line, atomic_write_text, write_error
 
 log = logging.getLogger("trainlab")
 
@@ -162,7 +162,7 @@ def environment() -> dict:
 
 
 def write_json(path: Path, obj) -> None:
-    from .metrics import json_safe  # strict JSON: NaN becomes null
+    from trainlab.metrics import json_safe  # strict JSON: NaN becomes null
 
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 

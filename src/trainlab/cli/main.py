@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 
-from ._version import __version__
-from .errors import ConfigError, TrainlabError
-from .recipes import RECIPE_FIELDS
+from trainlab._version import __version__
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.recipes import RECIPE_FIELDS
 
 log = logging.getLogger("trainlab")
 
@@ -93,7 +93,7 @@ def _flag_for(parser, name: str, annotation: str, help_text: str | None = None) 
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
-    from .config import RUN_FIELDS
+    from trainlab.config import RUN_FIELDS
 
     g = p.add_argument_group("run")
     g.add_argument("--config", help="TOML file with run and recipe keys; flags override it")
@@ -108,7 +108,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _config_from_args(args):
-    from .config import RUN_FIELDS, load_toml, resolve
+    from trainlab.config import RUN_FIELDS, load_toml, resolve
 
     base = load_toml(args.config) if args.config else {}
     values = {k: getattr(args, k) for k in (*RUN_FIELDS, *RECIPE_FIELDS)
@@ -121,7 +121,7 @@ def _config_from_args(args):
 # ---------------------------------------------------------------- commands
 
 def _print_result(result) -> int:
-    from .tables import run_summary
+    from trainlab.analysis.tables import run_summary
 
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
         return 0
@@ -134,7 +134,7 @@ def _print_result(result) -> int:
 
 def _resume_overrides(args) -> dict:
     """`train --resume RUN --lr X ...`: every flag given counts, as with `resume`."""
-    from .config import RUN_FIELDS
+    from trainlab.config import RUN_FIELDS
 
     if args.config:
         raise ConfigError("--config cannot be combined with --resume: the run's own config is used; "
@@ -157,10 +157,10 @@ def _check_nproc_batch(nproc: int, batch_size: int) -> None:
 
 
 def cmd_train(args) -> int:
-    from .api import resume, train
+    from trainlab.api import resume, train
 
     if args.nproc:
-        from .distributed import launch
+        from trainlab.training.distributed import launch
 
         if not args.resume:  # the usage error here, in one line, not in every rank's traceback
             _check_nproc_batch(args.nproc, _config_from_args(args).train.batch_size)
@@ -193,10 +193,10 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def cmd_resume(args) -> int:
-    from .api import resume
+    from trainlab.api import resume
 
     if args.nproc:
-        from .distributed import launch
+        from trainlab.training.distributed import launch
 
         return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
     overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip),
@@ -212,14 +212,14 @@ def cmd_resume(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspection import describe
+    from trainlab.analysis.inspection import describe
 
     print(describe(args.path))
     return 0
 
 
 def cmd_export(args) -> int:
-    from .export import export_run
+    from trainlab.analysis.export import export_run
 
     weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
     print(f"wrote {weights} and {meta}")
@@ -227,9 +227,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .api import load_model, predict_images
-    from .export import read_images
-    from .tables import table
+    from trainlab.analysis.export import read_images
+    from trainlab.analysis.tables import table
+    from trainlab.api import load_model, predict_images
 
     model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
                              allow_import=_allowed(args))
@@ -238,9 +238,8 @@ def cmd_predict(args) -> int:
     if args.input:
         images = read_images(args.input)[: args.n]
     else:
-        from .data import load_dataset
-
-        from .api import check_data_fits
+        from trainlab.api import check_data_fits
+        from trainlab.data import load_dataset
 
         data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
         check_data_fits(ckpt, data, args.checkpoint)
@@ -263,8 +262,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_data_info(args) -> int:
-    from .data import load_dataset, measure_mean_std
-    from .tables import table
+    from trainlab.analysis.tables import table
+    from trainlab.data import load_dataset, measure_mean_std
 
     data = load_dataset(args.dataset, args.data_dir)
     print(f"dataset  {data.name}")
@@ -287,8 +286,8 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_bench_device(args) -> int:
-    from .bench_device import run
-    from .tables import table
+    from trainlab.analysis.tables import table
+    from trainlab.cli.bench_device import run
 
     if args.threads:
         import torch
@@ -354,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_import(pr)
     pr.set_defaults(func=cmd_predict)
 
-    from .cli_report import add_commands  # evaluate, compare, report, experiment
+    from trainlab.cli.reports import add_commands  # evaluate, compare, report, experiment
 
     add_commands(sub)
 
@@ -379,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
-    from .distributed import shutdown
+    from trainlab.training.distributed import shutdown
 
     code = _run(args)
     try:
@@ -400,7 +399,7 @@ def _run(args) -> int:
     """The command's exit code; user errors become one line on stderr."""
     try:
         code = args.func(args)
-        from .distributed import finish_together
+        from trainlab.training.distributed import finish_together
 
         finish_together()  # DDP: no rank tears down while another still talks to it
         return code
@@ -417,7 +416,7 @@ def _run(args) -> int:
         return 1
     except RuntimeError as e:
         # a peer process died under DDP: gloo/NCCL report it as a RuntimeError
-        from .distributed import dist
+        from trainlab.training.distributed import dist
 
         if dist.is_available() and dist.is_initialized():
             print(f"trainlab: error: lost contact with the other training processes ({_first_line(e)}); "

@@ -20,18 +20,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed, models, runs
-from .atomic import remove_stale_temps
-from .checkpoint import (CheckpointDir, CheckpointError, check_fields, load_checkpoint, make_checkpoint,
-                         save_checkpoint)
-from .config import Config, load_toml, resolve
-from .data import Dataset, DeviceLoader, load_dataset, stratified_split
-from .ema import make_ema
-from .engine import (FitState, Instruments, NonFiniteLoss, build_optimizer, describe_device, fit,
-                     lr_multiplier, pick_device, predict)
-from .errors import ConfigError, TrainlabError
-from .metrics import summarize
-from .precision import resolve_precision
+from trainlab import models
+from trainlab.config import Config, load_toml, resolve
+from trainlab.data import Dataset, DeviceLoader, load_dataset, stratified_split
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.metrics import summarize
+from trainlab.store import runs
+from trainlab.store.atomic import remove_stale_temps
+from trainlab.store.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    check_fields,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
+from trainlab.training import distributed
+from trainlab.training.ema import make_ema
+from trainlab.training.loop import (
+    FitState,
+    Instruments,
+    NonFiniteLoss,
+    build_optimizer,
+    describe_device,
+    fit,
+    lr_multiplier,
+    pick_device,
+    predict,
+)
+from trainlab.training.precision import resolve_precision
 
 log = logging.getLogger("trainlab")
 
@@ -229,7 +246,7 @@ class Session:
             progress = False
         self.device = pick_device(distributed.device_for(self.dist, cfg.device))
         if cfg.malloc_tuning and self.device.type == "cpu":
-            from .tuning import apply_cpu_tuning
+            from trainlab.training.runtime import apply_cpu_tuning
 
             apply_cpu_tuning()  # measured: cnn epochs up to 1.9x faster (benchmarks/RESULTS.md)
         if cfg.train.tta_flip and not cfg.train.hflip:
@@ -293,7 +310,7 @@ class Session:
         t = self.cfg.train
         if not (t.translate or t.hflip or t.erase):
             return None
-        from .augment import Augment
+        from trainlab.data.augment import Augment
 
         return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase)
 
@@ -408,7 +425,7 @@ class Session:
         self.run_dir = runs.create_run_dir(self.cfg)
         self.lock = runs.RunLock(self.run_dir).acquire()  # before any file is written in it
         distributed.broadcast_object(str(self.run_dir), self.dist)
-        from .tuning import malloc_tuning_state
+        from trainlab.training.runtime import malloc_tuning_state
 
         runs.write_run_header(self.run_dir, self.cfg, {"world_size": self.dist.world_size,
             "malloc_tuning": malloc_tuning_state(),
@@ -458,7 +475,7 @@ class Session:
 
     def run(self) -> "TrainResult":
         if self.cfg.tensorboard and self.dist.is_main:
-            from .tb import TensorBoardLogger
+            from trainlab.training.tensorboard import TensorBoardLogger
 
             self.tb = TensorBoardLogger(self.run_dir)
         log.info("run: %s | model %s (%s parameters) | recipe %s | precision %s (%s) | device %s",
@@ -801,7 +818,7 @@ def _resume_locked(run_dir, epochs, into, reset_optimizer, allow_changes, data, 
 def _rewind(ckpt_dir: CheckpointDir, name: str, in_place: bool, validate):
     """The named checkpoint, verified and usable (checked before anything moves); in place,
     checkpoints as new as it or newer are set aside, never deleted."""
-    from .checkpoint import valid_name
+    from trainlab.store.checkpoint import valid_name
 
     if not valid_name(name):
         raise ConfigError(f"--from {name!r} is not a checkpoint file name (e.g. best.pt, epoch-0003.pt)")

@@ -11,7 +11,7 @@ import math
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from trainlab.errors import ConfigError
 
 log = logging.getLogger("trainlab")
 
@@ -23,7 +23,7 @@ def _pct(x) -> str:
 # ---------------------------------------------------------------- evaluate
 
 def per_class_prf_table(summary: dict) -> str:
-    from .tables import table
+    from trainlab.analysis.tables import table
 
     # a class's accuracy is its recall: one column, named both ways
     rows = [[pc["class"], pc["support"], _pct(pc["recall"]), _pct(pc["precision"]), _pct(pc["f1"])]
@@ -36,8 +36,8 @@ def per_class_prf_table(summary: dict) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_run_full
-    from .tables import table
+    from trainlab.analysis.evaluation import evaluate_run_full
+    from trainlab.analysis.tables import table
 
     ev = evaluate_run_full(args.path, data_dir=args.data_dir, device=args.device, top_k=args.top,
                            allow_import=tuple(args.allow_import or ()),
@@ -69,8 +69,8 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------- compare and report
 
 def cmd_compare(args) -> int:
-    from . import plots
-    from .compare import compare_runs
+    from trainlab.analysis import plots
+    from trainlab.analysis.compare import compare_runs
 
     comp = compare_runs(args.runs)
     for w in comp.warnings:
@@ -83,7 +83,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from trainlab.analysis.report import write_report
 
     path = write_report(args.runs, args.output, data_dir=args.data_dir, device=args.device,
                         allow_import=tuple(args.allow_import or ()),
@@ -113,11 +113,11 @@ def run_ladder(runs_dir: str | Path = "runs", *, dataset: str = "fashion-mnist",
                val_size: int | None = None, name: str | None = None, data=None,
                quiet: bool = False) -> tuple[list, Path]:
     """Train the ladder into runs_dir/<name>/ and write the report there; returns (results, report)."""
-    from .api import train
-    from .config import resolve
-    from .data import load_dataset
-    from .recipes import PRESETS
-    from .report import write_report
+    from trainlab.analysis.report import write_report
+    from trainlab.api import train
+    from trainlab.config import resolve
+    from trainlab.data import load_dataset
+    from trainlab.recipes import PRESETS
 
     if not scale > 0:
         raise ConfigError(f"epochs scale = {scale} is invalid: must be greater than 0")
@@ -148,7 +148,7 @@ def run_ladder(runs_dir: str | Path = "runs", *, dataset: str = "fashion-mnist",
 
 
 def cmd_experiment(args) -> int:
-    from .compare import compare_runs
+    from trainlab.analysis.compare import compare_runs
 
     scale = QUICK_SCALE if args.quick else args.epochs_scale
     results, report = run_ladder(args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,
@@ -163,7 +163,7 @@ def cmd_experiment(args) -> int:
 # ---------------------------------------------------------------- registration
 
 def add_commands(sub) -> None:
-    from .cli import add_allow_import
+    from trainlab.cli.main import add_allow_import
 
     e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint, "
                        "written as JSON/CSV and figures")
