@@ -31,10 +31,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainlab.data import DeviceLoader, load_dataset
+from trainlab.devices import pick_device
 from trainlab.models import build
 from trainlab.recipes import get_recipe
 from trainlab.store.runs import cpu_model
-from trainlab.training.loop import build_optimizer, pick_device
+from trainlab.training.optim import build_optimizer
 from trainlab.training.precision import resolve_precision
 
 MEAN, STD = 0.2861, 0.3528

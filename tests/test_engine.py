@@ -6,12 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from trainlab import models
+from trainlab import devices, inference, models
 from trainlab.data import DeviceLoader
+from trainlab.devices import DeviceMismatch, pick_device
 from trainlab.errors import TrainlabError
 from trainlab.recipes import get_recipe
-from trainlab.training import loop as engine
-from trainlab.training.loop import DeviceMismatch, NonFiniteLoss, fit, lr_multiplier, pick_device
+from trainlab.training import optim
+from trainlab.training.loop import NonFiniteLoss, fit
+from trainlab.training.optim import lr_multiplier
 
 HISTORY_KEYS = {"epoch", "global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                 "test_loss", "test_acc", "train_seconds", "seconds"}
@@ -30,7 +32,7 @@ def test_fit_learns_and_records_history(tiny_data):
     train, val, test = loaders(tiny_data)
     model = models.build("mlp", tiny_data.input_shape, tiny_data.num_classes)
     recipe = get_recipe("textbook", epochs=3)
-    opt = engine.build_optimizer(model, recipe)
+    opt = optim.build_optimizer(model, recipe)
     seen = []
     state = fit(model, opt, train, epochs=3, val_loader=val, test_loader=test, progress=False,
                 on_epoch_end=lambda s: seen.append(s.epoch))
@@ -50,7 +52,7 @@ def test_fit_learns_and_records_history(tiny_data):
 def test_fit_continues_a_state(tiny_data):
     train, _, _ = loaders(tiny_data)
     model = models.build("mlp", tiny_data.input_shape, 10)
-    opt = engine.build_optimizer(model, get_recipe("textbook"))
+    opt = optim.build_optimizer(model, get_recipe("textbook"))
     state = fit(model, opt, train, epochs=1, progress=False)
     state = fit(model, opt, train, epochs=2, state=state, progress=False)
     assert [r["epoch"] for r in state.history] == [1, 2]
@@ -133,7 +135,7 @@ def test_no_schedule_is_constant():
 def test_scheduler_steps_past_the_plan_at_the_final_rate(schedule):
     recipe = get_recipe("fast", epochs=2, lr=0.1, schedule=schedule)
     model = nn.Linear(2, 2)
-    opt = engine.build_optimizer(model, recipe)
+    opt = optim.build_optimizer(model, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(recipe, steps_per_epoch=5))
     for _ in range(10 + 25):  # 10 planned steps, then an extension
         opt.step()
@@ -149,7 +151,7 @@ def test_model_on_another_device_is_refused_naming_both(tiny_data):
         fit(model, opt, train, epochs=1, progress=False)
     assert "model is on meta" in str(e.value) and "data is on cpu" in str(e.value)
     with pytest.raises(DeviceMismatch, match="meta"):
-        engine.evaluate(model, train)
+        inference.evaluate(model, train)
 
 
 def test_optimizer_state_on_another_device_is_refused():
@@ -157,7 +159,7 @@ def test_optimizer_state_on_another_device_is_refused():
     opt = torch.optim.Adam(model.parameters())
     opt.state[model.weight] = {"exp_avg": torch.zeros(2, 2, device="meta")}
     with pytest.raises(DeviceMismatch, match="optimizer state is on meta but the model is on cpu"):
-        engine.check_same_device(model, torch.device("cpu"), opt)
+        devices.check_same_device(model, torch.device("cpu"), opt)
 
 
 def test_pick_device(monkeypatch):
@@ -176,7 +178,7 @@ def test_pick_device(monkeypatch):
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_optimizers_skip_decay_on_biases(optimizer):
     model = models.build("mlp-reg", (1, 28, 28), 10)
-    opt = engine.build_optimizer(model, get_recipe("textbook", optimizer=optimizer, weight_decay=0.1))
+    opt = optim.build_optimizer(model, get_recipe("textbook", optimizer=optimizer, weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() > 1 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_images
 
-from trainlab.analysis import plots
+from trainlab import plots
 from trainlab.errors import TrainlabError
 
 CLASSES = [f"class {i}" for i in range(10)]
@@ -93,11 +93,11 @@ def test_svg_is_reproducible(tmp_path):
 
 
 def test_matplotlib_is_imported_lazily_and_pyplot_never():
-    code = ("import sys, trainlab.analysis.plots, trainlab.analysis.evaluation, trainlab.analysis.report, trainlab.analysis.compare, "
+    code = ("import sys, trainlab.plots, trainlab.analysis.evaluation, trainlab.analysis.report, trainlab.analysis.compare, "
             "trainlab.cli.reports, trainlab.training.tensorboard\n"
             "assert 'matplotlib' not in sys.modules, 'imported at module load'\n"
             "import tempfile, pathlib\n"
-            "trainlab.analysis.plots.curves([{'epoch': 1, 'train_loss': 1.0}], pathlib.Path(tempfile.mkdtemp()) / 'c')\n"
+            "trainlab.plots.curves([{'epoch': 1, 'train_loss': 1.0}], pathlib.Path(tempfile.mkdtemp()) / 'c')\n"
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120)
 

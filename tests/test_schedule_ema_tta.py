@@ -7,9 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from trainlab.inference import predict
 from trainlab.recipes import get_recipe
 from trainlab.training.ema import ema_decay, make_ema
-from trainlab.training.loop import lr_multiplier, predict
+from trainlab.training.optim import lr_multiplier
 
 STEPS = 10  # per epoch
 

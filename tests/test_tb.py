@@ -49,7 +49,7 @@ def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
 
 
 def test_confusion_from_a_figure(tmp_path):
-    from trainlab.analysis.plots import confusion_figure
+    from trainlab.plots import confusion_figure
     from trainlab.training.tensorboard import TensorBoardLogger
 
     fig = confusion_figure([[3, 1], [0, 4]], ["a", "b"])

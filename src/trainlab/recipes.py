@@ -12,8 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from trainlab.errors import ConfigError
-from trainlab.training.precision import PRECISIONS
 
+PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")  # see trainlab.training.precision
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")
 

@@ -13,10 +13,10 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainlab.analysis.plots import epoch_rows
 from trainlab.analysis.tables import table
 from trainlab.config import load_toml
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.plots import epoch_rows
 from trainlab.store import runs
 
 # Keys that name or place a run, or only change what it prints or saves: never a "difference".

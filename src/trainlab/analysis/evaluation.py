@@ -22,14 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainlab.analysis import plots
-from trainlab.api import EVAL_BATCH, WEIGHTS_FILE, check_data_fits, checkpoint_path, load_model
-from trainlab.data import Dataset, DeviceLoader, load_dataset
+from trainlab import plots
+from trainlab.data import Dataset
 from trainlab.errors import TrainlabError
-from trainlab.metrics import highest_loss, json_safe, summarize
+from trainlab.inference import checkpoint_path, evaluate_checkpoint
+from trainlab.metrics import highest_loss, json_safe
 from trainlab.store import runs
 from trainlab.store.atomic import atomic_write_text
-from trainlab.training.loop import pick_device, predict
 
 log = logging.getLogger("trainlab")
 
@@ -46,13 +45,6 @@ class Evaluation:
     highest_loss: list[dict]  # {index, loss, true, pred, confidence}, largest loss first
     data_matches: bool | None  # the data's hashes equal the training data's (None: unknown)
     files: dict[str, Path] = field(default_factory=dict)
-
-
-def _data_matches(data: Dataset, fingerprint: dict | None) -> bool | None:
-    stored = {k: v for k, v in (fingerprint or {}).items() if k.endswith(("images", "labels"))}
-    if not stored or not data.hashes:
-        return None
-    return all(data.hashes.get(k) == v for k, v in stored.items())
 
 
 def _fmt(x) -> str:
@@ -100,25 +92,11 @@ def evaluate_run_full(path_or_run: str | Path, data_dir=None, device: str = "aut
 def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_import) -> Evaluation:
     run_dir = path if path.is_dir() else None
     out_dir = path if path.is_dir() else path.parent
-    if run_dir is None and path.name == WEIGHTS_FILE and (path.parent / runs.METRICS_FILE).exists():
+    if run_dir is None and path.name == runs.WEIGHTS_FILE and (path.parent / runs.METRICS_FILE).exists():
         run_dir = path.parent  # runs/x/model.pt is the run itself: give it its curves too
-    dev = pick_device(device)
-    model, ckpt = load_model(path, map_location=dev, allow_import=allow_import)
-    if data is None:
-        data = load_dataset(ckpt["config"]["dataset"], data_dir)
-    check_data_fits(ckpt, data, path)
-    matches = _data_matches(data, ckpt.get("fingerprint"))
-    if matches is False:
-        log.warning("evaluate: the data differs from what this model was trained with "
-                    "(split hashes do not match)")
-    classes = list(data.classes)
-    if ckpt.get("classes") and list(ckpt["classes"]) != classes:
-        log.warning("evaluate: the checkpoint's class names differ from the data's; using the data's")
-
-    loader = DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, mean=ckpt["mean"], std=ckpt["std"],
-                          device=dev)
-    logits, labels = predict(model, loader, ckpt["config"].get("tta_flip", False))
-    summary = summarize(logits, labels, classes)
+    result = evaluate_checkpoint(path, data=data, data_dir=data_dir, device=device, allow_import=allow_import)
+    ckpt, data, logits, labels = result.ckpt, result.data, result.logits, result.labels
+    summary, matches, classes = result.summary, result.data_matches, list(result.data.classes)
     top = highest_loss(logits, labels, top_k)
     rows = [{"index": i, "loss": loss, "true": classes[t], "pred": classes[p], "confidence": c}
             for i, loss, t, p, c in zip(top["index"], top["loss"], top["true"], top["pred"],

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from trainlab._version import __version__
-from trainlab.api import checkpoint_path, load_model
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.inference import checkpoint_path, load_model
 from trainlab.store import runs
 from trainlab.store.atomic import atomic_write_bytes, atomic_write_text, write_error
 

@@ -10,9 +10,8 @@ import torch
 
 from trainlab.analysis.tables import table
 from trainlab.errors import TrainlabError
+from trainlab.store import runs
 from trainlab.store.checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
-
-CHECKPOINTS = "checkpoints"
 
 
 def _norm(t) -> str:
@@ -130,8 +129,8 @@ def _fmt(x) -> str:
 
 def describe_run(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
-    folder = CheckpointDir(run_dir / CHECKPOINTS)
-    if not any((run_dir / n).exists() for n in ("config.toml", CHECKPOINTS, "model.pt")):
+    folder = CheckpointDir(run_dir / runs.CHECKPOINTS)
+    if not any((run_dir / n).exists() for n in (runs.CONFIG_FILE, runs.CHECKPOINTS, runs.WEIGHTS_FILE)):
         raise TrainlabError(f"{run_dir} is a folder but not a trainlab run folder (no config.toml, "
                             "checkpoints/ or model.pt): give a run folder or a checkpoint file")
     files = folder.manifest()["files"]

@@ -15,12 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from trainlab.analysis import plots
+from trainlab import plots
 from trainlab.analysis.compare import Comparison, RunRecord, compare_runs, resume_pairs
 from trainlab.analysis.evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
-from trainlab.api import checkpoint_path
 from trainlab.data import Dataset
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.inference import checkpoint_path
 from trainlab.store.atomic import atomic_write_text
 
 log = logging.getLogger("trainlab")

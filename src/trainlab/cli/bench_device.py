@@ -18,7 +18,7 @@ from torch import nn
 from trainlab import models
 from trainlab.data import DeviceLoader
 from trainlab.recipes import get_recipe
-from trainlab.training.loop import build_optimizer
+from trainlab.training.optim import build_optimizer
 
 
 @dataclass

@@ -69,7 +69,7 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------- compare and report
 
 def cmd_compare(args) -> int:
-    from trainlab.analysis import plots
+    from trainlab import plots
     from trainlab.analysis.compare import compare_runs
 
     comp = compare_runs(args.runs)

@@ -2,8 +2,15 @@
 and how it is served to the model (loader)."""
 
 from trainlab.data.catalog import CATALOG, DatasetInfo, get_info
-from trainlab.data.dataset import Dataset, from_arrays, load_dataset, measure_mean_std
+from trainlab.data.dataset import (
+                                    Dataset,
+                                    data_matches,
+                                    fingerprint_changes,
+                                    from_arrays,
+                                    load_dataset,
+                                    measure_mean_std,
+)
 from trainlab.data.loader import DeviceLoader, derive_seed, stratified_split
 
 __all__ = ["CATALOG", "DatasetInfo", "get_info", "Dataset", "from_arrays", "load_dataset",
-           "measure_mean_std", "DeviceLoader", "derive_seed", "stratified_split"]
+           "measure_mean_std", "data_matches", "fingerprint_changes", "DeviceLoader", "derive_seed", "stratified_split"]

@@ -63,6 +63,25 @@ class Dataset:
         return {"dataset": self.name, "source": self.source.get("kind"), **self.hashes}
 
 
+def _content(fingerprint: dict | None) -> dict:
+    return {k: v for k, v in (fingerprint or {}).items() if k.endswith(("images", "labels"))}
+
+
+def fingerprint_changes(saved: dict | None, current: dict | None) -> list[str]:
+    """The one "same data?" check: the split payloads whose hashes differ, named briefly
+    (where the bytes came from -- cache, mirror, npm -- is not a change)."""
+    saved, current = _content(saved), _content(current)
+    return [f"{k}: {str(saved.get(k))[:12]} -> {str(current.get(k))[:12]}"
+            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+
+
+def data_matches(data: "Dataset", fingerprint: dict | None) -> bool | None:
+    """Whether `data` is what a checkpoint's fingerprint records (None: it records nothing)."""
+    if not _content(fingerprint) or not data.hashes:
+        return None
+    return not fingerprint_changes(fingerprint, data.fingerprint())
+
+
 def _to_nchw(images: np.ndarray, name: str) -> np.ndarray:
     if images.ndim == 3:  # N,H,W grayscale (the IDX convention)
         return images[:, None]

@@ -29,6 +29,8 @@ CONFIG_FILE = "config.toml"
 META_FILE = "meta.json"
 METRICS_FILE = "metrics.jsonl"
 RESULTS_FILE = "results.json"
+WEIGHTS_FILE = "model.pt"  # the final model of a run: what evaluate / predict / export use
+CHECKPOINTS = "checkpoints"  # the folder of checkpoints and their manifest
 
 
 LOCK_FILE = ".lock"

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from trainlab.errors import ConfigError
-
-PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")
+from trainlab.recipes import PRECISIONS
 
 # Models whose CPU bf16 autocast was measured faster at equal accuracy (benchmarks/RESULTS.md;
 # 2-core EPYC with avx512_bf16, torch 2.13): step time 1.5-2.9x shorter. Final accuracy, same

@@ -23,7 +23,9 @@ from torch import nn
 from trainlab import models
 from trainlab.config import Config, load_toml, resolve
 from trainlab.data import Dataset, DeviceLoader, load_dataset, stratified_split
+from trainlab.devices import describe_device, pick_device
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.inference import EVAL_BATCH, predict
 from trainlab.metrics import summarize
 from trainlab.store import runs
 from trainlab.store.atomic import remove_stale_temps
@@ -35,26 +37,15 @@ from trainlab.store.checkpoint import (
     make_checkpoint,
     save_checkpoint,
 )
+from trainlab.store.runs import CHECKPOINTS, WEIGHTS_FILE
 from trainlab.training import distributed
 from trainlab.training.ema import make_ema
-from trainlab.training.loop import (
-    FitState,
-    Instruments,
-    NonFiniteLoss,
-    build_optimizer,
-    describe_device,
-    fit,
-    lr_multiplier,
-    pick_device,
-    predict,
-)
+from trainlab.training.loop import FitState, Instruments, NonFiniteLoss, fit
+from trainlab.training.optim import build_optimizer, lr_multiplier
 from trainlab.training.precision import resolve_precision
 
 log = logging.getLogger("trainlab")
 
-EVAL_BATCH = 1024  # evaluation keeps no activations for backward: bigger batches are free
-WEIGHTS_FILE = "model.pt"  # the final model of a run: what evaluate / predict / export use
-CHECKPOINTS = "checkpoints"
 # What a resume may change, in three kinds (every config key is in exactly one):
 # free: read from the config each time, they change nothing about the numbers' path;
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",

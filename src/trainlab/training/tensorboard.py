@@ -52,7 +52,7 @@ class TensorBoardLogger:
 
         fig = figure_or_cm
         if not hasattr(fig, "savefig"):
-            from trainlab.analysis.plots import confusion_figure  # says how to install matplotlib if missing
+            from trainlab.plots import confusion_figure  # says how to install matplotlib if missing
 
             cm = fig.tolist() if hasattr(fig, "tolist") else fig
             fig = confusion_figure(cm, classes or [str(i) for i in range(len(cm))])
