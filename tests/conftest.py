@@ -4,6 +4,8 @@ thread per process, and write only into their own temporary folders."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -94,31 +96,118 @@ def make_images(n: int, num_classes: int = 10, size: int = 28, channels: int = 1
     return images, labels.astype(np.uint8)
 
 
+# ---------------------------------------------------------------- shared helpers
+# Plain functions, imported where needed (`from conftest import train_tiny`), so module-scoped
+# fixtures can use them too. One version of each: a test file does not define its own.
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY_CLASSES = [f"c{i}" for i in range(10)]
+# Short Fashion-MNIST names, for IDX folders whose class names the tests read back.
+CLOTHES = ["top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+
+def tiny_dataset(n_train: int = 600, n_test: int = 200, seed: int = 1, name: str = "tiny"):
+    """A small trainlab Dataset from `make_images` (train: `seed`, test: `seed + 1`), 10 classes
+    of 1x28x28 named c0..c9. The default is what the `tiny_data` fixture gives."""
+    from trainlab.data import from_arrays
+
+    tx, ty = make_images(n_train, seed=seed)
+    sx, sy = make_images(n_test, seed=seed + 1)
+    return from_arrays(tx, ty, sx, sy, name=name, classes=TINY_CLASSES)
+
+
 def write_idx_folder(folder: Path, n_train: int = 600, n_test: int = 200, seed: int = 1,
-                     gz: bool = True) -> Path:
-    """Tiny synthetic data as the four standard IDX files, so `idx:DIR` runs (and other
-    processes) can read it."""
+                     gz: bool = True, *, num_classes: int = 10, size: int = 28, channels: int = 1,
+                     classes: list[str] | None = None) -> Path:
+    """Tiny synthetic data (`make_images`: train `seed`, test `seed + 1`) as the four standard
+    IDX files, so `idx:DIR` runs (and other processes) can read it. Colour images are written
+    channels last (N,H,W,C), as IDX holds them; `classes` also writes classes.txt."""
     from trainlab.data.idx import write_idx
 
     folder.mkdir(parents=True, exist_ok=True)
-    tx, ty = make_images(n_train, seed=seed)
-    sx, sy = make_images(n_test, seed=seed + 1)
     ext = ".gz" if gz else ""
-    for name, arr in (("train-images-idx3-ubyte", tx[:, 0]), ("train-labels-idx1-ubyte", ty),
-                      ("t10k-images-idx3-ubyte", sx[:, 0]), ("t10k-labels-idx1-ubyte", sy)):
-        write_idx(folder / (name + ext), arr)
+    for split, n, s in (("train", n_train, seed), ("t10k", n_test, seed + 1)):
+        images, labels = make_images(n, num_classes=num_classes, size=size, channels=channels, seed=s)
+        images = images[:, 0] if channels == 1 else images.transpose(0, 2, 3, 1)
+        write_idx(folder / f"{split}-images-idx3-ubyte{ext}", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{ext}", labels)
+    if classes is not None:
+        (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     return folder
+
+
+TINY_RUN = {"model": "mlp", "epochs": 2, "batch_size": 32, "val_size": 100, "quiet": True, "threads": 1}
+
+
+def train_tiny(runs_dir: Path, data=None, **values):
+    """Train a tiny run into `runs_dir` in this process: returns its TrainResult (`.run_dir`).
+
+    `values` override TINY_RUN (a 2-epoch mlp, batch 32, 100 validation images); without `data`
+    the run loads its `dataset` (e.g. `dataset=f"idx:{write_idx_folder(...)}"`)."""
+    from trainlab.api import train
+    from trainlab.config import resolve
+
+    return train(resolve({**TINY_RUN, "runs_dir": str(runs_dir), **values}), data=data, progress=False)
+
+
+def cli_env(**extra) -> dict:
+    """The environment of a trainlab subprocess: this checkout's src first on PYTHONPATH, one
+    thread, no TRAINLAB_DEBUG (a traceback is what the tests look for) and no test hooks
+    (TRAINLAB_TEST_*) unless `extra` sets them."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "TRAINLAB_DEBUG" and not k.startswith("TRAINLAB_TEST_")}
+    # no empty entry: an empty PYTHONPATH component would put the working folder on sys.path
+    path = [p for p in [str(SRC), *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p]
+    env.update(PYTHONPATH=os.pathsep.join(path), OMP_NUM_THREADS="1")
+    env.update(extra)
+    return env
+
+
+def cli_command(*args, nproc: int = 1) -> list[str]:
+    """`python -m trainlab ARGS`, under torchrun (`--standalone`, gloo on the CPU) when nproc > 1."""
+    args = [str(a) for a in args]
+    if nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                "-m", "trainlab", *args]
+    return [sys.executable, "-m", "trainlab", *args]
+
+
+def run_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, timeout: float = 180, **kw):
+    """`python -m trainlab ARGS` in a fresh process (the real entry point, the real exit code);
+    returns the CompletedProcess (returncode, stdout, stderr as text). `env`: cli_env() if None."""
+    return subprocess.run(cli_command(*args, nproc=nproc), cwd=cwd, env=cli_env() if env is None else env,
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def start_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, **popen) -> subprocess.Popen:
+    """`python -m trainlab ARGS` started in the background (Popen keywords pass through: stdout=...)."""
+    return subprocess.Popen(cli_command(*args, nproc=nproc), cwd=cwd, env=cli_env() if env is None else env,
+                            **popen)
+
+
+@pytest.fixture
+def cli(capsys):
+    """`trainlab ARGS` in this process: `cli(*args)` returns a CompletedProcess (returncode,
+    stdout, stderr) like `run_cli`; argparse's usage errors (SystemExit) give their exit code."""
+    from trainlab.cli.main import main
+
+    def call(*args):
+        argv = [str(a) for a in args]
+        capsys.readouterr()  # only this command's output
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, out, err)
+
+    return call
 
 
 @pytest.fixture
 def tiny_data():
-    """A small trainlab Dataset (600 train / 200 test, 10 classes, 1x28x28)."""
-    from trainlab.data import from_arrays
-
-    tx, ty = make_images(600, seed=1)
-    sx, sy = make_images(200, seed=2)
-    return from_arrays(tx, ty, sx, sy, name="tiny", classes=[f"c{i}" for i in range(10)])
-
+    """A small trainlab Dataset (600 train / 200 test, 10 classes, 1x28x28): `tiny_dataset()`."""
+    return tiny_dataset()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -17,9 +17,11 @@ import torch
 
 def interrupt(step: int, config: dict) -> int:
     from trainlab.config import resolve
-    from trainlab.training import session
+    from trainlab.data.loader import DeviceLoader
+    from trainlab.training.session import train
+    from trainlab.training.signals import Interrupted
 
-    original = session.DeviceLoader.__iter__
+    original = DeviceLoader.__iter__
     seen = {"n": 0}
 
     def counting_iter(self):
@@ -30,10 +32,10 @@ def interrupt(step: int, config: dict) -> int:
                 if seen["n"] == step:
                     os.kill(os.getpid(), signal.SIGTERM)
 
-    session.DeviceLoader.__iter__ = counting_iter
+    DeviceLoader.__iter__ = counting_iter
     try:
-        session.train(resolve(config), progress=False)
-    except session.Interrupted as e:
+        train(resolve(config), progress=False)
+    except Interrupted as e:
         print(e, file=sys.stderr)
         return e.exit_code
     return 0
@@ -44,7 +46,7 @@ def resume(run_dir: str) -> int:
     random.seed(12345)
     np.random.seed(12345)
     torch.manual_seed(12345)
-    from trainlab.training.session import resume as do_resume
+    from trainlab.training.resume import resume as do_resume
 
     do_resume(run_dir, progress=False)
     return 0

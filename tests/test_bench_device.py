@@ -2,7 +2,7 @@
 
 import torch
 
-from trainlab.cli.bench_device import Timing, recommend, time_steps
+from trainlab.analysis.bench_device import Timing, recommend, time_steps
 from trainlab.cli.main import main
 
 

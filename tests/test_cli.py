@@ -1,16 +1,12 @@
 """The command line: help, exit codes, data info on the real data, run folders, idx:DIR."""
 
+import gzip
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from conftest import make_images
-
-from trainlab.cli.main import main
-from trainlab.data.idx import write_idx
+from conftest import run_cli, write_idx_folder
 
 # From ../shared/data/fashion-mnist/README.md: sha256 of the decoded payloads.
 README_HASHES = {
@@ -23,22 +19,16 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def run_cli(*args, cwd):
-    """`python -m trainlab ...` in a fresh process (the real entry point, real exit code)."""
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
-
-
 @pytest.fixture
 def idx50(tmp_path):
-    """A folder of IDX files: 50 classes of 3x32x32 images, channels last, with classes.txt."""
-    folder = tmp_path / "idx50"
-    folder.mkdir()
-    for split, n, seed in (("train", 100, 1), ("t10k", 50, 2)):
-        images, labels = make_images(n, num_classes=50, size=32, channels=3, seed=seed)
-        write_idx(folder / f"{split}-images-idx3-ubyte", images.transpose(0, 2, 3, 1))  # N,H,W,C
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
-    (folder / "classes.txt").write_text("".join(f"kind-{i:02d}\n" for i in range(50)))
+    """A folder of IDX files: 50 classes of 3x32x32 images, channels last, with classes.txt;
+    the labels gzipped, the images not (one folder may mix both)."""
+    folder = write_idx_folder(tmp_path / "idx50", n_train=100, n_test=50, gz=False, num_classes=50, size=32,
+                              channels=3, classes=[f"kind-{i:02d}" for i in range(50)])
+    for split in ("train", "t10k"):
+        plain = folder / f"{split}-labels-idx1-ubyte"
+        plain.with_name(plain.name + ".gz").write_bytes(gzip.compress(plain.read_bytes(), mtime=0))
+        plain.unlink()
     return folder
 
 
@@ -55,11 +45,10 @@ def test_help_from_python_m(tmp_path):
         assert command in proc.stdout
 
 
-def test_train_help_lists_run_and_recipe_options(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["train", "--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
+def test_train_help_lists_run_and_recipe_options(cli):
+    done = cli("train", "--help")
+    assert done.returncode == 0
+    out = done.stdout
     for flag in ("--config", "--data-dir", "--model", "--recipe", "--device", "--threads",
                  "--val-size", "--name", "--epochs", "--batch-size", "--lr", "--label-smoothing",
                  "--hflip", "--no-hflip"):
@@ -68,11 +57,10 @@ def test_train_help_lists_run_and_recipe_options(capsys):
 
 @pytest.mark.parametrize("argv", [[], ["frobnicate"], ["train", "--epochs", "x"],
                                   ["train", "--model-kwarg", "novalue"], ["data"]])
-def test_usage_errors_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    assert "trainlab: error:" in capsys.readouterr().err
+def test_usage_errors_exit_2(argv, cli):
+    done = cli(*argv)
+    assert done.returncode == 2
+    assert "trainlab: error:" in done.stderr
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -89,19 +77,21 @@ def test_usage_errors_exit_2(argv, capsys):
     (["--config", "."], "config file . is a folder, not a TOML file"),
     (["--model-kwarg", "dropout=NaN"], "model_kwargs.dropout = nan is invalid: numbers must be finite"),
 ])
-def test_config_errors_exit_2(extra, message, tmp_path, monkeypatch, capsys):
+def test_config_errors_exit_2(extra, message, tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--runs-dir", "runs", *extra]) == 2
-    err = capsys.readouterr().err
+    done = cli("train", "--runs-dir", "runs", *extra)
+    assert done.returncode == 2
+    err = done.stderr
     assert f"trainlab: error: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
 
 
-def test_unknown_key_in_config_file_exits_2(tmp_path, capsys):
+def test_unknown_key_in_config_file_exits_2(tmp_path, cli):
     path = tmp_path / "run.toml"
     path.write_text("epoch = 3\n")
-    assert main(["train", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
+    done = cli("train", "--config", path)
+    assert done.returncode == 2
+    err = done.stderr
     assert "unknown key 'epoch' (did you mean 'epochs'?)" in err and str(path) in err
 
 
@@ -114,14 +104,16 @@ def test_missing_data_exits_1_without_traceback(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_data_info_without_data_exits_1(tmp_path, capsys):
-    assert main(["data", "info", "--data-dir", str(tmp_path)]) == 1
-    assert "lacks train-images-idx3-ubyte" in capsys.readouterr().err
+def test_data_info_without_data_exits_1(tmp_path, cli):
+    done = cli("data", "info", "--data-dir", tmp_path)
+    assert done.returncode == 1
+    assert "lacks train-images-idx3-ubyte" in done.stderr
 
 
-def test_data_info_on_the_real_data(real_data_dir, capsys):
-    assert main(["data", "info", "--data-dir", str(real_data_dir)]) == 0
-    out = capsys.readouterr().out
+def test_data_info_on_the_real_data(real_data_dir, cli):
+    done = cli("data", "info", "--data-dir", real_data_dir)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "60000 train / 10000 test" in out and "(1, 28, 28)" in out
     m = re.search(r"mean \[([\d.]+)\] std \[([\d.]+)\] \(measured", out)
     assert m and float(m[1]) == pytest.approx(0.2861, abs=1e-4) and float(m[2]) == pytest.approx(0.3528, abs=1e-4)
@@ -135,22 +127,23 @@ def snapshot(folder):
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def test_a_run_folder_is_never_overwritten(idx50, tmp_path, capsys):
+def test_a_run_folder_is_never_overwritten(idx50, tmp_path, cli):
     runs = tmp_path / "runs"
-    assert main(train_args(idx50, runs, "--name", "x")) == 0
+    assert cli(*train_args(idx50, runs, "--name", "x")).returncode == 0
     before = snapshot(runs / "x")
-    capsys.readouterr()
-    assert main(train_args(idx50, runs, "--name", "x", "--seed", "1")) == 2
-    err = capsys.readouterr().err
+    done = cli(*train_args(idx50, runs, "--name", "x", "--seed", "1"))
+    assert done.returncode == 2
+    err = done.stderr
     assert "already exists and is never overwritten" in err and str(runs / "x") in err
     assert snapshot(runs / "x") == before
     assert sorted(p.name for p in runs.iterdir()) == ["x"]
 
 
-def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, capsys):
+def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, cli):
     runs = tmp_path / "runs"
-    assert main(train_args(idx50, runs, "--name", "rgb", "--model", "cnn")) == 0
-    out = capsys.readouterr().out
+    done = cli(*train_args(idx50, runs, "--name", "rgb", "--model", "cnn"))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     assert "kind-00" in out and "kind-49" in out  # class names from classes.txt
     meta = json.loads((runs / "rgb" / "meta.json").read_text())
     assert meta["model_spec"]["input_shape"] == [3, 32, 32]
@@ -168,7 +161,6 @@ def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, capsys):
 def _refuse_writes_under(monkeypatch, folder, err):
     """The OS's answer for a read-only mount (EROFS) or a full disk (ENOSPC), injected under
     `folder`: CI runs as root, which permission bits do not stop."""
-    import errno
     import os
 
     import trainlab.store.atomic as atomic
@@ -181,25 +173,24 @@ def _refuse_writes_under(monkeypatch, folder, err):
         return real(path, flags, mode)
 
     monkeypatch.setattr(atomic.os, "open", guarded)
-    return errno
 
 
 @pytest.mark.parametrize("err_name", ["EROFS", "ENOSPC"])
 def test_train_resume_evaluate_export_on_a_read_only_or_full_disk_say_one_sentence(idx50, tmp_path, monkeypatch,
-                                                                                   capsys, err_name):
+                                                                                   cli, err_name):
     import errno
 
     runs = tmp_path / "runs"
-    assert main(train_args(idx50, runs, "--name", "r", "--model", "mlp", "--epochs", "1")) == 0
+    assert cli(*train_args(idx50, runs, "--name", "r", "--model", "mlp", "--epochs", "1")).returncode == 0
     before = snapshot(runs / "r")
-    capsys.readouterr()
     _refuse_writes_under(monkeypatch, runs, getattr(errno, err_name))
     for argv in (train_args(idx50, runs, "--name", "s", "--model", "mlp"),
                  ["resume", str(runs / "r"), "--epochs", "2"],
                  ["evaluate", str(runs / "r"), "--no-plots"],
                  ["export", str(runs / "r")]):
-        assert main(argv) == 1, argv
-        err = capsys.readouterr().err
+        done = cli(*argv)
+        assert done.returncode == 1, argv
+        err = done.stderr
         lines = [x for x in err.strip().splitlines() if x.startswith("trainlab: ")]
         assert len(lines) == 1 and "Traceback" not in err, (argv, err)
         assert ("read-only" in lines[0]) if err_name == "EROFS" else ("filled up" in lines[0] or "free" in lines[0])

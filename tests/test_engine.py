@@ -10,6 +10,7 @@ from trainlab import devices, inference, models
 from trainlab.data import DeviceLoader
 from trainlab.devices import DeviceMismatch, pick_device
 from trainlab.errors import TrainlabError
+from trainlab.training.callbacks import Callback
 from trainlab.recipes import get_recipe
 from trainlab.training import optim
 from trainlab.training.loop import NonFiniteLoss, fit
@@ -34,8 +35,13 @@ def test_fit_learns_and_records_history(tiny_data):
     recipe = get_recipe("textbook", epochs=3)
     opt = optim.build_optimizer(model, recipe)
     seen = []
+
+    class Seen(Callback):
+        def on_epoch_end(self, run, row):
+            seen.append(run.state.epoch)
+
     state = fit(model, opt, train, epochs=3, val_loader=val, test_loader=test, progress=False,
-                on_epoch_end=lambda s: seen.append(s.epoch))
+                callbacks=[Seen()])
     assert seen == [1, 2, 3] and state.epoch == 3 and state.global_step == 3 * len(train)
     assert len(state.history) == 3
     for i, row in enumerate(state.history, 1):

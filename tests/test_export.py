@@ -67,7 +67,7 @@ def test_export_writes_safetensors_equal_to_the_model_and_a_json(run_dir, tmp_pa
     assert meta["classes"] == CLASSES and meta["mean"] == ckpt["mean"] and meta["std"] == ckpt["std"]
     assert meta["source"] == str(run_dir / "model.pt")
     # the weights load into the architecture rebuilt from the JSON alone
-    from trainlab.training.session import build_model
+    from trainlab.models import build_from_spec as build_model
 
     rebuilt = build_model(meta["model_spec"])
     rebuilt.load_state_dict(tensors)
@@ -93,7 +93,7 @@ def test_export_a_channels_last_cnn(tmp_path, tiny_data):
 def test_export_copies_channels_last_tensors_contiguous(run_dir, tmp_path, monkeypatch):
     """A model still in channels_last when exported: safetensors refuses its views as they are."""
     import trainlab.analysis.export as export
-    from trainlab.training.session import build_model
+    from trainlab.models import build_from_spec as build_model
 
     spec = {"name": "cnn", "kwargs": {"channels": [4, 8], "fc": 16}, "input_shape": [1, 28, 28],
             "num_classes": 10}

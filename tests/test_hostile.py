@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx_folder
+from conftest import cli_env, run_cli, write_idx_folder
 from torch import nn
 
 DRIVER = Path(__file__).with_name("hostile_driver.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
 INFO_PREFIXES = ("data: ", "run: ", "resume: ", "checkpoint ", "manifest ", "rebuilt ", "moved ", "evaluate: ")
 
 
@@ -56,11 +55,9 @@ def corpus(tmp_path_factory):
     cwd = root / "cwd"  # commands run here, beside a planted module
     cwd.mkdir()
     (cwd / "evilmod.py").write_text(EVIL_MODULE.format(marker=str(marker)))
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    done = subprocess.run([sys.executable, "-m", "trainlab", "train", "--dataset", f"idx:{idx}", "--runs-dir",
-                           str(root), "--name", "good", "--threads", "1", "--val-size", "100", "--batch-size",
-                           "50", "--epochs", "2", "--model", "mlp", "--model-kwarg", "hidden=[16]", "--quiet"],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = run_cli("train", "--dataset", f"idx:{idx}", "--runs-dir", root, "--name", "good", "--threads", "1",
+                   "--val-size", "100", "--batch-size", "50", "--epochs", "2", "--model", "mlp",
+                   "--model-kwarg", "hidden=[16]", "--quiet")
     assert done.returncode == 0, done.stderr
     good = root / "good"
     model_pt = torch.load(good / "model.pt", weights_only=True)
@@ -197,10 +194,8 @@ def run_cases(corpus, cases: list[dict], tmp_path) -> list[dict]:
     for c in cases:
         c.setdefault("cwd", str(corpus["cwd"]))
     (tmp_path / "cases.json").write_text(json.dumps(cases))
-    env = dict(os.environ, PYTHONPATH=str(SRC))
-    env.pop("TRAINLAB_DEBUG", None)
     subprocess.run([sys.executable, str(DRIVER), str(tmp_path / "cases.json"), str(tmp_path / "results.json")],
-                   env=env, check=True, timeout=600)
+                   env=cli_env(), check=True, timeout=600)
     return json.loads((tmp_path / "results.json").read_text())
 
 

@@ -20,7 +20,8 @@ from conftest import make_images, write_idx_folder
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
-from trainlab.training.session import resume, train
+from trainlab.training.resume import resume
+from trainlab.training.session import train
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -20,7 +20,8 @@ from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store.checkpoint import load_checkpoint, sha256_file
 from trainlab.store.runs import read_metrics
-from trainlab.training.session import resume, train
+from trainlab.training.resume import resume
+from trainlab.training.session import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 

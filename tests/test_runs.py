@@ -11,24 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_idx_folder
+from conftest import SRC, cli_env, run_cli, start_cli, write_idx_folder
 
 from trainlab.errors import StoreError
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
 from trainlab.store.runs import RunLock, read_metrics
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=400, n_test=100)
-
-
-def env(**extra):
-    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]), **extra)
-    e.pop("TRAINLAB_DEBUG", None)
-    return e
 
 
 def train_args(idx_dir, runs, name, epochs=3):
@@ -37,16 +29,11 @@ def train_args(idx_dir, runs, name, epochs=3):
             "--model-kwarg", "hidden=[16]", "--quiet"]
 
 
-def trainlab(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], env=env(), capture_output=True,
-                          text=True, timeout=180, **kw)
-
-
 def start_slow(idx_dir, runs, name, *args):
     """A training process slowed at every write (0.3 s), so another can meet it mid-run."""
-    cmd = [sys.executable, "-m", "trainlab", *(args or train_args(idx_dir, runs, name, epochs=4))]
-    proc = subprocess.Popen(cmd, env=env(TRAINLAB_TEST_WRITE_DELAY="0.3"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*(args or train_args(idx_dir, runs, name, epochs=4)),
+                     env=cli_env(TRAINLAB_TEST_WRITE_DELAY="0.3"), stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
     lock = runs / name / ".lock"
     deadline = time.time() + 60
     # the lock file may hold an earlier process's PID: wait until this one owns it
@@ -97,10 +84,10 @@ def test_the_lock_dies_with_its_process_even_under_kill_9(tmp_path):
 
 
 def test_two_resumes_of_one_run_one_wins_the_other_is_refused(idx_dir, tmp_path):
-    first = trainlab(*train_args(idx_dir, tmp_path, "r", epochs=1))
+    first = run_cli(*train_args(idx_dir, tmp_path, "r", epochs=1))
     assert first.returncode == 0, first.stderr
     a = start_slow(idx_dir, tmp_path, "r", "resume", str(tmp_path / "r"), "--epochs", "3")
-    b = trainlab("resume", str(tmp_path / "r"), "--epochs", "3")
+    b = run_cli("resume", str(tmp_path / "r"), "--epochs", "3")
     assert b.returncode == 1
     assert b.stderr.strip().splitlines() == [
         f"trainlab: error: {tmp_path / 'r'} is in use by another trainlab process (PID {a.pid}); "
@@ -114,7 +101,7 @@ def test_two_resumes_of_one_run_one_wins_the_other_is_refused(idx_dir, tmp_path)
 
 def test_train_and_resume_together_never_restart_the_run(idx_dir, tmp_path):
     a = start_slow(idx_dir, tmp_path, "t")
-    b = trainlab("resume", str(tmp_path / "t"))
+    b = run_cli("resume", str(tmp_path / "t"))
     assert b.returncode == 1 and f"PID {a.pid}" in b.stderr and "Traceback" not in b.stderr
     _, err = a.communicate(timeout=180)
     assert a.returncode == 0, err
@@ -125,14 +112,14 @@ def test_train_and_resume_together_never_restart_the_run(idx_dir, tmp_path):
 
 
 def test_evaluate_during_a_resume_is_refused_and_after_it_works(idx_dir, tmp_path):
-    first = trainlab(*train_args(idx_dir, tmp_path, "e", epochs=1))
+    first = run_cli(*train_args(idx_dir, tmp_path, "e", epochs=1))
     assert first.returncode == 0, first.stderr
     a = start_slow(idx_dir, tmp_path, "e", "resume", str(tmp_path / "e"), "--epochs", "3")
-    b = trainlab("evaluate", str(tmp_path / "e"), "--no-plots")
+    b = run_cli("evaluate", str(tmp_path / "e"), "--no-plots")
     assert b.returncode == 1 and f"in use by another trainlab process (PID {a.pid})" in b.stderr
     _, err = a.communicate(timeout=180)
     assert a.returncode == 0, err
-    c = trainlab("evaluate", str(tmp_path / "e"), "--no-plots")
+    c = run_cli("evaluate", str(tmp_path / "e"), "--no-plots")
     assert c.returncode == 0, c.stderr
     assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["epoch"] == 3
     assert_every_checkpoint_verifies(tmp_path / "e")

@@ -10,7 +10,7 @@ from torch import nn
 from trainlab.inference import predict
 from trainlab.recipes import get_recipe
 from trainlab.training.ema import ema_decay, make_ema
-from trainlab.training.optim import lr_multiplier
+from trainlab.training.optim import build_optimizer, lr_multiplier
 
 STEPS = 10  # per epoch
 
@@ -30,44 +30,54 @@ def test_onecycle_warms_up_over_a_quarter_then_anneals_to_one_percent():
     total, warm = 40, 10
     assert values[0] == pytest.approx(1 / 25)
     assert values[warm] == pytest.approx(1.0)
-    assert max(values) == pytest.approx(1.0)
+    assert max(values) == pytest.approx(1.0) and values.index(max(values)) == warm
     assert all(a < b for a, b in zip(values[:warm], values[1:warm + 1]))  # rising
     assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))  # then falling
     # the cosine half: midway through the anneal, halfway between 1 and the final 0.01
     assert values[warm + (total - warm) // 2] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-9)
     assert values[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 29 / 30)))
-    assert f(total) == f(total + 100) == 0.01  # past the plan: the final rate continues
+    assert f(total) == f(total + 100) == f(10**6) == 0.01  # past the plan: the final rate continues
 
 
 def test_cosine_with_linear_warmup():
     values, f = curve("cosine", epochs=4, warmup_epochs=1.0)
     warm, total = 10, 40
     assert values[:warm] == pytest.approx([(s + 1) / warm for s in range(warm)])
-    assert values[warm] == pytest.approx(1.0)
+    assert values[warm] == pytest.approx(1.0) and max(values) == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))
     assert values[warm + 15] == pytest.approx(0.01 + 0.99 * 0.5)
-    assert f(total) == 0.01
+    assert f(total) == pytest.approx(0.01) and f(10**6) == pytest.approx(0.01)
 
 
 def test_cosine_without_warmup_starts_at_the_peak():
-    values, _ = curve("cosine", epochs=2)
+    values, f = curve("cosine", epochs=2)
+    total = 2 * STEPS
     assert values[0] == pytest.approx(1.0)
-    assert values[-1] < 0.05
+    assert all(a > b for a, b in zip(values, values[1:]))  # falling from the first step
+    assert values[total // 2] == pytest.approx(0.01 + 0.99 * 0.5)
+    assert values[-1] == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * (total - 1) / total)))
+    assert f(total) == pytest.approx(0.01)
 
 
-def test_the_schedule_drives_the_optimizer_through_lambdalr():
-    p = nn.Parameter(torch.zeros(2))
-    opt = torch.optim.SGD([p], lr=0.5)
-    recipe = get_recipe("textbook", schedule="onecycle", epochs=2, lr=0.5)
+@pytest.mark.parametrize("schedule,first,peak", [("onecycle", 1 / 25, 5), ("cosine", 1.0, 0)])
+def test_the_schedule_drives_the_optimizer_through_lambdalr_past_the_plan(schedule, first, peak):
+    """Through the optimizer trainlab builds (two parameter groups: with and without decay),
+    then 25 steps past the plan (a run extended by resume): the final rate continues."""
+    recipe = get_recipe("textbook", schedule=schedule, epochs=2, lr=0.5)
+    opt = build_optimizer(nn.Linear(2, 2), recipe)
+    assert len(opt.param_groups) == 2
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(recipe, STEPS))
     lrs = []
-    for _ in range(2 * STEPS):
-        lrs.append(opt.param_groups[0]["lr"])
+    for _ in range(2 * STEPS + 25):
+        group_lrs = {g["lr"] for g in opt.param_groups}
+        assert len(group_lrs) == 1  # every group follows the schedule
+        lrs.append(group_lrs.pop())
         opt.step()
         sched.step()
-    assert lrs[0] == pytest.approx(0.5 / 25)
-    assert lrs[5] == pytest.approx(0.5)  # warm-up is 25% of 20 steps
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 0.01)
+    assert lrs[0] == pytest.approx(0.5 * first)
+    assert lrs[peak] == pytest.approx(0.5)  # onecycle: warm-up is 25% of 20 steps
+    assert max(lrs) == pytest.approx(0.5)
+    assert lrs[2 * STEPS:] == pytest.approx([0.5 * 0.01] * 25)
 
 
 # ---------------------------------------------------------------- EMA

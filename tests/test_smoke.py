@@ -1,7 +1,6 @@
 """End to end on the real data: one epoch of the baseline, from the library and the CLI."""
 
-import subprocess
-import sys
+from conftest import run_cli
 
 from trainlab import train
 from trainlab.config import resolve
@@ -19,8 +18,8 @@ def test_one_epoch_on_real_data(real_data_dir, tmp_path):
 
 
 def test_cli_exit_code_and_no_traceback_for_bad_config(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "train", "--lr", "-1",
-                           "--runs-dir", str(tmp_path)], capture_output=True, text=True)
+    proc = run_cli("train", "--lr", "-1", "--runs-dir", tmp_path / "runs", cwd=tmp_path)
     assert proc.returncode == 2
     assert "lr = -1.0 is invalid" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything was written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+from conftest import train_tiny
 
 # part of the test set-up (the `test` extra): in CI this must import, not skip
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -19,13 +20,40 @@ def read_events(folder):
     return acc
 
 
+EPOCH_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "loss/test": "test_loss",
+              "acc/train": "train_acc", "acc/val": "val_acc", "acc/test": "test_acc", "lr": "lr",
+              "time/train_seconds": "train_seconds"}
+
+
+def test_a_tensorboard_run_writes_every_epoch_scalar_and_the_confusion_image(tiny_data, tmp_path):
+    """`tensorboard = true` in a real run: the events in the run folder, read back with
+    TensorBoard's own reader, hold one value per epoch of each metric and the final matrix."""
+    result = train_tiny(tmp_path, tiny_data, epochs=3, tensorboard=True)
+    events = list(result.run_dir.glob("events.out.tfevents.*"))
+    assert len(events) == 1, events  # in the run folder itself: `tensorboard --logdir runs` lists it
+    acc = read_events(result.run_dir)
+    assert set(acc.Tags()["scalars"]) == set(EPOCH_TAGS)
+    history = result.history
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    for tag, key in EPOCH_TAGS.items():
+        scalars = acc.Scalars(tag)
+        assert [e.step for e in scalars] == [1, 2, 3], tag
+        assert [e.value for e in scalars] == pytest.approx([r[key] for r in history], rel=1e-6), tag
+    assert acc.Scalars("acc/test")[-1].value == pytest.approx(result.test_accuracy, abs=1e-6)
+    images = acc.Images("confusion_matrix")
+    assert [i.step for i in images] == [3]  # logged once, at the end, with the final epoch as step
+    assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and images[0].width > 100
+
+
+def test_without_tensorboard_a_run_writes_no_events(tiny_data, tmp_path):
+    result = train_tiny(tmp_path, tiny_data, epochs=1)
+    assert not list(result.run_dir.rglob("events.out.tfevents.*"))
+
+
 def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
-    from trainlab.api import train
-    from trainlab.config import resolve
     from trainlab.training.tensorboard import TensorBoardLogger
 
-    result = train(resolve({"epochs": 2, "quiet": True, "runs_dir": str(tmp_path), "val_size": 100,
-                            "threads": 1}), data=tiny_data, progress=False)
+    result = train_tiny(tmp_path, tiny_data)
     rows = runs.read_metrics(result.run_dir)
     rows.insert(1, {"event": "resume", "from": "last.pt", "epoch": 1, "step": 0})  # a marker: skipped
     with TensorBoardLogger(result.run_dir) as tb:

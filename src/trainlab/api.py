@@ -16,7 +16,9 @@ from trainlab.inference import (
     load_model,
     predict_images,
 )
-from trainlab.training.session import Session, TrainResult, resume, train
+from trainlab.training.callbacks import Callback
+from trainlab.training.resume import resume
+from trainlab.training.session import Session, TrainResult, train
 
 
 def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
@@ -28,4 +30,4 @@ def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_d
 
 
 __all__ = ["train", "resume", "evaluate_run", "load_model", "predict_images", "kept_weights", "checkpoint_path",
-           "check_data_fits", "TrainResult", "Session"]
+           "check_data_fits", "TrainResult", "Session", "Callback"]

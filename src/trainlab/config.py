@@ -15,14 +15,14 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from trainlab import models
 from trainlab.errors import ConfigError
 from trainlab.recipes import (
-    CONV_MODELS,
     DEFAULT_RECIPE,
-    MODEL_RECIPES,
     PRESETS,
     RECIPE_FIELDS,
     Recipe,
@@ -35,6 +35,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+models.known_recipes(PRESETS)  # a model registered with a recipe names one of these
 MONITORABLE = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
@@ -44,7 +45,7 @@ class Config:
     data_dir: str | None = None
     model: str = "mlp"
     model_kwargs: dict = field(default_factory=dict)
-    recipe: str = "auto"  # auto = the measured best preset for the model (recipes.MODEL_RECIPES)
+    recipe: str = "auto"  # auto = the preset registered with the model (models.register), else fast
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # CPU threads; None = torch's default (all cores)
@@ -62,7 +63,7 @@ class Config:
     tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
     # speed options: same numbers up to float rounding (see benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
-    channels_last: bool | None = None  # NHWC layout; None = on for convolutional models (measured 1.4x)
+    channels_last: bool | None = None  # NHWC layout; None = on for models registered conv (measured 1.4x)
     tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
     sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
     malloc_tuning: bool = True  # CPU: keep freed activation memory instead of returning it to the OS
@@ -166,10 +167,11 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
     recipe_overrides = {k: v for k, v in merged.items() if k in RECIPE_FIELDS}
     cfg = Config(**run)
-    if cfg.recipe == "auto":  # the measured best preset for this model
-        cfg.recipe = MODEL_RECIPES.get(cfg.model, DEFAULT_RECIPE)
+    model = models.info(cfg.model)  # an import path (module:function) has the defaults
+    if cfg.recipe == "auto":  # the preset registered with the model: the measured best for it
+        cfg.recipe = model.recipe or DEFAULT_RECIPE
     if cfg.channels_last is None:
-        cfg.channels_last = cfg.model in CONV_MODELS
+        cfg.channels_last = model.conv
     cfg.train = get_recipe(cfg.recipe, **recipe_overrides)
     return validate(cfg)
 
@@ -211,9 +213,22 @@ def _model_spec_ok(spec: str) -> bool:
     if len(spec) > 100:
         return False
     if ":" not in spec:
-        return re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*", spec) is not None
+        return models.NAME.fullmatch(spec) is not None
     module, _, function = spec.partition(":")
     return all(part.isidentifier() for part in module.split(".")) and function.isidentifier()
+
+
+# Which data sets exist (the catalog's names, the registered formats) is known to the data
+# layer, above this one: trainlab.data hands its check over at import (check_datasets_with),
+# so a typo is refused here, before any work. Any well-formed SCHEME:ARG passes, since its
+# format may be registered later (by a module named with --allow-import).
+_dataset_check: Callable[[str], str | None] | None = None
+
+
+def check_datasets_with(check: Callable[[str], str | None]) -> None:
+    """`check(spec)`: why `spec` names no data set (a clause for the error), or None."""
+    global _dataset_check
+    _dataset_check = check
 
 
 def _model_kwargs_problem(kwargs: dict) -> str | None:
@@ -250,6 +265,9 @@ def validate(cfg: Config) -> Config:
     if not _model_spec_ok(cfg.model):
         raise ConfigError(f"model = {_short(cfg.model)} is invalid: name a registered model (e.g. mlp, "
                           "cnn-fast) or your own factory as package.module:function")
+    problem = _dataset_check(cfg.dataset) if _dataset_check is not None else None
+    if problem:
+        raise ConfigError(f"dataset = {_short(cfg.dataset)} is invalid: {problem}")
     problem = _model_kwargs_problem(cfg.model_kwargs)
     if problem:
         raise ConfigError(problem)

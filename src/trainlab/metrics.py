@@ -11,6 +11,7 @@ Macro averages skip NaN classes.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -116,3 +117,13 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def percent(x, digits: int = 2) -> str:
+    """0.8512 as '85.12%', and 'n/a' for a missing or NaN value (never 'nan%').
+
+    The one percent formatter: it lives here, the lowest layer, so the figures (plots) and
+    the tables (analysis, cli) print a number the same way."""
+    if not isinstance(x, numbers.Real) or math.isnan(x):
+        return "n/a"
+    return f"{100 * x:.{digits}f}%"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from trainlab.errors import TrainlabError
+from trainlab.metrics import percent
 
 
 class Saved(NamedTuple):
@@ -139,14 +140,13 @@ def per_class_bars(per_class: list[dict], out, title: str = "", overall: float |
     ys = list(range(len(names)))
     ax.barh(ys, [0 if math.isnan(a) else a for a in accs], color=colors)
     for y, a in zip(ys, accs):
-        ax.text(min(a, 1) + 0.005 if not math.isnan(a) else 0.005, y,
-                "n/a" if math.isnan(a) else f"{100 * a:.1f}%", va="center", fontsize=8)
+        ax.text(min(a, 1) + 0.005 if not math.isnan(a) else 0.005, y, percent(a, 1), va="center", fontsize=8)
     ax.set_yticks(ys, names)
     ax.invert_yaxis()
     ax.set_xlim(0, 1.1)
     ax.set_xlabel("test accuracy (recall)")
     if overall is not None:
-        ax.axvline(overall, color="grey", ls="--", lw=1, label=f"overall {100 * overall:.1f}%")
+        ax.axvline(overall, color="grey", ls="--", lw=1, label=f"overall {percent(overall, 1)}")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "per-class accuracy")
     return _save(fig, out)
@@ -222,7 +222,7 @@ def misclassified_grid(images, true: list[int], pred: list[int], confidence: lis
             ax.axis("off")
             continue
         _show(ax, imgs[i])
-        ax.set_title(f"{classes[true[i]]}\n→ {classes[pred[i]]} {100 * confidence[i]:.0f}%",
+        ax.set_title(f"{classes[true[i]]}\n→ {classes[pred[i]]} {percent(confidence[i], 0)}",
                      fontsize=7, color="tab:red" if true[i] != pred[i] else "black")
     if n == 0:
         axes[0].text(0.5, 0.5, "no misclassified examples", ha="center", va="center")

@@ -121,10 +121,7 @@ PRESETS: dict[str, Recipe] = {
                      nesterov=True, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1,
                      translate=2, hflip=True, erase=0.25, ema=0.999, tta_flip=True),
 }
-DEFAULT_RECIPE = "fast"
-# `--recipe auto` (the default) picks per model; conv models also get channels_last by default.
-MODEL_RECIPES = {"cnn": "fast-cnn", "cnn-fast": "fast-cnn", "resnet": "resnet"}
-CONV_MODELS = {"cnn", "cnn-fast", "resnet"}
+DEFAULT_RECIPE = "fast"  # `--recipe auto` (the default) picks the model's registered recipe, else this
 
 
 def get_recipe(name: str, **overrides) -> Recipe:

@@ -1,8 +1,8 @@
 """One self-contained HTML report of several runs: open it anywhere, offline.
 
 Everything is inside the file: PNG figures as base64 data URIs, CSS inline, no scripts,
-no fonts or links to fetch. Each run is evaluated (trainlab.evaluation writes its files and figures
-into its folder) unless its evaluation is already newer than its checkpoint.
+no fonts or links to fetch. Each run is evaluated (trainlab.analysis.evaluation writes its files
+and figures into its folder) unless its evaluation is already newer than its checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import logging
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -18,9 +17,11 @@ from pathlib import Path
 from trainlab import plots
 from trainlab.analysis.compare import Comparison, RunRecord, compare_runs, resume_pairs
 from trainlab.analysis.evaluation import EVALUATION_FILE, PLOTS_DIR, evaluate_run_full, load_evaluation
+from trainlab.analysis.tables import CONFUSED_HEADERS, confused_rows, per_class_rows
 from trainlab.data import Dataset
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.inference import checkpoint_path
+from trainlab.metrics import percent
 from trainlab.store.atomic import atomic_write_text
 
 log = logging.getLogger("trainlab")
@@ -71,10 +72,6 @@ def _table(headers: list[str], rows: list[list], row_classes: list[str] | None =
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _pct(x) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.2f}%"
-
-
 def _fresh(run_dir: Path) -> bool:
     """The run's evaluation and figures exist and are newer than its checkpoint."""
     ev, ckpt = run_dir / EVALUATION_FILE, checkpoint_path(run_dir)
@@ -97,8 +94,8 @@ def hardest_classes(summary: dict, n: int = 3) -> str:
     pcs = [pc for pc in summary.get("per_class", []) if isinstance(pc.get("accuracy"), (int, float))]
     overall = summary.get("accuracy")
     worst = sorted(pcs, key=lambda pc: pc["accuracy"])[:n]
-    return ", ".join(f"{pc['class']} {_pct(pc['accuracy'])} ({100 * (pc['accuracy'] - overall):+.1f} points)"
-                     for pc in worst) + f" vs overall {_pct(overall)}"
+    return ", ".join(f"{pc['class']} {percent(pc['accuracy'])} ({100 * (pc['accuracy'] - overall):+.1f} points)"
+                     for pc in worst) + f" vs overall {percent(overall)}"
 
 
 def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
@@ -112,8 +109,8 @@ def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
            f'seed {_esc(cfg.get("seed"))} | device {_esc((run.results or {}).get("device", "?"))} | '
            f'folder <code>{_esc(run.path)}</code></p>']
     if summary:
-        out.append(f"<p><b>test accuracy {_pct(summary.get('accuracy'))}</b>, macro F1 "
-                   f"{_pct((summary.get('macro') or {}).get('f1'))}; hardest classes: "
+        out.append(f"<p><b>test accuracy {percent(summary.get('accuracy'))}</b>, macro F1 "
+                   f"{percent((summary.get('macro') or {}).get('f1'))}; hardest classes: "
                    f"{_esc(hardest_classes(summary))}</p>")
     out.append("<h3>Train vs test</h3>" + _img(figs / "curves.png", "train and test curves"))
     # train figures are running averages in training mode (dropout, augmentation on)
@@ -126,17 +123,13 @@ def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
         pcs = summary["per_class"]
         accs = [pc["accuracy"] for pc in pcs if isinstance(pc["accuracy"], (int, float))]
         worst = min(accs) if accs and min(accs) < max(accs) else None
-        rows = [[pc["class"], _pct(pc["accuracy"]), _pct(pc["precision"]), _pct(pc["f1"]), pc["support"]]
-                for pc in pcs]
-        rows.append(["overall", _pct(summary.get("accuracy")), "", "", summary.get("n", "")])
         classes = ["worst" if pc["accuracy"] == worst else "" for pc in pcs] + ["overall"]
+        # the terminal's per-class table, its columns named in full
         out.append('<h3>Per class</h3><div class="side">' + _table(
-            ["class", "accuracy (= recall)", "precision", "F1", "n"], rows, classes)
+            ["class", "accuracy (= recall)", "precision", "F1", "n"], per_class_rows(summary), classes)
             + _img(figs / "per_class.png", "per-class accuracy") + "</div>")
     if summary.get("most_confused"):
-        out.append("<h3>Most confused pairs</h3>" + _table(
-            ["true", "predicted as", "count", "share of true class"],
-            [[c["true"], c["predicted"], c["count"], _pct(c["rate"])] for c in summary["most_confused"]]))
+        out.append("<h3>Most confused pairs</h3>" + _table(CONFUSED_HEADERS, confused_rows(summary)))
     out.append("<h3>Confusion matrix</h3>" + _img(figs / "confusion_matrix.png", "confusion matrix"))
     out.append("<h3>Highest-loss mistakes</h3>" + _img(figs / "misclassified.png", "misclassified test images"))
     out.append("</section>")

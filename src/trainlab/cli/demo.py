@@ -29,17 +29,13 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    summaries = []
     try:
         for label, values in STEPS:
             cfg = resolve({**values, "epochs": args.epochs, "runs_dir": args.runs_dir,
                            "data_dir": args.data_dir, "quiet": True})
             result = train(cfg, progress=False)
-            spe = sum(r["train_seconds"] for r in result.history) / len(result.history)
-            summaries.append(run_summary(
-                f"== {label}: {cfg.model} / recipe {cfg.recipe} -> {result.run_dir}",
-                result.test, spe, len(result.history), result.device, result.results["test_split"]))
-            print(summaries[-1] + "\n", flush=True)
+            print(run_summary(f"== {label}: {cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result)
+                  + "\n", flush=True)
     except TrainlabError as e:
         print(f"trainlab demo: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -39,10 +39,11 @@ def _kv(text: str):
 
 
 RUN_HELP = {
-    "dataset": "fashion-mnist (default), mnist, or idx:DIR",
+    "dataset": "fashion-mnist (default), mnist, idx:DIR, or SCHEME:ARG of a format registered "
+               "by a module named with --allow-import",
     "data_dir": "folder with the four IDX files (else TRAINLAB_DATA, the cache, download)",
     "model": "mlp (default), mlp-reg, cnn, ... or module:function",
-    "recipe": "auto (default: the measured best preset for the model), textbook, fast, "
+    "recipe": "auto (default: the preset registered with the model, else fast), textbook, fast, "
               "fast-cnn or resnet; the recipe fields below override it",
     "device": "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps",
     "threads": "CPU threads for torch (default: all cores)",
@@ -75,12 +76,31 @@ def _positive_int(text: str) -> int:
 
 def add_allow_import(parser) -> None:
     parser.add_argument("--allow-import", action="append", metavar="MODULE",
-                        help="allow building a model that a run's files name as MODULE:function "
-                             "(a file never imports code by itself; repeatable)")
+                        help="import MODULE first (its trainlab.register / register_format calls "
+                             "take effect) and allow a model that a run's files name as "
+                             "MODULE:function (a file never imports code by itself; repeatable)")
 
 
 def _allowed(args) -> tuple[str, ...]:
     return tuple(getattr(args, "allow_import", None) or ())
+
+
+def _import_allowed(args) -> None:
+    """The modules named with --allow-import, imported once before the command reads any
+    config, so the models and data formats they register are there when it does."""
+    from trainlab.models import _import
+
+    for name in dict.fromkeys(_allowed(args)):
+        if ":" in name:
+            raise ConfigError(f"--allow-import {name}: name a module (e.g. {name.partition(':')[0]}), "
+                              "not module:function")
+        try:
+            _import(name)
+        except Exception as e:  # noqa: BLE001 - the module's own failure, whatever it is: one sentence
+            where = ("; run from the folder that holds it or put it on PYTHONPATH"
+                     if isinstance(e, ModuleNotFoundError) else "")
+            raise TrainlabError(f"--allow-import {name}: importing it failed ({type(e).__name__}: "
+                                f"{_first_line(e)}){where}") from None
 
 
 def _flag_for(parser, name: str, annotation: str, help_text: str | None = None) -> None:
@@ -126,9 +146,7 @@ def _print_result(result) -> int:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
         return 0
     cfg = result.config
-    print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result.test,
-                      result.results["seconds_per_epoch"], len(result.history), result.device,
-                      result.results.get("test_split", "test split")))
+    print(run_summary(f"{cfg.model} / recipe {cfg.recipe} -> {result.run_dir}", result))
     return 0
 
 
@@ -156,6 +174,11 @@ def _check_nproc_batch(nproc: int, batch_size: int) -> None:
                           f"across --nproc {nproc} processes: choose a multiple of {nproc}")
 
 
+def _bar() -> bool:
+    """A progress bar only for a person at a terminal (not in CI logs or a pipe)."""
+    return sys.stderr.isatty() and os.environ.get("CI") != "true"
+
+
 def cmd_train(args) -> int:
     from trainlab.api import resume, train
 
@@ -169,7 +192,8 @@ def cmd_train(args) -> int:
         overrides = _resume_overrides(args)
         return _print_result(resume(args.resume, epochs=args.epochs, overrides=overrides,
                                     allow_changes=args.allow_changes or bool(overrides),
-                                    allow_data_change=args.allow_changes, allow_import=_allowed(args)))
+                                    allow_data_change=args.allow_changes, allow_import=_allowed(args),
+                                    progress=_bar()))
     cfg = _config_from_args(args)
     if ":" in cfg.model and args.model is None:  # named by a file, not on this command line
         module = cfg.model.partition(":")[0]
@@ -177,7 +201,7 @@ def cmd_train(args) -> int:
             raise ConfigError(f"{args.config} names the model {cfg.model!r}, which needs importing "
                               f"{module!r}: a file never imports code by itself; pass --allow-import "
                               f"{module} if you trust that module (or give --model on the command line)")
-    return _print_result(train(cfg))
+    return _print_result(train(cfg, progress=_bar()))
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -208,7 +232,7 @@ def cmd_resume(args) -> int:
                                 reset_optimizer=args.reset_optimizer,
                                 allow_changes=args.allow_changes or bool(overrides), overrides=overrides,
                                 allow_data_change=args.allow_changes, allow_import=_allowed(args),
-                                from_checkpoint=args.from_checkpoint))
+                                from_checkpoint=args.from_checkpoint, progress=_bar()))
 
 
 def cmd_inspect(args) -> int:
@@ -228,8 +252,8 @@ def cmd_export(args) -> int:
 
 def cmd_predict(args) -> int:
     from trainlab.analysis.export import read_images
-    from trainlab.analysis.tables import table
-    from trainlab.api import load_model, predict_images
+    from trainlab.analysis.tables import predictions_table
+    from trainlab.inference import load_model, predict_images
 
     model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
                              allow_import=_allowed(args))
@@ -238,26 +262,13 @@ def cmd_predict(args) -> int:
     if args.input:
         images = read_images(args.input)[: args.n]
     else:
-        from trainlab.api import check_data_fits
         from trainlab.data import load_dataset
+        from trainlab.inference import check_data_fits
 
         data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
         check_data_fits(ckpt, data, args.checkpoint)
         images, truth = data.test_x[: args.n], data.test_y[: args.n]
-    probs = predict_images(model, ckpt, images)
-    top = probs.topk(min(3, probs.shape[1]), dim=1)
-    rows = []
-    for i in range(len(probs)):
-        alt = ", ".join(f"{classes[j]} {p:.1%}" for p, j in zip(top.values[i, 1:].tolist(), top.indices[i, 1:].tolist()))
-        row = [i, classes[int(top.indices[i, 0])], f"{float(top.values[i, 0]):.1%}", alt]
-        if truth is not None:
-            row.insert(1, classes[int(truth[i])])
-            row.append("" if int(truth[i]) == int(top.indices[i, 0]) else "wrong")
-        rows.append(row)
-    headers = ["#", "predicted", "prob", "next"]
-    if truth is not None:
-        headers = ["#", "true", "predicted", "prob", "next", ""]
-    print(table(headers, rows, "r" + "l" * (len(headers) - 1)))
+    print(predictions_table(predict_images(model, ckpt, images), classes, truth))
     return 0
 
 
@@ -286,8 +297,8 @@ def cmd_data_info(args) -> int:
 
 
 def cmd_bench_device(args) -> int:
+    from trainlab.analysis.bench_device import run
     from trainlab.analysis.tables import table
-    from trainlab.cli.bench_device import run
 
     if args.threads:
         import torch
@@ -369,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("info", help="source, files, shapes, class counts, mean/std, hashes")
     di.add_argument("--dataset", default="fashion-mnist")
     di.add_argument("--data-dir")
+    add_allow_import(di)
     di.set_defaults(func=cmd_data_info)
     return p
 
@@ -398,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     """The command's exit code; user errors become one line on stderr."""
     try:
+        _import_allowed(args)
         code = args.func(args)
         from trainlab.training.distributed import finish_together
 

@@ -7,44 +7,23 @@ TrainlabError subclasses for failures the user can act on.
 from __future__ import annotations
 
 import logging
-import math
-import time
-from pathlib import Path
-
-from trainlab.errors import ConfigError
 
 log = logging.getLogger("trainlab")
 
 
-def _pct(x) -> str:
-    return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.2f}%"
-
-
 # ---------------------------------------------------------------- evaluate
-
-def per_class_prf_table(summary: dict) -> str:
-    from trainlab.analysis.tables import table
-
-    # a class's accuracy is its recall: one column, named both ways
-    rows = [[pc["class"], pc["support"], _pct(pc["recall"]), _pct(pc["precision"]), _pct(pc["f1"])]
-            for pc in summary["per_class"]]
-    macro = summary.get("macro") or {}
-    rows.append(["macro avg", "", _pct(macro.get("recall")), _pct(macro.get("precision")),
-                 _pct(macro.get("f1"))])
-    rows.append(["overall", summary["n"], _pct(summary["accuracy"]), "", ""])
-    return table(["class", "n", "recall (= accuracy)", "precision", "F1"], rows)
-
 
 def cmd_evaluate(args) -> int:
     from trainlab.analysis.evaluation import evaluate_run_full
-    from trainlab.analysis.tables import table
+    from trainlab.analysis.tables import CONFUSED_HEADERS, confused_rows, per_class_prf_table, table
+    from trainlab.metrics import percent
 
     ev = evaluate_run_full(args.path, data_dir=args.data_dir, device=args.device, top_k=args.top,
                            allow_import=tuple(args.allow_import or ()),
                            plots_flag=False if args.no_plots else None)
     s = ev.summary
-    print(f"{args.path}: test accuracy {_pct(s['accuracy'])}, loss {s['loss']:.4f}, "
-          f"macro F1 {_pct(s['macro']['f1'])} on {s['n']} test images")
+    print(f"{args.path}: test accuracy {percent(s['accuracy'])}, loss {s['loss']:.4f}, "
+          f"macro F1 {percent(s['macro']['f1'])} on {s['n']} test images")
     if ev.data_matches is False:
         print("!! the data differs from what this model was trained with (split hashes do not match)")
     print(per_class_prf_table(s))
@@ -52,12 +31,11 @@ def cmd_evaluate(args) -> int:
         print("n/a precision: the class was never predicted (undefined); its F1 counts as 0")
     if s["most_confused"]:
         print("\nmost confused pairs")
-        print(table(["true", "predicted as", "count", "share of true class"],
-                    [[c["true"], c["predicted"], c["count"], _pct(c["rate"])] for c in s["most_confused"]]))
+        print(table(CONFUSED_HEADERS, confused_rows(s)))
     if ev.highest_loss:
         print("\nhighest-loss test examples")
         print(table(["test index", "true", "predicted", "confidence", "loss"],
-                    [[r["index"], r["true"], r["pred"], _pct(r["confidence"]), f"{r['loss']:.3f}"]
+                    [[r["index"], r["true"], r["pred"], percent(r["confidence"]), f"{r['loss']:.3f}"]
                      for r in ev.highest_loss]))
     tables = [p.name for k, p in ev.files.items() if not k.endswith("_plot")]
     print(f"\nwrote {', '.join(tables)} in {ev.out_dir}")
@@ -94,61 +72,9 @@ def cmd_report(args) -> int:
 
 # ---------------------------------------------------------------- the experiment ladder
 
-# (run name, settings, what the step tries); epochs None = the recipe's own
-LADDER = [
-    ("1-mlp-textbook", {"model": "mlp", "recipe": "textbook", "epochs": 10},
-     "baseline: the MLP with the textbook loop"),
-    ("2-mlp-textbook-longer", {"model": "mlp", "recipe": "textbook", "epochs": 30},
-     "the same, trained 3x longer: does it just overfit?"),
-    ("3-mlp-reg-fast", {"model": "mlp-reg", "recipe": "fast", "epochs": None},
-     "dropout MLP with the default recipe"),
-    ("4-cnn-fast", {"model": "cnn", "recipe": "fast", "epochs": None},
-     "a small CNN with the default recipe"),
-]
-QUICK_SCALE = 0.05  # --quick: 1 epoch per step (2 for the longer one): a smoke test
-
-
-def run_ladder(runs_dir: str | Path = "runs", *, dataset: str = "fashion-mnist", data_dir=None,
-               scale: float = 1.0, threads: int | None = None, device: str = "auto", seed: int = 0,
-               val_size: int | None = None, name: str | None = None, data=None,
-               quiet: bool = False) -> tuple[list, Path]:
-    """Train the ladder into runs_dir/<name>/ and write the report there; returns (results, report)."""
-    from trainlab.analysis.report import write_report
-    from trainlab.api import train
-    from trainlab.config import resolve
-    from trainlab.data import load_dataset
-    from trainlab.recipes import PRESETS
-
-    if not scale > 0:
-        raise ConfigError(f"epochs scale = {scale} is invalid: must be greater than 0")
-    exp_dir = Path(runs_dir) / (name or f"fashion-ladder-{time.strftime('%Y%m%d-%H%M%S')}")
-    if exp_dir.exists():
-        raise ConfigError(f"{exp_dir} already exists and is never overwritten: choose another --name")
-    common = {"dataset": dataset, "device": device, "seed": seed, "runs_dir": str(exp_dir),
-              "quiet": quiet}
-    for key, value in (("data_dir", data_dir), ("threads", threads), ("val_size", val_size)):
-        if value is not None:
-            common[key] = value
-    # validate every step before the (long) training starts
-    steps = []
-    for run_name, settings, why in LADDER:
-        base = settings["epochs"] or PRESETS[settings["recipe"]].epochs
-        cfg = resolve({**common, "model": settings["model"], "recipe": settings["recipe"],
-                       "epochs": max(1, round(base * scale)), "name": run_name})
-        steps.append((cfg, why))
-    if data is None:
-        data = load_dataset(dataset, data_dir)  # once, shared by all steps
-    results = []
-    for i, (cfg, why) in enumerate(steps, 1):
-        log.info("experiment %d/%d: %s (%s, %d epochs)", i, len(steps), why, cfg.name, cfg.train.epochs)
-        results.append(train(cfg, data=data))
-    report = write_report([r.run_dir for r in results], exp_dir / "report.html", device=device,
-                          data=data, title="Fashion-MNIST: from the textbook baseline up")
-    return results, report
-
-
 def cmd_experiment(args) -> int:
     from trainlab.analysis.compare import compare_runs
+    from trainlab.analysis.experiment import QUICK_SCALE, run_ladder
 
     scale = QUICK_SCALE if args.quick else args.epochs_scale
     results, report = run_ladder(args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,

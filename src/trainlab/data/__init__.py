@@ -1,5 +1,5 @@
-"""Data: where it comes from (sources), how it is read (idx), what it is (catalog, dataset),
-and how it is served to the model (loader)."""
+"""Data: where it comes from (sources), how it is read (idx, and the formats registered by
+scheme: formats), what it is (catalog, dataset), and how it is served to the model (loader)."""
 
 from trainlab.data.catalog import CATALOG, DatasetInfo, get_info
 from trainlab.data.dataset import (
@@ -10,7 +10,8 @@ from trainlab.data.dataset import (
                                     load_dataset,
                                     measure_mean_std,
 )
+from trainlab.data.formats import register_format
 from trainlab.data.loader import DeviceLoader, derive_seed, stratified_split
 
-__all__ = ["CATALOG", "DatasetInfo", "get_info", "Dataset", "from_arrays", "load_dataset",
+__all__ = ["CATALOG", "DatasetInfo", "get_info", "Dataset", "from_arrays", "load_dataset", "register_format",
            "measure_mean_std", "data_matches", "fingerprint_changes", "DeviceLoader", "derive_seed", "stratified_split"]

@@ -67,11 +67,9 @@ CATALOG = {info.name: info for info in (FASHION_MNIST, MNIST)}
 
 
 def get_info(name: str) -> DatasetInfo:
-    """The catalog entry for a data set name; `idx:DIR` folders have none (None)."""
-    if name.startswith("idx:"):
-        return None
+    """The catalog entry for a data set name (other data sets are SCHEME:ARG: trainlab.data.formats)."""
     try:
         return CATALOG[name]
     except KeyError:
-        raise ConfigError(f"unknown dataset {name!r}: choose one of "
-                          f"{', '.join(sorted(CATALOG))} or idx:DIR for a folder of IDX files") from None
+        raise ConfigError(f"{name!r} is not a data set in the catalog: choose one of "
+                          f"{', '.join(sorted(CATALOG))}") from None

@@ -2,20 +2,23 @@
 
 Images are kept as stored (uint8 for IDX files: 4x smaller than float32) in NCHW layout;
 normalization happens per batch in the DeviceLoader. The same object comes from a known
-data set, a folder of IDX files (`idx:DIR`), or the user's own tensors / NumPy arrays.
+data set, a folder of IDX files (`idx:DIR`), a registered format (`SCHEME:ARG`, see
+trainlab.data.formats), or the user's own tensors / NumPy arrays.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainlab.data.catalog import SPLIT_FILES, get_info
+from trainlab.data import formats
+from trainlab.data.catalog import CATALOG, SPLIT_FILES
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.data.sources import Source, check_recorded_hashes, locate, missing_files, split_file
 from trainlab.errors import ConfigError, DataError
@@ -35,6 +38,7 @@ class Dataset:
     std: list[float]
     source: dict = field(default_factory=dict)
     hashes: dict = field(default_factory=dict)  # split -> sha256 of the decoded payload
+    spec: str | None = None  # what load_dataset reloads it from; None: given in memory (from_arrays)
 
     @property
     def test_split(self) -> str:
@@ -264,16 +268,39 @@ def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
     return ds
 
 
-def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load a known data set (found via trainlab.data.sources) or `idx:DIR`."""
-    info = get_info(name)
-    if info is None:  # idx:DIR
-        folder = Path(name[4:]).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"{name}: {folder} is not a folder; idx:DIR needs a folder holding the four IDX files")
-        log.info("data: reading IDX folder %s", folder)
-        return read_idx_folder(folder, name=f"idx:{folder}",
-                               source=Source("folder", folder))
-    source = locate(info, data_dir)
-    return read_idx_folder(source.path, info.name, classes=list(info.classes),
-                           mean=info.mean, std=info.std, source=source)
+def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
+    """A catalog data set by name (found via trainlab.data.sources), or `SCHEME:ARG` read by the
+    format registered for SCHEME (built in: `idx:DIR`); `data_dir` is for the readers that use
+    it. The Dataset's `spec` is the string that loads it again."""
+    if spec in CATALOG:
+        info = CATALOG[spec]
+        source = locate(info, data_dir)
+        ds = read_idx_folder(source.path, info.name, classes=list(info.classes),
+                             mean=info.mean, std=info.std, source=source)
+        ds.spec = info.name
+        return ds
+    problem = formats.problem(spec) if isinstance(spec, str) else "name it by a string"
+    if problem:
+        raise ConfigError(f"unknown dataset {reprlib.repr(spec)}: {problem}")
+    scheme, _, arg = spec.partition(":")
+    ds = formats.reader(spec)(arg, data_dir)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"dataset {spec!r}: the {scheme!r} reader returned {type(ds).__name__}, not a "
+                        "trainlab Dataset (make one with trainlab.from_arrays)")
+    if ds.spec is None:
+        ds.spec = spec
+    return ds
+
+
+def _read_idx_dir(arg: str, data_dir=None) -> Dataset:
+    """`idx:DIR`: a folder holding the four IDX files (the name is kept as given, the spec absolute)."""
+    folder = Path(arg).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"idx:{arg}: {folder} is not a folder; idx:DIR needs a folder holding the four IDX files")
+    log.info("data: reading IDX folder %s", folder)
+    ds = read_idx_folder(folder, name=f"idx:{folder}", source=Source("folder", folder))
+    ds.spec = f"idx:{os.path.abspath(folder)}"
+    return ds
+
+
+formats.register_format("idx", _read_idx_dir)

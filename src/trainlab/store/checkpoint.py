@@ -320,6 +320,9 @@ _OPTIONAL_FIELDS = {
     "classes": (lambda v: isinstance(v, list) and len(v) <= 1_000_000 and all(isinstance(c, str) for c in v),
                 "a list of class names"),
     "ema": (lambda v: v is None or isinstance(v, dict), "an EMA state_dict"),
+    # each callback's own state under its key (checkpoints before callbacks have none)
+    "callbacks": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(d, dict)
+                                                        for k, d in v.items()), "a table of callback states"),
 }
 _TRAINING_FIELDS = {
     "optimizer": (lambda v: isinstance(v, dict) and "param_groups" in v, "an optimizer state_dict"),

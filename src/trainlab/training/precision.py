@@ -5,8 +5,8 @@
 bf16-mixed autocast to bfloat16: float32's exponent range, so no scaler is needed.
 32        plain float32.
 auto      CUDA: bf16-mixed where the GPU supports it, else 16-mixed. MPS: 32. CPU: bf16-mixed
-          only for models measured to gain from it on a CPU with fast bf16 (avx512_bf16 or
-          AMX), else 32 (see benchmarks/RESULTS.md).
+          only for models registered with cpu_bf16=True (measured to gain from it on a CPU
+          with fast bf16: avx512_bf16 or AMX; see trainlab.models), else 32.
 """
 
 from __future__ import annotations
@@ -15,16 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from trainlab import models
 from trainlab.errors import ConfigError
 from trainlab.recipes import PRECISIONS
-
-# Models whose CPU bf16 autocast was measured faster at equal accuracy (benchmarks/RESULTS.md;
-# 2-core EPYC with avx512_bf16, torch 2.13): step time 1.5-2.9x shorter. Final accuracy, same
-# schedule, bf16 vs fp32: mlp test 90.37 vs 90.50 (seeds 0-2, bs 512, 10 epochs; val 90.33 vs
-# 90.33; at equal *time* bf16 trains twice the epochs and wins), mlp-reg 90.59 vs 90.60 (seeds
-# 0-2), cnn-fast 93.16 vs 93.20 (seed 0), cnn val 93.21 vs 93.23 / test 93.38 vs 93.48 (seeds
-# 0-2, 10 epochs, 1.5x faster: 52.9 vs 79.0 s).
-CPU_BF16_MEASURED_HELPS: set[str] = {"mlp", "mlp-reg", "cnn", "cnn-fast"}
 
 
 @dataclass(frozen=True)
@@ -67,7 +60,7 @@ def resolve_precision(requested: str, device: torch.device, model_name: str = ""
         if torch.cuda.is_bf16_supported():
             return Precision("bf16-mixed", "auto: this GPU supports bfloat16")
         return Precision("16-mixed", "auto: this GPU lacks bfloat16, float16 with loss scaling")
-    if device.type == "cpu" and cpu_has_fast_bf16() and model_name in CPU_BF16_MEASURED_HELPS:
+    if device.type == "cpu" and cpu_has_fast_bf16() and models.info(model_name).cpu_bf16:
         return Precision("bf16-mixed", f"auto: fast bf16 CPU and measured gain for {model_name}")
     return Precision("32", f"auto: float32 on {device.type}"
                      + (" (no measured bf16 gain for this model)" if device.type == "cpu" else ""))

@@ -1,4 +1,4 @@
-"""`trainlab bench-device`: does the GPU help for this job? Measured, not guessed.
+"""Does the GPU help for this job? Measured, not guessed (`trainlab bench-device` prints it).
 
 Times a fixed number of training steps of one model on every available device, two ways:
   textbook  batches live on the CPU and are copied with .to(device) every step
@@ -17,6 +17,7 @@ from torch import nn
 
 from trainlab import models
 from trainlab.data import DeviceLoader
+from trainlab.metrics import percent
 from trainlab.recipes import get_recipe
 from trainlab.training.optim import build_optimizer
 
@@ -109,7 +110,7 @@ def recommend(timings: list[Timing], parameters: int, batch_size: int) -> str:
     textbook = next((t for t in timings if t.device == gpu.device and t.way == "textbook"), None)
     speedup = cpu.ms_per_step / gpu.ms_per_step
     share = textbook.transfer_ms / textbook.ms_per_step if textbook and textbook.ms_per_step else 0.0
-    transfer = (f"transfer overhead: per-batch copies take {share:.0%} of a textbook step on "
+    transfer = (f"transfer overhead: per-batch copies take {percent(share, 0)} of a textbook step on "
                 f"{gpu.device}")
     if speedup < 1.2:
         verdict = (f"The GPU does not help here: {gpu.device} is only {speedup:.2f}x the CPU's speed. "
@@ -119,7 +120,7 @@ def recommend(timings: list[Timing], parameters: int, batch_size: int) -> str:
         verdict = f"Use the GPU: {gpu.device} trains {speedup:.1f}x faster than the CPU."
         if share > 0.2:
             verdict += (" Keep the data resident on it (trainlab's DeviceLoader does): copying "
-                        f"each batch costs {share:.0%} of the step.")
+                        f"each batch costs {percent(share, 0)} of the step.")
     return f"{verdict}\nFactors: {size}; {batch}; {transfer}."
 
 

@@ -1,0 +1,94 @@
+"""Data formats: a data set named `SCHEME:ARG` is read by the reader registered for SCHEME.
+
+`idx:DIR` is the built-in one (trainlab.data.dataset registers it); your own format is one
+call, `register_format("myformat", reader)` with `reader(arg, data_dir) -> Dataset`, in a
+module the command line imports by name (`--allow-import mymodule`). A name without a colon
+is a catalog data set (fashion-mnist, mnist). Nothing here imports code: a run's stored
+`dataset` only names a scheme, and an unregistered one is refused in one sentence.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import reprlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from trainlab import config
+from trainlab.data.catalog import CATALOG
+from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.data.dataset import Dataset
+
+Reader = Callable[[str, "str | os.PathLike | None"], "Dataset"]
+
+_READERS: dict[str, Reader] = {}
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]{0,49}")  # a URL scheme's letters, and _
+# A Dataset made in memory (from_arrays) is recorded as arrays:NAME: it cannot be reloaded.
+ARRAYS = "arrays"
+
+
+def register_format(scheme: str, reader: Reader | None = None):
+    """Make `load_dataset("SCHEME:ARG", data_dir)` call `reader(ARG, data_dir)`, which returns a
+    Dataset (e.g. from trainlab.from_arrays). A call, or a decorator: `@register_format("npz")`."""
+    if not isinstance(scheme, str) or not SCHEME.fullmatch(scheme):
+        raise ConfigError(f"data format scheme {reprlib.repr(scheme)} is invalid: use a letter, then up "
+                          "to 49 letters, digits or _ + . -")
+    if scheme == ARRAYS:
+        raise ConfigError(f"data format scheme {ARRAYS!r} is reserved: it marks data given in memory "
+                          "(trainlab.from_arrays); choose another name")
+
+    def deco(reader):
+        if not callable(reader):
+            raise ConfigError(f"data format {scheme!r}: the reader {reprlib.repr(reader)} is not callable")
+        known = _READERS.get(scheme)
+        if known is not None and known is not reader:
+            raise ConfigError(f"data format {scheme!r} is already registered (by "
+                              f"{getattr(known, '__module__', '?')}) with another reader: choose another scheme")
+        _READERS[scheme] = reader
+        return reader
+    return deco if reader is None else deco(reader)
+
+
+def schemes() -> list[str]:
+    """The registered data format schemes."""
+    return sorted(_READERS)
+
+
+def _choices() -> str:
+    return (f"choose {', '.join(sorted(CATALOG))}, or SCHEME:ARG for a registered data format "
+            f"(registered: {', '.join(schemes()) or 'none'}; yours with trainlab.data.register_format)")
+
+
+def problem(spec: str) -> str | None:
+    """Why `spec` names no data set, as a clause for the error, or None: a catalog name, or a
+    well-formed SCHEME:ARG (its format may be registered later, by a module named with
+    --allow-import)."""
+    scheme, colon, arg = spec.partition(":")
+    if spec in CATALOG or (colon and arg and SCHEME.fullmatch(scheme)):
+        return None
+    if colon and SCHEME.fullmatch(scheme):
+        return f"{scheme}: needs an argument after the colon, as in idx:DIR"
+    close = difflib.get_close_matches(spec, list(CATALOG), n=1)
+    return (f"not a catalog name (did you mean {close[0]!r}?); " if close else "") + _choices()
+
+
+def reader(spec: str) -> Reader:
+    """The reader registered for the scheme of `spec` (SCHEME:ARG); one sentence if none is."""
+    scheme = spec.partition(":")[0]
+    if scheme == ARRAYS:
+        raise ConfigError(f"dataset {reprlib.repr(spec)} was given in memory (trainlab.from_arrays), so it "
+                          "cannot be reloaded by name, nor from the command line: pass that data again "
+                          "from Python with data=...")
+    if scheme not in _READERS:
+        raise ConfigError(f"dataset {reprlib.repr(spec)}: no data format {scheme!r} is registered in this process (registered: "
+                          f"{', '.join(schemes()) or 'none'}): a format is registered with "
+                          "trainlab.data.register_format, and from the command line by naming the "
+                          "module that registers it with --allow-import MODULE")
+    return _READERS[scheme]
+
+
+config.check_datasets_with(problem)

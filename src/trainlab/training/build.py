@@ -1,0 +1,126 @@
+"""Building a run's parts from its config: every cross-field check first (one function, before
+any side effect), then the loaders, the model, and its optimizer, schedule, precision and EMA."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from trainlab import models
+from trainlab.config import Config
+from trainlab.data import Dataset, DeviceLoader, stratified_split
+from trainlab.errors import ConfigError
+from trainlab.inference import EVAL_BATCH
+from trainlab.training import distributed
+from trainlab.training.ema import make_ema
+from trainlab.training.optim import build_optimizer, lr_multiplier
+from trainlab.training.precision import resolve_precision
+
+log = logging.getLogger("trainlab")
+
+
+def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device: torch.device) -> None:
+    """Every check that needs more than one config value (or the data, or the processes):
+    called once, before threads, seeds or files are touched. Single values are checked by
+    config.validate."""
+    n_train = len(data.train_y)
+    if cfg.val_size >= n_train:
+        raise ConfigError(f"val_size = {cfg.val_size} is invalid: the training split has only {n_train} samples")
+    if cfg.train.batch_size > n_train - cfg.val_size:
+        raise ConfigError(f"batch_size = {cfg.train.batch_size} is invalid: larger than the "
+                          f"{n_train - cfg.val_size} training samples")
+    if dist.enabled and cfg.train.batch_size % dist.world_size:
+        raise ConfigError(f"batch_size = {cfg.train.batch_size} is the global batch and must divide "
+                          f"evenly across the {dist.world_size} processes")
+    if cfg.sync_bn and not (dist.enabled and device.type == "cuda"):
+        raise ConfigError("sync_bn needs DDP on CUDA GPUs (torchrun with NCCL); on the CPU "
+                          "each rank keeps its own BatchNorm statistics")
+    if cfg.train.tta_flip and not cfg.train.hflip:
+        log.warning("tta_flip is on but hflip is off: the model never saw mirrored images, "
+                    "so averaging over them usually hurts")
+    if cfg.patience and cfg.train.schedule == "onecycle" and cfg.monitor.endswith("loss"):
+        # seen in the notebooks: val_loss rises while the rate is high, before the anneal
+        log.warning("patience = %d with a one-cycle schedule, monitoring %s: the loss often rises during "
+                    "the high-rate phase and stops the run before the schedule anneals; monitor val_acc, "
+                    "raise patience, or use schedule = cosine", cfg.patience, cfg.monitor)
+
+
+def resolve_mode(cfg: Config) -> str:
+    if cfg.mode != "auto":
+        return cfg.mode
+    return "max" if cfg.monitor.endswith("acc") else "min"
+
+
+def model_spec(cfg: Config, data: Dataset) -> dict:
+    return {"name": cfg.model, "kwargs": dict(cfg.model_kwargs),
+            "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+
+
+def build_augment(cfg: Config):
+    t = cfg.train
+    if not (t.translate or t.hflip or t.erase):
+        return None
+    from trainlab.data.augment import Augment
+
+    return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase)
+
+
+def make_loaders(data: Dataset, cfg: Config, device, augment=None,
+                 ctx: distributed.DistContext = distributed.DistContext()) -> dict[str, DeviceLoader]:
+    """Train / val / test loaders on `device`; val is carved from the training split.
+
+    Under DDP the training loader shards each epoch across ranks, and val/test are split
+    rank::world so the ranks evaluate disjoint parts whose sums are all-reduced."""
+    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.seed)
+    common = dict(mean=data.mean, std=data.std, device=device)
+    r, w = ctx.rank, ctx.world_size
+    loaders = {
+        "train": DeviceLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.train.batch_size,
+                              shuffle=True, seed=cfg.seed, augment=augment, rank=r, world_size=w, **common),
+        "val": DeviceLoader(data.train_x[val_idx[r::w]], data.train_y[val_idx[r::w]], EVAL_BATCH, **common),
+        "test": DeviceLoader(data.test_x[r::w], data.test_y[r::w], EVAL_BATCH, **common),
+    }
+    # the final per-class report needs every test image in one place (rank 0)
+    loaders["test_full"] = loaders["test"] if w == 1 else DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, **common)
+    return loaders
+
+
+def build_model(s, allow_import) -> None:
+    """Session `s` gets model (the weights kept), train_model (what the step runs: DDP- and
+    compile-wrapped) and its loaders switched to channels_last when asked."""
+    cfg = s.cfg
+    if allow_import is None:  # a spec the user wrote now: it may import what it names
+        s.model = models.build(cfg.model, s.spec["input_shape"], s.spec["num_classes"], **s.spec["kwargs"])
+    else:  # a spec read from a run's files: through the one trust check
+        s.model = models.build_from_spec(s.spec, allow_import, "the run's config")
+    s.model = s.model.to(s.device)
+    if cfg.channels_last:
+        s.model = s.model.to(memory_format=torch.channels_last)
+        for loader in s.loaders.values():
+            loader.channels_last = True
+    if cfg.sync_bn:
+        s.model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model)
+    s.train_model = s.model
+    if s.dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        s.train_model = DistributedDataParallel(
+            s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    if cfg.compile:  # only the training forward is compiled; checkpoints hold s.model's keys
+        s.train_model = torch.compile(s.train_model)
+
+
+def build_optimization(s, schedule_epochs: int | None) -> None:
+    """Session `s` gets precision, optimizer, scheduler (planned once: extending a run keeps the
+    plan and the final rate continues), scaler, EMA and the loss."""
+    cfg = s.cfg
+    s.precision = resolve_precision(cfg.train.precision, s.device, cfg.model)
+    s.optimizer = build_optimizer(s.model, cfg.train)
+    s.schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": len(s.loaders["train"])}
+    s.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        s.optimizer, lr_multiplier(cfg.train, s.schedule["steps_per_epoch"], s.schedule["epochs"]))
+    s.scaler = s.precision.scaler(s.device)
+    s.ema = make_ema(s.model, cfg.train.ema) if cfg.train.ema > 0 else None
+    s.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)

@@ -1,0 +1,247 @@
+"""Callbacks: what happens around the heartbeat, in a declared order.
+
+Five hooks, each called with `run` (the training Session, or fit()'s FitContext):
+
+    on_fit_start(run)             once, before the first step (also on resume)
+    on_step_end(run)              after every optimizer step: the step path (see below)
+    on_epoch_end(run, row) -> bool | None   after each epoch's evaluation; True = stop
+    on_fit_end(run)               once, when fit() returns or raises (like `finally`)
+    state_dict() / load_state_dict(d)       the callback's own state, saved in every
+                                  checkpoint under `state_key` and restored on resume
+
+`on_step_end` runs on the step path: it must not read device values (no `.item()`, no
+`float(tensor)`, no printing a tensor): each would stall the device once per step. It gets
+host counters only (`run.state.step`, `.global_step`, `.epoch`); to stop, set
+`run.state.stopped` to a word. `on_epoch_end` may read anything: `row` holds the epoch's
+metrics as Python floats, and a key it adds is logged with them (callbacks run before the
+metrics log and the checkpoint writer, so their state and their keys are in that epoch's
+checkpoint). Order: lower `order` first; the built-ins use 10 (best + early stop), 70
+(metrics log), 80 (checkpoints), 85 (TensorBoard), 90 (console), 95 (signals); a user's
+callback defaults to 50.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from trainlab.errors import ConfigError, TrainlabError
+
+log = logging.getLogger("trainlab")
+
+
+class Callback:
+    order = 50
+    state_key: str | None = None  # default: the class name; must be unique in a run
+
+    def on_fit_start(self, run) -> None: ...
+
+    def on_step_end(self, run) -> None: ...
+
+    def on_epoch_end(self, run, row: dict) -> bool | None: ...
+
+    def on_fit_end(self, run) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class CallbackList:
+    """Callbacks sorted by `order` (stable: equal orders keep the order given)."""
+
+    def __init__(self, callbacks):
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise ConfigError(f"callback {cb!r} is invalid: subclass trainlab.Callback")
+        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
+        keys = [self.key(cb) for cb in self.callbacks]
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            raise ConfigError(f"two callbacks share the state key {dup[0]!r}: give one a distinct state_key")
+        # only the hooks a callback overrides are called: a step hook costs nothing otherwise
+        self._step = [cb for cb in self.callbacks if type(cb).on_step_end is not Callback.on_step_end]
+
+    @staticmethod
+    def key(cb: Callback) -> str:
+        return cb.state_key or type(cb).__name__
+
+    def on_fit_start(self, run) -> None:
+        for cb in self.callbacks:
+            cb.on_fit_start(run)
+
+    def on_step_end(self, run) -> None:
+        for cb in self._step:
+            cb.on_step_end(run)
+
+    def on_epoch_end(self, run, row: dict) -> bool:
+        stop = False
+        for cb in self.callbacks:  # every callback sees every epoch, even after a stop vote
+            stop = bool(cb.on_epoch_end(run, row)) or stop
+        return stop
+
+    def on_fit_end(self, run) -> None:
+        errors = []
+        for cb in self.callbacks:  # each one runs, so handlers are restored and files closed
+            try:
+                cb.on_fit_end(run)
+            except Exception as e:  # noqa: BLE001 -- raised after the others have run
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def state_dict(self) -> dict:
+        return {self.key(cb): cb.state_dict() for cb in self.callbacks}
+
+    def load_state_dict(self, states: dict) -> None:
+        """Each callback gets its own saved state; one the checkpoint does not know (added
+        on this resume) starts fresh, with a warning."""
+        for cb in self.callbacks:
+            key = self.key(cb)
+            if key in states:
+                cb.load_state_dict(states[key])
+            elif cb.state_dict():
+                log.warning("resume: the checkpoint holds no state for callback %s: it starts fresh", key)
+
+
+# ---------------------------------------------------------------- the built-ins
+
+class BestAndEarlyStop(Callback):
+    """Tracks the monitored metric (best.pt and early stopping); refuses a non-finite value
+    (the weights diverged) before anything of that epoch is written."""
+    order = 10
+    state_key = "early_stopping"
+
+    def __init__(self, metric: str = "val_loss", mode: str = "min", patience: int = 0,
+                 min_delta: float = 0.0, advice=lambda: ""):
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.counter = 0
+        self.improved = False  # this epoch is a new best (read by the checkpoint writer)
+        self._advice = advice
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True if it is a new best."""
+        if self.best is None:
+            improved = True
+        elif self.mode == "min":
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch, self.counter = value, epoch, 0
+        else:
+            self.counter += 1
+        self.improved = improved
+        return improved
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.counter >= self.patience
+
+    def on_epoch_end(self, run, row):
+        value = row.get(self.metric)
+        if value is None or not math.isfinite(value):
+            raise TrainlabError(f"the monitored metric {self.metric} is missing or not finite at epoch "
+                                f"{row['epoch']} (the weights diverged): {self._advice()}")
+        # Every rank sees the same all-reduced metrics, so all take the same decision here.
+        self.update(value, row["epoch"])
+        if self.should_stop:
+            run.state.stopped = "early-stop"  # wins over a signal at the same epoch end: the run is done
+            log.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at "
+                     "epoch %d)", self.metric, self.min_delta, self.patience, self.best, self.best_epoch)
+        return self.should_stop
+
+    def summary(self) -> dict:
+        return {"metric": self.metric, "value": self.best, "epoch": self.best_epoch}
+
+    def state_dict(self) -> dict:
+        return {"metric": self.metric, "mode": self.mode, "patience": self.patience,
+                "min_delta": self.min_delta, "best": self.best, "best_epoch": self.best_epoch,
+                "counter": self.counter}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.best_epoch, self.counter = d["best"], d["best_epoch"], d["counter"]
+
+
+class MetricsLog(Callback):
+    """Each epoch's row appended to runs/<name>/metrics.jsonl (rank 0)."""
+    order = 70
+
+    def on_epoch_end(self, run, row):
+        if run.dist.is_main:
+            from trainlab.store import runs
+
+            runs.append_metrics(run.run_dir, row)
+
+
+class CheckpointWriter(Callback):
+    """best.pt when the monitored metric improved, last.pt every epoch, epoch-NNNN.pt every
+    `save_every` epochs (the newest `keep` kept). Best first: if a crash lands inside the
+    last.pt write, a verified best.pt of this same epoch is there to resume from."""
+    order = 80
+
+    def __init__(self, save_every: int = 0, keep: int = 0):
+        self.save_every, self.keep = save_every, keep
+
+    def on_epoch_end(self, run, row):
+        if not run.dist.is_main:
+            return
+        monitor = run.monitor
+        info = {"epoch": row["epoch"], "global_step": row["global_step"], "metric": monitor.metric,
+                "value": row.get(monitor.metric)}
+        ckpt = run.state_dict()
+        if monitor.improved:
+            run.checkpoints.save("best.pt", ckpt, **info)
+        run.checkpoints.save("last.pt", ckpt, **info)
+        if self.save_every and row["epoch"] % self.save_every == 0:
+            run.checkpoints.save(f"epoch-{row['epoch']:04d}.pt", ckpt, **info)
+            run.checkpoints.prune_periodic(self.keep)
+
+
+class TensorBoardLog(Callback):
+    """Per-epoch scalars, and the final confusion matrix as an image (rank 0)."""
+    order = 85
+
+    def __init__(self):
+        self.writer = None
+
+    def on_fit_start(self, run):
+        if run.dist.is_main and self.writer is None:
+            from trainlab.training.tensorboard import TensorBoardLogger
+
+            self.writer = TensorBoardLogger(run.run_dir)
+
+    def on_epoch_end(self, run, row):
+        if self.writer is not None:
+            self.writer.log_epoch(row)
+
+    def log_confusion(self, confusion, classes, step: int) -> None:
+        if self.writer is not None:
+            self.writer.log_confusion(confusion, classes, step=step)
+
+    def on_fit_end(self, run):
+        if self.writer is not None:
+            self.writer.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Console(Callback):
+    """One line per epoch (the progress bar itself is the loop's)."""
+    order = 90
+
+    def on_epoch_end(self, run, row):
+        if not run.dist.is_main:
+            return
+        nan = float("nan")
+        log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1fs%s",
+                 row["epoch"], run.state.epochs, row["train_loss"], row["train_acc"], row.get("val_loss", nan),
+                 row.get("val_acc", nan), row.get("test_acc", nan), row["train_seconds"],
+                 "  *best" if run.monitor.improved else "")

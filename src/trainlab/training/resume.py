@@ -1,0 +1,215 @@
+"""Resuming a run: choose the checkpoint (newest usable, or --from), decide what may change
+(free, changeable with --allow-changes, fixed), restore, and continue in place or fork into
+a new folder; with no usable checkpoint, start over without losing a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainlab.config import Config, resolve
+from trainlab.data import Dataset, fingerprint_changes
+from trainlab.errors import ConfigError, TrainlabError
+from trainlab.store import runs
+from trainlab.store.checkpoint import CheckpointDir
+from trainlab.training import distributed, runtime
+from trainlab.training.callbacks import Callback
+from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint
+from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply
+from trainlab.training.session import Session, TrainResult
+
+log = logging.getLogger("trainlab")
+
+CHECKPOINTS = runs.CHECKPOINTS
+
+@dataclass
+class _Request:
+    """What the caller asked of a resume (the arguments of resume(), checked)."""
+    epochs: int | None
+    into: Path | None
+    reset_optimizer: bool
+    allow_changes: bool
+    allow_data_change: bool
+    data: Dataset | None
+    overrides: dict
+    progress: bool | None
+    allow_import: tuple[str, ...]
+    from_checkpoint: str | None
+    callbacks: tuple
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
+           reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
+           overrides: dict | None = None, progress: bool | None = None,
+           allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None,
+           allow_data_change: bool | None = None, callbacks: list[Callback] = ()) -> TrainResult:
+    """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
+
+    Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
+    metrics.jsonl, or are refused by name. A model named by import path in the run's files
+    is built only if its module is in `allow_import`. `from_checkpoint` (e.g. "best.pt")
+    rewinds to that checkpoint instead of the newest; newer ones are set aside, not deleted.
+    `allow_data_change` (default: `allow_changes`) accepts data that differs from the
+    checkpoint's; the CLI waives it only for an explicit --allow-changes. `callbacks` are the
+    run's own (pass the same ones as to train()): each gets its state back from the checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG_FILE).is_file():
+        raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
+                            "or its run was stopped before it started; start it again with trainlab train")
+    req = _Request(epochs, Path(into) if into is not None else None, reset_optimizer, allow_changes,
+                   allow_changes if allow_data_change is None else allow_data_change, data, dict(overrides or {}),
+                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks))
+    lock = runs.RunLock(run_dir).acquire() if into is None and distributed.context().is_main else None
+    try:
+        with runtime.library_output(progress, False):
+            return _resume_locked(run_dir, req, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> str | None:
+    """Rank 0 alone cleans, repairs and chooses; the other ranks follow its choice (under DDP a
+    rank deciding on its own could restart over checkpoints rank 0 is recovering)."""
+    ctx = distributed.context()
+    decision = None
+    if ctx.is_main:
+        try:
+            decision = choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, req.into, req.from_checkpoint)
+        except TrainlabError as e:
+            distributed.broadcast_object({"error": str(e), "code": e.exit_code}, ctx)
+            raise
+    decision = distributed.broadcast_object(decision, ctx)
+    if "error" in decision:
+        err = TrainlabError(decision["error"])
+        err.exit_code = decision["code"]
+        raise err
+    return decision["name"]
+
+
+def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
+    ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
+    folder_cfg = read_run_config(run_dir)
+    name = _decide(run_dir, ckpt_dir, folder_cfg, lock, req)
+    if name is None:
+        return _restart(run_dir, folder_cfg, req)
+    path = run_dir / CHECKPOINTS / name
+    ckpt = usable_checkpoint(path, run_dir, folder_cfg)
+    saved_cfg = ckpt["config"]
+    overrides, allow_changes = req.overrides, req.allow_changes
+    # an override recorded in config.toml whose first save never came (a kill): applied again
+    pending = {k: folder_cfg[k] for k in RESUME_CHANGEABLE_KEYS
+               if k in folder_cfg and folder_cfg[k] != saved_cfg.get(k) and k not in overrides}
+    if pending:
+        log.warning("resume: re-applying the override(s) recorded in config.toml: %s",
+                    ", ".join(f"{k} = {v!r}" for k, v in sorted(pending.items())))
+        overrides, allow_changes = {**pending, **overrides}, True
+    values = {**saved_cfg, **overrides}
+    if req.epochs is not None:
+        values["epochs"] = req.epochs
+    if req.into is not None:
+        values["runs_dir"], values["name"] = str(req.into.parent), req.into.name
+    cfg = resolve(values, origin="resume")
+    if cfg.train.epochs < ckpt["epoch"]:
+        raise ConfigError(f"epochs = {cfg.train.epochs} is less than the {ckpt['epoch']} epochs already trained")
+    changes = changes_to_apply(saved_cfg, cfg, allow_changes, "resume")
+    threads = cfg.threads or torch.get_num_threads()
+    if threads != ckpt.get("threads"):
+        log.warning("resume: %d threads now vs %s when saved: results will not be bitwise equal "
+                    "to an uninterrupted run", threads, ckpt.get("threads"))
+    session = Session(cfg, req.data, progress=req.progress, schedule_epochs=ckpt["schedule"]["epochs"],
+                      allow_import=req.allow_import, callbacks=req.callbacks)
+    _check_continues(session, ckpt, path, name, req)
+    session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
+    apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
+    _record(session, run_dir, ckpt, name, cfg, changes, lock, req)
+    where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
+    log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
+             " with a fresh optimizer" if req.reset_optimizer else "")
+    try:
+        return session.run()
+    finally:
+        session.release()  # in place, the lock is resume()'s: releasing twice is harmless
+
+
+def _check_continues(session: Session, ckpt: dict, path: Path, name: str, req: _Request) -> None:
+    """The session built now is the one the checkpoint continues: same data, model, and (mid-epoch)
+    the same number of processes."""
+    changed = fingerprint_changes(ckpt.get("fingerprint"), session.data.fingerprint())
+    if changed and not req.allow_data_change:
+        raise ConfigError(f"the data differs from the checkpoint's ({'; '.join(changed)}); "
+                          "pass --allow-changes to resume on it anyway")
+    if ckpt["model_spec"] != session.spec:
+        raise TrainlabError(f"{path}: its model ({ckpt['model_spec']}) differs from the one this run "
+                            f"builds ({session.spec}); it was not used")
+    saved_world = ckpt.get("world_size", 1)
+    if saved_world != session.dist.world_size:
+        if ckpt.get("step"):
+            raise ConfigError(f"{name} was saved in the middle of an epoch by {saved_world} process(es); "
+                              f"resume it with the same number of processes, not {session.dist.world_size}")
+        log.info("resume: world size %d -> %d (the batch size is global: same steps, same schedule)",
+                 saved_world, session.dist.world_size)
+
+
+def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config, changes: dict, lock,
+            req: _Request) -> None:
+    """metrics.jsonl (and config.toml when something changed) say what happened: in place, the
+    rows after the checkpoint go and a resume event is appended; a fork starts a new folder."""
+    event = {"event": "override", "epoch": ckpt["epoch"],
+             "changes": {k: [a, b] for k, (a, b) in changes.items()}} if changes else None
+    if req.into is None:
+        session.run_dir = run_dir
+        session.lock = lock  # released by resume()
+        if session.dist.is_main:
+            runs.truncate_metrics(run_dir, ckpt["epoch"], {
+                "event": "resume", "from": name, "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
+                "global_step": ckpt["global_step"], "world_size": session.dist.world_size})
+            if changes:
+                runs.write_config(run_dir, cfg)  # the folder's config says what runs from now on
+                runs.append_metrics(run_dir, event)
+        return
+    session.start_run_dir({"parent": {"run": str(run_dir), "checkpoint": name, "epoch": ckpt["epoch"],
+                                      "reset_optimizer": req.reset_optimizer}})
+    if session.dist.is_main:
+        for row in session.state.history:
+            runs.append_metrics(session.run_dir, row)
+        runs.append_metrics(session.run_dir, {"event": "fork", "from": str(run_dir), "epoch": ckpt["epoch"],
+                                              "reset_optimizer": req.reset_optimizer})
+        if changes:
+            runs.append_metrics(session.run_dir, event)
+
+
+def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
+    """No verified checkpoint (killed during the very first save): train again in place.
+    Files that do not verify are moved aside, never overwritten; overrides apply as on resume."""
+    try:
+        saved = resolve(values).to_dict()
+    except ConfigError as e:
+        raise damaged(run_dir / runs.CONFIG_FILE, e) from None
+    merged = {**values, **req.overrides}
+    if req.epochs is not None:
+        merged["epochs"] = req.epochs
+    cfg = resolve(merged, origin="resume")
+    changes = changes_to_apply(saved, cfg, req.allow_changes, "resume")
+    if distributed.context().is_main:  # rank 0 alone moves files
+        CheckpointDir(run_dir / CHECKPOINTS).set_aside_unusable()
+    log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
+    session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks)
+    session.run_dir = run_dir
+    if session.dist.is_main:
+        old = run_dir / runs.METRICS_FILE
+        if old.is_file() and old.stat().st_size:  # earlier rows kept aside, not erased
+            os.replace(old, run_dir / f"metrics-before-restart-{int(os.path.getmtime(old))}.jsonl")
+        runs.write_config(run_dir, cfg)
+        runs.truncate_metrics(run_dir, 0, {"event": "restart", "epoch": 0})
+        if changes:
+            runs.append_metrics(run_dir, {"event": "override", "epoch": 0,
+                                          "changes": {k: [a, b] for k, (a, b) in changes.items()}})
+    try:
+        return session.run()
+    finally:
+        session.release()
