@@ -13,6 +13,7 @@ from conftest import make_images
 
 from trainlab import plots
 from trainlab.errors import TrainlabError
+from trainlab.store import runs
 
 CLASSES = [f"class {i}" for i in range(10)]
 
@@ -49,7 +50,7 @@ def test_curves(tmp_path):
 def test_epoch_rows_skips_markers_and_keeps_last_of_a_repeated_epoch():
     rows = [{"epoch": 1, "x": 1}, {"epoch": 2, "x": 2}, {"event": "resume", "epoch": 2}, {"epoch": 2, "x": 3},
             {"event": "fork", "epoch": 3}, {"epoch": 3, "x": 4}]
-    assert [r["x"] for r in plots.epoch_rows(rows)] == [1, 3, 4]
+    assert [r["x"] for r in runs.epoch_rows(rows)] == [1, 3, 4]
 
 
 def test_per_class_bars_and_nan(tmp_path):

@@ -1,23 +1,30 @@
 """The precision policy: what auto chooses, fp16/bf16 autocast on CPU, the scaler round trip."""
 
+import math
+
 import pytest
 import torch
+from conftest import train_tiny
 
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
 from trainlab.training import precision as P
-from trainlab.training.session import train
 
 
 def test_auto_on_cpu_is_float32_unless_bf16_was_measured_to_help(monkeypatch):
+    """bf16 only on a CPU with fast bf16 and for a model registered with cpu_bf16 (measured)."""
+    from trainlab import models
+
     cpu = torch.device("cpu")
+    assert models.info("mlp").cpu_bf16 and not models.info("resnet").cpu_bf16
     monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: True)
-    monkeypatch.setattr(P, "CPU_BF16_MEASURED_HELPS", {"cnn-fast"})
-    assert P.resolve_precision("auto", cpu, "mlp").name == "32"
-    chosen = P.resolve_precision("auto", cpu, "cnn-fast")
+    chosen = P.resolve_precision("auto", cpu, "mlp")
     assert chosen.name == "bf16-mixed" and "measured" in chosen.reason
+    assert P.resolve_precision("auto", cpu, "resnet").name == "32"  # registered, never measured faster
+    assert P.resolve_precision("auto", cpu, "mypkg.nets:make").name == "32"  # an import path: unknown
     monkeypatch.setattr(P, "cpu_has_fast_bf16", lambda: False)
-    assert P.resolve_precision("auto", cpu, "cnn-fast").name == "32"
+    chosen = P.resolve_precision("auto", cpu, "mlp")
+    assert chosen.name == "32" and "float32" in chosen.reason
 
 
 def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch):
@@ -42,9 +49,16 @@ def test_explicit_choices_and_bad_value():
         resolve({"precision": "half"})
 
 
-def test_float16_underflow_is_why_the_scaler_exists():
-    assert torch.tensor(1e-8, dtype=torch.float16) == 0
-    assert torch.tensor(1e-8 * 65536, dtype=torch.float16) > 0
+def test_the_fp16_scaler_keeps_small_gradients_from_underflowing():
+    cpu = torch.device("cpu")
+    small = torch.tensor(1e-8)
+    assert small.half() == 0  # float16 flushes it: why 16-mixed needs a loss scaler
+    scaler = P.Precision("16-mixed").scaler(cpu)
+    assert scaler.is_enabled() and scaler.get_scale() == 65536.0
+    assert scaler.scale(small).half() > 0
+    for name in ("bf16-mixed", "32"):  # bfloat16 has float32's range: no scaler, a pass-through
+        off = P.Precision(name).scaler(cpu)
+        assert not off.is_enabled() and off.scale(small) is small
 
 
 @pytest.mark.parametrize("name,dtype", [("16-mixed", torch.float16), ("bf16-mixed", torch.bfloat16)])
@@ -58,21 +72,29 @@ def test_autocast_runs_matmuls_in_low_precision_on_cpu(name, dtype):
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_mixed_precision_training_learns_on_cpu(tiny_data, tmp_path, precision):
-    result = train(resolve({"model": "mlp", "precision": precision, "epochs": 3, "batch_size": 32,
-                            "val_size": 100, "quiet": True, "runs_dir": str(tmp_path)}),
-                   data=tiny_data, progress=False)
+    result = train_tiny(tmp_path, tiny_data, precision=precision, epochs=3)
     assert result.results["precision"] == precision
     assert result.test_accuracy > 0.5  # chance is 0.1
 
 
-def test_scaler_state_round_trips_through_a_checkpoint(tiny_data, tmp_path):
+def test_scaler_state_round_trips_through_a_checkpoint(tiny_data, tmp_path, monkeypatch):
+    """The float16 loss scaler's state is saved in last.pt and restored by resume."""
+    from trainlab import resume
     from trainlab.store.checkpoint import load_checkpoint
 
-    train(resolve({"model": "mlp", "precision": "16-mixed", "epochs": 1, "batch_size": 32,
-                   "val_size": 100, "quiet": True, "runs_dir": str(tmp_path), "name": "r"}),
-          data=tiny_data, progress=False)
+    train_tiny(tmp_path, tiny_data, precision="16-mixed", epochs=1, name="r")
     saved = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["scaler"]
-    scaler = torch.amp.GradScaler("cpu")
-    scaler.load_state_dict(saved)
-    assert scaler.state_dict() == saved
-    assert saved["scale"] <= 65536.0  # halves on skipped steps, grows every 2000 good ones
+    assert {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"} <= set(saved)
+    # it starts at 65536 and only halves (a skipped step) within 2000 steps: 65536 / 2**k
+    assert saved["scale"] > 0 and math.log2(65536 / saved["scale"]) % 1 == 0
+    loaded = []
+    real = torch.amp.GradScaler.load_state_dict
+
+    def spy(self, state):
+        loaded.append(dict(state))
+        return real(self, state)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "load_state_dict", spy)
+    result = resume(tmp_path / "r", epochs=2, data=tiny_data, progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert loaded == [saved]  # the resumed run's scaler continues from the saved state

@@ -260,7 +260,7 @@ def small_convnet(input_shape, num_classes, width=8):
                          nn.Flatten(), nn.Linear(4 * width, num_classes))
 
 
-def test_a_user_conv_model_gets_its_recipe_and_channels_last_through_train_resume_export(tmp_path):
+def test_a_user_conv_model_gets_its_recipe_and_channels_last_through_train_resume_export(tmp_path, capsys):
     trainlab.register("registry-test-convnet", small_convnet, recipe="fast-cnn", conv=True)
     tx, ty = make_images(160, num_classes=4, size=8, seed=1)
     sx, sy = make_images(64, num_classes=4, size=8, seed=2)
@@ -285,6 +285,12 @@ def test_a_user_conv_model_gets_its_recipe_and_channels_last_through_train_resum
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(tmp_path / "out" / "model.safetensors"))  # the user's own module loads it
+
+    # the data was given in memory: the command line cannot reload it, and says so
+    capsys.readouterr()
+    assert trainlab.cli.main(["evaluate", str(run), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "was given in memory (trainlab.from_arrays)" in err and "data=" in err and "Traceback" not in err
 
 
 NPZ_FORMAT = '''
@@ -328,3 +334,44 @@ def test_a_user_data_format_from_the_command_line(tmp_path):
     assert len(errors) == 1, done.stderr
     assert "no data format 'npz' is registered" in errors[0] and "--allow-import" in errors[0]
     assert "Traceback" not in done.stderr
+
+
+CONV_MODULE = '''
+"""A user's model module: registering is all it does."""
+from torch import nn
+import trainlab
+
+
+def make(input_shape, num_classes):
+    return nn.Sequential(nn.Conv2d(input_shape[0], 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, num_classes))
+
+
+trainlab.register("cli-convnet", make, recipe="textbook", conv=True)
+'''
+
+
+def test_a_model_registered_by_an_allowed_module_on_the_command_line(tmp_path):
+    (tmp_path / "mynets.py").write_text(CONV_MODULE)
+    data = write_idx_folder(tmp_path / "d", n_train=120, n_test=40, size=8, num_classes=4)
+    done = run_cli("train", "--allow-import", "mynets", "--model", "cli-convnet", "--dataset", f"idx:{data}",
+                   "--epochs", "1", "--batch-size", "32", "--val-size", "20", "--runs-dir", "runs", "--name", "c",
+                   "--threads", "1", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    stored = tomllib.loads((tmp_path / "runs" / "c" / "config.toml").read_text())
+    assert stored["recipe"] == "textbook" and stored["channels_last"] is True  # read after the import
+
+    done = run_cli("export", "runs/c", "-o", "out", cwd=tmp_path)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("trainlab: ")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "its model 'cli-convnet' is not registered in this process" in errors[0]
+    assert "--allow-import MODULE" in errors[0]
+    done = run_cli("export", "runs/c", "-o", "out", "--allow-import", "mynets", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_the_package_root_exports_the_registries():
+    assert trainlab.register is models.register and trainlab.build_model is models.build
+    assert trainlab.register_format is trainlab.data.register_format is formats.register_format
+    assert {"register", "register_format", "build_model"} <= set(trainlab.__all__)

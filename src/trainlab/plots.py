@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from trainlab.errors import TrainlabError
 from trainlab.metrics import percent
+from trainlab.store.runs import epoch_rows
 
 
 class Saved(NamedTuple):
@@ -58,18 +59,6 @@ def _save(fig, out: str | Path) -> Saved:
         fig.savefig(buf, format="svg", metadata={"Date": None})
     atomic_write_bytes(svg, buf.getvalue())
     return Saved(png, svg)
-
-
-def epoch_rows(history: list[dict]) -> list[dict]:
-    """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume).
-
-    Marker rows ({"event": "resume" | "fork" | "restart", "epoch": ...}) are not epochs.
-    """
-    by_epoch = {}
-    for row in history:
-        if "epoch" in row and "event" not in row:
-            by_epoch[row["epoch"]] = row
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _series(rows: list[dict], key: str) -> tuple[list, list]:

@@ -16,7 +16,6 @@ from pathlib import Path
 from trainlab.analysis.tables import table
 from trainlab.config import load_toml
 from trainlab.errors import ConfigError, TrainlabError
-from trainlab.plots import epoch_rows
 from trainlab.store import runs
 
 # Keys that name or place a run, or only change what it prints or saves: never a "difference".
@@ -89,7 +88,7 @@ def load_run(path: str | Path) -> RunRecord:
         raise TrainlabError(f"{path}: {e}") from None
     _check_shape(path, meta, results)
     rows = [r for r in runs.read_metrics(path) if _plain_row(r)]
-    return RunRecord(path, path.name, config, meta, epoch_rows(rows), results)
+    return RunRecord(path, path.name, config, meta, runs.epoch_rows(rows), results)
 
 
 _ROW_NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
@@ -322,6 +321,6 @@ def resume_pairs(records: list[RunRecord]) -> list[ResumePair]:
     for (where, epoch), sides in forks.items():
         if False in sides and True in sides:
             parent_dir = Path(where)
-            history = epoch_rows(runs.read_metrics(parent_dir)) if parent_dir.is_dir() else []
+            history = runs.epoch_rows(runs.read_metrics(parent_dir)) if parent_dir.is_dir() else []
             pairs.append(ResumePair(sides[False], sides[True], epoch, history))
     return pairs

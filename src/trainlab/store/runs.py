@@ -215,3 +215,15 @@ def read_json(path: Path) -> dict:
         raise TrainlabError(f"{path} is not valid JSON ({e})") from None
     except OSError as e:
         raise TrainlabError(f"{path} cannot be read ({e.strerror})") from None
+
+
+def epoch_rows(history: list[dict]) -> list[dict]:
+    """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume).
+
+    Marker rows ({"event": "resume" | "fork" | "restart", "epoch": ...}) are not epochs.
+    """
+    by_epoch = {}
+    for row in history:
+        if "epoch" in row and "event" not in row:
+            by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]

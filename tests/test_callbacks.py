@@ -1,0 +1,255 @@
+"""Callbacks (trainlab.training.callbacks): order, keyed state in every checkpoint, the step
+path reading no device values, a user's callback surviving a kill -9 bitwise, and library
+calls that show what they do."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from conftest import SRC, TINY_RUN, cli_env
+
+import trainlab
+from trainlab.errors import ConfigError
+from trainlab.store.checkpoint import load_checkpoint
+from trainlab.training.callbacks import Callback, CallbackList
+
+
+class Recorder(Callback):
+    def __init__(self, calls, name, order=50):
+        self.calls, self.name, self.order = calls, name, order
+        self.state_key = name
+
+    def on_fit_start(self, run):
+        self.calls.append((self.name, "fit_start"))
+
+    def on_epoch_end(self, run, row):
+        self.calls.append((self.name, "epoch_end", row["epoch"]))
+
+    def on_fit_end(self, run):
+        self.calls.append((self.name, "fit_end"))
+
+
+def test_callbacks_run_in_declared_order_and_every_one_sees_every_epoch(tmp_path, tiny_data):
+    calls = []
+
+    class Stopper(Recorder):
+        def on_epoch_end(self, run, row):
+            super().on_epoch_end(run, row)
+            return True  # votes to stop after the first epoch
+
+    result = trainlab.train(
+        {**TINY_RUN, "epochs": 3, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False,
+        callbacks=[Recorder(calls, "late", order=60), Stopper(calls, "early", order=20)])
+    assert calls == [("early", "fit_start"), ("late", "fit_start"), ("early", "epoch_end", 1),
+                     ("late", "epoch_end", 1), ("early", "fit_end"), ("late", "fit_end")]
+    assert result.results["stopped"] == "early-stop" and len(result.history) == 1
+
+
+def test_a_callback_list_refuses_duplicates_and_non_callbacks():
+    with pytest.raises(ConfigError, match="state key 'same'"):
+        CallbackList([Recorder([], "same"), Recorder([], "same")])
+    with pytest.raises(ConfigError, match="subclass trainlab.Callback"):
+        CallbackList([lambda run: None])
+
+
+class Smooth(Callback):
+    """An extra metric with its own state: an exponential average of the validation loss."""
+
+    def __init__(self):
+        self.value, self.n = None, 0
+
+    def on_epoch_end(self, run, row):
+        v = row["val_loss"]
+        self.value = v if self.value is None else 0.5 * self.value + 0.5 * v
+        self.n += 1
+        row["val_loss_smooth"] = self.value  # logged with the epoch's metrics
+
+    def state_dict(self):
+        return {"value": self.value, "n": self.n}
+
+    def load_state_dict(self, d):
+        self.value, self.n = d["value"], d["n"]
+
+
+def test_a_callbacks_state_rides_in_every_checkpoint_and_comes_back_on_resume(tmp_path, tiny_data):
+    run = trainlab.train({**TINY_RUN, "epochs": 2, "runs_dir": str(tmp_path)}, data=tiny_data,
+                         progress=False, callbacks=[Smooth()]).run_dir
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["callbacks"]["Smooth"]["n"] == 2
+    assert ckpt["callbacks"]["early_stopping"] == ckpt["early_stopping"]
+    again = Smooth()
+    trainlab.resume(run, epochs=3, data=tiny_data, progress=False, callbacks=[again])
+    assert again.n == 3  # 2 restored + 1 new epoch
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_loss_smooth"] is not None for r in rows if "epoch" in r and "event" not in r] == [True] * 3
+
+
+# ---------------------------------------------------------------- the step path
+
+SYNCING = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+
+
+@contextlib.contextmanager
+def device_reads_forbidden():
+    """Every Tensor method that copies a value to the host raises while this is active."""
+    saved = {name: getattr(torch.Tensor, name) for name in SYNCING}
+
+    def forbid(name):
+        def refuse(*a, **k):
+            raise AssertionError(f"a step hook called Tensor.{name}(): a host sync every step")
+        return refuse
+
+    for name in SYNCING:
+        setattr(torch.Tensor, name, forbid(name))
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+
+
+def watched_step_hooks(monkeypatch, calls):
+    original = CallbackList.on_step_end
+
+    def guarded(self, run):
+        calls.append(run.state.global_step)
+        with device_reads_forbidden():
+            original(self, run)
+
+    monkeypatch.setattr(CallbackList, "on_step_end", guarded)
+
+
+def test_the_step_hooks_read_no_device_value(tmp_path, tiny_data, monkeypatch):
+    calls = []
+    watched_step_hooks(monkeypatch, calls)
+
+    class Counter(Callback):
+        def on_step_end(self, run):
+            assert isinstance(run.state.global_step, int) and isinstance(run.state.step, int)
+
+    trainlab.train(
+        {**TINY_RUN, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False, callbacks=[Counter()])
+    assert calls and calls == sorted(calls)  # the built-in signal poll and the user's hook ran guarded
+
+
+def test_the_guard_catches_a_step_hook_that_reads_the_device(tmp_path, tiny_data, monkeypatch):
+    watched_step_hooks(monkeypatch, [])
+
+    class Reader(Callback):
+        def on_step_end(self, run):
+            float(run.model.parameters().__next__().sum())  # the mistake the docstring warns of
+
+    with pytest.raises(AssertionError, match="host sync every step"):
+        trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False,
+                       callbacks=[Reader()])
+
+
+def test_fit_on_its_own_passes_a_fit_context_and_ends_hooks_on_error(tiny_data):
+    from trainlab.data import DeviceLoader
+    from trainlab.training.loop import FitContext, fit
+
+    seen = []
+
+    class Boom(Callback):
+        def on_fit_start(self, run):
+            seen.append(type(run).__name__)
+
+        def on_epoch_end(self, run, row):
+            raise RuntimeError("boom")
+
+        def on_fit_end(self, run):
+            seen.append("fit_end")
+
+    model = trainlab.build_model("mlp", tiny_data.input_shape, tiny_data.num_classes)
+    loader = DeviceLoader(tiny_data.train_x, tiny_data.train_y, 64, mean=tiny_data.mean, std=tiny_data.std)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=2, callbacks=[Boom()],
+            progress=False)
+    assert seen == [FitContext.__name__, "fit_end"]
+
+
+# ---------------------------------------------------------------- a user's callback, killed
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import trainlab
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_dataset
+    from test_callbacks import Smooth
+
+    data = tiny_dataset()
+    config = {config!r}
+    if sys.argv[1] == "train":
+        trainlab.train(config, data=data, progress=False, callbacks=[Smooth()])
+    else:
+        trainlab.resume(sys.argv[2], data=data, progress=False, callbacks=[Smooth()])
+""")
+
+
+def _script(tmp_path, config: dict):
+    path = tmp_path / "user_script.py"
+    path.write_text(SCRIPT.format(tests=str(SRC.parent / "tests"), config=config))
+    return path
+
+
+def _epoch_rows(run):
+    lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
+    return [json.loads(x) for x in lines if x.strip() and '"event"' not in x]
+
+
+def test_a_users_callback_survives_kill_9_bitwise(tmp_path):
+    config = {**TINY_RUN, "epochs": 6, "threads": 1, "save_every": 1}
+    env = cli_env()
+    straight = dict(config, runs_dir=str(tmp_path / "straight"), name="run")
+    subprocess.run([sys.executable, _script(tmp_path, straight), "train"], env=env, check=True, timeout=300)
+
+    killed = dict(config, runs_dir=str(tmp_path / "killed"), name="run")
+    run = tmp_path / "killed" / "run"
+    proc = subprocess.Popen([sys.executable, _script(tmp_path, killed), "train"], env=env)
+    deadline = time.monotonic() + 240
+    while len(_epoch_rows(run)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before the kill: nothing was tested"
+    assert len(_epoch_rows(run)) < 6
+    subprocess.run([sys.executable, _script(tmp_path, killed), "resume", str(run)], env=env, check=True,
+                   timeout=300)
+
+    a = load_checkpoint(tmp_path / "straight" / "run" / "checkpoints" / "last.pt")
+    b = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert a["callbacks"]["Smooth"] == b["callbacks"]["Smooth"] and b["callbacks"]["Smooth"]["n"] == 6
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    smooth = [[r["val_loss_smooth"] for r in _epoch_rows(p)] for p in (tmp_path / "straight" / "run", run)]
+    assert smooth[0] == smooth[1] and len(smooth[0]) == 6
+
+
+# ---------------------------------------------------------------- what a library call shows
+
+def test_a_script_sees_the_run_and_each_epoch_unless_progress_is_false(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(SRC.parent / "tests")!r})
+        import trainlab
+        from conftest import tiny_dataset
+        show = sys.argv[1] == "show"
+        trainlab.train({{"model": "mlp", "epochs": 2, "batch_size": 64, "val_size": 100,
+                        "runs_dir": {str(tmp_path)!r}}}, data=tiny_dataset(), progress=None if show else False)
+    """)
+    shown = subprocess.run([sys.executable, "-c", code, "show"], env=cli_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "epoch 1/2" in shown.stdout and "epoch 2/2" in shown.stdout and "run: " in shown.stdout
+    assert "step" in shown.stderr  # the tqdm bar
+    quiet = subprocess.run([sys.executable, "-c", code, "quiet"], env=cli_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert quiet.returncode == 0 and quiet.stdout == "" and "step/s" not in quiet.stderr
+
