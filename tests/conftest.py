@@ -204,6 +204,22 @@ def cli(capsys):
     return call
 
 
+def refuse_writes_under(monkeypatch, folder: Path, err: int) -> None:
+    """The OS's answer for a read-only mount (errno.EROFS), a full disk (ENOSPC) or a folder
+    not ours (EACCES), injected for every file opened for writing under `folder` (reads still
+    work): CI runs as root, which permission bits do not stop."""
+    real = os.open
+    folder = str(folder)
+
+    def guarded(path, flags, mode=0o777, **kw):
+        p = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        if (p == folder or p.startswith(folder + os.sep)) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise OSError(err, os.strerror(err), p)
+        return real(path, flags, mode, **kw)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
 @pytest.fixture
 def tiny_data():
     """A small trainlab Dataset (600 train / 200 test, 10 classes, 1x28x28): `tiny_dataset()`."""

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import refuse_writes_under
 
 import trainlab.store.atomic as atomic
 from trainlab.errors import StoreError
@@ -85,11 +86,7 @@ def test_a_read_only_folder_gives_one_sentence_and_leaves_the_old_file(tmp_path,
     # CI runs as root, which ignores permission bits: the OS's answer is injected instead
     target = tmp_path / "results.json"
     target.write_text("old")
-
-    def refuse(path, flags, mode=0o777):
-        raise OSError(err, os.strerror(err), str(path))
-
-    monkeypatch.setattr(atomic.os, "open", refuse)
+    refuse_writes_under(monkeypatch, tmp_path, err)
     with pytest.raises(StoreError, match="read-only or not yours"):
         atomic_write_bytes(target, b"new")
     assert target.read_text() == "old"
@@ -122,7 +119,7 @@ WRITERS_ALLOWED = {
 
 # Files allowed to rename (never to write) inside a locked run folder, and why.
 RENAMES_ALLOWED = {
-    "training/session.py": "metrics kept aside on restart",
+    "training/resume.py": "metrics kept aside on restart",
     "store/checkpoint.py": "recovery sets unusable files aside",
 }
 

@@ -30,6 +30,7 @@ def test_ranges_stay_within_each_images_values():
         assert (out.amin(dim=(1, 2, 3)) >= lo - 1e-6).all() and (out.amax(dim=(1, 2, 3)) <= hi + 1e-6).all()
     erased = random_erase(x, 1.0, gen())
     changed = erased != x
+    assert changed.flatten(1).any(1).all()  # p=1: every image has an erased patch
     assert (erased[changed] == 0).all()  # erasing writes the data mean (0 after normalization)
 
 
@@ -68,10 +69,16 @@ def test_translate_shifts_the_content_and_fills_with_the_background():
 
 
 def test_translate_pads_with_each_images_minimum():
-    x = torch.full((4, 1, 6, 6), 5.0)
-    x[:, :, 0, 0] = -2.0  # the image's minimum is its background
+    n = 8
+    x = torch.full((n, 1, 6, 6), 5.0)
+    lows = -1.0 - torch.arange(n, dtype=torch.float32)  # each image its own minimum (background)
+    x[:, 0, 2, 2] = lows
     out = random_translate(x, 2, gen())
-    assert set(out.unique().tolist()) <= {5.0, -2.0}
+    padded = 0
+    for i in range(n):
+        assert set(out[i].unique().tolist()) <= {5.0, lows[i].item()}, i  # its own minimum, no other
+        padded += int((out[i] == lows[i]).sum()) > 1  # shifted: a border filled with the minimum
+    assert padded >= n // 2
 
 
 def test_erase_draws_one_rectangle_inside_the_image():

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_cli, write_idx_folder
+from conftest import refuse_writes_under, run_cli, write_idx_folder
 
 # From ../shared/data/fashion-mnist/README.md: sha256 of the decoded payloads.
 README_HASHES = {
@@ -158,23 +158,6 @@ def test_idx_folder_with_50_classes_of_rgb_images(idx50, tmp_path, cli):
 
 # ---------------------------------------------------------------- a read-only folder or a full disk
 
-def _refuse_writes_under(monkeypatch, folder, err):
-    """The OS's answer for a read-only mount (EROFS) or a full disk (ENOSPC), injected under
-    `folder`: CI runs as root, which permission bits do not stop."""
-    import os
-
-    import trainlab.store.atomic as atomic
-
-    real = atomic.os.open
-
-    def guarded(path, flags, mode=0o777):
-        if str(path).startswith(str(folder)) and flags & (os.O_WRONLY | os.O_RDWR):
-            raise OSError(err, os.strerror(err), str(path))
-        return real(path, flags, mode)
-
-    monkeypatch.setattr(atomic.os, "open", guarded)
-
-
 @pytest.mark.parametrize("err_name", ["EROFS", "ENOSPC"])
 def test_train_resume_evaluate_export_on_a_read_only_or_full_disk_say_one_sentence(idx50, tmp_path, monkeypatch,
                                                                                    cli, err_name):
@@ -183,7 +166,7 @@ def test_train_resume_evaluate_export_on_a_read_only_or_full_disk_say_one_senten
     runs = tmp_path / "runs"
     assert cli(*train_args(idx50, runs, "--name", "r", "--model", "mlp", "--epochs", "1")).returncode == 0
     before = snapshot(runs / "r")
-    _refuse_writes_under(monkeypatch, runs, getattr(errno, err_name))
+    refuse_writes_under(monkeypatch, runs, getattr(errno, err_name))
     for argv in (train_args(idx50, runs, "--name", "s", "--model", "mlp"),
                  ["resume", str(runs / "r"), "--epochs", "2"],
                  ["evaluate", str(runs / "r"), "--no-plots"],

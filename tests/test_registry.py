@@ -217,7 +217,7 @@ def test_config_accepts_any_scheme_and_refuses_junk_naming_the_choices(registry)
             resolve({"dataset": junk})
         msg = str(e.value)
         assert msg.startswith(f"dataset = {junk!r} is invalid: ") and "\n" not in msg
-        assert "fashion-mnist, mnist" in msg and "registered: idx, npz" in msg
+        assert "fashion-mnist, mnist" in msg and "idx:DIR is built in" in msg and "register_format" in msg
     with pytest.raises(ConfigError, match="did you mean 'fashion-mnist'"):
         resolve({"dataset": "fashon-mnist"})
     with pytest.raises(ConfigError, match="idx: needs an argument after the colon"):

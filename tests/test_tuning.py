@@ -46,9 +46,34 @@ def test_values_are_clamped_to_what_glibc_accepts(monkeypatch):
 
     monkeypatch.setattr(tuning, "_applied", None)
     monkeypatch.setattr(tuning, "_glibc", lambda: (FakeLibc(), "glibc test"))
-    r = tuning.apply_cpu_tuning(mmap_threshold=2**40, trim_threshold=2**40, disable_mmap=False)
-    assert dict(calls)[tuning.M_MMAP_THRESHOLD] == tuning.MAX_MMAP_THRESHOLD
-    assert dict(calls)[tuning.M_TRIM_THRESHOLD] == 2**31 - 1
-    assert tuning.M_MMAP_MAX not in dict(calls)
-    assert r["applied"] and r["reason"] == "glibc test"
+    r = tuning.apply_cpu_tuning(mmap_threshold=2**40, trim_threshold=2**40, top_pad=2**40, disable_mmap=False)
+    assert dict(calls) == {tuning.M_MMAP_THRESHOLD: tuning.MAX_MMAP_THRESHOLD,
+                           tuning.M_TRIM_THRESHOLD: 2**31 - 1, tuning.M_TOP_PAD: 2**31 - 1}
+    # the report says what was set, by name, as clamped (M_MMAP_MAX left alone: disable_mmap=False)
+    assert r["settings"] == {"M_MMAP_THRESHOLD": tuning.MAX_MMAP_THRESHOLD, "M_TRIM_THRESHOLD": 2**31 - 1,
+                             "M_TOP_PAD": 2**31 - 1}
+    assert r["applied"] is True and r["failed"] == []
+    assert tuning.malloc_tuning_state() is r
+    monkeypatch.setattr(tuning, "_applied", None)
+
+
+def test_a_setting_glibc_refuses_is_reported_and_the_rest_still_apply(monkeypatch):
+    class PickyLibc:
+        def mallopt(self, param, value):
+            return 0 if param == tuning.M_TOP_PAD else 1  # mallopt returns 0 on failure
+
+    monkeypatch.setattr(tuning, "_applied", None)
+    monkeypatch.setattr(tuning, "_glibc", lambda: (PickyLibc(), "glibc test"))
+    r = tuning.apply_cpu_tuning()
+    assert r["failed"] == ["M_TOP_PAD"] and "M_TOP_PAD" not in r["settings"]
+    assert r["settings"]["M_MMAP_MAX"] == 0 and r["applied"] is True
+
+    class RefusingLibc:
+        def mallopt(self, param, value):
+            return 0
+
+    monkeypatch.setattr(tuning, "_glibc", lambda: (RefusingLibc(), "glibc test"))
+    r = tuning.apply_cpu_tuning(force=True)
+    assert r["applied"] is False and r["settings"] == {}
+    assert sorted(r["failed"]) == ["M_MMAP_MAX", "M_MMAP_THRESHOLD", "M_TOP_PAD", "M_TRIM_THRESHOLD"]
     monkeypatch.setattr(tuning, "_applied", None)

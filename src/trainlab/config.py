@@ -15,11 +15,11 @@ import re
 import sys
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from trainlab import models
+from trainlab.data.catalog import problem as dataset_problem
 from trainlab.errors import ConfigError
 from trainlab.recipes import (
     DEFAULT_RECIPE,
@@ -35,7 +35,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-models.known_recipes(PRESETS)  # a model registered with a recipe names one of these
 MONITORABLE = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
@@ -218,19 +217,6 @@ def _model_spec_ok(spec: str) -> bool:
     return all(part.isidentifier() for part in module.split(".")) and function.isidentifier()
 
 
-# Which data sets exist (the catalog's names, the registered formats) is known to the data
-# layer, above this one: trainlab.data hands its check over at import (check_datasets_with),
-# so a typo is refused here, before any work. Any well-formed SCHEME:ARG passes, since its
-# format may be registered later (by a module named with --allow-import).
-_dataset_check: Callable[[str], str | None] | None = None
-
-
-def check_datasets_with(check: Callable[[str], str | None]) -> None:
-    """`check(spec)`: why `spec` names no data set (a clause for the error), or None."""
-    global _dataset_check
-    _dataset_check = check
-
-
 def _model_kwargs_problem(kwargs: dict) -> str | None:
     """model_kwargs is a flat table of name -> number, bool, string or a list of those."""
     for key, value in kwargs.items():
@@ -265,7 +251,7 @@ def validate(cfg: Config) -> Config:
     if not _model_spec_ok(cfg.model):
         raise ConfigError(f"model = {_short(cfg.model)} is invalid: name a registered model (e.g. mlp, "
                           "cnn-fast) or your own factory as package.module:function")
-    problem = _dataset_check(cfg.dataset) if _dataset_check is not None else None
+    problem = dataset_problem(cfg.dataset)
     if problem:
         raise ConfigError(f"dataset = {_short(cfg.dataset)} is invalid: {problem}")
     problem = _model_kwargs_problem(cfg.model_kwargs)

@@ -18,7 +18,7 @@ import inspect
 import re
 import reprlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from trainlab.errors import ConfigError
+from trainlab.recipes import PRESETS
 
 
 @dataclass(frozen=True)
@@ -42,26 +43,11 @@ class ModelInfo:
 _REGISTRY: dict[str, ModelInfo] = {}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,99}")  # no ':', which marks an import path
 
-# The preset names: recipes sits beside this module (neither imports the other), so
-# trainlab.config, above both, hands them over at import (known_recipes). Until then -- only
-# while the built-in models below register -- a recipe is checked when the names arrive.
-_recipes: tuple[str, ...] | None = None
-
-
 def _check_recipe(name: str, recipe) -> None:
-    if recipe is None or (isinstance(recipe, str) and (_recipes is None or recipe in _recipes)):
+    if recipe is None or (isinstance(recipe, str) and recipe in PRESETS):
         return
-    choices = f": choose one of {', '.join(_recipes)}" if _recipes else ""
-    raise ConfigError(f"model {name!r}: recipe {reprlib.repr(recipe)} is not a known preset{choices} "
-                      "(or leave it out for the default)")
-
-
-def known_recipes(names: Iterable[str]) -> None:
-    """Called by trainlab.config: the preset names a registration may choose from."""
-    global _recipes
-    _recipes = tuple(names)
-    for entry in _REGISTRY.values():
-        _check_recipe(entry.name, entry.recipe)
+    raise ConfigError(f"model {name!r}: recipe {reprlib.repr(recipe)} is not a known preset: choose one of "
+                      f"{', '.join(PRESETS)} (or leave it out for the default)")
 
 
 def register(name: str, factory: Callable[..., nn.Module] | None = None, *, recipe: str | None = None,

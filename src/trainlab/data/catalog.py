@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 
 from trainlab.errors import ConfigError
@@ -73,3 +75,27 @@ def get_info(name: str) -> DatasetInfo:
     except KeyError:
         raise ConfigError(f"{name!r} is not a data set in the catalog: choose one of "
                           f"{', '.join(sorted(CATALOG))}") from None
+
+
+# What names a data set, checked by config before any work: a catalog name, or SCHEME:ARG for
+# a data format (whether SCHEME is registered is known only at load time: its module may be
+# imported later, with --allow-import).
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]{0,49}")  # a URL scheme's letters, and _
+
+
+def _choices() -> str:
+    return (f"choose {', '.join(sorted(CATALOG))}, or SCHEME:ARG for a registered data format "
+            "(idx:DIR is built in; yours with trainlab.data.register_format)")
+
+
+def problem(spec: str) -> str | None:
+    """Why `spec` names no data set, as a clause for the error, or None: a catalog name, or a
+    well-formed SCHEME:ARG (its format may be registered later, by a module named with
+    --allow-import)."""
+    scheme, colon, arg = spec.partition(":")
+    if spec in CATALOG or (colon and arg and SCHEME.fullmatch(scheme)):
+        return None
+    if colon and SCHEME.fullmatch(scheme):
+        return f"{scheme}: needs an argument after the colon, as in idx:DIR"
+    close = difflib.get_close_matches(spec, list(CATALOG), n=1)
+    return (f"not a catalog name (did you mean {close[0]!r}?); " if close else "") + _choices()

@@ -9,15 +9,12 @@ is a catalog data set (fashion-mnist, mnist). Nothing here imports code: a run's
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
 import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trainlab import config
-from trainlab.data.catalog import CATALOG
+from trainlab.data.catalog import SCHEME, problem  # noqa: F401  (problem: re-exported)
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,7 +23,6 @@ if TYPE_CHECKING:
 Reader = Callable[[str, "str | os.PathLike | None"], "Dataset"]
 
 _READERS: dict[str, Reader] = {}
-SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]{0,49}")  # a URL scheme's letters, and _
 # A Dataset made in memory (from_arrays) is recorded as arrays:NAME: it cannot be reloaded.
 ARRAYS = "arrays"
 
@@ -58,24 +54,6 @@ def schemes() -> list[str]:
     return sorted(_READERS)
 
 
-def _choices() -> str:
-    return (f"choose {', '.join(sorted(CATALOG))}, or SCHEME:ARG for a registered data format "
-            f"(registered: {', '.join(schemes()) or 'none'}; yours with trainlab.data.register_format)")
-
-
-def problem(spec: str) -> str | None:
-    """Why `spec` names no data set, as a clause for the error, or None: a catalog name, or a
-    well-formed SCHEME:ARG (its format may be registered later, by a module named with
-    --allow-import)."""
-    scheme, colon, arg = spec.partition(":")
-    if spec in CATALOG or (colon and arg and SCHEME.fullmatch(scheme)):
-        return None
-    if colon and SCHEME.fullmatch(scheme):
-        return f"{scheme}: needs an argument after the colon, as in idx:DIR"
-    close = difflib.get_close_matches(spec, list(CATALOG), n=1)
-    return (f"not a catalog name (did you mean {close[0]!r}?); " if close else "") + _choices()
-
-
 def reader(spec: str) -> Reader:
     """The reader registered for the scheme of `spec` (SCHEME:ARG); one sentence if none is."""
     scheme = spec.partition(":")[0]
@@ -91,4 +69,3 @@ def reader(spec: str) -> Reader:
     return _READERS[scheme]
 
 
-config.check_datasets_with(problem)

@@ -223,7 +223,7 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
     config says quiet); False shows nothing."""
     cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})  # validated either way
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
-        cfg.dataset = getattr(data, "spec", None) or f"arrays:{data.name}"  # TEMP-SPEC
+        cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
     with runtime.library_output(progress, cfg.quiet):
         session = Session(cfg, data, progress=progress, callbacks=callbacks)
         session.start_run_dir()
