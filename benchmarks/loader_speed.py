@@ -5,7 +5,7 @@
   (r) a plain resident-tensor loop: the split normalized once as float32, one randperm per
       epoch, plain Adam (a calibration point: the issue's reference measured 1.27 s here)
   (b) trainlab's DeviceLoader, same model and plain Adam: isolates the loader's effect
-  (c) DeviceLoader + fused Adam (engine.build_optimizer)
+  (c) DeviceLoader + fused Adam (trainlab.training.optim.build_optimizer)
   (d) (c) in the precision trainlab's `auto` picks for mlp here (bf16 autocast on a CPU with
       fast bf16, measured not to cost accuracy; float32 elsewhere): how trainlab trains
 

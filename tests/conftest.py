@@ -209,10 +209,10 @@ def refuse_writes_under(monkeypatch, folder: Path, err: int) -> None:
     not ours (EACCES), injected for every file opened for writing under `folder` (reads still
     work): CI runs as root, which permission bits do not stop."""
     real = os.open
-    folder = str(folder)
+    folder = os.path.abspath(folder)
 
     def guarded(path, flags, mode=0o777, **kw):
-        p = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+        p = os.path.abspath(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else ""
         if (p == folder or p.startswith(folder + os.sep)) and flags & (os.O_WRONLY | os.O_RDWR):
             raise OSError(err, os.strerror(err), p)
         return real(path, flags, mode, **kw)

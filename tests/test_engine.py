@@ -1,4 +1,4 @@
-"""The engine: fit learns, history rows, non-finite loss, schedules, devices."""
+"""The training loop (trainlab.training.loop.fit): it learns, its history rows, a non-finite loss, devices."""
 
 import math
 
@@ -10,11 +10,10 @@ from trainlab import devices, inference, models
 from trainlab.data import DeviceLoader
 from trainlab.devices import DeviceMismatch, pick_device
 from trainlab.errors import TrainlabError
-from trainlab.training.callbacks import Callback
 from trainlab.recipes import get_recipe
 from trainlab.training import optim
+from trainlab.training.callbacks import Callback
 from trainlab.training.loop import NonFiniteLoss, fit
-from trainlab.training.optim import lr_multiplier
 
 HISTORY_KEYS = {"epoch", "global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc",
                 "test_loss", "test_acc", "train_seconds", "seconds"}
@@ -101,52 +100,6 @@ def test_huge_learning_rate_is_caught(tiny_data):
     opt = torch.optim.SGD(model.parameters(), lr=1e6)
     with pytest.raises(NonFiniteLoss, match="the training loss became (nan|inf)"):
         fit(model, opt, train, epochs=3, progress=False)
-
-
-def test_onecycle_shape():
-    f = lr_multiplier(get_recipe("fast", epochs=4, schedule="onecycle"), steps_per_epoch=10)
-    total, warm = 40, 10  # warm-up: the first 25% of the steps
-    values = [f(s) for s in range(total)]
-    assert values[0] == pytest.approx(1 / 25)
-    assert f(warm) == pytest.approx(1.0) and max(values) == pytest.approx(1.0)
-    assert values.index(max(values)) == warm
-    assert all(a < b for a, b in zip(values[:warm], values[1:warm + 1]))  # rising
-    assert all(a >= b for a, b in zip(values[warm:], values[warm + 1:]))  # falling
-    assert 0.01 < values[-1] < 0.02
-    assert f(total) == pytest.approx(0.01)
-    assert f(total + 1000) == pytest.approx(0.01)  # past the plan: the final rate continues
-
-
-def test_cosine_shape_with_warmup():
-    f = lr_multiplier(get_recipe("textbook", epochs=4, schedule="cosine", warmup_epochs=1.0),
-                      steps_per_epoch=10)
-    assert f(0) == pytest.approx(0.1)
-    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)  # peak at the end of warm-up
-    assert max(f(s) for s in range(40)) == pytest.approx(1.0)
-    assert f(25) < f(15)
-    assert f(40) == pytest.approx(0.01) and f(10**6) == pytest.approx(0.01)
-
-
-def test_cosine_without_warmup_starts_at_the_peak():
-    f = lr_multiplier(get_recipe("textbook", epochs=2, schedule="cosine"), steps_per_epoch=5)
-    assert f(0) == pytest.approx(1.0) and f(10) == pytest.approx(0.01)
-
-
-def test_no_schedule_is_constant():
-    f = lr_multiplier(get_recipe("textbook"), steps_per_epoch=7)
-    assert {f(s) for s in (0, 5, 70, 10**6)} == {1.0}
-
-
-@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
-def test_scheduler_steps_past_the_plan_at_the_final_rate(schedule):
-    recipe = get_recipe("fast", epochs=2, lr=0.1, schedule=schedule)
-    model = nn.Linear(2, 2)
-    opt = optim.build_optimizer(model, recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_multiplier(recipe, steps_per_epoch=5))
-    for _ in range(10 + 25):  # 10 planned steps, then an extension
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.01)
 
 
 def test_model_on_another_device_is_refused_naming_both(tiny_data):

@@ -52,7 +52,7 @@ class Config:
     name: str | None = None  # run folder name; None = <model>-<recipe>-<time>
     runs_dir: str = "runs"
     quiet: bool = False
-    # model selection, early stopping and saving (see trainlab.session)
+    # model selection, early stopping and saving (see trainlab.training.callbacks)
     monitor: str = "val_loss"  # the metric best.pt and early stopping follow; never a test metric
     mode: str = "auto"  # min | max | auto (min for losses, max for accuracies)
     patience: int = 0  # epochs without improvement before stopping; 0 = never stop early

@@ -1,1 +1,1 @@
-"""analysis"""
+"""Analysis: what a trained model gets wrong, how runs differ, and the files that show it."""

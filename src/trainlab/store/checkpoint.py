@@ -224,7 +224,7 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     obj = safe_load(path, map_location)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a trainlab checkpoint (a plain state_dict? load it "
-                              "with trainlab.checkpoint.load_weights)")
+                              "with trainlab.store.checkpoint.load_weights)")
     version = obj.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is not one this "

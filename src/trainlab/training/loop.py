@@ -80,7 +80,11 @@ class FitContext:
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
-    from tqdm.auto import tqdm  # a widget in a notebook, a text bar at a terminal
+    try:  # a widget in a notebook that has ipywidgets; else the text bar (without tqdm.auto's warning)
+        import ipywidgets  # noqa: F401
+        from tqdm.auto import tqdm
+    except ImportError:
+        from tqdm.std import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="step", dynamic_ncols=True)
 
