@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_images, write_idx_folder
+from conftest import cli_env, make_images, write_idx_folder
 
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
@@ -24,19 +23,12 @@ from trainlab.training.resume import resume
 from trainlab.training.session import train
 
 WORKER = Path(__file__).with_name("resume_worker.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 @pytest.fixture(scope="module")
 def idx_dir(tmp_path_factory) -> Path:
     """600 train / 200 test tiny images as an IDX folder, so subprocesses can load it."""
     return write_idx_folder(tmp_path_factory.mktemp("idx"))
-
-
-def env():
-    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-    e.pop("TRAINLAB_TEST_WRITE_DELAY", None)
-    return e
 
 
 def config(idx_dir, tmp_path, name, **kw) -> dict:
@@ -79,14 +71,14 @@ def test_resume_in_fresh_process_is_bitwise_exact(idx_dir, tmp_path, model, step
     full = train(resolve(config(idx_dir, tmp_path, "full", **MODELS[model])), progress=False)
     cfg = config(idx_dir, tmp_path, "cut", **MODELS[model])
     proc = subprocess.run([sys.executable, str(WORKER), "interrupt", str(step), json.dumps(cfg)],
-                          env=env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr
     assert "trainlab resume" in proc.stderr
     ck = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
     # the signal lands while the next batch is fetched; that step completes, then it stops
     assert ck["global_step"] == (step if step % 10 == 0 else step + 1)
     proc = subprocess.run([sys.executable, str(WORKER), "resume", str(tmp_path / "cut")],
-                          env=env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(full.run_dir, tmp_path / "cut")
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
@@ -100,7 +92,7 @@ def test_a_signal_on_the_cli_saves_and_prints_the_resume_command(idx_dir, tmp_pa
     cmd = [sys.executable, "-m", "trainlab", "train", "--dataset", f"idx:{idx_dir}", "--runs-dir",
            str(tmp_path), "--name", "r", "--threads", "1", "--val-size", "100", "--batch-size", "10",
            "--epochs", "200", "--model", "mlp", "--quiet"]
-    proc = subprocess.Popen(cmd, env=env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=cli_env(), stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "r" / "metrics.jsonl"
     deadline = time.time() + 60
     while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
@@ -122,7 +114,7 @@ def _kill_trial(idx_dir, tmp_path, trial: int) -> tuple[str, int | None]:
     target = ("tmp-partial", "pending", "renamed", "time")[trial % 4]
     nth = rng.randint(1, 5)
     log = tmp_path / f"writes-{trial}.log"
-    e = env()
+    e = cli_env()
     e.update(TRAINLAB_TEST_WRITE_DELAY="0.15", TRAINLAB_TEST_WRITE_LOG=str(log))
     run = f"k{trial}"
     cmd = [sys.executable, "-m", "trainlab", "train", *_cli_args(idx_dir, tmp_path, run)]
@@ -155,7 +147,7 @@ def _cli_args(idx_dir, tmp_path, name):
 
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(idx_dir, tmp_path):
     ref = subprocess.run([sys.executable, "-m", "trainlab", "train", *_cli_args(idx_dir, tmp_path, "ref")],
-                         env=env(), capture_output=True, text=True, timeout=120)
+                         env=cli_env(), capture_output=True, text=True, timeout=120)
     assert ref.returncode == 0, ref.stderr
     ref_model = load_checkpoint(tmp_path / "ref" / "model.pt")["model"]
     landings = []
@@ -193,7 +185,7 @@ def test_early_stopping_restores_best_and_resumed_run_stops_at_the_same_epoch(id
     assert all(torch.equal(final["model"][k], best["model"][k]) for k in best["model"])
     cfg = config(idx_dir, tmp_path, "es2", **kw)
     proc = subprocess.run([sys.executable, str(WORKER), "interrupt", "10", json.dumps(cfg)],
-                          env=env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr
     again = resume(tmp_path / "es2", progress=False)
     assert len(again.history) == 3 and again.results["stopped"] == "early-stop"
@@ -257,7 +249,7 @@ def test_mixed_precision_16_resumes_exactly_on_cpu(idx_dir, tmp_path):
     assert ck["scaler"]["scale"] > 0 and ck["precision"] == "16-mixed"
     cfg = config(idx_dir, tmp_path, "h2", **kw)
     proc = subprocess.run([sys.executable, str(WORKER), "interrupt", "13", json.dumps(cfg)],
-                          env=env(), capture_output=True, text=True, timeout=120)
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 143, proc.stderr
     resume(tmp_path / "h2", progress=False)
     assert_same_run(full.run_dir, tmp_path / "h2")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_idx_folder
+from conftest import SRC, write_idx_folder
 
 from trainlab.cli.main import main
 from trainlab.config import resolve
@@ -22,8 +22,6 @@ from trainlab.store.checkpoint import load_checkpoint, sha256_file
 from trainlab.store.runs import read_metrics
 from trainlab.training.resume import resume
 from trainlab.training.session import train
-
-SRC = Path(__file__).resolve().parents[1] / "src"
 
 EVIL = '''import os, pathlib
 pathlib.Path(os.environ["EVIL_MARKER"]).write_text("imported")
