@@ -253,3 +253,89 @@ def test_a_script_sees_the_run_and_each_epoch_unless_progress_is_false(tmp_path)
                            timeout=300)
     assert quiet.returncode == 0 and quiet.stdout == "" and "step/s" not in quiet.stderr
 
+
+
+# ---------------------------------------------------------------- the edges of the seam
+
+def test_quiet_hides_the_epoch_lines(tmp_path, tiny_data, caplog):
+    caplog.set_level("INFO", logger="trainlab")
+    trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "quiet": True}, data=tiny_data, progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("epoch ")]
+    caplog.clear()
+    trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "quiet": False}, data=tiny_data, progress=False)
+    assert [r.getMessage()[:9] for r in caplog.records if r.getMessage().startswith("epoch ")] == \
+        ["epoch 1/2", "epoch 2/2"]
+
+
+def test_a_callback_state_that_a_checkpoint_cannot_hold_is_refused_at_the_first_save(tmp_path, tiny_data):
+    import numpy as np
+
+    class NumpyScalar(Callback):
+        def on_epoch_end(self, run, row):
+            row["np_metric"] = np.float64(0.5)  # converted: a number
+
+        def state_dict(self):
+            return {"best": np.float32(1.5)}
+
+    class Opaque(Callback):
+        def state_dict(self):
+            return {"thing": object()}
+
+    run = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "name": "ok"}, data=tiny_data,
+                         progress=False, callbacks=[NumpyScalar()]).run_dir
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only: it loads
+    assert ckpt["callbacks"]["NumpyScalar"] == {"best": 1.5} and ckpt["history"][-1]["np_metric"] == 0.5
+    with pytest.raises(trainlab.TrainlabError, match=r"callback Opaque's state_dict\(\)\['thing'\] holds a "
+                                                     r"builtins.object: a checkpoint keeps only tensors"):
+        trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "name": "bad"}, data=tiny_data,
+                       progress=False, callbacks=[Opaque()])
+
+
+def test_a_stateful_callback_after_the_checkpoint_writer_is_refused():
+    class Late(Callback):
+        order = 85
+
+        def state_dict(self):
+            return {"n": 1}
+
+    with pytest.raises(ConfigError, match="order below 80"):
+        CallbackList([Late()])
+
+
+def test_a_callback_stopping_mid_epoch_leaves_that_point_in_last_pt(tmp_path, tiny_data):
+    class Budget(Callback):
+        def on_step_end(self, run):
+            if run.state.global_step == 20:
+                run.state.stopped = "budget"
+
+    result = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False,
+                            callbacks=[Budget()])
+    last = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
+    assert result.results["stopped"] == "budget" and last["global_step"] == 20 and last["step"] > 0
+    model = load_checkpoint(result.run_dir / "model.pt")
+    assert all(torch.equal(model["model"][k], last["model"][k]) for k in model["model"])
+
+
+def test_a_failing_cleanup_does_not_hide_the_error_that_stopped_the_run(tmp_path, tiny_data):
+    class Breaks(Callback):
+        def on_epoch_end(self, run, row):
+            raise RuntimeError("the real error")
+
+    class CleanupFails(Callback):
+        def on_fit_end(self, run):
+            raise OSError("disk full while closing")
+
+    with pytest.raises(RuntimeError, match="the real error"):
+        trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False,
+                       callbacks=[Breaks(), CleanupFails()])
+
+
+def test_fit_keeps_its_one_function_shorthand(tiny_data):
+    from trainlab.data import DeviceLoader
+    from trainlab.training.loop import fit
+
+    model = trainlab.build_model("mlp", tiny_data.input_shape, tiny_data.num_classes)
+    loader = DeviceLoader(tiny_data.train_x, tiny_data.train_y, 64, mean=tiny_data.mean, std=tiny_data.std)
+    state = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=3, progress=False,
+                on_epoch_end=lambda s: s.epoch == 2)
+    assert state.epoch == 2 and state.stopped == "early-stop"

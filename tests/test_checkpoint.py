@@ -12,7 +12,6 @@ import logging
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 from collections import OrderedDict, namedtuple
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_cli, train_tiny
 from torch import nn
 
 import trainlab.store.atomic as atomic
@@ -82,20 +82,6 @@ def cuda_location_tags():
         yield
     finally:
         torch.serialization.location_tag = saved
-
-
-def run_cli(*args, cwd):
-    """`python -m trainlab ...` in a fresh process: the real entry point and exit code."""
-    return subprocess.run([sys.executable, "-m", "trainlab", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
-
-
-def tiny_run(tmp_path, data, **kw):
-    from trainlab.api import train
-
-    values = {"model": "mlp", "epochs": 2, "batch_size": 32, "val_size": 100, "quiet": True,
-              "runs_dir": str(tmp_path / "runs"), "threads": 1, **kw}
-    return train(resolve(values), data=data, progress=False)
 
 
 # ---------------------------------------------------------------- weights
@@ -452,7 +438,7 @@ def test_periodic_files_are_deleted_only_after_the_new_one_is_written_and_verifi
         real_remove(self, name)
 
     monkeypatch.setattr(CheckpointDir, "remove", spy)
-    result = tiny_run(tmp_path, tiny_data, epochs=3, save_every=1, keep=1)
+    result = train_tiny(tmp_path / "runs", tiny_data, epochs=3, save_every=1, keep=1)
     assert removed == [("epoch-0001.pt", "epoch-0002.pt", None), ("epoch-0002.pt", "epoch-0003.pt", None)]
     folder = result.run_dir / "checkpoints"
     assert sorted(p.name for p in folder.glob("*.pt")) == ["best.pt", "epoch-0003.pt", "last.pt"]
@@ -551,7 +537,7 @@ def test_cuda_tagged_run_loads_and_resumes_on_cpu(tmp_path, tiny_data):
     from trainlab.api import load_model, resume
     from trainlab.training.session import Session
 
-    run = tiny_run(tmp_path, tiny_data).run_dir
+    run = train_tiny(tmp_path / "runs", tiny_data).run_dir
     folder = CheckpointDir(run / "checkpoints")
     original = load_checkpoint(folder.folder / "last.pt", map_location="cpu")
     with cuda_location_tags():  # as if trained on a GPU: every file says cuda:0

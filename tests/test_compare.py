@@ -6,27 +6,22 @@ import json
 import shutil
 
 import pytest
-from conftest import make_images
+from conftest import tiny_dataset, train_tiny
 
 from trainlab.analysis.compare import compare_runs, load_run, mean_std, resume_pairs
 from trainlab.errors import TrainlabError
 
-
-def _train(data, root, name, **values):
-    from trainlab.api import train
-    from trainlab.config import resolve
-
-    cfg = resolve({"epochs": 2, "quiet": True, "runs_dir": str(root), "val_size": 100, "threads": 1,
-                   "name": name, **values})
-    return train(cfg, data=data, progress=False)
+# Each recipe's own batch size, which these runs keep (train_tiny's default is 32)
+FAST_BATCH, TEXTBOOK_BATCH = 256, 64
 
 
 @pytest.fixture
 def three_runs(tiny_data, tmp_path):
     """Two seeds of the default recipe and one textbook run, on the same data."""
-    return [_train(tiny_data, tmp_path / "runs", "s0", seed=0),
-            _train(tiny_data, tmp_path / "runs", "s1", seed=1),
-            _train(tiny_data, tmp_path / "runs", "tb", recipe="textbook", lr=3e-4)]
+    runs = tmp_path / "runs"
+    return [train_tiny(runs, tiny_data, name="s0", batch_size=FAST_BATCH, seed=0),
+            train_tiny(runs, tiny_data, name="s1", batch_size=FAST_BATCH, seed=1),
+            train_tiny(runs, tiny_data, name="tb", batch_size=TEXTBOOK_BATCH, recipe="textbook", lr=3e-4)]
 
 
 def test_mean_std_format():
@@ -77,13 +72,10 @@ def test_best_validation_epoch_gap_and_time(three_runs, tmp_path):
 
 
 def test_different_data_is_flagged_not_grouped(tiny_data, tmp_path):
-    from trainlab.data import from_arrays
-
-    tx, ty = make_images(600, seed=7)
-    sx, sy = make_images(200, seed=8)
-    other = from_arrays(tx, ty, sx, sy, name="tiny", classes=[f"c{i}" for i in range(10)])
-    a = _train(tiny_data, tmp_path, "a", seed=0)
-    b = _train(other, tmp_path, "b", seed=1)  # differs only by seed... and by its data
+    other = tiny_dataset(seed=7)  # same shapes and names as tiny_data, other images
+    a = train_tiny(tmp_path, tiny_data, name="a", batch_size=FAST_BATCH, seed=0)
+    # b differs only by seed... and by its data
+    b = train_tiny(tmp_path, other, name="b", batch_size=FAST_BATCH, seed=1)
     comp = compare_runs([a.run_dir, b.run_dir])
     assert len(comp.groups) == 2, "runs on different data must never be averaged"
     assert [g.data for g in comp.groups] == ["A", "B"]
@@ -120,24 +112,19 @@ def test_resume_pairs_from_real_forks(tiny_data, three_runs, tmp_path):
     assert comp.diff_keys == [] and comp.warnings == []
 
 
-@pytest.fixture
-def cli_main():
-    from trainlab.cli.main import main
-
-    return main
-
-
-def test_compare_cli(cli_main, three_runs, tmp_path, capsys):
+def test_compare_cli(cli, three_runs, tmp_path):
     out = tmp_path / "fig" / "overlay.png"
-    assert cli_main(["compare", *(str(r.run_dir) for r in three_runs), "-o", str(out)]) == 0
-    text = capsys.readouterr().out
+    proc = cli("compare", *(r.run_dir for r in three_runs), "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
     assert "s0 (+1 seeds)" in text and "train-test gap" in text and "c9" in text
     assert out.stat().st_size > 1000 and out.with_suffix(".svg").exists()
 
 
-def test_compare_cli_not_a_run_folder(cli_main, tmp_path, capsys):
-    assert cli_main(["compare", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
+def test_compare_cli_not_a_run_folder(cli, tmp_path):
+    proc = cli("compare", tmp_path)
+    assert proc.returncode == 1
+    err = proc.stderr
     assert "not a trainlab run folder" in err and "Traceback" not in err
     with pytest.raises(TrainlabError):
         compare_runs([])

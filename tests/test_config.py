@@ -108,7 +108,7 @@ def test_valid_devices_pass():
 
 def test_batch_size_larger_than_the_training_set_fails_before_training(tiny_data, tmp_path):
     # 600 training samples - 100 for validation = 500: the check needs the data, so it is in
-    # api.make_loaders, which runs before the run folder is created or any step is taken.
+    # training.build.check_run, which runs before the run folder is created or any step is taken.
     runs = tmp_path / "runs"
     cfg = resolve({"recipe": "textbook", "batch_size": 501, "val_size": 100, "epochs": 1,
                    "runs_dir": str(runs), "quiet": True, "threads": 1})

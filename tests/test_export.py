@@ -6,45 +6,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, write_idx_folder
+from conftest import make_images, run_cli, tiny_dataset, train_tiny, write_idx_folder
 
 from trainlab.analysis.export import export_run
 from trainlab.api import load_model, predict_images
 from trainlab.cli.main import main
-from trainlab.config import resolve
 
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 CLASSES = [f"c{i}" for i in range(10)]
 
 
-def tiny_dataset():
-    """The tiny_data fixture's data set, for module-scoped runs."""
-    from trainlab.data import from_arrays
-
-    tx, ty = make_images(600, seed=1)
-    sx, sy = make_images(200, seed=2)
-    return from_arrays(tx, ty, sx, sy, name="tiny", classes=CLASSES)
-
-
-def train_tiny(runs: Path, data=None, **kw) -> Path:
-    from trainlab.api import train
-
-    values = {"model": "mlp", "epochs": 2, "batch_size": 32, "val_size": 100, "quiet": True,
-              "runs_dir": str(runs), "threads": 1, **kw}
-    return train(resolve(values), data=data, progress=False).run_dir
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return train_tiny(tmp_path_factory.mktemp("runs"), tiny_dataset())
+    return train_tiny(tmp_path_factory.mktemp("runs"), tiny_dataset()).run_dir
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -84,7 +64,7 @@ def test_export_a_checkpoint_file(run_dir, tmp_path):
 
 def test_export_a_channels_last_cnn(tmp_path, tiny_data):
     run = train_tiny(tmp_path, tiny_data, model="cnn", epochs=1, channels_last=True,
-                     model_kwargs={"channels": [4, 8], "fc": 16})
+                     model_kwargs={"channels": [4, 8], "fc": 16}).run_dir
     weights, _ = export_run(run, tmp_path / "out")
     model, _ = load_model(run, map_location="cpu")
     assert_same_tensors(safetensors_torch.load_file(str(weights)), model.state_dict())
@@ -136,9 +116,7 @@ def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys)
 def test_predict_from_python_m_with_an_npy_of_hw_images(run_dir, tmp_path):
     images, _ = make_images(4, seed=3)
     np.save(tmp_path / "x.npy", images[:, 0])  # N,H,W: the channel is added
-    proc = subprocess.run([sys.executable, "-m", "trainlab", "predict", str(run_dir), "--input",
-                           str(tmp_path / "x.npy"), "-n", "3"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+    proc = run_cli("predict", run_dir, "--input", tmp_path / "x.npy", "-n", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = predicted_rows(proc.stdout)
     assert [r[0] for r in rows] == ["0", "1", "2"]
@@ -188,7 +166,7 @@ def idx_dir(tmp_path) -> Path:
 
 
 def test_predict_on_the_runs_own_test_images_and_an_idx_file(idx_dir, tmp_path, capsys):
-    run = train_tiny(tmp_path / "runs", dataset=f"idx:{idx_dir}")
+    run = train_tiny(tmp_path / "runs", dataset=f"idx:{idx_dir}").run_dir
     assert main(["predict", str(run), "-n", "4"]) == 0  # the data set's test split, with the truth
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["#", "true", "predicted", "prob", "next"]

@@ -4,7 +4,7 @@ import gzip
 
 import numpy as np
 import pytest
-from conftest import make_images
+from conftest import make_images, write_idx_folder
 
 from trainlab.data.catalog import SPLIT_FILES
 from trainlab.data.dataset import read_idx_folder
@@ -79,24 +79,22 @@ def test_missing_file_and_folder(tmp_path):
         read_idx(tmp_path)
 
 
-def write_folder(folder, train_labels=None, test_labels=None):
-    tx, ty = make_images(30, seed=1)
-    sx, sy = make_images(10, seed=2)
-    arrays = {"train_images": tx[:, 0], "train_labels": ty if train_labels is None else train_labels,
-              "test_images": sx[:, 0], "test_labels": sy if test_labels is None else test_labels}
-    folder.mkdir(exist_ok=True)
-    for split, arr in arrays.items():
-        write_idx(folder / f"{SPLIT_FILES[split]}.gz", arr)
+def write_folder_with_labels(folder, train_labels=None, test_labels=None):
+    """The 30/10-image IDX folder (`write_idx_folder(folder, 30, 10)`) with other labels."""
+    write_idx_folder(folder, 30, 10)
+    for split, labels in (("train_labels", train_labels), ("test_labels", test_labels)):
+        if labels is not None:
+            write_idx(folder / f"{SPLIT_FILES[split]}.gz", labels)
     return folder
 
 
 def test_folder_reads(tmp_path):
-    ds = read_idx_folder(write_folder(tmp_path / "d"), "d")
+    ds = read_idx_folder(write_idx_folder(tmp_path / "d", 30, 10), "d")
     assert ds.train_x.shape == (30, 1, 28, 28) and ds.test_x.shape == (10, 1, 28, 28)
 
 
 def test_label_count_mismatch(tmp_path):
-    folder = write_folder(tmp_path / "d", train_labels=np.zeros(29, np.uint8))
+    folder = write_folder_with_labels(tmp_path / "d", train_labels=np.zeros(29, np.uint8))
     with pytest.raises(DataError, match="29 labels for 30 images"):
         read_idx_folder(folder, "d")
 
@@ -104,14 +102,14 @@ def test_label_count_mismatch(tmp_path):
 def test_label_out_of_range(tmp_path):
     labels = make_images(10, seed=2)[1].copy()
     labels[3] = 10
-    folder = write_folder(tmp_path / "d", test_labels=labels)
+    folder = write_folder_with_labels(tmp_path / "d", test_labels=labels)
     with pytest.raises(DataError, match="label 10 is out of range") as e:
         read_idx_folder(folder, "d", classes=[str(i) for i in range(10)])
     assert "t10k-labels" in str(e.value)
 
 
 def test_missing_split_names_it(tmp_path):
-    folder = write_folder(tmp_path / "d")
+    folder = write_idx_folder(tmp_path / "d", 30, 10)
     (folder / "t10k-images-idx3-ubyte.gz").unlink()
     with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
         read_idx_folder(folder, "d")

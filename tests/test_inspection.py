@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_images
+from conftest import tiny_dataset, train_tiny
 from torch import nn
 
 from trainlab import __version__
@@ -21,17 +21,7 @@ from trainlab.store.checkpoint import load_checkpoint, save_checkpoint
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """One 2-epoch mlp run on the tiny data (as the tiny_data fixture), shared read-only."""
-    from trainlab.api import train
-    from trainlab.config import resolve
-    from trainlab.data import from_arrays
-
-    tx, ty = make_images(600, seed=1)
-    sx, sy = make_images(200, seed=2)
-    data = from_arrays(tx, ty, sx, sy, name="tiny", classes=[f"c{i}" for i in range(10)])
-    runs = tmp_path_factory.mktemp("runs")
-    cfg = resolve({"model": "mlp", "epochs": 2, "batch_size": 32, "val_size": 100, "quiet": True,
-                   "runs_dir": str(runs), "threads": 1})
-    return train(cfg, data=data, progress=False).run_dir
+    return train_tiny(tmp_path_factory.mktemp("runs"), tiny_dataset()).run_dir
 
 
 @pytest.fixture

@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import conftest
 import numpy as np
 import pytest
+from conftest import CLOTHES, train_tiny, write_idx_folder
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--no-first-run", "--disable-background-networking",
@@ -197,30 +197,17 @@ def background_share(png: bytes) -> float:
 
 # ---------------------------------------------------------------- fixtures: runs on disk
 
-def write_idx_folder(folder: Path, seed: int = 1) -> Path:
-    """The tiny synthetic data as an IDX folder with class names."""
-    conftest.write_idx_folder(folder, seed=seed, gz=False)
-    (folder / "classes.txt").write_text("\n".join(["top", "trouser", "pullover", "dress", "coat", "sandal",
-                                                   "shirt", "sneaker", "bag", "boot"]) + "\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
 def idx_runs(tmp_path_factory):
-    """Three tiny runs on an IDX folder: two seeds of one config and a textbook run."""
-    import torch
-
-    from trainlab.api import train
-    from trainlab.config import resolve
-
-    torch.set_num_threads(1)
+    """Three tiny runs on an IDX folder (with class names): two seeds of one config and a
+    textbook run, each at its recipe's own batch (fast: 256, textbook: 64), not train_tiny's 32."""
     root = tmp_path_factory.mktemp("report")
-    data_dir = write_idx_folder(root / "data")
-    common = {"dataset": f"idx:{data_dir}", "epochs": 2, "quiet": True, "runs_dir": str(root / "runs"),
-              "val_size": 100, "threads": 1}
-    runs = [train(resolve({**common, "seed": s, "name": f"fast-s{s}"}), progress=False).run_dir for s in (0, 1)]
-    runs.append(train(resolve({**common, "recipe": "textbook", "lr": 2e-4, "name": "textbook"}),
-                      progress=False).run_dir)
+    data_dir = write_idx_folder(root / "data", gz=False, classes=CLOTHES)
+    dataset, runs_dir = f"idx:{data_dir}", root / "runs"
+    runs = [train_tiny(runs_dir, dataset=dataset, seed=s, name=f"fast-s{s}", batch_size=256).run_dir
+            for s in (0, 1)]
+    runs.append(train_tiny(runs_dir, dataset=dataset, recipe="textbook", lr=2e-4, name="textbook",
+                           batch_size=64).run_dir)
     return root, runs
 
 
@@ -230,13 +217,6 @@ def report_file(idx_runs):
 
     root, runs = idx_runs
     return write_report(runs, root / "out" / "report.html")
-
-
-@pytest.fixture
-def cli_main():
-    from trainlab.cli.main import main
-
-    return main
 
 
 # ---------------------------------------------------------------- tests
@@ -284,36 +264,38 @@ def test_browser_check_notices_broken_pages(chromium, tmp_path):
     assert background_share(seen["screenshot"]) > 0.99  # only a broken-image icon on white
 
 
-def test_report_cli(cli_main, idx_runs, tmp_path, capsys):
+def test_report_cli(cli, idx_runs, tmp_path):
     _, runs = idx_runs
     out = tmp_path / "r.html"
-    assert cli_main(["report", *map(str, runs), "-o", str(out), "--title", "my runs"]) == 0
+    proc = cli("report", *runs, "-o", out, "--title", "my runs")
+    assert proc.returncode == 0, proc.stderr
     assert "<title>my runs</title>" in out.read_text()
-    assert str(out) in capsys.readouterr().out
+    assert str(out) in proc.stdout
 
 
-def test_report_cli_error_is_one_line(cli_main, tmp_path, capsys):
-    assert cli_main(["report", str(tmp_path), "-o", str(tmp_path / "x.html")]) == 1
-    err = capsys.readouterr().err
+def test_report_cli_error_is_one_line(cli, tmp_path):
+    proc = cli("report", tmp_path, "-o", tmp_path / "x.html")
+    assert proc.returncode == 1
+    err = proc.stderr
     assert "not a trainlab run folder" in err and "Traceback" not in err
 
 
-def test_experiment_ladder_quick(cli_main, tmp_path, capsys):
-    data_dir = write_idx_folder(tmp_path / "data")
-    code = cli_main(["experiment", "fashion", "--quick", "--dataset", f"idx:{data_dir}", "--val-size", "100",
-                     "--runs-dir", str(tmp_path / "runs"), "--name", "ladder", "--threads", "1", "--quiet"])
-    assert code == 0
+def test_experiment_ladder_quick(cli, tmp_path):
+    data_dir = write_idx_folder(tmp_path / "data", gz=False, classes=CLOTHES)
+    proc = cli("experiment", "fashion", "--quick", "--dataset", f"idx:{data_dir}", "--val-size", "100",
+               "--runs-dir", tmp_path / "runs", "--name", "ladder", "--threads", "1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
     exp = tmp_path / "runs" / "ladder"
     names = sorted(p.name for p in exp.iterdir() if p.is_dir())
     assert names == ["1-mlp-textbook", "2-mlp-textbook-longer", "3-mlp-reg-fast", "4-cnn-fast"]
     epochs = [json.loads(line)["epoch"] for line in (exp / "2-mlp-textbook-longer" / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]  # 30 epochs x 0.05, the "longer" step stays longer
     assert (exp / "report.html").stat().st_size > 10_000
-    out = capsys.readouterr().out
+    out = proc.stdout
     assert "4-cnn-fast" in out and str(exp / "report.html") in out
     # a second run with the same name is refused, not overwritten
-    assert cli_main(["experiment", "fashion", "--quick", "--dataset", f"idx:{data_dir}", "--val-size", "100",
-                     "--runs-dir", str(tmp_path / "runs"), "--name", "ladder", "--quiet"]) == 2
+    assert cli("experiment", "fashion", "--quick", "--dataset", f"idx:{data_dir}", "--val-size", "100",
+               "--runs-dir", tmp_path / "runs", "--name", "ladder", "--quiet").returncode == 2
 
 
 def test_report_shows_resume_with_vs_without_optimizer_state(idx_runs, tmp_path):

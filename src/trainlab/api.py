@@ -16,9 +16,11 @@ from trainlab.inference import (
     load_model,
     predict_images,
 )
+from trainlab.training.build import make_loaders
 from trainlab.training.callbacks import Callback
 from trainlab.training.resume import resume
 from trainlab.training.session import Session, TrainResult, train
+from trainlab.training.state import seed_everything
 
 
 def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
@@ -30,4 +32,4 @@ def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_d
 
 
 __all__ = ["train", "resume", "evaluate_run", "load_model", "predict_images", "kept_weights", "checkpoint_path",
-           "check_data_fits", "TrainResult", "Session", "Callback"]
+           "check_data_fits", "TrainResult", "Session", "Callback", "make_loaders", "seed_everything"]

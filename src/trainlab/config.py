@@ -66,6 +66,13 @@ class Config:
     tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
     sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
     malloc_tuning: bool = True  # CPU: keep freed activation memory instead of returning it to the OS
+    # weights in: fine-tuning from another run or file (see trainlab.training.finetune)
+    init_from: str | None = None  # a run folder, trainlab checkpoint, state_dict .pt/.pth or .safetensors
+    init_strict: bool = False  # any key or shape mismatch with init_from is an error
+    freeze: str | None = None  # "body" (all but the head) or PREFIX[,PREFIX]: parameters not trained
+    unfreeze_at: int = 0  # the frozen parameters train from this epoch on (1-based); 0 = stay frozen
+    body_lr_mult: float = 1.0  # learning rate of everything but the head, as a multiple of lr
+    train_per_class: int = 0  # a seeded stratified subset: at most N training images per class; 0 = all
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 
@@ -189,6 +196,9 @@ RUN_LIMITS = {
     "device": (lambda v, c: re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v) is not None,
                "use auto, cpu, cuda, cuda:N or mps"),
     "mode": (lambda v, c: v in ("auto", "min", "max"), "choose min, max or auto"),
+    "unfreeze_at": (lambda v, c: 0 <= v <= 10**5, "must be 0 (stay frozen) or an epoch up to 100000"),
+    "body_lr_mult": (lambda v, c: 0 < v <= 100, "must be greater than 0 and at most 100"),
+    "train_per_class": (lambda v, c: 0 <= v <= 10**9, "must be 0 (all) or more, up to 10**9"),
 }
 MAX_NAME_BYTES = 200  # a run folder name; the OS limit is 255 and suffixes get added
 _PLAIN = (bool, int, float, str)  # what a model_kwargs value (or list item) may be
@@ -233,6 +243,25 @@ def _model_kwargs_problem(kwargs: dict) -> str | None:
     return None
 
 
+_PREFIX = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\.?")
+
+
+def _check_finetune(cfg: Config) -> None:
+    """The fine-tuning keys on their own (what the model holds is checked when it is built)."""
+    if cfg.freeze is not None:
+        parts = [p.strip() for p in cfg.freeze.split(",")]
+        if not cfg.freeze.strip() or not all(_PREFIX.fullmatch(p) for p in parts):
+            raise ConfigError(f"freeze = {_short(cfg.freeze)} is invalid: use body (everything but the head) "
+                              "or parameter-name prefixes separated by commas, e.g. 0,3 or blocks.0")
+    if cfg.unfreeze_at and cfg.freeze is None:
+        raise ConfigError(f"unfreeze_at = {cfg.unfreeze_at} needs freeze: name what is frozen until then "
+                          "(e.g. freeze = \"body\")")
+    if cfg.init_strict and cfg.init_from is None:
+        raise ConfigError("init_strict is on but init_from is not set: name the weights to start from")
+    if cfg.init_from is not None and not cfg.init_from.strip():
+        raise ConfigError("init_from = '' is invalid: name a run folder or a weights file")
+
+
 def validate(cfg: Config) -> Config:
     """Every value, before any data is loaded: an error is one sentence naming the key."""
     for f in fields(cfg):  # no string reaches a file name, the OS or torch with a NUL byte
@@ -262,7 +291,8 @@ def validate(cfg: Config) -> Config:
                              or "\\" in name or len(name.encode()) > MAX_NAME_BYTES):
         raise ConfigError(f"name = {_short(name)} is invalid: use a plain folder name (printable, "
                           f"up to {MAX_NAME_BYTES} bytes, no '/' or '\\', not starting with '.')")
-    for key in ("runs_dir", "data_dir"):
+    _check_finetune(cfg)
+    for key in ("runs_dir", "data_dir", "init_from"):
         path = getattr(cfg, key)
         problem = path is not None and _path_problem(path)
         if problem:

@@ -98,6 +98,34 @@ def _cpu(obj):
     return obj
 
 
+_PLAIN_TYPES = (str, int, float, bool, type(None))
+
+
+def to_plain(obj, what: str):
+    """`obj` as values weights_only loading accepts (tensors, numbers, strings, lists, dicts
+    with string keys); numpy scalars become Python numbers. Anything else is refused now, in
+    one sentence, not found when a resume cannot load the file."""
+    if torch.is_tensor(obj) or type(obj) in _PLAIN_TYPES:  # exact: np.float64 subclasses float
+        return obj
+    if isinstance(obj, dict):
+        bad = next((k for k in obj if not isinstance(k, str)), None)
+        if bad is not None:
+            raise TrainlabError(f"{what} has the key {bad!r}: checkpoint keys must be strings")
+        return {k: to_plain(v, f"{what}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v, what) for v in obj]
+    import numpy as np
+
+    if isinstance(obj, np.generic) and obj.dtype.kind in "biuf":
+        return obj.item()
+    for base in (bool, int, float, str):  # a subclass of one (an IntEnum, say): its plain value
+        if isinstance(obj, base):
+            return base(obj)
+    raise TrainlabError(f"{what} holds a {type(obj).__module__}.{type(obj).__qualname__}: a checkpoint keeps "
+                        "only tensors, numbers, strings, lists and dicts (weights_only loading refuses "
+                        "other objects); convert it, e.g. float(x) or torch.as_tensor(x)")
+
+
 def make_checkpoint(model, *, model_spec: dict, **fields) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "trainlab_version": __version__,
             "torch_version": str(torch.__version__), "model_spec": model_spec,

@@ -16,8 +16,9 @@ host counters only (`run.state.step`, `.global_step`, `.epoch`); to stop, set
 metrics as Python floats, and a key it adds is logged with them (callbacks run before the
 metrics log and the checkpoint writer, so their state and their keys are in that epoch's
 checkpoint). Order: lower `order` first; the built-ins use 10 (best + early stop), 70
-(metrics log), 80 (checkpoints), 85 (TensorBoard), 90 (console), 95 (signals); a user's
-callback defaults to 50.
+(metrics log), 75 (TensorBoard), 80 (checkpoints), 90 (console), 95 (signals); a user's
+callback defaults to 50, and one with state must stay below 80, or its epoch's change would
+miss that epoch's checkpoint (CallbackList refuses it).
 """
 
 from __future__ import annotations
@@ -61,6 +62,12 @@ class CallbackList:
         dup = sorted({k for k in keys if keys.count(k) > 1})
         if dup:
             raise ConfigError(f"two callbacks share the state key {dup[0]!r}: give one a distinct state_key")
+        late = [self.key(cb) for cb in self.callbacks if cb.order >= CheckpointWriter.order
+                and type(cb).state_dict is not Callback.state_dict and not isinstance(cb, _BUILTIN)]
+        if late:
+            raise ConfigError(f"callback {late[0]} keeps state but runs at order >= {CheckpointWriter.order}, "
+                              "after the checkpoint writer: its epoch's state would miss that checkpoint; "
+                              "give it an order below 80")
         # only the hooks a callback overrides are called: a step hook costs nothing otherwise
         self._step = [cb for cb in self.callbacks if type(cb).on_step_end is not Callback.on_step_end]
 
@@ -204,7 +211,7 @@ class CheckpointWriter(Callback):
 
 class TensorBoardLog(Callback):
     """Per-epoch scalars, and the final confusion matrix as an image (rank 0)."""
-    order = 85
+    order = 75
 
     def __init__(self):
         self.writer = None
@@ -234,14 +241,17 @@ class TensorBoardLog(Callback):
 
 
 class Console(Callback):
-    """One line per epoch (the progress bar itself is the loop's)."""
+    """One line per epoch unless the config says quiet (the progress bar itself is the loop's)."""
     order = 90
 
     def on_epoch_end(self, run, row):
-        if not run.dist.is_main:
+        if not run.dist.is_main or run.cfg.quiet:
             return
         nan = float("nan")
         log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1fs%s",
                  row["epoch"], run.state.epochs, row["train_loss"], row["train_acc"], row.get("val_loss", nan),
                  row.get("val_acc", nan), row.get("test_acc", nan), row["train_seconds"],
                  "  *best" if run.monitor.improved else "")
+
+
+_BUILTIN = (BestAndEarlyStop, MetricsLog, CheckpointWriter, TensorBoardLog, Console)

@@ -64,6 +64,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def max_over_ranks(value: int, device) -> int:
+    """The largest of every rank's value, on every rank (e.g. the signal one rank received)."""
+    t = torch.tensor([float(value)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every rank if any rank's flag is set (so all stop at the same step)."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)

@@ -14,6 +14,7 @@ polled as a Python flag (under DDP an all-reduce every `StopOnSignal.every` step
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from trainlab.devices import check_same_device
 from trainlab.errors import TrainlabError
 from trainlab.inference import evaluate
 from trainlab.training.callbacks import Callback, CallbackList
+
+log = logging.getLogger("trainlab")
 
 _DROPOUT_SALT = 0x5EED_0003
 
@@ -75,6 +78,14 @@ class FitContext:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     state: FitState
+
+
+class _EpochFunction(Callback):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_epoch_end(self, run, row):
+        return self.fn(run.state)
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -159,18 +170,23 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
         test_loader=None, loss_fn=None, parts: StepParts | None = None,
         state: FitState | None = None, callbacks: list[Callback] | CallbackList | None = None,
         progress: bool | None = None, eval_model: nn.Module | None = None,
-        tta_flip: bool = False, run=None) -> FitState:
+        tta_flip: bool = False, run=None, on_epoch_end: Callable[[FitState], bool | None] | None = None
+        ) -> FitState:
     """Train until `epochs` epochs are complete, continuing `state` when resuming.
 
     Each epoch is evaluated on `val_loader` (for selection) and `test_loader` (reporting
     only: nothing here chooses by test results), appended to `state.history`, then handed to
     the callbacks' on_epoch_end; if any returns True, training stops (e.g. early stopping).
     `eval_model` (e.g. the EMA weights) is what gets evaluated. Callbacks are called with
-    `run` (default: a FitContext of model, optimizer and state).
+    `run` (default: a FitContext of model, optimizer and state). `on_epoch_end(state)`, a
+    plain function, is the one-hook shorthand of a callback.
     """
     state = state or FitState()
     state.epochs = epochs
     parts = parts or StepParts()
+    if on_epoch_end is not None:
+        callbacks = [*(callbacks.callbacks if isinstance(callbacks, CallbackList) else callbacks or []),
+                     _EpochFunction(on_epoch_end)]
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks or [])
     run = run if run is not None else FitContext(model, optimizer, state)
     check_same_device(model, train_loader.device, optimizer)
@@ -209,6 +225,11 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             state.history.append(row)
             if cbs.on_epoch_end(run, row) and not state.stopped:
                 state.stopped = "early-stop"
-    finally:
-        cbs.on_fit_end(run)
+    except BaseException:
+        try:  # handlers restored, files closed; the original error is the one that propagates
+            cbs.on_fit_end(run)
+        except Exception as e:  # noqa: BLE001
+            log.warning("a callback's on_fit_end failed after an error: %s", e)
+        raise
+    cbs.on_fit_end(run)
     return state

@@ -65,11 +65,18 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
                    progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks))
     lock = runs.RunLock(run_dir).acquire() if into is None and distributed.context().is_main else None
     try:
-        with runtime.library_output(progress, False):
+        with runtime.library_output(progress, _quiet(run_dir)):
             return _resume_locked(run_dir, req, lock)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _quiet(run_dir: Path) -> bool:
+    try:
+        return bool(read_run_config(run_dir).get("quiet"))
+    except TrainlabError:  # a damaged config.toml is reported where it is used
+        return False
 
 
 def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> str | None:
@@ -195,12 +202,12 @@ def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
         merged["epochs"] = req.epochs
     cfg = resolve(merged, origin="resume")
     changes = changes_to_apply(saved, cfg, req.allow_changes, "resume")
-    if distributed.context().is_main:  # rank 0 alone moves files
-        CheckpointDir(run_dir / CHECKPOINTS).set_aside_unusable()
-    log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
+    # built first: missing data or a bad model ends here, before any file is moved
     session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks)
+    log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session.run_dir = run_dir
-    if session.dist.is_main:
+    if session.dist.is_main:  # rank 0 alone moves files
+        CheckpointDir(run_dir / CHECKPOINTS).set_aside_unusable()
         old = run_dir / runs.METRICS_FILE
         if old.is_file() and old.stat().st_size:  # earlier rows kept aside, not erased
             os.replace(old, run_dir / f"metrics-before-restart-{int(os.path.getmtime(old))}.jsonl")

@@ -122,6 +122,8 @@ class Session:
             raise
         if self.state.stopped == "interrupt":
             self._save_interrupt(self.signals.signum)
+        if self.state.step and self.dist.is_main and self.state.partial is not None:
+            self._save_partial()  # a callback stopped mid-epoch: last.pt holds this point
         if self.cfg.patience > 0:
             distributed.barrier(self.dist)  # rank 0 has finished writing best.pt
             self._restore_best()
@@ -142,6 +144,7 @@ class Session:
             distributed.broadcast_buffers(self.ema)
 
     def _save_interrupt(self, signum: int):
+        signum = signum or signal.SIGTERM  # (a stop without a signal number: say SIGTERM)
         name, st, again = signal.Signals(signum).name, self.state, shlex.quote(str(self.run_dir))
         if not self.dist.is_main:
             raise Interrupted(signum, f"{name}: rank {self.dist.rank} stopped")
@@ -149,11 +152,15 @@ class Session:
             raise Interrupted(signum, f"{name}: stopped in epoch {st.epoch + 1}, which will be redone; "
                                       f"continue with: trainlab resume {again}")
         if st.step:  # mid-epoch: the epoch-end checkpoint is older, save this point
-            self.checkpoints.save("last.pt", self.state_dict(), epoch=st.epoch, global_step=st.global_step,
-                                  metric=self.monitor.metric, value=None, partial_epoch=True)
+            self._save_partial()
         where = f"epoch {st.epoch + 1}, step {st.step}" if st.step else f"the end of epoch {st.epoch}"
         raise Interrupted(signum, f"{name}: stopped at {where} and saved a checkpoint; "
                                   f"continue with: trainlab resume {again}")
+
+    def _save_partial(self) -> None:
+        st = self.state
+        self.checkpoints.save("last.pt", self.state_dict(), epoch=st.epoch, global_step=st.global_step,
+                              metric=self.monitor.metric, value=None, partial_epoch=True)
 
     def _restore_best(self) -> None:
         best = self.run_dir / runs.CHECKPOINTS / "best.pt"

@@ -44,8 +44,11 @@ class StopOnSignal(Callback):
             pass
 
     def _seen(self) -> bool:
-        if self.ctx is not None and self.ctx.enabled:
-            return distributed.any_rank(self.signum is not None, self.device)
+        if self.ctx is not None and self.ctx.enabled:  # every rank learns the signal one rank got
+            signum = distributed.max_over_ranks(self.signum or 0, self.device)
+            if signum and self.signum is None:
+                self.signum = signum
+            return bool(signum)
         return self.signum is not None
 
     def on_fit_start(self, run):

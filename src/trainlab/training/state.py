@@ -10,7 +10,7 @@ import random
 import numpy as np
 import torch
 
-from trainlab.store.checkpoint import CheckpointError, make_checkpoint
+from trainlab.store.checkpoint import CheckpointError, make_checkpoint, to_plain
 from trainlab.training.loop import FitState
 
 log = logging.getLogger("trainlab")
@@ -64,8 +64,9 @@ def session_checkpoint(s) -> dict:
         ema=s.ema.state_dict() if s.ema is not None else None,
         precision=s.precision.name, schedule=s.schedule,
         epoch=st.epoch, global_step=st.global_step, step=st.step, partial=st.partial,
-        history=st.history, best=s.monitor.summary(), early_stopping=s.monitor.state_dict(),
-        callbacks=s.callbacks.state_dict(), rng=capture_rng(),
+        history=to_plain(st.history, "a metrics row"), best=s.monitor.summary(),
+        early_stopping=s.monitor.state_dict(), rng=capture_rng(),
+        callbacks={k: to_plain(v, f"callback {k}'s state_dict()") for k, v in s.callbacks.state_dict().items()},
         config=s.cfg.to_dict(), recipe=s.cfg.recipe, threads=torch.get_num_threads(),
         world_size=s.dist.world_size, fingerprint=s.data.fingerprint(), classes=s.data.classes,
         mean=s.data.mean, std=s.data.std)

@@ -1,0 +1,507 @@
+"""`folder:DIR`: your own images, one folder per class, decoded once into a uint8 cache.
+
+Layouts (class names are the sorted folder names, recorded with the run):
+
+    DIR/<class>/*.png|jpg|jpeg|bmp|gif|webp          one pool: a test split is carved from it
+    DIR/train/<class>/...  [DIR/val/<class>/...]  [DIR/test/<class>/...]
+
+Files with other extensions and names starting with "." are ignored. A `val/` folder joins
+the training images (the run carves its validation split from them, `val_size`); without
+`test/`, a stratified test split (TEST_FRACTION of each class) is carved with the config's
+seed, and the files that went to test are recorded in the data source (meta.json).
+
+Channels: every image is converted to one channel count, by default what most files have
+(1 for grey modes L, 1, I, I;16, LA; 3 for colour modes RGB, RGBA, P, CMYK, ...); alpha is
+dropped, 16-bit grey is scaled to 8 bits, a GIF gives its first frame, EXIF orientation is
+not applied (pixels as stored). One log line says what was chosen and what was converted.
+
+Size policy (one rule): with `image_size = N` (`--image-size N`) every image's shorter side
+is resized to N (bilinear, antialiased) and the centre NxN is cropped. Without it, when all
+files have one size nothing is resized; when they differ, the most common size WxH is used
+and the other files are scaled to cover WxH and centre-cropped to it (logged).
+
+Decoding happens once: headers are read, then pixels decoded with Pillow in parallel
+processes (chunks of files; one process for small folders) into a uint8 N,C,H,W `.npy`
+under the user cache (`cache_root()/folder/<key>/`), written in a fresh temporary folder
+and renamed into place whole, and read back memory-mapped. The key is a sha256 of the
+sorted relative paths, sizes and mtimes, the size policy and the channel request: touching,
+adding or removing a file, or changing the policy, gives a new key. A file that cannot be
+decoded (zero bytes, truncated, not an image, over Pillow's decompression-bomb limit) is
+listed with its reason and loading stops (DataError) before any training; with `skip_bad`
+(`--skip-bad`) such files are left out and counted.
+
+Pillow is optional (`pip install trainlab[images]`): importing trainlab does not need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import secrets
+import shutil
+import sys
+import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trainlab.data import formats
+from trainlab.data.sources import cache_root
+from trainlab.errors import DataError
+
+log = logging.getLogger("trainlab.data")
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+SPLITS = ("train", "val", "test")
+TEST_FRACTION = 0.2  # of each class, when the folder has no test/ split
+_TEST_SALT = 0x7E57_0001  # the test carve draws from its own stream, not the val split's
+CACHE_VERSION = 1
+MAX_FILES = 10_000_000  # a bound on the scan: more is a wrong folder, not a data set
+MAX_SIDE = 16384  # image_size and the chosen size are at most this many pixels
+SMALL = 256  # files decoded in this process, without a pool
+_MAX_META = 1 << 28  # bytes of a cache's meta.json
+GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "La"}
+SHOWN_BAD = 5  # bad files listed by name in the error; the rest are counted
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("reading image folders needs Pillow: pip install trainlab[images]") from None
+    return Image
+
+
+@dataclass
+class Entry:
+    rel: str  # path relative to DIR, with "/" separators
+    split: str  # train, val or test (as found on disk)
+    label: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Scan:
+    root: Path
+    layout: str  # "classes" (DIR/<class>/) or "splits" (DIR/train/<class>/...)
+    classes: list[str]
+    entries: list[Entry] = field(default_factory=list)
+    ignored: int = 0  # files skipped for their extension or a leading "."
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    try:
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{folder}: cannot list it ({e.strerror or e})") from None
+
+
+def scan(root: str | os.PathLike) -> Scan:
+    """The folder's layout, classes and image files (path, size, mtime): stat only, no decoding."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"folder:{root}: {root} is not a folder; folder:DIR needs DIR/<class>/*.png "
+                        "(or DIR/train/<class>/...) image files")
+    top = _class_dirs(root)
+    if "train" in top and _class_dirs(root / "train"):
+        extra = [d for d in top if d not in SPLITS]
+        if extra:
+            raise DataError(f"folder:{root}: it has train/ and also {', '.join(extra[:3])}/: in the split "
+                            "layout only train/, val/ and test/ are read; move the other folders away")
+        layout, split_dirs = "splits", [s for s in SPLITS if s in top]
+        classes = _class_dirs(root / "train")
+    else:
+        layout, split_dirs, classes = "classes", [""], top
+    if not classes:
+        raise DataError(f"folder:{root}: no class folders found; put the images in DIR/<class>/ "
+                        "(one folder per class) or DIR/train/<class>/")
+    out = Scan(root, layout, classes)
+    index = {c: i for i, c in enumerate(classes)}
+    for split in split_dirs:
+        base = root / split if split else root
+        for name in _class_dirs(base):
+            if name not in index:
+                raise DataError(f"folder:{root}: {split}/{name}/ is a class that train/ does not have; "
+                                f"every class of {split}/ needs a folder in train/ too")
+            folder = base / name
+            try:
+                listing = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as e:
+                raise DataError(f"{folder}: cannot list it ({e.strerror or e})") from None
+            for e in listing:
+                if e.name.startswith(".") or not e.name.lower().endswith(EXTENSIONS):
+                    out.ignored += 1
+                    continue
+                try:
+                    st = e.stat()
+                except OSError as err:
+                    raise DataError(f"{e.path}: cannot read it ({err.strerror or err})") from None
+                if not os.path.isfile(e.path):
+                    out.ignored += 1
+                    continue
+                rel = f"{split}/{name}/{e.name}" if split else f"{name}/{e.name}"
+                out.entries.append(Entry(rel, split or "train", index[name], st.st_size, st.st_mtime_ns))
+                if len(out.entries) > MAX_FILES:
+                    raise DataError(f"folder:{root}: over {MAX_FILES:,} image files; is this the right folder?")
+    train_labels = {e.label for e in out.entries if e.split in ("train", "val")}
+    empty = [c for i, c in enumerate(classes) if i not in train_labels]
+    if empty:
+        raise DataError(f"folder:{root}: class folder{'s' if len(empty) > 1 else ''} "
+                        f"{', '.join(empty[:5])} hold{'' if len(empty) > 1 else 's'} no training images "
+                        f"({', '.join(EXTENSIONS)}); add images or remove the folder")
+    return out
+
+
+def cache_key(s: Scan, image_size: int | None, channels: int | None) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "layout": s.layout, "classes": s.classes,
+                         "image_size": image_size, "channels": channels}, sort_keys=True).encode())
+    for e in s.entries:
+        h.update(f"\0{e.rel}\0{e.size}\0{e.mtime_ns}".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- decoding (in worker processes)
+
+def _open(Image, path: str):
+    """Pillow's image, header read, with the decompression-bomb limit as an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _reason(e: BaseException, path: str) -> str:
+    Image = _pillow()
+    if isinstance(e, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"decompression bomb: {str(e).split('could be')[0].strip().rstrip(',')}"
+    if isinstance(e, Image.UnidentifiedImageError):
+        try:
+            empty = os.path.getsize(path) == 0
+        except OSError:
+            empty = False
+        return "empty file (0 bytes)" if empty else "not an image Pillow can read"
+    if isinstance(e, MemoryError):
+        return "too large to decode in memory"
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:200]
+
+
+def _headers(paths: list[str]) -> list[tuple[str, int, int] | str]:
+    """(mode, width, height) per file, or the reason it cannot be read."""
+    Image = _pillow()
+    out = []
+    for p in paths:
+        try:
+            with _open(Image, p) as img:
+                out.append((img.mode, img.width, img.height))
+        except Exception as e:  # noqa: BLE001 - any failure of a file is that file's reason
+            out.append(_reason(e, p))
+    return out
+
+
+def _to_array(img, channels: int) -> np.ndarray:
+    """H,W,C uint8 with `channels` channels (1 or 3), from any Pillow mode."""
+    Image = _pillow()
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img, dtype=np.int64)
+        img = Image.fromarray((np.clip(a, 0, 65535) // 257).astype(np.uint8), "L")
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
+    target = "L" if channels == 1 else "RGB"
+    if img.mode != target:
+        img = img.convert("RGB" if img.mode not in ("L", "RGB", "LA", "RGBA") and target == "L" else target)
+        if img.mode != target:
+            img = img.convert(target)
+    a = np.asarray(img, dtype=np.uint8)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def fit(img, width: int, height: int):
+    """The size policy: scale to cover width x height (shorter side first), centre-crop."""
+    Image = _pillow()
+    w, h = img.size
+    if (w, h) == (width, height):
+        return img
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    if (nw, nh) != (w, h):
+        if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):
+            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return img.crop((left, top, left + width, top + height))
+
+
+def _decode(paths: list[str], channels: int, width: int, height: int):
+    """uint8 N,C,H,W for the files, and (index, reason) of those that failed."""
+    Image = _pillow()
+    out = np.zeros((len(paths), channels, height, width), dtype=np.uint8)
+    bad = []
+    for i, p in enumerate(paths):
+        try:
+            with _open(Image, p) as img:
+                img.load()
+                a = _to_array(fit(img, width, height), channels)
+            out[i] = a.transpose(2, 0, 1)
+        except Exception as e:  # noqa: BLE001
+            bad.append((i, _reason(e, p)))
+    return out, bad
+
+
+def _pool(workers: int):
+    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def _workers(n_files: int, workers: int | None) -> int:
+    if workers is not None:
+        return max(1, workers)
+    if n_files <= SMALL:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      math.ceil(n_files / SMALL)))
+
+
+def _map(fn, jobs: list[tuple], workers: int, total: int, desc: str):
+    """fn(*job) for each job, in order, in `workers` processes, with one progress bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="img", disable=None, leave=False)
+    try:
+        if workers == 1:
+            for job in jobs:
+                r = fn(*job)
+                bar.update(len(job[0]))
+                yield r
+            return
+        with _pool(workers) as pool:
+            for job, r in zip(jobs, pool.map(fn, *zip(*jobs))):
+                bar.update(len(job[0]))
+                yield r
+    finally:
+        bar.close()
+
+
+def _most_common(counter: Counter):
+    """The most frequent value; ties go to the largest (then the last in sort order)."""
+    return max(counter.items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
+def _bad_sentence(root: Path, bad: list[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{rel} ({why})" for rel, why in bad[:SHOWN_BAD])
+    more = f" and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    return (f"folder:{root}: {len(bad)} file{'s' if len(bad) > 1 else ''} cannot be decoded: {shown}{more}; "
+            "fix or remove them, or pass --skip-bad (skip_bad = true) to leave them out")
+
+
+def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = None,
+                  dest: Path | None = None) -> tuple[np.ndarray, dict]:
+    """Decode every file of the scan into `dest`/images.npy (uint8 N,C,H,W, the good files in
+    scan order); returns (the array, memory-mapped, and the meta dict describing it)."""
+    Image = _pillow()  # noqa: F841 - the one sentence when Pillow is missing, before any work
+    paths = [str(s.root / e.rel) for e in s.entries]
+    n = len(paths)
+    nproc = _workers(n, workers)
+    head_chunk = max(64, min(2048, math.ceil(n / (4 * nproc))))
+    headers = []
+    for part in _map(_headers, [(paths[a:b],) for a, b in _chunks(n, head_chunk)], nproc, n, "headers"):
+        headers += part
+    bad = [(s.entries[i].rel, h) for i, h in enumerate(headers) if isinstance(h, str)]
+    ok = [i for i, h in enumerate(headers) if not isinstance(h, str)]
+    if not ok:
+        raise DataError(_bad_sentence(s.root, bad).split("; fix")[0] + "; no image could be read")
+    modes = Counter(headers[i][0] for i in ok)
+    sizes = Counter((headers[i][1], headers[i][2]) for i in ok)
+    grey = sum(c for m, c in modes.items() if m in GREY_MODES)
+    channels = 1 if grey * 2 > len(ok) else 3
+    if image_size is not None:
+        width = height = image_size
+        policy = f"shorter side resized to {image_size}, centre-cropped to {image_size}x{image_size}"
+    else:
+        width, height = _most_common(sizes)
+        policy = (f"all {width}x{height}, kept as they are" if len(sizes) == 1 else
+                  f"the most common size {width}x{height} ({sizes[(width, height)]} of {len(ok)} files); "
+                  f"the other {len(ok) - sizes[(width, height)]} scaled to cover it and centre-cropped")
+    if max(width, height) > MAX_SIDE:
+        raise DataError(f"folder:{s.root}: the images are {width}x{height}, over {MAX_SIDE} pixels a side; "
+                        "give a smaller --image-size N")
+    converted = sum(c for m, c in modes.items() if (m in GREY_MODES) != (channels == 1) or m not in ("L", "RGB"))
+    log.info("data: %d channel%s (%s); %d file%s converted; size: %s", channels, "" if channels == 1 else "s",
+             ", ".join(f"{m}: {c}" for m, c in sorted(modes.items(), key=lambda kv: -kv[1])),
+             converted, "" if converted == 1 else "s", policy)
+    per_image = channels * width * height
+    need = per_image * len(ok)
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if need > free:
+        raise DataError(f"folder:{s.root}: decoding needs {need / 2**20:,.0f} MiB in the cache "
+                        f"{dest.parent} but only {free / 2**20:,.0f} MiB is free; free some space, "
+                        "set XDG_CACHE_HOME to a larger disk, or choose a smaller --image-size")
+    out_path = dest / "images.npy"
+    arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8,
+                                    shape=(len(ok), channels, height, width))
+    chunk = max(1, min(512, (32 << 20) // per_image, math.ceil(len(ok) / (4 * nproc))))
+    spans = _chunks(len(ok), chunk)
+    jobs = [([paths[ok[i]] for i in range(a, b)], channels, width, height) for a, b in spans]
+    failed = []
+    for (a, _), (pixels, errs) in zip(spans, _map(_decode, jobs, nproc, len(ok), "decode")):
+        arr[a:a + len(pixels)] = pixels
+        failed += [(a + i, why) for i, why in errs]
+    good = [ok[i] for i in range(len(ok))]
+    if failed:
+        drop = {i for i, _ in failed}
+        bad += [(s.entries[ok[i]].rel, why) for i, why in failed]
+        keep = [i for i in range(len(ok)) if i not in drop]
+        good = [ok[i] for i in keep]
+        if keep:
+            tmp = dest / "images-kept.npy"
+            kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + arr.shape[1:])
+            for a, b in _chunks(len(keep), 4096):
+                kept[a:b] = arr[keep[a:b]]
+            kept.flush()
+            del kept
+            del arr
+            os.replace(tmp, out_path)
+        else:
+            del arr
+            os.remove(out_path)
+    else:
+        arr.flush()
+        del arr
+    bad.sort()
+    meta = {"version": CACHE_VERSION, "root": str(s.root), "layout": s.layout, "classes": s.classes,
+            "channels": channels, "width": width, "height": height, "policy": policy,
+            "image_size": image_size, "files": [s.entries[i].rel for i in good],
+            "labels": [s.entries[i].label for i in good], "splits": [s.entries[i].split for i in good],
+            "modes": dict(modes), "sizes": {f"{w}x{h}": c for (w, h), c in sizes.most_common()},
+            "bad": bad, "ignored": s.ignored}
+    images = np.load(out_path, mmap_mode="r") if good else np.zeros((0, channels, height, width), np.uint8)
+    return images, meta
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:  # inside the fresh temporary folder
+        json.dump(meta, f)
+
+
+def _read_cache(folder: Path, key: str) -> tuple[np.ndarray, dict] | None:
+    meta_path, images_path = folder / "meta.json", folder / "images.npy"
+    try:
+        if meta_path.stat().st_size > _MAX_META:
+            return None
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        n = len(meta["files"])
+        shape = (n, meta["channels"], meta["height"], meta["width"])
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False) if n else np.zeros(shape, np.uint8)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if meta.get("version") != CACHE_VERSION or images.dtype != np.uint8 or images.shape != shape \
+            or len(meta["labels"]) != n or len(meta["splits"]) != n:
+        return None
+    return images, meta
+
+
+def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None
+                 ) -> tuple[np.ndarray, dict, Scan]:
+    """The folder's images (uint8 N,C,H,W, memory-mapped from the cache, decoding it first
+    when needed) and the cache's meta: files, labels, splits, policy, modes, sizes, bad files."""
+    s = scan(root)
+    _pillow()
+    key = cache_key(s, image_size, None)
+    base = cache_root() / "folder"
+    final = base / key
+    hit = _read_cache(final, key) if final.is_dir() else None
+    if hit is not None:
+        log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
+        return hit[0], hit[1], s
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"the cache folder {base} cannot be created ({e.strerror or e}); "
+                        "set XDG_CACHE_HOME to a writable folder") from None
+    tmp = base / f".decode-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # fresh: fails if anything stands at the name
+    try:
+        images, meta = decode_folder(s, image_size, workers, tmp)
+        del images  # the mapping is reopened from the final place
+        _write_meta(tmp / "meta.json", meta)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another process won the race: its copy is as good
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    hit = _read_cache(final, key)
+    if hit is None:
+        raise DataError(f"the decode cache {final} cannot be read back; remove it and try again")
+    log.info("data: decoded %d images of %s into the cache %s", len(meta["files"]), s.root, final)
+    return hit[0], hit[1], s
+
+
+def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
+                seed: int = 0):
+    """`folder:DIR` as a Dataset (see the module docstring)."""
+    import torch
+
+    from trainlab.data.dataset import from_arrays
+    from trainlab.data.loader import derive_seed, stratified_split
+
+    if image_size is not None and not 1 <= image_size <= MAX_SIDE:
+        raise DataError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_SIDE}")
+    root = Path(arg).expanduser()
+    images, meta, s = load_decoded(root, image_size)
+    bad = [tuple(b) for b in meta["bad"]]
+    if bad and not skip_bad:
+        raise DataError(_bad_sentence(root, bad))
+    if bad:
+        log.warning("data: left out %d file%s that cannot be decoded (skip_bad): %s", len(bad),
+                    "s" if len(bad) > 1 else "", "; ".join(f"{r} ({w})" for r, w in bad[:SHOWN_BAD]))
+    labels = np.asarray(meta["labels"], dtype=np.int64)
+    splits = np.asarray(meta["splits"])
+    files = meta["files"]
+    test_mask = splits == "test"
+    carved = None
+    if not test_mask.any():
+        pool = np.nonzero(~test_mask)[0]
+        n_test = round(len(pool) * TEST_FRACTION)
+        if n_test < 1 or n_test >= len(pool):
+            raise DataError(f"folder:{root}: {len(pool)} image{'s' if len(pool) != 1 else ''} are too few to "
+                            f"carve a test split ({TEST_FRACTION:.0%}); add images or a test/ folder")
+        _, test_idx = stratified_split(torch.from_numpy(labels[pool]), n_test, derive_seed(seed, _TEST_SALT))
+        test_mask[pool[test_idx.numpy()]] = True
+        carved = {"fraction": TEST_FRACTION, "seed": seed, "files": [files[i] for i in np.nonzero(test_mask)[0]]}
+    train_idx, test_idx = np.nonzero(~test_mask)[0], np.nonzero(test_mask)[0]
+    source = {"kind": "folder", "path": str(root.resolve()), "layout": meta["layout"],
+              "detail": f"{meta['channels']}x{meta['height']}x{meta['width']}, {meta['policy']}",
+              "channels": meta["channels"], "image_size": image_size,
+              "height": meta["height"], "width": meta["width"], "resize": "shorter side, centre crop",
+              "modes": meta["modes"], "sizes": meta["sizes"], "skipped_bad": len(bad),
+              "bad": [list(b) for b in bad[:100]], "ignored": meta["ignored"]}
+    if carved:
+        source["test_carved"] = carved
+    if "val" in set(meta["splits"]):
+        log.info("data: val/ joins the training images; the run carves its validation split (val_size) from them")
+    ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
+                     classes=meta["classes"], name=f"folder:{root}", source=source)
+    ds.spec = f"folder:{root.resolve()}"
+    return ds
+
+
+read_folder.options = ("image_size", "skip_bad", "seed")
+formats.register_format("folder", read_folder)
