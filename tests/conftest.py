@@ -236,3 +236,43 @@ def pytest_runtest_makereport(item, call):
         if not any(a in reason for a in ALLOWED_SKIPS):
             rep.outcome = "failed"
             rep.longrepr = f"skipped in CI for a reason the README does not allow: {reason}"
+
+
+# ---------------------------------------------------------------- image folders (Pillow)
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, size=(20, 16),
+                       mode: str = "RGB", ext: str = ".png", seed: int = 0, split: str = "") -> Path:
+    """`root[/split]/<class>/<i>.ext` image files of `size` (width, height) in Pillow `mode`,
+    each class a distinct brightness band plus noise (learnable). Returns `root`."""
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    w, h = size
+    for k, c in enumerate(classes):
+        folder = root / split / c if split else root / c
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = (k * 97) % 200
+            a = g.integers(base, base + 55, size=(h, w, 3), dtype=np.uint8)
+            img = Image.fromarray(a, "RGB")
+            img = img.convert(mode) if mode != "RGB" else img
+            img.save(folder / f"{i:04d}{ext}")
+    return root
+
+
+def write_fashion_pngs(idx_dir: Path, dest: Path, n_train: int = 1600, n_test: int = 400) -> Path:
+    """The first images of a Fashion-MNIST IDX folder as `dest/train|test/<label>/<index>.png`
+    (grey PNG, lossless), so `folder:` can be checked against the IDX reader."""
+    from PIL import Image
+
+    from trainlab.data.idx import read_idx
+    from trainlab.data.sources import split_file
+
+    for split, stem, n in (("train", "train", n_train), ("test", "test", n_test)):
+        images = read_idx(split_file(idx_dir, f"{stem}_images"))[:n]
+        labels = read_idx(split_file(idx_dir, f"{stem}_labels"))[:n]
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            folder = dest / split / f"{int(lab)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.ascontiguousarray(img), "L").save(folder / f"{i:05d}.png")
+    return dest

@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import cli_env, make_images, write_idx_folder
 
+from trainlab.cli.main import main as cli_main
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
@@ -145,7 +146,7 @@ def _cli_args(idx_dir, tmp_path, name):
             "--model-kwarg", "hidden=[32]", "--seed", "3", "--quiet"]
 
 
-def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(idx_dir, tmp_path):
+def test_kill_9_at_random_moments_then_resume_or_rerun_equals_uninterrupted(idx_dir, tmp_path):
     ref = subprocess.run([sys.executable, "-m", "trainlab", "train", *_cli_args(idx_dir, tmp_path, "ref")],
                          env=cli_env(), capture_output=True, text=True, timeout=120)
     assert ref.returncode == 0, ref.stderr
@@ -161,7 +162,10 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted(idx_dir, tmp_
         found = CheckpointDir(run_dir / "checkpoints").newest_good()
         got_step = found[1]["global_step"] if found else None
         assert got_step == newest_in_place, (trial, landed, got_step, newest_in_place)
-        resume(run_dir, progress=False)
+        if trial % 2:  # no resume command typed: the same command again continues the run
+            assert cli_main(["train", *_cli_args(idx_dir, tmp_path, f"k{trial}")]) == 0, (trial, landed)
+        else:
+            resume(run_dir, progress=False)
         got = load_checkpoint(run_dir / "model.pt")["model"]
         assert all(torch.equal(got[k], ref_model[k]) for k in ref_model), (trial, landed)
         assert not list((run_dir / "checkpoints").glob(".*.tmp-*"))  # stale temp files cleaned

@@ -51,6 +51,7 @@ class Config:
     val_size: int = 5000  # carved from the training split, stratified, for model selection
     name: str | None = None  # run folder name; None = <model>-<recipe>-<time>
     runs_dir: str = "runs"
+    rerun: str = "resume"  # the same command again on a named run: resume it, or refuse (training.rerun)
     quiet: bool = False
     # model selection, early stopping and saving (see trainlab.training.callbacks)
     monitor: str = "val_loss"  # the metric best.pt and early stopping follow; never a test metric
@@ -66,6 +67,12 @@ class Config:
     tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
     sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
     malloc_tuning: bool = True  # CPU: keep freed activation memory instead of returning it to the OS
+    # image folders (folder:DIR, trainlab.data.folder)
+    image_size: int | None = None  # shorter side resized to N, centre-cropped NxN; None = most common size
+    skip_bad: bool = False  # leave out files that cannot be decoded (counted) instead of stopping
+    # a split larger than this (bytes, or e.g. "2GiB") is streamed to the device in chunks, same
+    # numbers; None = half the memory free now (CPU) or half the free GPU memory (CUDA)
+    memory_budget: str | None = None
     # weights in: fine-tuning from another run or file (see trainlab.training.finetune)
     init_from: str | None = None  # a run folder, trainlab checkpoint, state_dict .pt/.pth or .safetensors
     init_strict: bool = False  # any key or shape mismatch with init_from is an error
@@ -196,10 +203,30 @@ RUN_LIMITS = {
     "device": (lambda v, c: re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v) is not None,
                "use auto, cpu, cuda, cuda:N or mps"),
     "mode": (lambda v, c: v in ("auto", "min", "max"), "choose min, max or auto"),
+    "rerun": (lambda v, c: v in ("resume", "refuse"), "choose resume (continue the named run when the same "
+              "command runs again) or refuse"),
+    "image_size": (lambda v, c: 1 <= v <= 16384, "must be at least 1 and at most 16384 (pixels a side)"),
+    "memory_budget": (lambda v, c: parse_bytes(v) is not None,
+                      "give a number of bytes, or one with a unit such as 512MiB, 2GiB or 4GB"),
     "unfreeze_at": (lambda v, c: 0 <= v <= 10**5, "must be 0 (stay frozen) or an epoch up to 100000"),
     "body_lr_mult": (lambda v, c: 0 < v <= 100, "must be greater than 0 and at most 100"),
     "train_per_class": (lambda v, c: 0 <= v <= 10**9, "must be 0 (all) or more, up to 10**9"),
 }
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """"2GiB", "500MB", "1.5GB", "1000000" as bytes; None for None or anything else."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([A-Za-z]{0,3})\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        return None
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return value if value < 2**62 else None
+
+
 MAX_NAME_BYTES = 200  # a run folder name; the OS limit is 255 and suffixes get added
 _PLAIN = (bool, int, float, str)  # what a model_kwargs value (or list item) may be
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainlab.data import Dataset, DeviceLoader, data_matches, load_dataset
+from trainlab.data import Dataset, DeviceLoader, data_matches, data_options, load_dataset
 from trainlab.devices import check_same_device, pick_device
 from trainlab.errors import TrainlabError
 from trainlab.metrics import summarize
@@ -142,7 +142,7 @@ def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None,
     dev = pick_device(device)
     model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import)
     if data is None:
-        data = load_dataset(ckpt["config"]["dataset"], data_dir)
+        data = load_dataset(ckpt["config"]["dataset"], data_dir, **data_options(ckpt["config"]))
     check_data_fits(ckpt, data, path_or_run)
     matches = data_matches(data, ckpt.get("fingerprint"))
     if matches is False:

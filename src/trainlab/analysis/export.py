@@ -44,8 +44,20 @@ def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, 
     meta = out / "model.json"
     atomic_write_text(meta, json.dumps({"model_spec": ckpt["model_spec"], "classes": ckpt.get("classes"),
                                 "mean": ckpt.get("mean"), "std": ckpt.get("std"),
+                                "input": input_policy(ckpt),
                                 "trainlab_version": __version__, "source": str(src)}, indent=2) + "\n")
     return weights, meta
+
+
+def input_policy(ckpt: dict) -> dict:
+    """How an image file becomes the model's input, as training read it (trainlab.data.folder)."""
+    c, h, w = ckpt["model_spec"]["input_shape"]
+    size = (ckpt.get("config") or {}).get("image_size")
+    return {"channels": c, "height": h, "width": w, "image_size": size,
+            "color": "grey (L)" if c == 1 else "RGB" if c == 3 else f"{c} channels",
+            "resize": (f"shorter side to {size}, centre crop {size}x{size}" if size else
+                       f"scale to cover {w}x{h} (shorter side first), centre crop") + ", bilinear",
+            "scale": "uint8 pixel / 255, then (x - mean) / std per channel", "layout": "N,C,H,W"}
 
 
 def read_images(path: str | Path) -> torch.Tensor:

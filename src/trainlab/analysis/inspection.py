@@ -106,6 +106,7 @@ def _describe_checkpoint(ck: dict) -> list[str]:
                    f"world size {ck.get('world_size')}")
     if best.get("value") is not None:
         out.append(f"best      {best['metric']} {best['value']:.4f} at epoch {best['epoch']}")
+    out += provenance_lines((ck.get("callbacks") or {}).get("finetune"))
     es = ck.get("early_stopping") or {}
     if es.get("patience"):
         out.append(f"early stop patience {es['patience']}, {es['counter']} epochs without improvement")
@@ -120,6 +121,27 @@ def _describe_checkpoint(ck: dict) -> list[str]:
         out += _optimizer_section(ck["optimizer"], ck.get("optimizer_param_names"))
     extras = [k for k in ("scheduler", "scaler", "ema", "rng", "fingerprint") if ck.get(k) is not None]
     out += ["", "also holds: " + ", ".join(extras)]
+    return out
+
+
+def provenance_lines(ft) -> list[str]:
+    """Where a fine-tuned run's weights came from (training.finetune's record)."""
+    if not isinstance(ft, dict):
+        return []
+    out = []
+    p = ft.get("parent")
+    if isinstance(p, dict):
+        counts = ", ".join(f"{len(p.get(k) or [])} {k.replace('_', ' ')}"
+                           for k in ("loaded", "new_head", "shape_mismatch", "missing", "unexpected"))
+        out.append(f"parent    {p.get('path')} ({p.get('kind')}, sha256 {str(p.get('sha256'))[:16]}...): {counts}")
+    sub = ft.get("train_subset")
+    if isinstance(sub, dict):
+        out.append(f"subset    at most {sub.get('per_class')} training images per class: {sub.get('samples')} "
+                   f"(indices sha256 {str(sub.get('indices_sha256'))[:16]}...)")
+    if ft.get("frozen_names"):
+        when = f"unfreeze at epoch {ft['unfreeze_at']}" if ft.get("unfreeze_at") else "frozen to the end"
+        out.append(f"freeze    {len(ft['frozen_names'])} tensors, {'frozen' if ft.get('frozen') else 'trained'} "
+                   f"now ({when})")
     return out
 
 
@@ -149,6 +171,10 @@ def describe_run(run_dir: str | Path) -> str:
         out += ["", f"newest verified: {good[0]}", describe_file(folder.folder / good[0])]
     elif (run_dir / "model.pt").exists():
         out += ["", describe_file(run_dir / "model.pt")]
+        try:  # model.pt holds no callbacks: the provenance is in meta.json
+            out += provenance_lines(runs.read_json(run_dir / runs.META_FILE).get("finetune"))
+        except Exception:  # noqa: BLE001 -- no or a damaged meta.json: nothing to add
+            pass
     return "\n".join(out)
 
 

@@ -78,7 +78,7 @@ def run_summary(title: str, result) -> str:
 
 # ---------------------------------------------------------------- predictions
 
-def predictions_table(probs, classes: list[str], truth=None) -> str:
+def predictions_table(probs, classes: list[str], truth=None, names=None) -> str:
     """`trainlab predict`'s table: each image's top class and probability, the next two
     classes, and with known labels the true class and whether the top one is wrong."""
     top = probs.topk(min(3, probs.shape[1]), dim=1)
@@ -87,7 +87,7 @@ def predictions_table(probs, classes: list[str], truth=None) -> str:
         best = int(top.indices[i, 0])
         alt = ", ".join(f"{classes[j]} {percent(p, 1)}"
                         for p, j in zip(top.values[i, 1:].tolist(), top.indices[i, 1:].tolist()))
-        row = [i, classes[best], percent(float(top.values[i, 0]), 1), alt]
+        row = [i if names is None else names[i], classes[best], percent(float(top.values[i, 0]), 1), alt]
         if truth is not None:
             row.insert(1, classes[int(truth[i])])
             row.append("" if int(truth[i]) == best else "wrong")
@@ -95,4 +95,6 @@ def predictions_table(probs, classes: list[str], truth=None) -> str:
     headers = ["#", "predicted", "prob", "next"]
     if truth is not None:
         headers = ["#", "true", "predicted", "prob", "next", ""]
-    return table(headers, rows, "r" + "l" * (len(headers) - 1))
+    if names is not None:
+        headers = ["file", *headers[1:]]
+    return table(headers, rows, ("l" if names is not None else "r") + "l" * (len(headers) - 1))

@@ -39,7 +39,7 @@ def _kv(text: str):
 
 
 RUN_HELP = {
-    "dataset": "fashion-mnist (default), mnist, idx:DIR, or SCHEME:ARG of a format registered "
+    "dataset": "fashion-mnist (default), mnist, idx:DIR, folder:DIR (image files), cifar10:DIR, cifar100:DIR, or SCHEME:ARG of a format registered "
                "by a module named with --allow-import",
     "data_dir": "folder with the four IDX files (else TRAINLAB_DATA, the cache, download)",
     "model": "mlp (default), mlp-reg, cnn, ... or module:function",
@@ -61,6 +61,17 @@ RUN_HELP = {
     "compile": "torch.compile the training forward",
     "channels_last": "NHWC memory layout for convolutional models",
     "tf32": "CUDA: allow TF32 matmuls and convolutions",
+    "init_from": "start from these weights: a run folder, trainlab checkpoint, state_dict .pt/.pth or "
+                 ".safetensors (matched by name; a head of another class count is re-initialized)",
+    "init_strict": "with --init-from: any missing, unexpected or mis-shaped tensor is an error",
+    "freeze": "body (everything but the head: the last Linear) or PREFIX[,PREFIX]: parameters not trained",
+    "unfreeze_at": "with --freeze: the frozen parameters train from this epoch on (1-based; 0 = never)",
+    "body_lr_mult": "learning rate of everything but the head, as a multiple of --lr (default 1)",
+    "train_per_class": "train on at most N images per class (seeded, stratified; 0 = all)",
+    "image_size": "folder: images: resize the shorter side to N and centre-crop NxN (default: the most common size)",
+    "skip_bad": "folder: images: leave out files that cannot be decoded (counted) instead of stopping",
+    "memory_budget": "stream a split larger than this to the device in chunks (bytes, or e.g. 2GiB; "
+                     "default: half the free memory); same results",
 }
 
 
@@ -187,7 +198,9 @@ def cmd_train(args) -> int:
 
         if not args.resume:  # the usage error here, in one line, not in every rank's traceback
             _check_nproc_batch(args.nproc, _config_from_args(args).train.batch_size)
-        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv),
+                      args.max_restarts)
+    _check_max_restarts(args)
     if args.resume:
         overrides = _resume_overrides(args)
         return _print_result(resume(args.resume, epochs=args.epochs, overrides=overrides,
@@ -201,7 +214,13 @@ def cmd_train(args) -> int:
             raise ConfigError(f"{args.config} names the model {cfg.model!r}, which needs importing "
                               f"{module!r}: a file never imports code by itself; pass --allow-import "
                               f"{module} if you trust that module (or give --model on the command line)")
-    return _print_result(train(cfg, progress=_bar()))
+    return _print_result(train(cfg, progress=_bar(), restart=args.restart))
+
+
+def _check_max_restarts(args) -> None:
+    if args.max_restarts and not args.nproc and "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise ConfigError("--max-restarts needs --nproc N: torchrun restarts the processes it launched "
+                          "(or run under torchrun --max-restarts yourself)")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -222,7 +241,9 @@ def cmd_resume(args) -> int:
     if args.nproc:
         from trainlab.training.distributed import launch
 
-        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv))
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv),
+                      args.max_restarts)
+    _check_max_restarts(args)
     overrides = {k: v for k, v in (("lr", args.lr), ("grad_clip", args.grad_clip),
                                    ("weight_decay", args.weight_decay)) if v is not None}
     if args.reset_optimizer and not args.into:
@@ -259,13 +280,22 @@ def cmd_predict(args) -> int:
                              allow_import=_allowed(args))
     classes = ckpt.get("classes") or [str(i) for i in range(ckpt["model_spec"]["num_classes"])]
     truth = None
+    if args.files:  # image files: the training's channel count and size policy (the model's input)
+        from trainlab.data.folder import image_files
+        from trainlab.data.folder import read_images as read_image_files
+
+        paths = image_files(args.files)
+        c, h, w = ckpt["model_spec"]["input_shape"]
+        images = read_image_files(paths, c, w, h)
+        print(predictions_table(predict_images(model, ckpt, images), classes, names=[str(p) for p in paths]))
+        return 0
     if args.input:
         images = read_images(args.input)[: args.n]
     else:
-        from trainlab.data import load_dataset
+        from trainlab.data import data_options, load_dataset
         from trainlab.inference import check_data_fits
 
-        data = load_dataset(ckpt["config"]["dataset"], args.data_dir)
+        data = load_dataset(ckpt["config"]["dataset"], args.data_dir, **data_options(ckpt["config"]))
         check_data_fits(ckpt, data, args.checkpoint)
         images, truth = data.test_x[: args.n], data.test_y[: args.n]
     print(predictions_table(predict_images(model, ckpt, images), classes, truth))
@@ -276,7 +306,7 @@ def cmd_data_info(args) -> int:
     from trainlab.analysis.tables import table
     from trainlab.data import load_dataset, measure_mean_std
 
-    data = load_dataset(args.dataset, args.data_dir)
+    data = load_dataset(args.dataset, args.data_dir, image_size=args.image_size, skip_bad=True)
     print(f"dataset  {data.name}")
     print(f"source   {data.source.get('kind')}: {data.source.get('path')} {data.source.get('detail', '')}".rstrip())
     print(f"shape    {tuple(data.input_shape)} images, {data.num_classes} classes, "
@@ -290,6 +320,19 @@ def cmd_data_info(args) -> int:
     sc = torch.bincount(data.test_y, minlength=data.num_classes).tolist()
     print(table(["label", "class", "train", "test"],
                 [[i, c, tc[i], sc[i]] for i, c in enumerate(data.classes)]))
+    src = data.source
+    if "modes" in src:  # an image folder: what the files are, and what was converted or left out
+        print(f"files    modes {', '.join(f'{m} {n}' for m, n in src['modes'].items())}; sizes "
+              f"{', '.join(f'{s} {n}' for s, n in list(src['sizes'].items())[:5])}"
+              f"{' ...' if len(src['sizes']) > 5 else ''}; {src.get('ignored', 0)} other files ignored")
+        if "test_carved" in src:
+            print(f"test     carved: {src['test_carved']['fraction']:.0%} of each class, seed "
+                  f"{src['test_carved']['seed']} ({len(src['test_carved']['files'])} files)")
+        bad = src.get("bad") or []
+        print(f"bad      {src.get('skipped_bad', 0)} file(s) cannot be decoded (training stops on them "
+              "unless --skip-bad)" if bad else "bad      none")
+        for rel, why in bad[:10]:
+            print(f"  {rel}: {why}")
     print("sha256 of decoded payloads:")
     for split, h in data.hashes.items():
         print(f"  {split:<13} {h}")
@@ -326,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR instead (same as trainlab resume; "
                    "the flags given change the run as resume's do, or are refused by name)")
     t.add_argument("--allow-changes", action="store_true", help="with --resume: accept changed data or config")
+    t.add_argument("--restart", action="store_true", help="the named run's folder exists: start over, the old "
+                   "folder kept aside as NAME-before-restart-<time> (without it, the same command continues it)")
+    t.add_argument("--max-restarts", type=_positive_int, default=0, metavar="N",
+                   help="with --nproc: when a process dies, torchrun restarts them all (up to N times) and "
+                        "they continue from the newest checkpoint")
     add_allow_import(t)
 
     r = sub.add_parser("resume", help="continue a run from its newest verified checkpoint")
@@ -342,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--weight-decay", type=float, help="change weight decay (implies --allow-changes)")
     r.add_argument("--allow-changes", action="store_true", help="resume even if the data or config differ")
     r.add_argument("--nproc", type=_positive_int, help="resume with N data-parallel processes (torchrun)")
+    r.add_argument("--max-restarts", type=_positive_int, default=0, metavar="N",
+                   help="with --nproc: restart the processes up to N times if one dies")
     add_allow_import(r)
     r.set_defaults(func=cmd_resume)
 
@@ -357,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify test images (or an IDX / .npy file) with a checkpoint")
     pr.add_argument("checkpoint", help="checkpoint file or run folder")
+    pr.add_argument("files", nargs="*", metavar="FILES_OR_FOLDERS",
+                    help="image files (png, jpg, bmp, gif, webp) or folders of them, read with the "
+                         "training's channel count and size policy")
     pr.add_argument("--input", help="IDX (.gz) or .npy file of images; default: the data set's test images")
     pr.add_argument("-n", type=_positive_int, default=10, help="how many images (default 10)")
     pr.add_argument("--data-dir")
@@ -380,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("info", help="source, files, shapes, class counts, mean/std, hashes")
     di.add_argument("--dataset", default="fashion-mnist")
     di.add_argument("--data-dir")
+    di.add_argument("--image-size", type=_positive_int, help="folder: images: the size policy to show (see train)")
     add_allow_import(di)
     di.set_defaults(func=cmd_data_info)
     return p

@@ -1,10 +1,12 @@
 """Data: where it comes from (sources), how it is read (idx, and the formats registered by
 scheme: formats), what it is (catalog, dataset), and how it is served to the model (loader)."""
 
+from trainlab.data import cifar, folder  # noqa: E402,F401  (register folder:, cifar10:, cifar100:)
 from trainlab.data.catalog import CATALOG, DatasetInfo, get_info
 from trainlab.data.dataset import (
                                     Dataset,
                                     data_matches,
+                                    data_options,
                                     fingerprint_changes,
                                     from_arrays,
                                     load_dataset,
@@ -14,4 +16,4 @@ from trainlab.data.formats import register_format
 from trainlab.data.loader import DeviceLoader, derive_seed, stratified_split
 
 __all__ = ["CATALOG", "DatasetInfo", "get_info", "Dataset", "from_arrays", "load_dataset", "register_format",
-           "measure_mean_std", "data_matches", "fingerprint_changes", "DeviceLoader", "derive_seed", "stratified_split"]
+           "measure_mean_std", "data_matches", "fingerprint_changes", "data_options", "DeviceLoader", "derive_seed", "stratified_split"]

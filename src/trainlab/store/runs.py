@@ -109,7 +109,8 @@ def create_run_dir(cfg: Config) -> Path:
         path = root / cfg.name
         if path.exists() or path.is_symlink():
             raise ConfigError(f"run folder {path} already exists and is never overwritten: choose "
-                              "another --name, or continue it with `trainlab resume`")
+                              "another --name, continue it with `trainlab resume`, or start it over with "
+                              "--restart (the old folder is kept aside)")
         try:
             _mkdir(path)
         except FileExistsError:  # another process made it a moment ago

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainlab import models
-from trainlab.config import Config
+from trainlab.config import Config, parse_bytes
 from trainlab.data import Dataset, DeviceLoader, stratified_split
 from trainlab.errors import ConfigError
 from trainlab.inference import EVAL_BATCH
@@ -28,9 +28,15 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
     n_train = len(data.train_y)
     if cfg.val_size >= n_train:
         raise ConfigError(f"val_size = {cfg.val_size} is invalid: the training split has only {n_train} samples")
-    if cfg.train.batch_size > n_train - cfg.val_size:
+    n_fit = n_train - cfg.val_size
+    if cfg.train_per_class:  # a per-class subset of what validation leaves (training.finetune)
+        from trainlab.training.finetune import train_indices
+
+        n_fit = len(train_indices(data, cfg))
+    if cfg.train.batch_size > n_fit:
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is invalid: larger than the "
-                          f"{n_train - cfg.val_size} training samples")
+                          f"{n_fit} training samples" + (f" (train_per_class = {cfg.train_per_class})"
+                                                         if cfg.train_per_class else ""))
     if dist.enabled and cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is the global batch and must divide "
                           f"evenly across the {dist.world_size} processes")
@@ -74,7 +80,11 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     Under DDP the training loader shards each epoch across ranks, and val/test are split
     rank::world so the ranks evaluate disjoint parts whose sums are all-reduced."""
     train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.seed)
-    common = dict(mean=data.mean, std=data.std, device=device)
+    if cfg.train_per_class:  # at most N per class of what validation leaves, seeded
+        from trainlab.training.finetune import per_class_subset
+
+        train_idx = per_class_subset(data.train_y, train_idx, cfg.train_per_class, cfg.seed)
+    common = dict(mean=data.mean, std=data.std, device=device, memory_budget=parse_bytes(cfg.memory_budget))
     r, w = ctx.rank, ctx.world_size
     loaders = {
         "train": DeviceLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.train.batch_size,
@@ -117,7 +127,9 @@ def build_optimization(s, schedule_epochs: int | None) -> None:
     plan and the final rate continues), scaler, EMA and the loss."""
     cfg = s.cfg
     s.precision = resolve_precision(cfg.train.precision, s.device, cfg.model)
-    s.optimizer = build_optimizer(s.model, cfg.train)
+    from trainlab.training.finetune import optimizer_layout  # head / body groups when fine-tuning asks
+
+    s.optimizer = build_optimizer(s.model, cfg.train, **optimizer_layout(s))
     s.schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": len(s.loaders["train"])}
     s.scheduler = torch.optim.lr_scheduler.LambdaLR(
         s.optimizer, lr_multiplier(cfg.train, s.schedule["steps_per_epoch"], s.schedule["epochs"]))

@@ -111,11 +111,13 @@ def shutdown() -> bool:
     return False
 
 
-def launch(nproc: int, argv: list[str]) -> int:
-    """`trainlab train --nproc N ...`: re-run the same command under torchrun on this machine."""
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """`trainlab train --nproc N ...`: re-run the same command under torchrun on this machine;
+    with `max_restarts`, torchrun restarts every process when one dies, and the same command
+    continues the run (training.rerun)."""
     if nproc < 1:
         raise TrainlabError(f"--nproc {nproc} is invalid: use 1 or more processes")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "trainlab", *argv]
+           *([f"--max-restarts={max_restarts}"] if max_restarts else []), "-m", "trainlab", *argv]
     print("trainlab: launching " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -12,14 +12,26 @@ from torch import nn
 from trainlab.recipes import Recipe
 
 
-def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, recipe: Recipe, body: set[str] | None = None,
+                    body_lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    """Groups: decay, no decay. With `body` (parameter names; fine-tuning) four groups in a
+    fixed order, whatever is frozen now: head decay, head no decay, body decay, body no decay,
+    the body's at lr * body_lr_mult; frozen parameters are in them (no gradient, no update),
+    so unfreezing needs no new group and a resume restores the state group by group."""
     # No weight decay on biases and norm parameters: decaying them only hurts.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() > 1 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    if body is None:
+        decay, no_decay = [], []
+        for p in model.parameters():
+            if p.requires_grad:
+                (decay if p.dim() > 1 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": recipe.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+    else:
+        parts: dict[tuple[bool, bool], list] = {(b, d): [] for b in (False, True) for d in (True, False)}
+        for name, p in model.named_parameters():
+            parts[(name in body, p.dim() > 1)].append(p)
+        groups = [{"params": parts[(b, d)], "weight_decay": recipe.weight_decay if d else 0.0, "decay": d,
+                   "lr": recipe.lr * (body_lr_mult if b else 1.0)} for (b, d) in parts]
     # fused kernels do the whole step in one pass (measured 3.5x faster step on CPU)
     fused = {"fused": True}
     if recipe.optimizer == "adam":

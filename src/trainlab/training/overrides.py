@@ -15,15 +15,17 @@ log = logging.getLogger("trainlab")
 
 # What a resume may change, in three kinds (every config key is in exactly one):
 # free: read from the config each time, they change nothing about the numbers' path;
-RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "data_dir", "device", "threads",
+RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "rerun", "data_dir", "device", "threads",
                     "patience", "min_delta", "save_every", "keep", "tensorboard", "compile",
-                    "channels_last", "tf32", "sync_bn", "malloc_tuning"}
+                    "channels_last", "tf32", "sync_bn", "malloc_tuning",
+                    "memory_budget"}  # streamed or resident: the same batches, the same numbers
 # changeable: they change the run from here on, so they need --allow-changes (resume --lr
 # implies it); the optimizer's own values are restored from the checkpoint, so those are
 # re-applied after the restore, or the override would silently do nothing;
 RESUME_CHANGEABLE_KEYS = {"lr", "weight_decay", "momentum", "grad_clip", "label_smoothing",
                           "translate", "hflip", "erase", "tta_flip", "precision"}
-# fixed: everything else (model, data, seed, optimizer, schedule, batch, split, monitor, EMA)
+# fixed: everything else (model, data, seed, optimizer, schedule, batch, split, monitor, EMA,
+# and fine-tuning's init_from, init_strict, freeze, unfreeze_at, body_lr_mult, train_per_class)
 # is restored from the checkpoint or shapes its state: a change could not take effect, so
 # it is refused by name; start a new run (or fork with --into) instead.
 
@@ -46,8 +48,9 @@ def apply_overrides(s, changes: dict) -> None:
             g["initial_lr"] = g.get("initial_lr", g["lr"]) * ratio
             g["lr"] = g["lr"] * ratio
         s.scheduler._last_lr = [g["lr"] for g in groups]
-    if "weight_decay" in changes:
-        groups[0]["weight_decay"] = changes["weight_decay"][1]  # group 0 decays (build_optimizer)
+    if "weight_decay" in changes:  # group 0 decays (build_optimizer); fine-tuning's groups say which do
+        for g in [g for g in groups if g.get("decay")] or groups[:1]:
+            g["weight_decay"] = changes["weight_decay"][1]
     if "momentum" in changes and "momentum" in groups[0]:
         for g in groups:
             g["momentum"] = changes["momentum"][1]

@@ -40,13 +40,15 @@ class _Request:
     allow_import: tuple[str, ...]
     from_checkpoint: str | None
     callbacks: tuple
+    reason: str = "resume"
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
            reset_optimizer: bool = False, allow_changes: bool = False, data: Dataset | None = None,
            overrides: dict | None = None, progress: bool | None = None,
            allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None,
-           allow_data_change: bool | None = None, callbacks: list[Callback] = ()) -> TrainResult:
+           allow_data_change: bool | None = None, callbacks: list[Callback] = (),
+           reason: str = "resume") -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
 
     Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
@@ -55,14 +57,15 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     rewinds to that checkpoint instead of the newest; newer ones are set aside, not deleted.
     `allow_data_change` (default: `allow_changes`) accepts data that differs from the
     checkpoint's; the CLI waives it only for an explicit --allow-changes. `callbacks` are the
-    run's own (pass the same ones as to train()): each gets its state back from the checkpoint."""
+    run's own (pass the same ones as to train()): each gets its state back from the checkpoint.
+    `reason` is recorded in the resume event when it is not a plain resume (e.g. "rerun")."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
                             "or its run was stopped before it started; start it again with trainlab train")
     req = _Request(epochs, Path(into) if into is not None else None, reset_optimizer, allow_changes,
                    allow_changes if allow_data_change is None else allow_data_change, data, dict(overrides or {}),
-                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks))
+                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks), reason)
     lock = runs.RunLock(run_dir).acquire() if into is None and distributed.context().is_main else None
     try:
         with runtime.library_output(progress, _quiet(run_dir)):
@@ -174,7 +177,8 @@ def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config,
         if session.dist.is_main:
             runs.truncate_metrics(run_dir, ckpt["epoch"], {
                 "event": "resume", "from": name, "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
-                "global_step": ckpt["global_step"], "world_size": session.dist.world_size})
+                "global_step": ckpt["global_step"], "world_size": session.dist.world_size,
+                **({"by": req.reason} if req.reason != "resume" else {})})
             if changes:
                 runs.write_config(run_dir, cfg)  # the folder's config says what runs from now on
                 runs.append_metrics(run_dir, event)

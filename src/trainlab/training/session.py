@@ -14,12 +14,12 @@ from torch import nn
 
 from trainlab import models
 from trainlab.config import Config, resolve
-from trainlab.data import Dataset, load_dataset
+from trainlab.data import Dataset, data_options, load_dataset
 from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
-from trainlab.training import build, distributed, runtime
+from trainlab.training import build, distributed, finetune, rerun, runtime
 from trainlab.training.callbacks import (
     BestAndEarlyStop,
     Callback,
@@ -51,7 +51,7 @@ class Session:
             log.setLevel(logging.WARNING)
             progress = False
         self.device = pick_device(distributed.device_for(self.dist, cfg.device))
-        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, **data_options(cfg.to_dict()))
         self.cfg = cfg
         build.check_run(cfg, self.data, self.dist, self.device)  # before any side effect
         runtime.apply_process_settings(cfg, self.device)
@@ -59,6 +59,9 @@ class Session:
         self.loaders = build.make_loaders(self.data, cfg, self.device, build.build_augment(cfg), self.dist)
         self.spec = build.model_spec(cfg, self.data)
         build.build_model(self, allow_import)
+        # fine-tuning (issue 15): init_from on a fresh run only (a resume passes schedule_epochs and
+        # takes the weights from its checkpoint), freeze, and the Finetune callback when configured
+        callbacks = finetune.setup(self, callbacks, fresh=schedule_epochs is None)
         build.build_optimization(self, schedule_epochs)
         self.state = FitState()
         self.monitor = BestAndEarlyStop(cfg.monitor, build.resolve_mode(cfg), cfg.patience, cfg.min_delta,
@@ -222,16 +225,31 @@ class TrainResult:
 
 
 def train(config: Config | dict | None = None, *, data: Dataset | None = None, progress: bool | None = None,
-          callbacks: list[Callback] = ()) -> TrainResult:
+          callbacks: list[Callback] = (), restart: bool = False) -> TrainResult:
     """Train one run as configured; returns the history and the final test summary.
 
     `callbacks` (trainlab.Callback subclasses) run around the loop and keep their state in
     every checkpoint. progress=None shows a progress bar and one line per epoch (unless the
-    config says quiet); False shows nothing."""
+    config says quiet); False shows nothing. A named run whose folder already holds this run
+    is continued (or reported finished) instead: see training.rerun; `restart` starts it over,
+    keeping the old folder aside."""
     cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})  # validated either way
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
         cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
     with runtime.library_output(progress, cfg.quiet):
+        rerun.elastic_name(cfg)
+        decision = rerun.decide(cfg, restart)
+        if decision["action"] == "finished":
+            return rerun.finished_result(cfg, decision)
+        if decision["action"] == "resume":
+            from trainlab.training.resume import resume  # (resume builds on this module)
+
+            if distributed.context().is_main:
+                log.info("re-run: %s already holds this run: continuing it from its newest checkpoint "
+                         "(rerun = refuse, or --restart, to do otherwise)", decision["path"])
+            own = (cfg.model.partition(":")[0],) if ":" in cfg.model else ()  # named on this command
+            return resume(decision["path"], epochs=cfg.train.epochs, data=data, progress=progress,
+                          callbacks=callbacks, allow_import=own, reason="rerun")
         session = Session(cfg, data, progress=progress, callbacks=callbacks)
         session.start_run_dir()
         try:
