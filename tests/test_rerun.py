@@ -5,6 +5,7 @@ with the uninterrupted run's weights; two nodes give what one node with two proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -200,3 +201,25 @@ def test_two_nodes_give_what_one_node_with_two_processes_gives(idx_dir, tmp_path
     assert same(weights(tmp_path / "two-nodes"), weights(tmp_path / "one-node"))
     meta = json.loads((tmp_path / "two-nodes" / "meta.json").read_text())
     assert meta["world_size"] == 2
+
+
+@needs_proc
+def test_a_hung_rank_ends_in_one_sentence_not_an_endless_wait(idx_dir, tmp_path):
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="10")
+    run = tmp_path / "hung"
+    proc = start_cli(*args(idx_dir, tmp_path, "hung", "--nproc", "2", "--epochs", "20"), env=env,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(epoch_rows(run)) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
+    assert len(workers) == 2, "the run ended before the stop: nothing was tested"
+    os.kill(workers[-1], signal.SIGSTOP)  # alive but silent: a hang, not a death
+    try:
+        _, err = proc.communicate(timeout=150)
+    finally:
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
+    assert proc.returncode != 0
+    assert "lost contact with the other training processes" in err and "trainlab resume" in err

@@ -17,11 +17,18 @@ from trainlab.store import runs
 from trainlab.store.atomic import atomic_write_bytes, atomic_write_text, write_error
 
 
-def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=()) -> tuple[Path, Path]:
-    try:
-        from safetensors.torch import save
-    except ImportError:
-        raise TrainlabError("export needs safetensors: pip install 'trainlab[export]'") from None
+def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=(), *,
+               format: str = "safetensors", data=None, data_dir=None) -> tuple[Path, Path]:
+    """model.safetensors + model.json (default), or with format="onnx" model.onnx + model.json
+    after a parity check on the run's test split (`data=` for a run trained on arrays)."""
+    if format not in ("safetensors", "onnx"):
+        raise ConfigError(f"export format {format!r} is invalid: choose safetensors or onnx")
+    save = None
+    if format == "safetensors":
+        try:
+            from safetensors.torch import save
+        except ImportError:
+            raise TrainlabError("export needs safetensors: pip install 'trainlab[export]'") from None
     src = checkpoint_path(path_or_run)
     out = Path(out_dir) if out_dir else (Path(path_or_run) if Path(path_or_run).is_dir() else src.parent)
     if out.exists() and not out.is_dir():
@@ -33,6 +40,10 @@ def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow
         raise write_error(out, e) from None
     owner = runs.owning_run(out)
     with (runs.RunLock(owner) if owner is not None else contextlib.nullcontext()):
+        if format == "onnx":  # analysis/onnx_export.py: onnx and onnxruntime imported there only
+            from trainlab.analysis.onnx_export import export_onnx
+
+            return export_onnx(model, ckpt, src, out, data, data_dir)[:2]
         return _write_export(model, ckpt, src, out, save)
 
 

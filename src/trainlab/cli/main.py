@@ -266,8 +266,40 @@ def cmd_inspect(args) -> int:
 def cmd_export(args) -> int:
     from trainlab.analysis.export import export_run
 
-    weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
+    fmt = getattr(args, "format", "safetensors")
+    if fmt == "onnx":
+        from trainlab.analysis.onnx_export import PARITY_CHECK_LINE
+
+        weights, meta = export_run(args.path, args.out, allow_import=_allowed(args), format="onnx",
+                                   data_dir=args.data_dir)
+        print(PARITY_CHECK_LINE.format(**json.loads(meta.read_text())["parity"]))
+    else:
+        weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
     print(f"wrote {weights} and {meta}")
+    return 0
+
+
+def _predict_onnx(args) -> int:
+    """`trainlab predict MODEL.onnx FILES...`: ONNX Runtime, no PyTorch model built."""
+    import torch
+
+    from trainlab.analysis.export import read_images
+    from trainlab.analysis.onnx_export import predict_onnx
+    from trainlab.analysis.tables import predictions_table
+
+    files = [*(getattr(args, "files", None) or []), *([args.input] if args.input else [])]
+    if not files:
+        raise ConfigError(f"predict {args.checkpoint}: name the image files (.npy or IDX) to classify")
+    images, names = [], []
+    for f in files:
+        x = read_images(f)
+        images.append(x)
+        names += [f"{f}[{i}]" if len(x) > 1 else str(f) for i in range(len(x))]
+    if len({tuple(x.shape[1:]) for x in images}) > 1:
+        raise ConfigError("the files hold images of different shapes: predict them one at a time")
+    images = torch.cat(images)[: args.n]
+    probs, classes = predict_onnx(args.checkpoint, images)
+    print(predictions_table(probs, classes, names=names[: args.n]))
     return 0
 
 
@@ -276,6 +308,8 @@ def cmd_predict(args) -> int:
     from trainlab.analysis.tables import predictions_table
     from trainlab.inference import load_model, predict_images
 
+    if str(args.checkpoint).endswith(".onnx"):  # an exported model.onnx: ONNX Runtime
+        return _predict_onnx(args)
     model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
                              allow_import=_allowed(args))
     classes = ckpt.get("classes") or [str(i) for i in range(ckpt["model_spec"]["num_classes"])]
@@ -402,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write model.safetensors + model.json for a run or checkpoint")
     x.add_argument("path")
     x.add_argument("-o", "--out", help="output folder (default: the run folder)")
+    x.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="safetensors (default: weights + model.json) or onnx (uint8 images in, probabilities "
+                        "out, normalization inside; checked against PyTorch on the test split)")
+    x.add_argument("--data-dir", help="with --format onnx: where the run's data is, for the parity check")
     add_allow_import(x)
     x.set_defaults(func=cmd_export)
 

@@ -1,0 +1,193 @@
+"""Image folders: decode once into the cache vs the textbook per-sample PIL pipeline.
+
+The 70,000 Fashion-MNIST images are written once as grey PNG files in a temporary folder
+(`train/<label>/NNNNN.png`, `test/<label>/NNNNN.png`), then, in one run:
+
+  decode       images/s of trainlab.data.folder's decoder with 1 and 2 processes (headers +
+               pixels into the uint8 .npy), --repeat times each, median
+  first start  `load_dataset("folder:DIR")` with an empty cache (decode + write) + the
+               session's loaders + model + one training step: time to the first step
+  cached start the same with the cache there (stat every file, read the .npy memory-mapped)
+  epochs       one epoch of cnn-fast (fp32, AdamW, batch 256, NCHW, same seeded model) on the
+               60,000 training images, each way --epochs times, median:
+                 resident   DeviceLoader over the decoded split held in memory
+                 streamed   DeviceLoader forced to stream (memory_budget=1) from the
+                            memory-mapped cache in 64 MiB chunks
+                 textbook   a torch Dataset opening each file with PIL per sample (convert L,
+                            to float, normalize) + DataLoader(shuffle, batch 256), 0 and 2 workers
+
+    flock /tmp/trainlab-bench.lock .venv/bin/python benchmarks/image_folder.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from trainlab.data import DeviceLoader, load_dataset  # noqa: E402
+from trainlab.data import folder as folder_mod  # noqa: E402
+from trainlab.data.idx import read_idx  # noqa: E402
+from trainlab.data.sources import split_file  # noqa: E402
+from trainlab.models import build  # noqa: E402
+
+MEAN, STD = 0.2861, 0.3528
+
+
+def write_pngs(idx_dir: Path, dest: Path) -> float:
+    from PIL import Image
+
+    t = time.perf_counter()
+    for split, stem in (("train", "train"), ("test", "test")):
+        images = read_idx(split_file(idx_dir, f"{stem}_images"))
+        labels = read_idx(split_file(idx_dir, f"{stem}_labels"))
+        for lab in range(10):
+            (dest / split / str(lab)).mkdir(parents=True, exist_ok=True)
+        for i, (img, lab) in enumerate(zip(images, labels)):
+            Image.fromarray(np.ascontiguousarray(img), "L").save(dest / split / str(int(lab)) / f"{i:05d}.png")
+    return time.perf_counter() - t
+
+
+def time_decode(root: Path, workers: int, repeat: int, work: Path) -> list[float]:
+    s = folder_mod.scan(root)
+    out = []
+    for r in range(repeat):
+        dest = work / f"decode-{workers}-{r}"
+        t = time.perf_counter()
+        images, _ = folder_mod.decode_folder(s, None, workers, dest)
+        out.append(len(images) / (time.perf_counter() - t))
+        del images
+        shutil.rmtree(dest)
+    return out
+
+
+def time_to_first_step(root: Path, threads: int) -> float:
+    from trainlab.config import resolve
+    from trainlab.training.session import Session
+
+    t = time.perf_counter()
+    cfg = resolve({"dataset": f"folder:{root}", "model": "cnn-fast", "epochs": 1, "quiet": True,
+                   "threads": threads, "precision": "32"})
+    s = Session(cfg, load_dataset(cfg.dataset, **{"seed": cfg.seed}), progress=False)
+    x, y = next(iter(s.loaders["train"]))
+    s.optimizer.zero_grad()
+    s.loss_fn(s.train_model(x), y).backward()
+    s.optimizer.step()
+    return time.perf_counter() - t
+
+
+class PILFolder(Dataset):
+    """The textbook way: one file opened and decoded per sample."""
+
+    def __init__(self, files, labels):
+        self.files, self.labels = files, labels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as img:
+            a = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+        return (torch.from_numpy(a)[None] - MEAN) / STD, int(self.labels[i])
+
+
+def epoch_time(loader, seed: int) -> float:
+    torch.manual_seed(seed)
+    model = build("cnn-fast", (1, 28, 28), 10)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    warm = iter(loader)
+    for _ in range(3):  # warm-up: allocator, kernels, worker start
+        x, y = next(warm)
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    del warm
+    t = time.perf_counter()
+    for x, y in loader:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="decode runs per process count")
+    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per loader")
+    ap.add_argument("--data", default=os.environ.get("TRAINLAB_DATA", str(ROOT.parent / "shared/data/fashion-mnist")))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import PIL
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, "
+          f"numpy {np.__version__}, {args.threads} torch threads")
+    work = Path(tempfile.mkdtemp(prefix="trainlab-imgbench-"))
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")
+    try:
+        root = work / "fashion"
+        print(f"wrote 70,000 PNG files in {write_pngs(Path(args.data), root):.1f} s "
+              f"({sum(f.stat().st_size for f in root.rglob('*.png')) / 2**20:.1f} MiB)")
+        for w in (1, 2):
+            rates = time_decode(root, w, args.repeat, work)
+            print(f"decode {w} process{'es' if w > 1 else ''}: median {statistics.median(rates):,.0f} images/s "
+                  f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+        first = time_to_first_step(root, args.threads)
+        cached = [time_to_first_step(root, args.threads) for _ in range(3)]
+        print(f"time to the first training step: first run {first:.2f} s, cached run median "
+              f"{statistics.median(cached):.2f} s (runs: {', '.join(f'{c:.2f}' for c in cached)})")
+
+        images, meta, _ = folder_mod.load_decoded(root)
+        splits = np.asarray(meta["splits"])
+        n_train = int((splits == "train").sum())
+        assert (splits[:n_train] == "train").all()  # train rows come first: a view, no copy
+        mapped = torch.from_numpy(np.load(Path(images.filename), mmap_mode="c")[:n_train])
+        labels = torch.tensor(meta["labels"][:n_train])
+        resident_x = mapped.clone()
+        files = [str(root / f) for f in meta["files"][:n_train]]
+        ways = {
+            "resident": lambda: DeviceLoader(resident_x, labels, 256, mean=[MEAN], std=[STD], shuffle=True,
+                                             seed=0, memory_budget=None),
+            "streamed": lambda: DeviceLoader(mapped, labels, 256, mean=[MEAN], std=[STD], shuffle=True,
+                                             seed=0, memory_budget=1),
+            "textbook, 0 workers": lambda: DataLoader(PILFolder(files, meta["labels"]), batch_size=256,
+                                                      shuffle=True, num_workers=0),
+            "textbook, 2 workers": lambda: DataLoader(PILFolder(files, meta["labels"]), batch_size=256,
+                                                      shuffle=True, num_workers=2, persistent_workers=False),
+        }
+        results = {}
+        for name, make in ways.items():
+            loader = make()
+            if name == "streamed":
+                assert loader.streaming
+            times = [epoch_time(loader, seed=0) for _ in range(args.epochs)]
+            results[name] = statistics.median(times)
+            print(f"epoch {name}: median {results[name]:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
+        best_textbook = min(results["textbook, 0 workers"], results["textbook, 2 workers"])
+        print(f"ratios: textbook best / resident = {best_textbook / results['resident']:.2f}x; "
+              f"streamed / resident = {results['streamed'] / results['resident']:.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Export a trained model as ONNX: the graph takes uint8 images N,C,H,W (any batch size) and
+returns class probabilities, with the run's normalization (and its flip test-time
+augmentation, when the run used it) inside, so a user needs no trainlab and no preprocessing.
+
+The export is checked before a file is written: ONNX Runtime and PyTorch classify the run's
+test split and must agree on every argmax, with probabilities within 1e-4; otherwise it is
+refused and nothing is written. The exporter is torch.onnx's TorchScript one (dynamo=False):
+it needs only the `onnx` package and works offline. onnx and onnxruntime are imported here
+only (pip install 'trainlab[onnx]'); importing trainlab never needs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainlab._version import __version__
+from trainlab.errors import ConfigError, TrainlabError
+
+OPSET = 17
+INPUT, OUTPUT = "images", "probabilities"
+MAX_ARGMAX_DISAGREEMENT = 0.0  # every test image classified the same
+MAX_PROB_DIFF = 1e-4
+PARITY_BATCH = 1000
+PARITY_CHECK_LINE = ("parity on {images} test images: argmax agreement {argmax_agreement:.2%}, "
+                     "max probability difference {max_prob_diff:.2g} (ONNX Runtime vs PyTorch)")
+
+
+def _need(what: str):
+    try:
+        if what == "onnx":
+            import onnx
+            return onnx
+        import onnxruntime
+        return onnxruntime
+    except ImportError:
+        raise TrainlabError(f"ONNX export and predict need {what}: pip install 'trainlab[onnx]' "
+                            "(onnx and onnxruntime)") from None
+
+
+class Packaged(nn.Module):
+    """uint8 N,C,H,W -> probabilities: (x / 255 - mean) / std as the training loader does it
+    (one multiply-add), the model, softmax; with tta_flip the mean of it and its mirror image."""
+
+    def __init__(self, model: nn.Module, mean, std, channels: int, tta_flip: bool):
+        super().__init__()
+        self.model, self.tta_flip = model, tta_flip
+        mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, channels, 1, 1)
+        std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, channels, 1, 1)
+        self.register_buffer("mul", 1.0 / (255.0 * std_t))
+        self.register_buffer("add", -mean_t / std_t)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() * self.mul + self.add
+        probs = self.model(x).float().softmax(1)
+        if self.tta_flip:
+            probs = (probs + self.model(x.flip(3)).float().softmax(1)) / 2
+        return probs
+
+
+def wrap(model: nn.Module, ckpt: dict) -> nn.Module:
+    spec = ckpt["model_spec"]
+    tta = bool((ckpt.get("config") or {}).get("tta_flip", False))
+    return Packaged(model.float().to(memory_format=torch.contiguous_format), ckpt["mean"], ckpt["std"],
+                    spec["input_shape"][0], tta).eval()
+
+
+def metadata(ckpt: dict, src: Path) -> dict:
+    spec = ckpt["model_spec"]
+    classes = ckpt.get("classes") or [str(i) for i in range(spec["num_classes"])]
+    return {
+        "format": "onnx", "model_spec": spec, "classes": list(classes),
+        "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", *spec["input_shape"]],
+                  "layout": "N,C,H,W, pixel values 0-255"},
+        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", spec["num_classes"]],
+                   "meaning": "class probabilities (softmax), in the order of classes"},
+        "preprocessing": {"inside_the_graph": True, "formula": "(x / 255 - mean) / std",
+                          "mean": ckpt.get("mean"), "std": ckpt.get("std"),
+                          "tta_flip": bool((ckpt.get("config") or {}).get("tta_flip", False))},
+        "opset": OPSET, "trainlab_version": __version__, "source": str(src),
+    }
+
+
+def to_onnx(packaged: nn.Module, input_shape, meta: dict) -> bytes:
+    onnx = _need("onnx")
+    example = torch.zeros((2, *input_shape), dtype=torch.uint8)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(packaged, (example,), buf, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}}, opset_version=OPSET)
+    proto = onnx.load_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "trainlab", json.dumps(meta)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def session(model_bytes_or_path):
+    ort = _need("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(model_bytes_or_path if isinstance(model_bytes_or_path, bytes)
+                                    else str(model_bytes_or_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 -- ONNX Runtime raises its own types for a bad file
+        name = "the exported graph" if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
+        raise TrainlabError(f"{name} is not a model ONNX Runtime can load ({str(e).splitlines()[0][:200]})"
+                            ) from None
+
+
+def run_session(sess, images: torch.Tensor) -> np.ndarray:
+    out = [sess.run([OUTPUT], {INPUT: images[i:i + PARITY_BATCH].numpy()})[0]
+           for i in range(0, len(images), PARITY_BATCH)]
+    return np.concatenate(out)
+
+
+def parity(model_bytes: bytes, model: nn.Module, ckpt: dict, images: torch.Tensor) -> dict:
+    """ONNX Runtime vs PyTorch (trainlab's own predict path) on `images`."""
+    from trainlab.inference import predict_images
+
+    theirs = run_session(session(model_bytes), images)
+    ours = predict_images(model, ckpt, images).numpy()
+    agree = float((theirs.argmax(1) == ours.argmax(1)).mean())
+    return {"images": len(images), "argmax_agreement": agree, "max_prob_diff": float(np.abs(theirs - ours).max())}
+
+
+def check_parity(p: dict) -> None:
+    if 1.0 - p["argmax_agreement"] > MAX_ARGMAX_DISAGREEMENT or not p["max_prob_diff"] <= MAX_PROB_DIFF:
+        raise TrainlabError(f"ONNX export refused: on {p['images']} test images ONNX Runtime and PyTorch agree "
+                            f"on {p['argmax_agreement']:.2%} of the classes (100% needed) and the probabilities "
+                            f"differ by up to {p['max_prob_diff']:.3g} (at most {MAX_PROB_DIFF:g} allowed); "
+                            "nothing was written. Report it as a trainlab bug, with the model name")
+
+
+def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor:
+    from trainlab.data import load_dataset
+    from trainlab.inference import check_data_fits
+
+    if data is None:
+        dataset = (ckpt.get("config") or {}).get("dataset")
+        try:
+            data = load_dataset(dataset, data_dir)
+        except TrainlabError as e:
+            raise type(e)(f"the ONNX parity check runs on the run's test split, which did not load ({e})") from None
+    check_data_fits(ckpt, data, src)
+    x = data.test_x
+    if x.dtype != torch.uint8:
+        raise ConfigError("ONNX export takes uint8 images and the run's test split is float: export needs "
+                          "0-255 integer images")
+    return x
+
+
+def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:
+    """model.onnx + model.json in `out`, written only after the parity check passes."""
+    from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
+
+    meta = metadata(ckpt, src)
+    images = _test_split(ckpt, src, data, data_dir)
+    blob = to_onnx(wrap(model, ckpt), ckpt["model_spec"]["input_shape"], meta)
+    p = parity(blob, model, ckpt, images)
+    check_parity(p)
+    meta["parity"] = {**p, "split": "test", "max_prob_diff_allowed": MAX_PROB_DIFF}
+    path, meta_path = out / "model.onnx", out / "model.json"
+    atomic_write_bytes(path, blob)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    return path, meta_path, p
+
+
+def load_onnx(path: str | Path) -> tuple[object, dict]:
+    """(ONNX Runtime session, trainlab metadata) of an exported model.onnx."""
+    path = Path(path)
+    if not path.is_file():
+        raise TrainlabError(f"{path}: no such file")
+    sess = session(path)
+    raw = sess.get_modelmeta().custom_metadata_map.get("trainlab")
+    meta = None
+    with contextlib.suppress(ValueError, TypeError):
+        meta = json.loads(raw) if raw else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("input"), dict):
+        raise TrainlabError(f"{path} is an ONNX model but not one trainlab exported (no trainlab metadata): "
+                            "predict it with ONNX Runtime directly")
+    return sess, meta
+
+
+def predict_onnx(path: str | Path, images: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
+    """Class probabilities of N,C,H,W uint8 images from model.onnx, and its class names."""
+    sess, meta = load_onnx(path)
+    expected = tuple(meta["input"]["shape"][1:])
+    if tuple(images.shape[1:]) != expected:
+        raise TrainlabError(f"the images are {tuple(images.shape[1:])} but the model expects {expected} (C,H,W)")
+    if images.dtype != torch.uint8:
+        raise TrainlabError("the ONNX model takes uint8 images (0-255); these are float")
+    return torch.from_numpy(run_session(sess, images)), list(meta["classes"])
