@@ -109,6 +109,7 @@ def test_model_on_another_device_is_refused_naming_both(tiny_data):
     with pytest.raises(DeviceMismatch) as e:
         fit(model, opt, train, epochs=1, progress=False)
     assert "model is on meta" in str(e.value) and "data is on cpu" in str(e.value)
+    assert "bring the data to the model" in str(e.value) and "device='meta'" in str(e.value)
     with pytest.raises(DeviceMismatch, match="meta"):
         inference.evaluate(model, train)
 

@@ -188,7 +188,7 @@ def test_bad_files_stop_loading_with_each_path_and_reason(tmp_path):
     text = str(e.value)
     assert "\n" not in text and "4 files cannot be decoded" in text
     assert "a/empty.png (empty file (0 bytes))" in text
-    assert "b/text.jpg (not an image Pillow can read)" in text
+    assert "b/text.jpg (not a PNG, JPEG, BMP, GIF or WebP image)" in text
     assert "b/bomb.png (decompression bomb" in text
     assert "a/truncated.png (" in text
     assert "--skip-bad" in text
@@ -202,6 +202,15 @@ def test_skip_bad_leaves_them_out_and_counts_them(tmp_path, caplog):
     assert ds.source["skipped_bad"] == 4
     assert sorted(b[0] for b in ds.source["bad"]) == ["a/empty.png", "a/truncated.png", "b/bomb.png", "b/text.jpg"]
     assert "left out 4 files" in caplog.text
+
+
+def test_a_file_of_another_format_never_reaches_its_decoder(tmp_path, monkeypatch):
+    """Pillow picks a plugin by content; EPS would run Ghostscript. Only image formats are tried."""
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    (root / "a" / "doc.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("a file ran a program"))
+    with pytest.raises(DataError, match=r"a/doc.png \(not a PNG, JPEG, BMP, GIF or WebP image\)"):
+        load(root)
 
 
 def test_many_bad_files_are_listed_first_few_and_counted(tmp_path):

@@ -53,9 +53,10 @@ def check_same_device(model: nn.Module, data_device: torch.device, optimizer=Non
         return
     model_dev = params[0].device
     if _norm(model_dev) != _norm(data_device):
-        raise DeviceMismatch(f"the model is on {model_dev} but the data is on {data_device}; "
-                             f"move the model with model.to({str(data_device)!r}) (or build the "
-                             "loader with the model's device) before training")
+        raise DeviceMismatch(f"the model is on {model_dev} but the data is on {data_device}; bring the data "
+                             f"to the model: build the loader with device={str(model_dev)!r} (or move each "
+                             f"batch, x.to({str(model_dev)!r})), after moving the model once to the device "
+                             "you train on")
     if optimizer is not None:
         for state in optimizer.state.values():
             for v in state.values():

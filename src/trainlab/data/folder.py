@@ -171,11 +171,16 @@ def cache_key(s: Scan, image_size: int | None, channels: int | None) -> str:
 
 # ---------------------------------------------------------------- decoding (in worker processes)
 
+# The only decoders a file may reach: Pillow would otherwise pick any plugin by content,
+# and some (EPS) run an outside program (Ghostscript) to decode.
+PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP")
+
+
 def _open(Image, path: str):
     """Pillow's image, header read, with the decompression-bomb limit as an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        return Image.open(path, formats=PILLOW_FORMATS)
 
 
 def _reason(e: BaseException, path: str) -> str:
@@ -187,7 +192,7 @@ def _reason(e: BaseException, path: str) -> str:
             empty = os.path.getsize(path) == 0
         except OSError:
             empty = False
-        return "empty file (0 bytes)" if empty else "not an image Pillow can read"
+        return "empty file (0 bytes)" if empty else "not a PNG, JPEG, BMP, GIF or WebP image"
     if isinstance(e, MemoryError):
         return "too large to decode in memory"
     text = str(e).strip() or type(e).__name__

@@ -1,0 +1,132 @@
+"""ONNX export (trainlab export RUN --format onnx) and predict from model.onnx: uint8 images in,
+probabilities out, normalization and flip TTA inside; the parity check with ONNX Runtime on
+the test split; a broken export refused; trainlab importable without onnx."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_env, run_cli, train_tiny, write_idx_folder
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from trainlab.analysis import onnx_export  # noqa: E402
+from trainlab.analysis.export import export_run  # noqa: E402
+from trainlab.data import load_dataset  # noqa: E402
+from trainlab.errors import TrainlabError  # noqa: E402
+from trainlab.inference import load_model, predict_images  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("onnx")
+    data = write_idx_folder(root / "data")
+    cnn = train_tiny(root / "runs", dataset=f"idx:{data}", model="cnn-fast", name="cnn", epochs=1,
+                     hflip=True, tta_flip=True, batch_size=64).run_dir
+    mlp = train_tiny(root / "runs", dataset=f"idx:{data}", model="mlp-reg", name="mlp", epochs=1).run_dir
+    return {"root": root, "data": data, "cnn": cnn, "mlp": mlp}
+
+
+def test_export_checks_parity_and_writes_a_self_contained_graph(runs, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("export", runs["cnn"], "--format", "onnx", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "parity on 200 test images: argmax agreement 100.00%, max probability difference" in r.stdout
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["input"] == {"name": "images", "dtype": "uint8", "shape": ["N", 1, 28, 28],
+                             "layout": "N,C,H,W, pixel values 0-255"}
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["preprocessing"]["tta_flip"] is True
+    assert meta["parity"]["argmax_agreement"] == 1.0 and meta["parity"]["max_prob_diff"] <= 1e-4
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == [1, 28, 28] and isinstance(inp.shape[0], str)
+    data = load_dataset(f"idx:{runs['data']}")
+    model, ckpt = load_model(runs["cnn"], map_location="cpu")
+    for n in (1, 7):  # any batch size
+        probs = sess.run(None, {"images": data.test_x[:n].numpy()})[0]
+        assert probs.shape == (n, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        ours = predict_images(model, ckpt, data.test_x[:n]).numpy()
+        assert np.abs(probs - ours).max() <= 1e-4
+
+
+def test_a_broken_export_is_refused_and_nothing_is_written(runs, tmp_path, monkeypatch):
+    real = onnx_export.wrap
+
+    def off_by_a_bit(model, ckpt):  # a normalization that is not the run's
+        packaged = real(model, ckpt)
+        packaged.mul.mul_(1.5)
+        return packaged
+
+    monkeypatch.setattr(onnx_export, "wrap", off_by_a_bit)
+    with pytest.raises(TrainlabError) as e:
+        export_run(runs["mlp"], tmp_path / "out", format="onnx")
+    msg = str(e.value)
+    assert msg.startswith("ONNX export refused: on 200 test images") and "agree on" in msg
+    assert "differ by up to" in msg and "nothing was written" in msg
+    assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "model.json").exists()
+
+
+def test_predict_from_onnx_matches_the_checkpoint(runs, tmp_path):
+    out = tmp_path / "out"
+    export_run(runs["mlp"], out, format="onnx")
+    data = load_dataset(f"idx:{runs['data']}")
+    np.save(tmp_path / "x.npy", data.test_x[:4].numpy())
+    r = run_cli("predict", out / "model.onnx", tmp_path / "x.npy", "--input", runs["data"] / "t10k-images-idx3-ubyte.gz",
+                "-n", "6")
+    assert r.returncode == 0, r.stderr
+    model, ckpt = load_model(runs["mlp"], map_location="cpu")
+    top = predict_images(model, ckpt, data.test_x[:4]).argmax(1).tolist()
+    lines = [line.split() for line in r.stdout.splitlines()[2:]]
+    assert [line[0] for line in lines] == [f"{tmp_path / 'x.npy'}[{i}]" for i in range(4)] + \
+        [f"{runs['data'] / 't10k-images-idx3-ubyte.gz'}[{i}]" for i in range(2)]
+    assert [int(line[1]) for line in lines[:4]] == top
+    probs, classes = onnx_export.predict_onnx(out / "model.onnx", data.test_x[:4])
+    assert probs.argmax(1).tolist() == top and classes == [str(i) for i in range(10)]
+
+
+def test_predict_refuses_a_foreign_onnx_file_and_other_shapes(runs, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), tmp_path / "foreign.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    r = run_cli("predict", tmp_path / "foreign.onnx", tmp_path / "x.npy")
+    assert r.returncode == 1 and "not one trainlab exported" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    r = run_cli("predict", tmp_path / "junk.onnx", tmp_path / "x.npy")
+    assert r.returncode == 1 and "not a model ONNX Runtime can load" in r.stderr
+    export_run(runs["mlp"], tmp_path / "out", format="onnx")
+    np.save(tmp_path / "big.npy", np.zeros((2, 32, 32), np.uint8))
+    r = run_cli("predict", tmp_path / "out" / "model.onnx", tmp_path / "big.npy")
+    assert r.returncode == 1 and "the model expects (1, 28, 28)" in r.stderr
+
+
+def test_trainlab_imports_and_says_so_without_onnx(runs, tmp_path):
+    code = (
+        "import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
+        "import trainlab, trainlab.cli.main, trainlab.analysis.export\n"
+        "sys.exit(trainlab.cli.main.main(sys.argv[1:]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "export", str(runs["mlp"]), "--format", "onnx", "-o",
+                        str(tmp_path / "o")], env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == ("trainlab: error: ONNX export and predict need onnx: "
+                                                 "pip install 'trainlab[onnx]' (onnx and onnxruntime)")
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_export_of_an_arrays_run_needs_its_data(tmp_path, tiny_data):
+    run = train_tiny(tmp_path, data=tiny_data, epochs=1).run_dir
+    with pytest.raises(TrainlabError, match="the ONNX parity check runs on the run's test split"):
+        export_run(run, tmp_path / "a", format="onnx")
+    path, _ = export_run(run, tmp_path / "b", format="onnx", data=tiny_data)
+    assert path.is_file() and torch.tensor(0).item() == 0
