@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from conftest import cli_env, run_cli, train_tiny, write_idx_folder
 
 pytest.importorskip("onnx")
@@ -113,8 +112,9 @@ def test_predict_refuses_a_foreign_onnx_file_and_other_shapes(runs, tmp_path):
 def test_trainlab_imports_and_says_so_without_onnx(runs, tmp_path):
     code = (
         "import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
-        "import trainlab, trainlab.cli.main, trainlab.analysis.export\n"
-        "sys.exit(trainlab.cli.main.main(sys.argv[1:]))\n"
+        "import trainlab, trainlab.analysis.export\n"
+        "from trainlab.cli.main import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, "export", str(runs["mlp"]), "--format", "onnx", "-o",
                         str(tmp_path / "o")], env=cli_env(), capture_output=True, text=True, timeout=120)
@@ -129,4 +129,4 @@ def test_export_of_an_arrays_run_needs_its_data(tmp_path, tiny_data):
     with pytest.raises(TrainlabError, match="the ONNX parity check runs on the run's test split"):
         export_run(run, tmp_path / "a", format="onnx")
     path, _ = export_run(run, tmp_path / "b", format="onnx", data=tiny_data)
-    assert path.is_file() and torch.tensor(0).item() == 0
+    assert path.is_file()

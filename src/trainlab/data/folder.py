@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import secrets
 import shutil
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -62,7 +63,7 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLITS = ("train", "val", "test")
 TEST_FRACTION = 0.2  # of each class, when the folder has no test/ split
 _TEST_SALT = 0x7E57_0001  # the test carve draws from its own stream, not the val split's
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MAX_FILES = 10_000_000  # a bound on the scan: more is a wrong folder, not a data set
 MAX_SIDE = 16384  # image_size and the chosen size are at most this many pixels
 SMALL = 256  # files decoded in this process, without a pool
@@ -144,7 +145,7 @@ def scan(root: str | os.PathLike) -> Scan:
                     st = e.stat()
                 except OSError as err:
                     raise DataError(f"{e.path}: cannot read it ({err.strerror or err})") from None
-                if not os.path.isfile(e.path):
+                if not stat.S_ISREG(st.st_mode):
                     out.ignored += 1
                     continue
                 rel = f"{split}/{name}/{e.name}" if split else f"{name}/{e.name}"
@@ -176,11 +177,16 @@ def cache_key(s: Scan, image_size: int | None, channels: int | None) -> str:
 PILLOW_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF", "WEBP")
 
 
+def _registered(Image) -> tuple[str, ...]:
+    Image.init()  # every plugin Pillow has, so that the names below are all known to it
+    return tuple(f for f in PILLOW_FORMATS if f in Image.OPEN)
+
+
 def _open(Image, path: str):
     """Pillow's image, header read, with the decompression-bomb limit as an error."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path, formats=PILLOW_FORMATS)
+        return Image.open(path, formats=_registered(Image))
 
 
 def _reason(e: BaseException, path: str) -> str:
@@ -245,8 +251,9 @@ def fit(img, width: int, height: int):
     return img.crop((left, top, left + width, top + height))
 
 
-def _decode(paths: list[str], channels: int, width: int, height: int):
-    """uint8 N,C,H,W for the files, and (index, reason) of those that failed."""
+def _decode(paths: list[str], channels: int, width: int, height: int, sums: bool = False):
+    """uint8 N,C,H,W for the files, and (index, reason) of those that failed; with `sums`
+    also each image's per-channel pixel sum and sum of squares (int64, exact)."""
     Image = _pillow()
     out = np.zeros((len(paths), channels, height, width), dtype=np.uint8)
     bad = []
@@ -258,7 +265,13 @@ def _decode(paths: list[str], channels: int, width: int, height: int):
             out[i] = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         except Exception as e:  # noqa: BLE001
             bad.append((i, _reason(e, p)))
-    return out, bad
+    if not sums:
+        return out, bad
+    flat = out.reshape(len(paths), channels, -1)
+    stats = np.stack([flat.sum(-1, dtype=np.int64),
+                      np.stack([np.square(img, dtype=np.int64).sum(-1) for img in flat]) if len(paths) else
+                      np.zeros((0, channels), np.int64)], axis=-1)
+    return out, bad, stats
 
 
 def _pool(workers: int):
@@ -359,10 +372,12 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
                                     shape=(len(ok), channels, height, width))
     chunk = max(1, min(512, (32 << 20) // per_image, math.ceil(len(ok) / (4 * nproc))))
     spans = _chunks(len(ok), chunk)
-    jobs = [([paths[ok[i]] for i in range(a, b)], channels, width, height) for a, b in spans]
+    jobs = [([paths[ok[i]] for i in range(a, b)], channels, width, height, True) for a, b in spans]
     failed = []
-    for (a, _), (pixels, errs) in zip(spans, _map(_decode, jobs, nproc, len(ok), "decode")):
+    sums = np.zeros((len(ok), channels, 2), dtype=np.int64)
+    for (a, _), (pixels, errs, st) in zip(spans, _map(_decode, jobs, nproc, len(ok), "decode")):
         arr[a:a + len(pixels)] = pixels
+        sums[a:a + len(pixels)] = st
         failed += [(a + i, why) for i, why in errs]
     good = [ok[i] for i in range(len(ok))]
     if failed:
@@ -370,6 +385,7 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
         bad += [(s.entries[ok[i]].rel, why) for i, why in failed]
         keep = [i for i in range(len(ok)) if i not in drop]
         good = [ok[i] for i in keep]
+        sums = sums[keep]
         if keep:
             tmp = dest / "images-kept.npy"
             kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + arr.shape[1:])
@@ -392,6 +408,7 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
             "labels": [s.entries[i].label for i in good], "splits": [s.entries[i].split for i in good],
             "modes": dict(modes), "sizes": {f"{w}x{h}": c for (w, h), c in sizes.most_common()},
             "bad": bad, "ignored": s.ignored}
+    np.save(dest / "sums.npy", sums, allow_pickle=False)
     images = np.load(out_path, mmap_mode="r") if good else np.zeros((0, channels, height, width), np.uint8)
     return images, meta
 
@@ -410,11 +427,14 @@ def _read_cache(folder: Path, key: str) -> tuple[np.ndarray, dict] | None:
         n = len(meta["files"])
         shape = (n, meta["channels"], meta["height"], meta["width"])
         images = np.load(images_path, mmap_mode="r", allow_pickle=False) if n else np.zeros(shape, np.uint8)
+        sums = np.load(folder / "sums.npy", allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if meta.get("version") != CACHE_VERSION or images.dtype != np.uint8 or images.shape != shape \
-            or len(meta["labels"]) != n or len(meta["splits"]) != n:
+            or len(meta["labels"]) != n or len(meta["splits"]) != n or sums.shape != (n, shape[1], 2) \
+            or sums.dtype != np.int64:
         return None
+    meta["sums"] = sums
     return images, meta
 
 
@@ -448,7 +468,7 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
     try:
         images, meta = decode_folder(s, image_size, workers, tmp)
         del images  # the mapping is reopened from the final place
-        _write_meta(tmp / "meta.json", meta)
+        _write_meta(tmp / "meta.json", meta)  # sums.npy beside it, from decode_folder
         try:
             os.rename(tmp, final)
         except OSError:
@@ -462,6 +482,18 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
         raise DataError(f"the decode cache {final} cannot be read back; remove it and try again")
     log.info("data: decoded %d images of %s into the cache %s", len(meta["files"]), s.root, final)
     return hit[0], hit[1], s
+
+
+def mean_std_from_sums(sums: np.ndarray, pixels: int) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of pixel/255 over the images whose exact integer sums these
+    are (N,C,2: sum, sum of squares): the same numbers whatever the order, no pass over pixels."""
+    total = sums.sum(0, dtype=np.int64).astype(np.float64)  # exact below 2**53 / 255**2 pixels
+    n = len(sums) * pixels
+    mean = total[:, 0] / (n * 255.0)
+    std = np.sqrt(np.clip(total[:, 1] / (n * 255.0 ** 2) - mean * mean, 0, None))
+    if (std == 0).any():
+        raise DataError("the training images are constant in some channel (std 0); check the data")
+    return [round(float(m), 4) for m in mean], [round(float(v), 4) for v in std]
 
 
 def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
@@ -507,8 +539,9 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
         source["test_carved"] = carved
     if "val" in set(meta["splits"]):
         log.info("data: val/ joins the training images; the run carves its validation split (val_size) from them")
+    mean, std = mean_std_from_sums(meta["sums"][train_idx], meta["height"] * meta["width"])
     ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
-                     classes=meta["classes"], name=f"folder:{root}", source=source)
+                     classes=meta["classes"], name=f"folder:{root}", source=source, mean=mean, std=std)
     ds.spec = f"folder:{root.resolve()}"
     return ds
 

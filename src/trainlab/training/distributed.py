@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import ConfigError, TrainlabError
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,24 @@ def broadcast_object(obj, ctx: DistContext):
     box = [obj if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def rank0_decides(decide, ctx: DistContext):
+    """Rank 0 alone runs `decide()` (it may clean, repair or move files); every rank gets its
+    result, or raises the same TrainlabError, so no rank acts on a choice of its own."""
+    outcome = None
+    if ctx.is_main:
+        try:
+            outcome = {"value": decide()}
+        except TrainlabError as e:
+            broadcast_object({"error": str(e), "code": e.exit_code, "usage": isinstance(e, ConfigError)}, ctx)
+            raise
+    outcome = broadcast_object(outcome, ctx)
+    if "error" in outcome:
+        err = (ConfigError if outcome["usage"] else TrainlabError)(outcome["error"])
+        err.exit_code = outcome["code"]
+        raise err
+    return outcome["value"]
 
 
 def barrier(ctx: DistContext) -> None:

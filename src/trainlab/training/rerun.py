@@ -32,20 +32,7 @@ def elastic_name(cfg: Config) -> None:
 
 def decide(cfg: Config, restart: bool = False) -> dict:
     """{"action": "new" | "resume" | "finished", ...}, the same on every rank."""
-    ctx = distributed.context()
-    decision = None
-    if ctx.is_main:
-        try:
-            decision = _decide(cfg, restart)
-        except TrainlabError as e:
-            distributed.broadcast_object({"error": str(e), "code": e.exit_code}, ctx)
-            raise
-    decision = distributed.broadcast_object(decision, ctx)
-    if "error" in decision:
-        err = TrainlabError(decision["error"])
-        err.exit_code = decision["code"]
-        raise err
-    return decision
+    return distributed.rank0_decides(lambda: _decide(cfg, restart), distributed.context())
 
 
 def _decide(cfg: Config, restart: bool) -> dict:

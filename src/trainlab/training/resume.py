@@ -85,20 +85,9 @@ def _quiet(run_dir: Path) -> bool:
 def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> str | None:
     """Rank 0 alone cleans, repairs and chooses; the other ranks follow its choice (under DDP a
     rank deciding on its own could restart over checkpoints rank 0 is recovering)."""
-    ctx = distributed.context()
-    decision = None
-    if ctx.is_main:
-        try:
-            decision = choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, req.into, req.from_checkpoint)
-        except TrainlabError as e:
-            distributed.broadcast_object({"error": str(e), "code": e.exit_code}, ctx)
-            raise
-    decision = distributed.broadcast_object(decision, ctx)
-    if "error" in decision:
-        err = TrainlabError(decision["error"])
-        err.exit_code = decision["code"]
-        raise err
-    return decision["name"]
+    return distributed.rank0_decides(
+        lambda: choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, req.into, req.from_checkpoint),
+        distributed.context())["name"]
 
 
 def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:

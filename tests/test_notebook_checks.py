@@ -1,0 +1,207 @@
+"""The notebooks' checks fail on wrong solutions, not only on the empty stubs (issue 16).
+
+Each mutant below is a plausible learner mistake, written as text replacements applied to an
+exercise's solution cell. For each notebook, one quick-mode kernel runs the cells in order up to
+the last check of the last exercise that has mutants; just before an exercise's solution cell it
+runs every mutant of that exercise in its place (then the cells up to the exercise's last check)
+and records whether a check cell raised; then the real solution and its checks run as usual and
+must pass. Most of these mistakes are invisible on a CPU-only machine (a missing .to(device) or
+.cpu() changes nothing there); the checks of 2-3-2 use stand-ins (faked CUDA/MPS availability,
+`Elsewhere` tensors that must be moved, spies on torch.save/torch.load/GradScaler and a forward
+hook that sees the autocast state) so that CI on a CPU catches them.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from notebook_runner import NOTEBOOK_DIR, _block_end, _run_quietly, exercise_of, tags
+
+# notebook -> exercise -> [(what the learner got wrong, [(old, new), ...] applied to the solution cell)]
+MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
+    "2-3-1-saving-and-loading.ipynb": {
+        "1": [
+            ("the whole model pickled, not its state_dict", [("torch.save(model.state_dict(), weights_path)",
+                                                              "torch.save(model, weights_path)"),
+                                                             ("torch.load(weights_path, weights_only=True)",
+                                                              "torch.load(weights_path, weights_only=False).state_dict()")]),
+            ("fresh is the trained model itself", [("fresh = MLP()\n", "fresh = model\n")]),
+            ("the weights are never loaded",
+             [("fresh.load_state_dict(torch.load(weights_path, weights_only=True))\n", "")]),
+        ],
+        "2": [
+            ("best.pt overwritten every epoch", [("if val_loss < best_val:", "if True:")]),
+            ("no optimizer state in the checkpoint", [('"optimizer": optimizer.state_dict(),', "")]),
+            ("periodic checkpoints off by one", [("if epoch % every == 0:", "if epoch % every == 1:")]),
+        ],
+        "3": [
+            ("the optimizer state is not loaded", [("if load_optimizer:", "if False:")]),
+            ("the epoch numbers restart at 1", [('range(ckpt["epoch"] + 1, ckpt["epoch"] + more_epochs + 1)',
+                                                 "range(1, more_epochs + 1)")]),
+            ("the model state is not loaded", [('    model.load_state_dict(ckpt["model"])\n', "")]),
+            ("resumes the old model object, not a fresh one", [("    model = MLP()\n", "    model = ckpt_model\n")]),
+        ],
+        "4": [
+            ("the best state is not a copy", [("copy.deepcopy(model.state_dict())", "model.state_dict()")]),
+            ("the best weights are not restored", [("    model.load_state_dict(best_state)\n", "")]),
+            ("patience off by one", [("if waited >= patience:", "if waited > patience:")]),
+        ],
+    },
+    "2-3-2-gpu-training.ipynb": {
+        "1": [
+            ("get_device() hard-codes the CPU",
+             [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
+               '    if torch.backends.mps.is_available():\n        return torch.device("mps")\n', "")]),
+            ("get_device() hard-codes CUDA", [('return torch.device("cpu")', 'return torch.device("cuda")')]),
+            ("MPS asked before CUDA",
+             [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
+               '    if torch.backends.mps.is_available():\n        return torch.device("mps")',
+               'if torch.backends.mps.is_available():\n        return torch.device("mps")\n'
+               '    if torch.cuda.is_available():\n        return torch.device("cuda")')]),
+            ("MPS forgotten", [('    if torch.backends.mps.is_available():\n        return torch.device("mps")\n', "")]),
+            ("returns a string, not a torch.device",
+             [('return torch.device("cuda")', 'return "cuda"'), ('return torch.device("mps")', 'return "mps"'),
+              ('return torch.device("cpu")', 'return "cpu"')]),
+        ],
+        "2": [
+            ("dicts not entered", [("    if isinstance(batch, dict):\n"
+                                    "        return {k: to_device(v, device) for k, v in batch.items()}\n", "")]),
+            ("tuples become lists", [("type(batch)(to_device(v, device) for v in batch)",
+                                      "[to_device(v, device) for v in batch]")]),
+            ("not recursive: only the top level moves", [("type(batch)(to_device(v, device) for v in batch)",
+                                                          "type(batch)(v.to(device) if torch.is_tensor(v) else v "
+                                                          "for v in batch)")]),
+        ],
+        "3": [
+            ("no .cpu() on save", [("{k: v.detach().cpu() for k, v in model.state_dict().items()}",
+                                    "model.state_dict()")]),
+            ("no map_location on load", [("torch.load(path, map_location=device, weights_only=True)",
+                                          "torch.load(path, weights_only=True)")]),
+            ("the model is not moved to the device", [("fresh = MLP().to(device)", "fresh = MLP()")]),
+            ("map_location='cpu' and the model left on the CPU",
+             [("fresh = MLP().to(device)", "fresh = MLP()"), ("map_location=device", 'map_location="cpu"')]),
+            ("the weights are never loaded",
+             [("    fresh.load_state_dict(torch.load(path, map_location=device, weights_only=True))\n",
+               "    torch.load(path, map_location=device, weights_only=True)\n")]),
+        ],
+        "4": [
+            ("the scale is never applied", [("(g * scale).to(torch.float16).float() / scale",
+                                             "g.to(torch.float16).float()")]),
+            ("the result stays float16", [("(g * scale).to(torch.float16).float() / scale",
+                                           "(g * scale).to(torch.float16) / scale")]),
+            ("no float16 round trip", [("(g * scale).to(torch.float16).float() / scale", "(g * scale) / scale")]),
+        ],
+        "5": [
+            ("batches never moved", [("xb, yb = to_device(batch, device)\n            with", "xb, yb = batch\n            with")]),
+            ("labels not moved", [("xb, yb = to_device(batch, device)\n            with",
+                                   "xb, yb = to_device(batch[0], device), batch[1]\n            with")]),
+            ("no autocast", [("enabled=amp_dtype is not None):", "enabled=False):")]),
+            ("autocast on even for amp_dtype=None", [("dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)",
+                                                       "dtype=amp_dtype or torch.bfloat16)")]),
+            ("no GradScaler", [("            scaler.scale(loss).backward()\n            scaler.step(optimizer)\n"
+                                "            scaler.update()\n",
+                                "            loss.backward()\n            optimizer.step()\n")]),
+            ("GradScaler enabled for bfloat16 too", [("enabled=amp_dtype == torch.float16)", "enabled=True)")]),
+            ("scaled backward but optimizer.step() bypasses the scaler",
+             [("scaler.step(optimizer)", "optimizer.step()")]),
+            ("the model cast to bfloat16 instead of autocast",
+             [("model = MLP().to(device)\n", "model = MLP().to(device, dtype=torch.bfloat16)\n"),
+              ("loss = loss_fn(model(xb), yb)", "loss = loss_fn(model(xb.to(torch.bfloat16)).float(), yb)")]),
+        ],
+    },
+    "2-3-3-fashion-mnist-project.ipynb": {
+        "1": [
+            ("pixels not scaled to [0, 1]", [("ds.train_x[:, 0].float() / 255", "ds.train_x[:, 0].float()")]),
+            ("a class is its own nearest neighbour", [('dist.fill_diagonal_(float("inf"))\n', "")]),
+            ("the farthest pair", [("divmod(int(dist.argmin()), 10)",
+                                    "divmod(int(dist.masked_fill(dist.isinf(), 0).argmax()), 10)")]),
+        ],
+        "2": [
+            ("the gap's sign flipped", [('h["train_acc"] - h["val_acc"]', 'h["val_acc"] - h["train_acc"]')]),
+            ("best epoch as a 0-based index", [('min(baseline_history, key=lambda h: h["val_loss"])["epoch"]',
+                                                'min(range(len(baseline_history)), '
+                                                'key=lambda i: baseline_history[i]["val_loss"])')]),
+            ("best epoch by the highest validation loss", [('min(baseline_history, key=lambda h: h["val_loss"])',
+                                                            'max(baseline_history, key=lambda h: h["val_loss"])')]),
+        ],
+        "3": [
+            ("no BatchNorm", [("nn.BatchNorm1d(h), ", "")]),
+            ("Dropout before ReLU", [("nn.ReLU(), nn.Dropout(dropout)", "nn.Dropout(dropout), nn.ReLU()")]),
+            ("no weight decay", [(", weight_decay=1e-4)", ")")]),
+            ("Dropout hard-coded to 0.5", [("nn.Dropout(dropout)", "nn.Dropout(0.5)")]),
+        ],
+        "4": [
+            ("the first convolution without padding", [("nn.Conv2d(1, 32, 3, padding=1, bias=False)",
+                                                         "nn.Conv2d(1, 32, 3, bias=False)")]),
+            ("no BatchNorm2d", [("nn.BatchNorm2d(32), ", ""), ("nn.BatchNorm2d(64), ", "")]),
+            ("no Dropout", [("nn.Dropout(0.3), ", "")]),
+        ],
+    },
+}
+
+
+def mutant_source(source: str, replacements) -> str:
+    for old, new in replacements:
+        assert source.count(old) == 1, f"the mutant's text {old!r} is not (exactly once) in the solution"
+        source = source.replace(old, new)
+    return source
+
+
+def solution_cells(nb, ex):
+    return [i for i, c in enumerate(nb.cells) if "solution" in tags(c) and exercise_of(c) == ex]
+
+
+def run_mutants(path: Path, cwd: Path, mutants, timeout: int = 240):
+    """{mutant name: first failing check ("ename: evalue") or None}, and the seconds it took."""
+    nb = nbformat.read(path, as_version=4)
+    last = max(_block_end(nb, solution_cells(nb, ex)[0], ex) for ex in mutants)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
+    results, t0 = {}, time.perf_counter()
+    with client.setup_kernel():
+        for index, cell in enumerate(nb.cells[:last + 1]):
+            if cell.cell_type != "code":
+                continue
+            ex = exercise_of(cell)
+            if "solution" in tags(cell) and ex in mutants and solution_cells(nb, ex)[0] == index:
+                end = _block_end(nb, index, ex)
+                for name, replacements in mutants[ex]:
+                    failure = None
+                    for j in range(index, end + 1):
+                        c = nb.cells[j]
+                        if c.cell_type != "code":
+                            continue
+                        src = mutant_source(c.source, replacements) if j == index else c.source
+                        error = _run_quietly(client, src, j)
+                        if error is not None and failure is None and "check" in tags(c) and exercise_of(c) == ex:
+                            failure = f"{error.ename}: {str(error.evalue).splitlines()[0] if error.evalue else ''}"
+                    results[f"ex {ex}: {name}"] = failure
+            client.execute_cell(cell, index)  # the real cell: raises if the real solution's checks fail
+    return results, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_mutants_apply_to_the_solutions(name):
+    nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    for ex, mutants in MUTANTS[name].items():
+        cells = solution_cells(nb, ex)
+        assert cells, f"{name} has no exercise {ex}"
+        for what, replacements in mutants:
+            assert mutant_source(nb.cells[cells[0]].source, replacements) != nb.cells[cells[0]].source, what
+
+
+@pytest.mark.parametrize("name", list(MUTANTS))
+def test_checks_fail_on_wrong_solutions(name, real_data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAINLAB_QUICK", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    results, seconds = run_mutants(NOTEBOOK_DIR / name, tmp_path, MUTANTS[name])
+    passed = [m for m, failure in results.items() if failure is None]
+    assert not passed, f"{name}: the checks pass on these wrong solutions: {passed}"
+    assert len(results) == sum(len(v) for v in MUTANTS[name].values())
+    print(f"{name}: {len(results)} mutants, each fails its check ({seconds:.0f}s)")
+    for m, failure in results.items():
+        print(f"  {m}: {failure[:150]}")
