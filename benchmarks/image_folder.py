@@ -8,7 +8,8 @@ The 70,000 Fashion-MNIST images are written once as grey PNG files in a temporar
   first start  `load_dataset("folder:DIR")` with an empty cache (decode + write) + the
                session's loaders + model + one training step: time to the first step
   cached start the same with the cache there (stat every file, read the .npy memory-mapped)
-  epochs       one epoch of cnn-fast (fp32, AdamW, batch 256, NCHW, same seeded model) on the
+  epochs       one epoch of cnn-fast (as trainlab trains it here: channels_last, the `auto`
+               precision -- bf16 autocast on a CPU with fast bf16 --, AdamW, batch 256) on the
                60,000 training images, each way --epochs times, median:
                  resident   DeviceLoader over the decoded split held in memory
                  streamed   DeviceLoader forced to stream (memory_budget=1) from the
@@ -81,11 +82,13 @@ def time_to_first_step(root: Path, threads: int) -> float:
 
     t = time.perf_counter()
     cfg = resolve({"dataset": f"folder:{root}", "model": "cnn-fast", "epochs": 1, "quiet": True,
-                   "threads": threads, "precision": "32"})
+                   "threads": threads})
     s = Session(cfg, load_dataset(cfg.dataset, **{"seed": cfg.seed}), progress=False)
     x, y = next(iter(s.loaders["train"]))
     s.optimizer.zero_grad()
-    s.loss_fn(s.train_model(x), y).backward()
+    with s.precision.autocast(s.device):
+        loss = s.loss_fn(s.train_model(x), y)
+    loss.backward()
     s.optimizer.step()
     return time.perf_counter() - t
 
@@ -107,24 +110,29 @@ class PILFolder(Dataset):
         return (torch.from_numpy(a)[None] - MEAN) / STD, int(self.labels[i])
 
 
-def epoch_time(loader, seed: int) -> float:
+def epoch_time(loader, seed: int, precision) -> float:
+    """One epoch as trainlab trains cnn-fast here: channels_last, the `auto` precision."""
     torch.manual_seed(seed)
-    model = build("cnn-fast", (1, 28, 28), 10)
+    model = build("cnn-fast", (1, 28, 28), 10).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
+    cpu = torch.device("cpu")
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        with precision.autocast(cpu):
+            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
+        loss.backward()
+        opt.step()
+
     warm = iter(loader)
     for _ in range(3):  # warm-up: allocator, kernels, worker start
-        x, y = next(warm)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
+        step(*next(warm))
     del warm
     t = time.perf_counter()
     for x, y in loader:
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
+        step(x, y)
     return time.perf_counter() - t
 
 
@@ -174,12 +182,16 @@ def main() -> None:
             "textbook, 2 workers": lambda: DataLoader(PILFolder(files, meta["labels"]), batch_size=256,
                                                       shuffle=True, num_workers=2, persistent_workers=False),
         }
+        from trainlab.training.precision import resolve_precision
+
+        precision = resolve_precision("auto", torch.device("cpu"), "cnn-fast")
+        print(f"model cnn-fast, channels_last, precision {precision.name} ({precision.reason}), AdamW, batch 256")
         results = {}
         for name, make in ways.items():
             loader = make()
             if name == "streamed":
                 assert loader.streaming
-            times = [epoch_time(loader, seed=0) for _ in range(args.epochs)]
+            times = [epoch_time(loader, 0, precision) for _ in range(args.epochs)]
             results[name] = statistics.median(times)
             print(f"epoch {name}: median {results[name]:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times)})")
         best_textbook = min(results["textbook, 0 workers"], results["textbook, 2 workers"])

@@ -419,3 +419,14 @@ def test_training_streamed_gives_bitwise_the_weights_of_training_resident(tmp_pa
     b, _ = load_model(runs["streamed"], map_location="cpu")
     for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(v, w), k
+
+
+def test_memory_budget_takes_bytes_or_units_and_refuses_junk_in_one_sentence():
+    from trainlab.config import parse_bytes, resolve
+
+    assert [parse_bytes(v) for v in ("2GiB", "512MiB", "1.5GB", "1000", " 4 kb ")] == \
+        [2 * 2**30, 512 * 2**20, 1_500_000_000, 1000, 4000]
+    assert resolve({"memory_budget": "2GiB"}).memory_budget == "2GiB"
+    for junk in ("lots", "-1", "1e9", "2 parsecs"):
+        with pytest.raises(ConfigError, match="memory_budget = .* is invalid: give a number of bytes"):
+            resolve({"memory_budget": junk})

@@ -13,6 +13,7 @@ hook that sees the autocast state) so that CI on a CPU catches them.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -55,7 +56,7 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
         "1": [
             ("get_device() hard-codes the CPU",
              [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
-               '    if torch.backends.mps.is_available():\n        return torch.device("mps")\n', "")]),
+               '    if torch.backends.mps.is_available():\n        return torch.device("mps")\n    ', "")]),
             ("get_device() hard-codes CUDA", [('return torch.device("cpu")', 'return torch.device("cuda")')]),
             ("MPS asked before CUDA",
              [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
@@ -158,6 +159,7 @@ def solution_cells(nb, ex):
 def run_mutants(path: Path, cwd: Path, mutants, timeout: int = 240):
     """{mutant name: first failing check ("ename: evalue") or None}, and the seconds it took."""
     nb = nbformat.read(path, as_version=4)
+    ref = copy.deepcopy(nb)  # nbclient puts each executed cell into nb.cells: read the sources from a copy
     last = max(_block_end(nb, solution_cells(nb, ex)[0], ex) for ex in mutants)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}})
     results, t0 = {}, time.perf_counter()
@@ -171,7 +173,7 @@ def run_mutants(path: Path, cwd: Path, mutants, timeout: int = 240):
                 for name, replacements in mutants[ex]:
                     failure = None
                     for j in range(index, end + 1):
-                        c = nb.cells[j]
+                        c = ref.cells[j]
                         if c.cell_type != "code":
                             continue
                         src = mutant_source(c.source, replacements) if j == index else c.source
@@ -179,7 +181,7 @@ def run_mutants(path: Path, cwd: Path, mutants, timeout: int = 240):
                         if error is not None and failure is None and "check" in tags(c) and exercise_of(c) == ex:
                             failure = f"{error.ename}: {str(error.evalue).splitlines()[0] if error.evalue else ''}"
                     results[f"ex {ex}: {name}"] = failure
-            client.execute_cell(cell, index)  # the real cell: raises if the real solution's checks fail
+            client.execute_cell(ref.cells[index], index)  # the real cell: raises if the real solution's checks fail
     return results, time.perf_counter() - t0
 
 

@@ -11,6 +11,7 @@ from trainlab.models import build as build_model  # noqa: E402
 from trainlab.models import register
 from trainlab.training.callbacks import Callback  # noqa: E402
 from trainlab.training.loop import fit  # noqa: E402
+from trainlab.training.lr_find import lr_find  # noqa: E402
 
 __all__ = ["__version__", "train", "resume", "evaluate_run", "load_model", "TrainResult", "Config", "resolve",
            "Dataset", "DeviceLoader", "from_arrays", "load_dataset", "fit", "evaluate", "pick_device",

@@ -295,3 +295,28 @@ def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> S
     ax_acc.legend(fontsize=7)
     fig.suptitle(title or "runs compared")
     return _save(fig, out)
+
+
+def lr_find_curve(lrs: list[float], losses: dict, suggestion: float, out, title: str = "") -> Saved:
+    """The range test: smoothed loss against a log-scaled rate, one line per seed (a band for
+    several), the suggested rate marked."""
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    curves_ = list(losses.values())
+    n = min(len(c) for c in curves_)
+    if len(curves_) > 1:
+        lo = [min(c[i] for c in curves_) for i in range(n)]
+        hi = [max(c[i] for c in curves_) for i in range(n)]
+        ax.fill_between(lrs[:n], lo, hi, color="tab:blue", alpha=0.2, label=f"{len(curves_)} seeds: min-max")
+    median = [sorted(c[i] for c in curves_)[len(curves_) // 2] for i in range(n)]
+    ax.plot(lrs[:n], median, color="tab:blue", label="smoothed loss" + (" (median)" if len(curves_) > 1 else ""))
+    ax.axvline(suggestion, color="tab:red", ls="--", lw=1, label=f"suggested lr {suggestion:.3g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss (smoothed)")
+    finite = [v for v in median if math.isfinite(v)]
+    if finite:  # the divergence at the end would squash the interesting part
+        ax.set_ylim(min(finite) * 0.9, min(max(finite), 2.5 * finite[0]) * 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "learning-rate range test")
+    return _save(fig, out)

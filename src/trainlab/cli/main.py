@@ -373,6 +373,44 @@ def cmd_data_info(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    import time
+    from pathlib import Path
+
+    from trainlab import plots
+    from trainlab.store import runs
+    from trainlab.training.lr_find import lr_find
+
+    cfg = _config_from_args(args)
+    seeds = _seed_list(args.seeds)
+    out = Path(args.out) if args.out else Path(cfg.runs_dir) / "lr-find" / \
+        f"{cfg.model.replace(':', '-')}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = lr_find(cfg, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, seeds=seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plots.lr_find_curve(result.lrs, result.losses, result.suggestion, out / "lr_find",
+                                 f"{cfg.model} / recipe {cfg.recipe}, batch {result.batch_size}")
+    runs.write_json(out / "lr_find.json", {"model": cfg.model, "recipe": cfg.recipe, "seeds": seeds,
+                                           "lrs": result.lrs, "losses": {str(k): v for k, v in result.losses.items()},
+                                           "suggestion": result.suggestion, "rule": result.rule,
+                                           "stopped": {str(k): v for k, v in result.stopped.items()},
+                                           "seconds": result.seconds})
+    print(f"lr-find: {cfg.model} / recipe {cfg.recipe}, batch {result.batch_size}, {args.steps} steps from "
+          f"{args.start_lr:g} to {args.end_lr:g}, seeds {', '.join(map(str, seeds))}: {result.seconds:.1f} s")
+    for seed, why in result.stopped.items():
+        print(f"  seed {seed}: {why}")
+    print(f"suggested lr: {result.suggestion:.3g} ({result.rule})")
+    print(f"the curve: {figure.png}")
+    return 0
+
+
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is invalid: give integers separated by commas, e.g. 0,1,2") from None
+    return seeds
+
+
 def cmd_bench_device(args) -> int:
     from trainlab.analysis.bench_device import run
     from trainlab.analysis.tables import table
@@ -458,6 +496,16 @@ def build_parser() -> argparse.ArgumentParser:
     from trainlab.cli.reports import add_commands  # evaluate, compare, report, experiment
 
     add_commands(sub)
+
+    lf = sub.add_parser("lr-find", help="the learning-rate range test: a suggested rate, and its curve")
+    _add_run_options(lf)
+    lf.add_argument("--steps", type=_positive_int, default=200, help="steps of the test (default 200)")
+    lf.add_argument("--start-lr", type=float, default=1e-6)
+    lf.add_argument("--end-lr", type=float, default=1.0)
+    lf.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (a band)")
+    lf.add_argument("--out", metavar="DIR", help="where the curve goes (default RUNS_DIR/lr-find/<model>-<time>)")
+    add_allow_import(lf)
+    lf.set_defaults(func=cmd_lr_find)
 
     b = sub.add_parser("bench-device", help="time training steps per device: does the GPU help?")
     b.add_argument("--model", default="cnn")

@@ -270,7 +270,7 @@ def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
 
 
 # Config keys a built-in reader may take (a reader lists those it takes in `reader.options`).
-DATA_OPTIONS = ("image_size", "skip_bad", "seed")
+DATA_OPTIONS = ("image_size", "skip_bad", "seed", "memory_budget")
 
 
 def data_options(config: dict) -> dict:

@@ -496,8 +496,44 @@ def mean_std_from_sums(sums: np.ndarray, pixels: int) -> tuple[list[float], list
     return [round(float(m), 4) for m in mean], [round(float(v), 4) for v in std]
 
 
+def _sha256(arr: np.ndarray) -> str:
+    """payload_sha256 of a contiguous uint8 array, 64 MiB at a time (a mapped file stays mapped)."""
+    h = hashlib.sha256()
+    flat = arr.reshape(-1)
+    for a in range(0, len(flat), 64 << 20):
+        h.update(memoryview(np.ascontiguousarray(flat[a:a + (64 << 20)])))
+    return h.hexdigest()
+
+
+def _mapped_splits(cache: Path, images: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each split's rows as its own .npy beside the decode cache (written once, in a fresh
+    temporary folder renamed whole), memory-mapped copy-on-write: nothing is read into memory."""
+    key = hashlib.sha256(b"".join(np.asarray(parts[k], np.int64).tobytes() + b"|" for k in sorted(parts)))
+    final = cache / f"splits-{key.hexdigest()[:32]}"
+    if not final.is_dir():
+        tmp = cache / f".splits-{os.getpid()}-{secrets.token_hex(4)}"
+        tmp.mkdir()
+        try:
+            for name, idx in parts.items():
+                out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8,
+                                                shape=(len(idx),) + images.shape[1:])
+                for a in range(0, len(idx), 4096):
+                    out[a:a + 4096] = images[idx[a:a + 4096]]
+                out.flush()
+                del out
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return {name: np.load(final / f"{name}.npy", mmap_mode="c") for name in parts}
+
+
 def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
-                seed: int = 0):
+                seed: int = 0, memory_budget: str | None = None):
     """`folder:DIR` as a Dataset (see the module docstring)."""
     import torch
 
@@ -540,13 +576,34 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
     if "val" in set(meta["splits"]):
         log.info("data: val/ joins the training images; the run carves its validation split (val_size) from them")
     mean, std = mean_std_from_sums(meta["sums"][train_idx], meta["height"] * meta["width"])
+    from trainlab.config import parse_bytes
+    from trainlab.data.loader import default_memory_budget
+
+    budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))
+    if budget is not None and images.nbytes > budget:  # larger than memory: splits stay mapped
+        from trainlab.data.dataset import Dataset
+        from trainlab.data.idx import payload_sha256
+
+        log.info("data: %.0f MiB of images is over the memory budget (%.0f MiB): the splits stay "
+                 "memory-mapped and batches are streamed", images.nbytes / 2**20, budget / 2**20)
+        split = _mapped_splits(Path(images.filename).parent, images, {"train": train_idx, "test": test_idx})
+        ty, sy = labels[train_idx], labels[test_idx]
+        source["mapped"] = True
+        ds = Dataset(name=f"folder:{root}", classes=list(meta["classes"]),
+                     train_x=torch.from_numpy(split["train"]), train_y=torch.from_numpy(ty),
+                     test_x=torch.from_numpy(split["test"]), test_y=torch.from_numpy(sy),
+                     mean=mean, std=std, source=source,
+                     hashes={"train_images": _sha256(split["train"]), "train_labels": payload_sha256(ty),
+                             "test_images": _sha256(split["test"]), "test_labels": payload_sha256(sy)})
+        ds.spec = f"folder:{root.resolve()}"
+        return ds
     ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
                      classes=meta["classes"], name=f"folder:{root}", source=source, mean=mean, std=std)
     ds.spec = f"folder:{root.resolve()}"
     return ds
 
 
-read_folder.options = ("image_size", "skip_bad", "seed")
+read_folder.options = ("image_size", "skip_bad", "seed", "memory_budget")
 formats.register_format("folder", read_folder)
 
 

@@ -68,8 +68,12 @@ class DeviceLoader:
                  mean, std, device="cpu", shuffle=False, seed=0, drop_last=False,
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  resident: str = "as-is", rank: int = 0, world_size: int = 1,
-                 memory_limit: int | None = None, memory_budget: int | None = None):
-        if len(images) != len(labels):
+                 memory_limit: int | None = None, memory_budget: int | None = None,
+                 subset: torch.Tensor | None = None):
+        if subset is not None:  # the rows of `images` served: taken now, or when streaming
+            subset = torch.as_tensor(subset, dtype=torch.long).cpu()
+            labels = labels[subset]
+        if len(images if subset is None else subset) != len(labels):
             raise TrainlabError(f"{len(images)} images but {len(labels)} labels")
         if batch_size % world_size:
             raise TrainlabError(f"batch_size {batch_size} is the global batch: it must divide evenly "
@@ -88,11 +92,16 @@ class DeviceLoader:
         # mapped decode cache) and are streamed to the device in chunks of whole batches, in
         # the same order, so every batch -- and every result -- is what the resident path gives.
         budget = memory_budget if memory_budget is not None else default_memory_budget(self.device)
-        need = images.numel() * images.element_size()
+        per_image = images[0].numel() * images.element_size() if len(images) else 0
+        need = per_image * (len(images) if subset is None else len(subset))
         self.streaming = budget is not None and need > budget
-        self.images = images.cpu() if self.streaming else images.to(self.device)
+        self._subset = subset if self.streaming else None
+        if self.streaming:
+            self.images = images.cpu()
+        else:
+            self.images = (images if subset is None else images[subset]).to(self.device)
         self.labels = labels.to(self.device, torch.long)
-        c = images.shape[1]
+        c = self.images.shape[1]
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(1, c, 1, 1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, c, 1, 1)
         # (x/scale - mean)/std folded into one multiply-add per batch
@@ -170,7 +179,8 @@ class DeviceLoader:
         for c0 in range(start, len(self), chunk):
             c1 = min(len(self), c0 + chunk)
             lo, hi = c0 * self.local_batch, min(len(order_cpu), c1 * self.local_batch)
-            host = self.images[order_cpu[lo:hi]]
+            rows = order_cpu[lo:hi]
+            host = self.images[rows if self._subset is None else self._subset[rows]]
             if cuda:
                 host = host.pin_memory()
             block = host.to(self.device, non_blocking=cuda)

@@ -87,9 +87,10 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     common = dict(mean=data.mean, std=data.std, device=device, memory_budget=parse_bytes(cfg.memory_budget))
     r, w = ctx.rank, ctx.world_size
     loaders = {
-        "train": DeviceLoader(data.train_x[train_idx], data.train_y[train_idx], cfg.train.batch_size,
+        # subset=: the loader takes the rows itself (or streams them when over memory_budget)
+        "train": DeviceLoader(data.train_x, data.train_y, cfg.train.batch_size, subset=train_idx,
                               shuffle=True, seed=cfg.seed, augment=augment, rank=r, world_size=w, **common),
-        "val": DeviceLoader(data.train_x[val_idx[r::w]], data.train_y[val_idx[r::w]], EVAL_BATCH, **common),
+        "val": DeviceLoader(data.train_x, data.train_y, EVAL_BATCH, subset=val_idx[r::w], **common),
         "test": DeviceLoader(data.test_x[r::w], data.test_y[r::w], EVAL_BATCH, **common),
     }
     # the final per-class report needs every test image in one place (rank 0)

@@ -318,8 +318,8 @@ class Finetune(Callback):
     def on_epoch_end(self, run, row):
         if self.frozen and not self._frozen_at(row["epoch"]):
             self.apply(run.model, False)
-            log.info("unfreeze: %d frozen parameter tensor(s) train from epoch %d on",
-                     len(self.frozen_names), row["epoch"] + 1)
+            log.info("unfreeze: after epoch %d, the %d frozen parameter tensor(s) train from epoch %d on",
+                     row["epoch"], len(self.frozen_names), row["epoch"] + 1)
 
     def on_fit_end(self, run) -> None:
         for h in self._hooks:

@@ -1,0 +1,132 @@
+"""The learning-rate range test: from the recipe's start state, raise the rate exponentially
+over a few hundred steps, follow the smoothed loss, stop when it diverges, and suggest a
+rate. It trains throwaway copies: no run folder is touched and every random generator is
+put back as it was, so a run started afterwards is the run it would have been.
+
+The suggestion's rule (Smith 2017, as fastai popularised it): the rate at the lowest
+smoothed loss, divided by 10 -- the largest rate that is still safely on the descending part
+of the curve. With several seeds it is read from the median curve; the band shows the spread.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from trainlab import models
+from trainlab.config import Config, resolve
+from trainlab.data import Dataset, load_dataset
+from trainlab.devices import pick_device
+from trainlab.errors import ConfigError
+from trainlab.training import build
+from trainlab.training.optim import build_optimizer
+from trainlab.training.precision import resolve_precision
+from trainlab.training.state import capture_rng, restore_rng, seed_everything
+
+log = logging.getLogger("trainlab")
+
+CHECK_EVERY = 10  # steps between the host reads of the loss (divergence is noticed that late at most)
+
+
+@dataclass
+class LRFindResult:
+    lrs: list[float]  # the rate at each step (shared by every seed)
+    losses: dict[int, list[float]]  # seed -> smoothed loss per step (shorter if it diverged)
+    suggestion: float
+    rule: str
+    seconds: float
+    model: str
+    batch_size: int
+    stopped: dict[int, str] = field(default_factory=dict)  # seed -> why it ended early
+
+    def median(self) -> list[float]:
+        n = min(len(v) for v in self.losses.values())
+        return [sorted(v[i] for v in self.losses.values())[len(self.losses) // 2] for i in range(n)]
+
+
+def _check(steps: int, start_lr: float, end_lr: float, seeds) -> None:
+    if not 10 <= steps <= 100_000:
+        raise ConfigError(f"steps = {steps} is invalid: use 10 to 100000 (a few hundred is typical)")
+    if not (0 < start_lr < end_lr <= 1e3 and math.isfinite(start_lr)):
+        raise ConfigError(f"the range {start_lr:g} .. {end_lr:g} is invalid: need 0 < start < end <= 1000")
+    if not seeds or len(seeds) > 16 or any(not 0 <= s < 2**63 for s in seeds):
+        raise ConfigError("seeds must be 1 to 16 integers in [0, 2**63)")
+
+
+def lr_find(config: Config | dict | None = None, *, data: Dataset | None = None, steps: int = 200,
+            start_lr: float = 1e-6, end_lr: float = 1.0, seeds=(0,), smoothing: float = 0.98,
+            diverge: float = 4.0) -> LRFindResult:
+    """Run the range test for `config` (its model, recipe, batch size, precision, data) on
+    each seed; returns the curves and the suggested rate. The loss is smoothed exponentially
+    (`smoothing`, bias-corrected) and a seed stops once it exceeds `diverge` times its best."""
+    cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})
+    seeds = [int(s) for s in seeds]
+    _check(steps, start_lr, end_lr, seeds)
+    saved_rng, saved_threads = capture_rng(), torch.get_num_threads()
+    t0 = time.perf_counter()
+    try:
+        device = pick_device(cfg.device)
+        data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
+        lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
+        losses, stopped = {}, {}
+        for seed in seeds:
+            losses[seed], why = _one_seed(resolve({**cfg.to_dict(), "seed": seed}), data, device, lrs,
+                                          smoothing, diverge)
+            if why:
+                stopped[seed] = why
+    finally:
+        restore_rng(saved_rng)
+        torch.set_num_threads(saved_threads)
+    result = LRFindResult(lrs, losses, 0.0, "", time.perf_counter() - t0, cfg.model, cfg.train.batch_size, stopped)
+    curve = result.median()
+    best = min(range(len(curve)), key=curve.__getitem__)
+    result.suggestion = lrs[best] / 10
+    result.rule = (f"the lowest smoothed loss ({curve[best]:.4f}) is at lr {lrs[best]:.3g}; a tenth of it, "
+                   f"{result.suggestion:.3g}, is still on the descending slope")
+    return result
+
+
+def _one_seed(cfg: Config, data: Dataset, device, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
+    seed_everything(cfg.seed)
+    loaders = build.make_loaders(data, cfg, device, build.build_augment(cfg))
+    spec = build.model_spec(cfg, data)
+    model = models.build(cfg.model, spec["input_shape"], spec["num_classes"], **spec["kwargs"]).to(device)
+    precision = resolve_precision(cfg.train.precision, device, cfg.model)
+    optimizer = build_optimizer(model, cfg.train)
+    scaler = precision.scaler(device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    raw = torch.zeros(len(lrs), device=device)
+    loader, epoch, i = loaders["train"], 0, 0
+    smoothed, avg, best = [], 0.0, math.inf
+    model.train()
+    while i < len(lrs):
+        loader.set_epoch(epoch)
+        for x, y in loader:
+            for g in optimizer.param_groups:
+                g["lr"] = lrs[i]
+            with precision.autocast(device):
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            raw[i] = loss.detach()
+            i += 1
+            if i % CHECK_EVERY == 0 or i == len(lrs):  # one host read per CHECK_EVERY steps
+                for value in raw[len(smoothed):i].tolist():
+                    avg = smoothing * avg + (1 - smoothing) * value
+                    smoothed.append(avg / (1 - smoothing ** (len(smoothed) + 1)))
+                    best = min(best, smoothed[-1])
+                    if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge * best:
+                        return smoothed, f"diverged at lr {lrs[len(smoothed) - 1]:.3g}"
+            if i == len(lrs):
+                break
+        epoch += 1
+    return smoothed, None
