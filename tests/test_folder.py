@@ -403,22 +403,41 @@ def test_streamed_batches_are_the_resident_ones(tmp_path):
             assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_training_streamed_gives_bitwise_the_weights_of_training_resident(tmp_path):
+def test_training_streamed_gives_bitwise_the_weights_of_training_resident(tmp_path, caplog):
     import torch
     from conftest import train_tiny
 
     from trainlab.inference import load_model
 
     root = write_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=20, size=(12, 10))
-    ds = load(root)
-    runs = {}
-    for name, budget in (("resident", None), ("streamed", "1B")):
-        runs[name] = train_tiny(tmp_path / name, data=ds, memory_budget=budget, batch_size=8, val_size=6,
-                                translate=1, hflip=True, epochs=2).run_dir
-    a, _ = load_model(runs["resident"], map_location="cpu")
-    b, _ = load_model(runs["streamed"], map_location="cpu")
-    for (k, v), (_, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-        assert torch.equal(v, w), k
+    common = dict(batch_size=8, val_size=6, translate=1, hflip=True, epochs=2)
+    runs = {"resident": train_tiny(tmp_path / "resident", data=load(root), **common).run_dir,
+            "streamed": train_tiny(tmp_path / "streamed", data=load(root), memory_budget="1B", **common).run_dir}
+    with caplog.at_level(logging.INFO, "trainlab.data"):  # the session reads the folder itself
+        runs["mapped"] = train_tiny(tmp_path / "mapped", dataset=f"folder:{root}", memory_budget="1B",
+                                    **common).run_dir
+    assert "the splits stay memory-mapped and batches are streamed" in caplog.text
+    meta = json.loads((runs["mapped"] / "meta.json").read_text())
+    assert meta["data_source"]["mapped"] is True
+    ref, _ = load_model(runs["resident"], map_location="cpu")
+    for name in ("streamed", "mapped"):
+        other, _ = load_model(runs[name], map_location="cpu")
+        for (k, v), (_, w) in zip(ref.state_dict().items(), other.state_dict().items(), strict=True):
+            assert torch.equal(v, w), f"{name}: {k}"
+    fingerprints = {json.loads((runs[n] / "meta.json").read_text())["data_fingerprint"]["train_images"] for n in runs}
+    assert len(fingerprints) == 1  # the same data, however it is held
+
+
+def test_a_mapped_dataset_is_not_read_into_memory(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=10, size=(12, 10))
+    ds = load(root, memory_budget="1B")
+    assert ds.source["mapped"] is True
+    (split,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").glob("*/splits-*")
+    mapped = np.load(split / "train.npy", mmap_mode="r")  # the split's own file, what train_x maps
+    assert np.array_equal(mapped, ds.train_x.numpy())
+    plain = load(root)
+    assert np.array_equal(ds.train_x.numpy(), plain.train_x.numpy()) and ds.hashes == plain.hashes
+    assert ds.mean == plain.mean and ds.std == plain.std
 
 
 def test_memory_budget_takes_bytes_or_units_and_refuses_junk_in_one_sentence():

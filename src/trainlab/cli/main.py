@@ -403,6 +403,26 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from trainlab.analysis.sweep import confirm, sweep
+    from trainlab.metrics import percent
+
+    result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers)
+    s, best = result.summary, result.best
+    print(f"sweep {args.out}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned)")
+    print(f"best (by validation, {s['direction']}): trial {best['number']} {best['value']:.4f} "
+          f"with {best['params']} -> {args.out}/trials/{best['run']}")
+    if s["top5_spread"] is not None:
+        print(f"  the top trials' validation scores spread by {s['top5_spread']:.4f}: that much of the lead "
+              "may be luck")
+    print(f"  its test accuracy, reported once: {percent(best['test_accuracy'])}")
+    if args.confirm:
+        c = confirm(args.out, args.space, args.confirm)
+        print(f"confirmed over {args.confirm} more seeds: test accuracy {percent(c['mean'])} "
+              f"± {percent(c['std'])}")
+    return 0
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -506,6 +526,15 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--out", metavar="DIR", help="where the curve goes (default RUNS_DIR/lr-find/<model>-<time>)")
     add_allow_import(lf)
     lf.set_defaults(func=cmd_lr_find)
+
+    sw = sub.add_parser("sweep", help="a hyperparameter sweep on Optuna (crash-safe: run it again to continue)")
+    sw.add_argument("space", help="TOML: fixed keys at the top, a [space] table of the keys to search")
+    sw.add_argument("--trials", type=_positive_int, required=True, help="complete + pruned trials in all")
+    sw.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (trials, study journal, summary)")
+    sw.add_argument("--workers", type=_positive_int, default=1, help="parallel trial processes on this machine")
+    sw.add_argument("--confirm", type=_positive_int, metavar="N", help="retrain the winner with N more seeds")
+    add_allow_import(sw)
+    sw.set_defaults(func=cmd_sweep)
 
     b = sub.add_parser("bench-device", help="time training steps per device: does the GPU help?")
     b.add_argument("--model", default="cnn")
