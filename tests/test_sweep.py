@@ -73,6 +73,8 @@ def test_a_sweep_makes_each_trial_a_run_folder_and_selects_on_validation(tmp_pat
     assert result.best["value"] == min(t["value"] for t in complete)  # val_loss: lower is better
     saved = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert saved["best"]["number"] == result.best["number"]
+    assert set(saved["importances"]) == {"lr", "batch_size", "model_kwargs.dropout"}
+    assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000  # parameter vs score, per parameter
 
 
 def test_kill_9_then_the_same_command_keeps_finished_trials_and_resumes_the_interrupted(tmp_path, idx_dir):

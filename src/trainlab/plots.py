@@ -320,3 +320,32 @@ def lr_find_curve(lrs: list[float], losses: dict, suggestion: float, out, title:
     ax.legend(fontsize=8)
     ax.set_title(title or "learning-rate range test")
     return _save(fig, out)
+
+
+def sweep_scatter(trials: list[dict], out, higher_is_better: bool = False) -> Saved:
+    """A sweep: each searched parameter against the trial's validation score (pruned trials
+    hollow: their score is where they were stopped), the best trial marked."""
+    names = sorted({k for t in trials for k in t["params"]})
+    fig = _figure(3.2 * max(1, len(names)), 3.2)
+    axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
+    scored = [t for t in trials if t["value"] is not None and math.isfinite(t["value"])]
+    complete = [t for t in scored if t["state"] == "COMPLETE"]
+    best = (max if higher_is_better else min)(complete, key=lambda t: t["value"]) if complete else None
+    for ax, name in zip(axes, names):
+        for state, style in (("COMPLETE", dict(color="tab:blue")), ("PRUNED", dict(facecolors="none",
+                                                                                  edgecolors="tab:grey"))):
+            pts = [(t["params"][name], t["value"]) for t in scored if t["state"] == state and name in t["params"]]
+            if pts:
+                xs, ys = zip(*pts)
+                numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+                ax.scatter(xs if numeric else [str(x) for x in xs], ys, s=18, label=state.lower(), **style)
+        if best is not None and name in best["params"]:
+            ax.scatter([best["params"][name]], [best["value"]], marker="*", s=140, color="tab:red", label="best")
+        values = [t["params"][name] for t in scored if name in t["params"]]
+        if values and all(isinstance(v, float) for v in values) and min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+    axes[0].set_ylabel("validation score")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"sweep: {len(scored)} trials ({'higher' if higher_is_better else 'lower'} is better)")
+    return _save(fig, out)

@@ -309,8 +309,25 @@ def summarize(out: str | Path) -> SweepResult:
                # top trials is a rough measure of how much of its lead is luck
                "top5_spread": statistics.pstdev(top) if len(top) > 1 else None,
                "best_minus_top5_median": abs(best["value"] - statistics.median(top)) if len(top) > 1 else None}
+    if len(complete) >= 2 and best["params"]:
+        try:  # fANOVA, Optuna's default evaluator: which parameters the score depended on
+            summary["importances"] = optuna.importance.get_param_importances(study)
+        except (ValueError, RuntimeError) as e:
+            log.warning("sweep: no parameter importances (%s)", e)
+    summary["figure"] = _figure(rows, maximize, out)
     runs.write_json(out / SUMMARY, summary)
     return SweepResult(out, rows, best, summary)
+
+
+def _figure(rows: list[dict], maximize: bool, out: Path) -> str | None:
+    """Each parameter against the validation score, complete and pruned trials apart."""
+    try:
+        from trainlab import plots
+
+        return str(plots.sweep_scatter(rows, out / "sweep", higher_is_better=maximize).png)
+    except TrainlabError as e:  # matplotlib missing: the summary is still written
+        log.warning("sweep: no figure (%s)", e)
+        return None
 
 
 def confirm(out: str | Path, space: str | Path | Space, seeds: int, data=None) -> dict:
