@@ -109,3 +109,16 @@ def test_two_workers_never_run_the_same_trial(tmp_path, idx_dir):
     for run in folders:  # each trial's folder was trained once, from its start
         text = (tmp_path / "sw" / "trials" / run / "metrics.jsonl").read_text()
         assert '"event"' not in text
+
+
+def test_the_report_shows_a_sweep_and_a_rate_finder(tmp_path, idx_dir, cli):
+    pytest.importorskip("matplotlib")
+    sweep(space_file(tmp_path, idx_dir, SPACE), trials=2, out=tmp_path / "sw")
+    assert cli("lr-find", "--dataset", f"idx:{idx_dir}", "--model", "mlp", "--val-size", "100", "--batch-size",
+               "32", "--threads", "1", "--steps", "20", "--out", tmp_path / "lrf").returncode == 0
+    done = cli("report", tmp_path / "sw", tmp_path / "lrf", "-o", tmp_path / "r.html")
+    assert done.returncode == 0, done.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>Sweep " in page and "Parameter importances" in page and "reported once" in page
+    assert "Learning-rate range test: mlp" in page and page.count("data:image/png;base64,") >= 3
+    assert "<h2>trial-0000" in page or "<h2>trial-0001" in page  # the trials themselves, as runs

@@ -160,15 +160,82 @@ def _comparison_section(comp: Comparison, tmp: Path) -> str:
     return "\n".join(out)
 
 
+MAX_SWEEP_RUNS = 5  # a sweep's best trials shown as runs; the rest are in its figure
+
+
+def _expand(paths) -> tuple[list[Path], list[Path], list[Path]]:
+    """Run folders, sweep folders (their best complete trials join the runs) and lr-find folders."""
+    from trainlab.store import runs
+
+    run_dirs, sweeps, finders = [], [], []
+    for p in map(Path, paths):
+        if (p / "sweep.json").is_file() and (p / "trials").is_dir():
+            sweeps.append(p)
+            trials = runs.read_json(p / "sweep.json")
+            ranked = [t for t in _sweep_trials(p) if t["state"] == "COMPLETE"]
+            ranked.sort(key=lambda t: t["value"], reverse=trials.get("direction") == "maximize")
+            run_dirs += [p / "trials" / t["run"] for t in ranked[:MAX_SWEEP_RUNS]]
+        elif (p / "lr_find.json").is_file():
+            finders.append(p)
+        else:
+            run_dirs.append(p)
+    return run_dirs, sweeps, finders
+
+
+def _sweep_trials(folder: Path) -> list[dict]:
+    from trainlab.analysis.sweep import summarize
+
+    return summarize(folder).trials
+
+
+def _sweep_section(folder: Path) -> str:
+    from trainlab.store import runs
+
+    s = runs.read_json(folder / "sweep.json")
+    best = s["best"]
+    rows = [[name, f"{value:.3f}"] for name, value in (s.get("importances") or {}).items()]
+    parts = [f'<section id="sweep-{_esc(folder.name)}"><h2>Sweep {_esc(folder)}</h2>',
+             f'<p>{s["trials"]} trials ({s["complete"]} complete, {s["pruned"]} pruned); the best by validation '
+             f'({_esc(s["direction"])}): trial {best["number"]}, {best["value"]:.4f}, with '
+             f'<code>{_esc(best["params"])}</code>; its test accuracy, reported once: '
+             f'{percent(best.get("test_accuracy"))}.</p>']
+    if s.get("top5_spread") is not None:
+        parts.append(f'<p class="note">The top trials\' validation scores spread by {s["top5_spread"]:.4f}: '
+                     "that much of the winner's lead may be luck.</p>")
+    if s.get("confirmed"):
+        c = s["confirmed"]
+        parts.append(f"<p>Confirmed over {c['seeds']} more seeds: test accuracy {percent(c['mean'])} ± "
+                     f"{percent(c['std'])}.</p>")
+    parts.append(_img(folder / "sweep.png", "each parameter against the validation score"))
+    if rows:
+        parts.append("<h3>Parameter importances (fANOVA)</h3>" + _table(["parameter", "importance"], rows))
+    return "\n".join(parts) + "</section>"
+
+
+def _lr_find_section(folder: Path) -> str:
+    from trainlab.store import runs
+
+    r = runs.read_json(folder / "lr_find.json")
+    return (f'<section id="lr-find-{_esc(folder.name)}"><h2>Learning-rate range test: {_esc(r["model"])} / '
+            f'recipe {_esc(r["recipe"])}</h2><p>Suggested rate {r["suggestion"]:.3g}: {_esc(r["rule"])} '
+            f'(seeds {_esc(r["seeds"])}, {r["seconds"]:.1f} s).</p>' + _img(folder / "lr_find.png", "the range test")
+            + "</section>")
+
+
 def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=None,
                  device: str = "auto", data: Dataset | None = None,
                  title: str = "trainlab report", allow_import=()) -> Path:
-    """Evaluate the runs as needed and write one offline HTML file; returns its path."""
+    """Evaluate the runs as needed and write one offline HTML file; returns its path. A sweep
+    folder adds its section (figure, importances, the winner) and its best trials as runs; an
+    lr-find folder adds its curve."""
     if not run_dirs:
         raise TrainlabError("report needs at least one run folder")
     out_path = Path(out_path)
     if out_path.is_dir():  # before any run is evaluated: a usage error changes nothing
         raise ConfigError(f"-o {out_path} is a folder: give the report's file name, e.g. {out_path / 'report.html'}")
+    run_dirs, sweeps, finders = _expand(run_dirs)
+    if not run_dirs:
+        raise TrainlabError("report needs at least one run folder (a sweep with no complete trial has none)")
     comp = compare_runs(run_dirs)
     evaluations = [_ensure_evaluated(r, data_dir, device, data, allow_import) for r in comp.runs]
     samples = next((r.path / PLOTS_DIR / "samples.png" for r in comp.runs
@@ -181,6 +248,7 @@ def write_report(run_dirs: list[str | Path], out_path: str | Path, *, data_dir=N
                 "; every figure is embedded, nothing is fetched.</p>",
                 f"<nav>{nav}</nav>", _comparison_section(comp, Path(tmp)),
                 '<section id="data"><h2>The data</h2>' + _img(samples, "samples by class") + "</section>"]
+        body += [_sweep_section(s) for s in sweeps] + [_lr_find_section(f) for f in finders]
         body += [_run_section(i, r, ev) for i, (r, ev) in enumerate(zip(comp.runs, evaluations))]
     doc = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
            f"<title>{_esc(title)}</title><link rel=\"icon\" href=\"data:,\">"
