@@ -34,6 +34,12 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
             ("the weights are never loaded",
              [("fresh.load_state_dict(torch.load(weights_path, weights_only=True))\n", "")]),
         ],
+        "1b": [
+            ("model.eval() forgotten after loading", [("    return model.eval()", "    return model")]),
+            ("model.train() instead of model.eval()", [("    return model.eval()", "    return model.train()")]),
+            ("the weights are never loaded", [("    model.load_state_dict(torch.load(path, weights_only=True))\n", "")]),
+            ("the trained model itself returned", [("    model = DropoutMLP()\n", "    model = dropout_model\n")]),
+        ],
         "2": [
             ("best.pt overwritten every epoch", [("if val_loss < best_val:", "if True:")]),
             ("no optimizer state in the checkpoint", [('"optimizer": optimizer.state_dict(),', "")]),
@@ -55,27 +61,32 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
     "2-3-2-gpu-training.ipynb": {
         "1": [
             ("get_device() hard-codes the CPU",
-             [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
-               '    if torch.backends.mps.is_available():\n        return torch.device("mps")\n    ', "")]),
+             [(('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
+               '    if torch.backends.mps.is_available():\n        return torch.device("mps")\n    '), "")]),
             ("get_device() hard-codes CUDA", [('return torch.device("cpu")', 'return torch.device("cuda")')]),
             ("MPS asked before CUDA",
-             [('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
-               '    if torch.backends.mps.is_available():\n        return torch.device("mps")',
-               'if torch.backends.mps.is_available():\n        return torch.device("mps")\n'
-               '    if torch.cuda.is_available():\n        return torch.device("cuda")')]),
+             [(('if torch.cuda.is_available():\n        return torch.device("cuda")\n'
+               '    if torch.backends.mps.is_available():\n        return torch.device("mps")'),
+               ('if torch.backends.mps.is_available():\n        return torch.device("mps")\n'
+               '    if torch.cuda.is_available():\n        return torch.device("cuda")'))]),
             ("MPS forgotten", [('    if torch.backends.mps.is_available():\n        return torch.device("mps")\n', "")]),
             ("returns a string, not a torch.device",
              [('return torch.device("cuda")', 'return "cuda"'), ('return torch.device("mps")', 'return "mps"'),
               ('return torch.device("cpu")', 'return "cpu"')]),
         ],
         "2": [
-            ("dicts not entered", [("    if isinstance(batch, dict):\n"
-                                    "        return {k: to_device(v, device) for k, v in batch.items()}\n", "")]),
+            ("dicts not entered", [(("    if isinstance(batch, dict):\n"
+                                    "        return {k: to_device(v, device) for k, v in batch.items()}\n"), "")]),
             ("tuples become lists", [("type(batch)(to_device(v, device) for v in batch)",
                                       "[to_device(v, device) for v in batch]")]),
             ("not recursive: only the top level moves", [("type(batch)(to_device(v, device) for v in batch)",
-                                                          "type(batch)(v.to(device) if torch.is_tensor(v) else v "
-                                                          "for v in batch)")]),
+                                                          ("type(batch)(v.to(device) if torch.is_tensor(v) else v "
+                                                          "for v in batch)"))]),
+        ],
+        "2b": [
+            ("the threshold reversed", [("if cpu_seconds < 30:", "if cpu_seconds >= 30:")]),
+            ("the GPU is always worth it", [("return False, cpu_seconds, cpu_seconds", "return True, cpu_seconds / 10, cpu_seconds / 3")]),
+            ("the speed-up applied the wrong way", [("cpu_seconds / 10, cpu_seconds / 3", "cpu_seconds * 3, cpu_seconds * 10")]),
         ],
         "3": [
             ("no .cpu() on save", [("{k: v.detach().cpu() for k, v in model.state_dict().items()}",
@@ -103,8 +114,8 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
             ("no autocast", [("enabled=amp_dtype is not None):", "enabled=False):")]),
             ("autocast on even for amp_dtype=None", [("dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)",
                                                        "dtype=amp_dtype or torch.bfloat16)")]),
-            ("no GradScaler", [("            scaler.scale(loss).backward()\n            scaler.step(optimizer)\n"
-                                "            scaler.update()\n",
+            ("no GradScaler", [(("            scaler.scale(loss).backward()\n            scaler.step(optimizer)\n"
+                                "            scaler.update()\n"),
                                 "            loss.backward()\n            optimizer.step()\n")]),
             ("GradScaler enabled for bfloat16 too", [("enabled=amp_dtype == torch.float16)", "enabled=True)")]),
             ("scaled backward but optimizer.step() bypasses the scaler",
@@ -124,8 +135,8 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
         "2": [
             ("the gap's sign flipped", [('h["train_acc"] - h["val_acc"]', 'h["val_acc"] - h["train_acc"]')]),
             ("best epoch as a 0-based index", [('min(baseline_history, key=lambda h: h["val_loss"])["epoch"]',
-                                                'min(range(len(baseline_history)), '
-                                                'key=lambda i: baseline_history[i]["val_loss"])')]),
+                                                ('min(range(len(baseline_history)), '
+                                                'key=lambda i: baseline_history[i]["val_loss"])'))]),
             ("best epoch by the highest validation loss", [('min(baseline_history, key=lambda h: h["val_loss"])',
                                                             'max(baseline_history, key=lambda h: h["val_loss"])')]),
         ],
@@ -136,10 +147,10 @@ MUTANTS: dict[str, dict[str, list[tuple[str, list[tuple[str, str]]]]]] = {
             ("Dropout hard-coded to 0.5", [("nn.Dropout(dropout)", "nn.Dropout(0.5)")]),
         ],
         "4": [
-            ("the first convolution without padding", [("nn.Conv2d(1, 32, 3, padding=1, bias=False)",
-                                                         "nn.Conv2d(1, 32, 3, bias=False)")]),
-            ("no BatchNorm2d", [("nn.BatchNorm2d(32), ", ""), ("nn.BatchNorm2d(64), ", "")]),
-            ("no Dropout", [("nn.Dropout(0.3), ", "")]),
+            ("the confusion matrix transposed", [("y_test_cpu * 10 + test_preds", "test_preds * 10 + y_test_cpu")]),
+            ("per-class accuracy over the predicted counts", [("cm.sum(1).double()", "cm.sum(0).double()")]),
+            ("the easiest classes, not the hardest", [("key=lambda k: per_class_acc[k])[:3]]",
+                                                       "key=lambda k: per_class_acc[k])[-3:][::-1]]")]),
         ],
     },
 }
