@@ -134,7 +134,8 @@ def test_a_run_folder_is_never_overwritten(idx50, tmp_path, cli):
     done = cli(*train_args(idx50, runs, "--name", "x", "--seed", "1"))
     assert done.returncode == 2
     err = done.stderr
-    assert "already exists and is never overwritten" in err and str(runs / "x") in err
+    # the same command with another config: refused by name (the same config would continue it)
+    assert "holds a run with another config (seed: 0 -> 1)" in err and str(runs / "x") in err
     assert snapshot(runs / "x") == before
     assert sorted(p.name for p in runs.iterdir()) == ["x"]
 

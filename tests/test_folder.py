@@ -18,11 +18,11 @@ import pytest
 from conftest import cli_env, run_cli, write_fashion_pngs, write_image_folder
 
 PIL = pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from trainlab.data import folder as folder_mod  # noqa: E402
-from trainlab.data import load_dataset  # noqa: E402
-from trainlab.errors import ConfigError, DataError  # noqa: E402
+from trainlab.data import folder as folder_mod
+from trainlab.data import load_dataset
+from trainlab.errors import ConfigError, DataError
 
 
 def load(root, **kw):
@@ -449,3 +449,15 @@ def test_memory_budget_takes_bytes_or_units_and_refuses_junk_in_one_sentence():
     for junk in ("lots", "-1", "1e9", "2 parsecs"):
         with pytest.raises(ConfigError, match="memory_budget = .* is invalid: give a number of bytes"):
             resolve({"memory_budget": junk})
+
+
+def test_temporary_folders_left_by_a_killed_process_are_removed_a_day_later(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    base = Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder"
+    old, new = base / ".decode-1-dead", base / ".decode-2-busy"
+    for p in (old, new):
+        p.mkdir(parents=True)
+        (p / "images.npy").write_bytes(b"partial")
+    os.utime(old, (0, 0))
+    load(root)
+    assert not old.exists() and new.exists()  # a fresh one may belong to a process still decoding

@@ -30,7 +30,13 @@ decoded (zero bytes, truncated, not an image, over Pillow's decompression-bomb l
 listed with its reason and loading stops (DataError) before any training; with `skip_bad`
 (`--skip-bad`) such files are left out and counted.
 
-Pillow is optional (`pip install trainlab[images]`): importing trainlab does not need it.
+Larger than memory: when the decoded images exceed `memory_budget` (default: half the memory
+available now), each split is written once as its own .npy beside the cache and mapped, not
+read; the DeviceLoader then streams batches from it (same order, same numbers).
+
+Only the PNG, JPEG, BMP, GIF and WebP decoders are ever tried (Pillow would otherwise pick
+a plugin by content, and EPS runs Ghostscript). Pillow is optional (`pip install
+trainlab[images]`): importing trainlab does not need it.
 """
 
 from __future__ import annotations
@@ -137,8 +143,11 @@ def scan(root: str | os.PathLike) -> Scan:
                 listing = sorted(os.scandir(folder), key=lambda e: e.name)
             except OSError as e:
                 raise DataError(f"{folder}: cannot list it ({e.strerror or e})") from None
+            prefix, label, kind, entries = (f"{split}/{name}/" if split else f"{name}/"), index[name], \
+                split or "train", out.entries
             for e in listing:
-                if e.name.startswith(".") or not e.name.lower().endswith(EXTENSIONS):
+                file = e.name
+                if file[0] == "." or not file.lower().endswith(EXTENSIONS):
                     out.ignored += 1
                     continue
                 try:
@@ -148,10 +157,9 @@ def scan(root: str | os.PathLike) -> Scan:
                 if not stat.S_ISREG(st.st_mode):
                     out.ignored += 1
                     continue
-                rel = f"{split}/{name}/{e.name}" if split else f"{name}/{e.name}"
-                out.entries.append(Entry(rel, split or "train", index[name], st.st_size, st.st_mtime_ns))
-                if len(out.entries) > MAX_FILES:
-                    raise DataError(f"folder:{root}: over {MAX_FILES:,} image files; is this the right folder?")
+                entries.append(Entry(prefix + file, kind, label, st.st_size, st.st_mtime_ns))
+            if len(out.entries) > MAX_FILES:
+                raise DataError(f"folder:{root}: over {MAX_FILES:,} image files; is this the right folder?")
     train_labels = {e.label for e in out.entries if e.split in ("train", "val")}
     empty = [c for i, c in enumerate(classes) if i not in train_labels]
     if empty:
@@ -165,8 +173,7 @@ def cache_key(s: Scan, image_size: int | None, channels: int | None) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "layout": s.layout, "classes": s.classes,
                          "image_size": image_size, "channels": channels}, sort_keys=True).encode())
-    for e in s.entries:
-        h.update(f"\0{e.rel}\0{e.size}\0{e.mtime_ns}".encode("utf-8", "surrogateescape"))
+    h.update("".join(f"\0{e.rel}\0{e.size}\0{e.mtime_ns}" for e in s.entries).encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -438,6 +445,23 @@ def _read_cache(folder: Path, key: str) -> tuple[np.ndarray, dict] | None:
     return images, meta
 
 
+STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed process
+
+
+def _remove_stale(base: Path) -> None:
+    """Temporary folders (.decode-*, .stale-*) a killed process left a day ago or more."""
+    import time
+
+    now = time.time()
+    for tag in (".decode-", ".stale-"):
+        for p in base.glob(f"{tag}*"):
+            try:
+                if p.is_dir() and not p.is_symlink() and now - p.lstat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+
 def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None
                  ) -> tuple[np.ndarray, dict, Scan]:
     """The folder's images (uint8 N,C,H,W, memory-mapped from the cache, decoding it first
@@ -463,6 +487,7 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
     except OSError as e:
         raise DataError(f"the cache folder {base} cannot be created ({e.strerror or e}); "
                         "set XDG_CACHE_HOME to a writable folder") from None
+    _remove_stale(base)
     tmp = base / f".decode-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # fresh: fails if anything stands at the name
     try:
@@ -543,7 +568,7 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
     if image_size is not None and not 1 <= image_size <= MAX_SIDE:
         raise DataError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_SIDE}")
     root = Path(arg).expanduser()
-    images, meta, s = load_decoded(root, image_size)
+    images, meta, _ = load_decoded(root, image_size)
     bad = [tuple(b) for b in meta["bad"]]
     if bad and not skip_bad:
         raise DataError(_bad_sentence(root, bad))
