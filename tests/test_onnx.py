@@ -43,7 +43,7 @@ def test_export_checks_parity_and_writes_a_self_contained_graph(runs, tmp_path):
     assert meta["classes"] == [str(i) for i in range(10)] and meta["preprocessing"]["tta_flip"] is True
     assert meta["parity"]["argmax_agreement"] == 1.0 and meta["parity"]["max_prob_diff"] <= 1e-4
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
+    (inp,), (_out,) = sess.get_inputs(), sess.get_outputs()
     assert inp.type == "tensor(uint8)" and inp.shape[1:] == [1, 28, 28] and isinstance(inp.shape[0], str)
     data = load_dataset(f"idx:{runs['data']}")
     model, ckpt = load_model(runs["cnn"], map_location="cpu")

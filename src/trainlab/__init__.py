@@ -15,4 +15,4 @@ from trainlab.training.lr_find import lr_find  # noqa: E402
 
 __all__ = ["__version__", "train", "resume", "evaluate_run", "load_model", "TrainResult", "Config", "resolve",
            "Dataset", "DeviceLoader", "from_arrays", "load_dataset", "fit", "evaluate", "pick_device",
-           "build_model", "register", "register_format", "Callback", "TrainlabError", "ConfigError", "DataError"]
+           "build_model", "register", "register_format", "Callback", "lr_find", "TrainlabError", "ConfigError", "DataError"]
