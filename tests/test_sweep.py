@@ -122,3 +122,13 @@ def test_the_report_shows_a_sweep_and_a_rate_finder(tmp_path, idx_dir, cli):
     assert "<h2>Sweep " in page and "Parameter importances" in page and "reported once" in page
     assert "Learning-rate range test: mlp" in page and page.count("data:image/png;base64,") >= 3
     assert "<h2>trial-0000" in page or "<h2>trial-0001" in page  # the trials themselves, as runs
+
+
+def test_an_rdb_storage_url_is_recorded_and_used_again(tmp_path, idx_dir):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    space = space_file(tmp_path, idx_dir, SPACE)
+    sweep(space, trials=1, out=tmp_path / "sw", storage=url)
+    assert (tmp_path / "study.db").is_file() and not (tmp_path / "sw" / "study.journal").exists()
+    assert sweep(space, trials=2, out=tmp_path / "sw").summary["trials"] == 2  # the recorded URL, found again
+    with pytest.raises(ConfigError, match="already records the storage"):
+        sweep(space, trials=2, out=tmp_path / "sw", storage="sqlite:///other.db")

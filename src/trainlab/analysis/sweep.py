@@ -27,6 +27,7 @@ from trainlab.config import RUN_FIELDS, load_toml, resolve
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.recipes import RECIPE_FIELDS
 from trainlab.store import runs
+from trainlab.store.atomic import atomic_write_text
 from trainlab.training.callbacks import Callback
 
 log = logging.getLogger("trainlab")
@@ -139,12 +140,24 @@ class ReportToOptuna(Callback):
             return True
 
 
-def _study(out: Path, direction: str, seed: int):
-    optuna = _optuna()
+STORAGE_FILE = "storage.url"  # an RDB URL given once with --storage: every later command uses it
+
+
+def _storage(out: Path):
+    """Optuna's journal file in the sweep folder, or the RDB URL recorded there (a URL such as
+    postgresql://... lets several machines share one study)."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    url = out / STORAGE_FILE
+    if url.is_file():
+        return url.read_text(encoding="utf-8").strip()
+    return JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+
+
+def _study(out: Path, direction: str, seed: int):
+    optuna = _optuna()
+    storage = _storage(out)
     return optuna.create_study(study_name="trainlab", storage=storage, direction=direction, load_if_exists=True,
                                sampler=optuna.samplers.TPESampler(seed=seed),
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
@@ -251,8 +264,10 @@ class SweepResult:
 
 
 def sweep(space: str | Path | Space, *, trials: int, out: str | Path, workers: int = 1, seed: int = 0,
-          data=None) -> SweepResult:
-    """Run (or continue) a sweep until the study holds `trials` complete or pruned trials."""
+          data=None, storage: str | None = None) -> SweepResult:
+    """Run (or continue) a sweep until the study holds `trials` complete or pruned trials.
+    `storage`: an Optuna RDB URL (sqlite:///..., postgresql://...) instead of the journal file,
+    recorded in the sweep folder so the same command later finds it."""
     if not 1 <= trials <= 100_000 or not 1 <= workers <= 64:
         raise ConfigError("--trials must be 1 to 100000 and --workers 1 to 64")
     space = space if isinstance(space, Space) else load_space(space)
@@ -260,6 +275,15 @@ def sweep(space: str | Path | Space, *, trials: int, out: str | Path, workers: i
         raise ConfigError("workers > 1 load the data themselves: give the data set in the space file, not data=")
     out = Path(out)
     (out / TRIALS).mkdir(parents=True, exist_ok=True)
+    if storage is not None:
+        known = out / STORAGE_FILE
+        if known.is_file() and known.read_text(encoding="utf-8").strip() != storage:
+            raise ConfigError(f"{out} already records the storage {known.read_text().strip()!r}: give the same "
+                              "--storage, or another --out")
+        if "://" not in storage:
+            raise ConfigError(f"--storage {storage!r} is invalid: give an Optuna RDB URL, e.g. "
+                              "sqlite:///sweep.db or postgresql://user@host/db")
+        atomic_write_text(known, storage + "\n")
     cfg = resolve(space.fixed)
     study = _study(out, "maximize" if cfg.monitor.endswith("acc") else "minimize", seed)
     _requeue_interrupted(study, out)
@@ -290,10 +314,8 @@ def summarize(out: str | Path) -> SweepResult:
 
     out = Path(out)
     optuna = _optuna()
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
-    study = optuna.load_study(study_name="trainlab", storage=JournalStorage(JournalFileBackend(str(out / JOURNAL))))
+    study = optuna.load_study(study_name="trainlab", storage=_storage(out))
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
              "run": t.user_attrs.get("run"), "test_accuracy": t.user_attrs.get("test_accuracy")}
             for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]

@@ -407,7 +407,7 @@ def cmd_sweep(args) -> int:
     from trainlab.analysis.sweep import confirm, sweep
     from trainlab.metrics import percent
 
-    result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers)
+    result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers, storage=args.storage)
     s, best = result.summary, result.best
     print(f"sweep {args.out}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned)")
     print(f"best (by validation, {s['direction']}): trial {best['number']} {best['value']:.4f} "
@@ -533,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", required=True, metavar="DIR", help="the sweep folder (trials, study journal, summary)")
     sw.add_argument("--workers", type=_positive_int, default=1, help="parallel trial processes on this machine")
     sw.add_argument("--confirm", type=_positive_int, metavar="N", help="retrain the winner with N more seeds")
+    sw.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (e.g. postgresql://...) instead of the "
+                    "journal file: machines running the same command share one study")
     add_allow_import(sw)
     sw.set_defaults(func=cmd_sweep)
 
