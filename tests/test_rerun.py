@@ -217,6 +217,11 @@ def test_a_hung_rank_ends_in_one_sentence_not_an_endless_wait(idx_dir, tmp_path)
     assert len(workers) == 2, "the run ended before the stop: nothing was tested"
     os.kill(workers[-1], signal.SIGSTOP)  # alive but silent: a hang, not a death
     try:
+        deadline = time.monotonic() + 120
+        while Path(f"/proc/{workers[0]}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the other rank gives up on its own, after TRAINLAB_DIST_TIMEOUT
+        assert not Path(f"/proc/{workers[0]}").exists(), "the waiting rank never gave up"
+        os.kill(workers[-1], signal.SIGKILL)  # (torchrun would wait 30 s for a stopped process)
         _, err = proc.communicate(timeout=150)
     finally:
         for w in workers:
