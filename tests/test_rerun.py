@@ -141,7 +141,9 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 @needs_proc
 @pytest.mark.timeout(600)  # a loaded machine: the survivors wait out the collective timeout first
 def test_a_rank_killed_mid_run_under_max_restarts_completes_by_itself(idx_dir, tmp_path):
-    env = cli_env(TRAINLAB_DIST_TIMEOUT="15")
+    # a timeout long enough for a restarted group to come up on a busy machine: the survivors
+    # notice the dead peer at once (a closed connection), not after the timeout
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="120")
     ddp = ("--nproc", "2")
     assert run_cli(*args(idx_dir, tmp_path, "straight", *ddp), env=env, timeout=300).returncode == 0
     run = tmp_path / "elastic"
@@ -154,7 +156,8 @@ def test_a_rank_killed_mid_run_under_max_restarts_completes_by_itself(idx_dir, t
     assert len(workers) == 2, "the run ended before the kill: nothing was tested"
     os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
     _, err = proc.communicate(timeout=500)
-    assert proc.returncode == 0, err[-2000:]
+    trainlab_lines = [x for x in err.splitlines() if x.startswith(("trainlab:", "re-run:", "resume:", "data:"))]
+    assert proc.returncode == 0, "\n".join(trainlab_lines[-20:]) + "\n" + err[-1500:]
     assert "continuing it from its newest checkpoint" in err
     assert same(weights(run), weights(tmp_path / "straight"))  # the partial epoch redone, exactly
 
@@ -206,7 +209,7 @@ def test_two_nodes_give_what_one_node_with_two_processes_gives(idx_dir, tmp_path
 
 @needs_proc
 def test_a_hung_rank_ends_in_one_sentence_not_an_endless_wait(idx_dir, tmp_path):
-    env = cli_env(TRAINLAB_DIST_TIMEOUT="5")
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="30")  # long enough to start on a busy machine
     run = tmp_path / "hung"
     proc = start_cli(*args(idx_dir, tmp_path, "hung", "--nproc", "2", "--epochs", "20"), env=env,
                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

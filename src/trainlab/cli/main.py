@@ -607,6 +607,12 @@ def _run(args) -> int:
                   "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
                   file=sys.stderr)
             return 1
+        if "WORLD_SIZE" in os.environ and ("gloo" in str(e).lower() or "nccl" in str(e).lower()):
+            # joining the process group failed: a peer never came up within TRAINLAB_DIST_TIMEOUT
+            print(f"trainlab: error: could not connect the training processes ({_first_line(e)}); start "
+                  "the command again, or raise TRAINLAB_DIST_TIMEOUT (seconds, default 120) on a slow or "
+                  "busy machine", file=sys.stderr)
+            return 1
         return _unexpected(e)
     except MemoryError:
         if os.environ.get("TRAINLAB_DEBUG"):
