@@ -16,6 +16,7 @@ winner is reported once, with how optimistic its validation score probably is.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -172,7 +173,7 @@ def _requeue_interrupted(study, out: Path) -> int:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         folder = out / TRIALS / t.user_attrs.get("run", f"trial-{t.number:04d}")
         try:
-            with runs.RunLock(folder) if folder.is_dir() else _nothing():
+            with runs.RunLock(folder) if folder.is_dir() else contextlib.nullcontext():
                 pass
         except TrainlabError:
             continue  # a live worker owns it
@@ -181,14 +182,6 @@ def _requeue_interrupted(study, out: Path) -> int:
         log.warning("sweep: trial %d was interrupted: queued again, to resume in %s", t.number, folder)
         n += 1
     return n
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _objective(space: Space, out: Path, threads: int | None, data):
