@@ -63,17 +63,51 @@ def test_class_folders_give_sorted_class_names_and_a_seeded_stratified_test_spli
     assert len(files) == len(ds.test_y)
 
 
-def test_split_layout_uses_test_and_joins_val_to_training(tmp_path):
+def test_split_layout_uses_test_and_val_folders_as_given(tmp_path):
     root = tmp_path / "d"
     write_image_folder(root, classes=("a", "b"), per_class=5, split="train")
     write_image_folder(root, classes=("a", "b"), per_class=2, split="val", seed=1)
     write_image_folder(root, classes=("a", "b"), per_class=3, split="test", seed=2)
     ds = load(root)
-    assert ds.source["layout"] == "splits"
+    assert ds.source["layout"] == "splits" and ds.source["val_given"] == 4
     assert len(ds.train_y) == 14 and len(ds.test_y) == 6
     assert "test_carved" not in ds.source
     expected = np.asarray(Image.open(root / "test" / "b" / "0000.png")).transpose(2, 0, 1)
     assert np.array_equal(ds.test_x[3].numpy(), expected)  # test: a/0..2 then b/0..
+    # the validation rows are exactly the val/ files, whatever val_size or seed says
+    fit, val = ds.train_val_indices(val_size=9, seed=5)
+    assert len(fit) == 10 and len(val) == 4 and set(fit.tolist()).isdisjoint(val.tolist())
+    val_pixels = {ds.train_x[i].numpy().tobytes() for i in val.tolist()}
+    on_disk = {np.asarray(Image.open(p)).transpose(2, 0, 1).tobytes() for p in sorted((root / "val").rglob("*.png"))}
+    assert val_pixels == on_disk
+    # statistics are of the images trained on, not of val/
+    train_only = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "train").rglob("*.png"))])
+    assert ds.mean == pytest.approx((train_only / 255.0).mean(axis=(0, 1, 2)).tolist(), abs=1e-4)
+
+
+def test_val_folder_is_the_run_validation_split(tmp_path):
+    import trainlab
+    from trainlab.training.callbacks import Callback
+
+    root = tmp_path / "d"
+    write_image_folder(root, classes=("a", "b"), per_class=12, split="train")
+    write_image_folder(root, classes=("a", "b"), per_class=3, split="val", seed=1)
+    seen = {}
+
+    class Sizes(Callback):
+        def on_fit_start(self, run):
+            seen.update(val=len(run.loaders["val"].labels), train=len(run.loaders["train"].labels))
+
+    trainlab.train({"dataset": f"folder:{root}", "model": "mlp", "epochs": 1, "batch_size": 4,
+                    "val_size": 10, "runs_dir": str(tmp_path / "runs"), "name": "v", "threads": 1},
+                   callbacks=[Sizes()])
+    # validated on the 6 val/ images (val_size = 10 would have taken 10 of train/); trained on
+    # what train/ leaves after the carved test split (10% of 24)
+    assert seen["val"] == 6 and seen["train"] == 24 - round(24 * folder_mod.TEST_FRACTION)
+    # the test split is carved from train/ only: val/ stays whole
+    ds = load(root)
+    assert ds.source["val_given"] == 6 and "test_carved" in ds.source
+    assert not any(f.startswith("val/") for f in ds.source["test_carved"]["files"])
 
 
 def test_split_layout_refuses_stray_folders_and_unknown_test_classes(tmp_path):

@@ -359,6 +359,9 @@ def cmd_data_info(args) -> int:
         print(f"files    modes {', '.join(f'{m} {n}' for m, n in src['modes'].items())}; sizes "
               f"{', '.join(f'{s} {n}' for s, n in list(src['sizes'].items())[:5])}"
               f"{' ...' if len(src['sizes']) > 5 else ''}; {src.get('ignored', 0)} other files ignored")
+        if src.get("val_given"):
+            print(f"val      the {src['val_given']} images in val/ (counted under train above): the "
+                  "runs validate on them, val_size is not used")
         if "test_carved" in src:
             print(f"test     carved: {src['test_carved']['fraction']:.0%} of each class, seed "
                   f"{src['test_carved']['seed']} ({len(src['test_carved']['files'])} files)")

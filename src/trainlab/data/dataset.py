@@ -20,6 +20,7 @@ import torch
 from trainlab.data import formats
 from trainlab.data.catalog import CATALOG, SPLIT_FILES
 from trainlab.data.idx import payload_sha256, read_idx
+from trainlab.data.loader import stratified_split
 from trainlab.data.sources import Source, check_recorded_hashes, locate, missing_files, split_file
 from trainlab.errors import ConfigError, DataError
 
@@ -39,6 +40,18 @@ class Dataset:
     source: dict = field(default_factory=dict)
     hashes: dict = field(default_factory=dict)  # split -> sha256 of the decoded payload
     spec: str | None = None  # what load_dataset reloads it from; None: given in memory (from_arrays)
+    # rows of train_x that the data itself names as validation (a folder's val/); None: the run
+    # carves `val_size` of them, stratified and seeded
+    val_rows: torch.Tensor | None = None
+
+    def train_val_indices(self, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) row indices of the training split: the data's own validation rows when it
+        has them, else `val_size` carved stratified with `seed`. The one place a run splits."""
+        if self.val_rows is None:
+            return stratified_split(self.train_y, val_size, seed)
+        keep = torch.ones(len(self.train_y), dtype=torch.bool)
+        keep[self.val_rows] = False
+        return torch.nonzero(keep).flatten(), self.val_rows.clone()
 
     @property
     def test_split(self) -> str:

@@ -5,10 +5,12 @@ Layouts (class names are the sorted folder names, recorded with the run):
     DIR/<class>/*.png|jpg|jpeg|bmp|gif|webp          one pool: a test split is carved from it
     DIR/train/<class>/...  [DIR/val/<class>/...]  [DIR/test/<class>/...]
 
-Files with other extensions and names starting with "." are ignored. A `val/` folder joins
-the training images (the run carves its validation split from them, `val_size`); without
-`test/`, a stratified test split (TEST_FRACTION of each class) is carved with the config's
-seed, and the files that went to test are recorded in the data source (meta.json).
+Files with other extensions and names starting with "." are ignored. A `val/` folder is the
+run's validation split as given (its images ride in the training tensors, named by
+`Dataset.val_rows`; `val_size` is not used); without it the run carves `val_size` from
+train/. Without `test/`, a stratified test split (TEST_FRACTION of each class) is carved from
+train/ with the config's seed, and the files that went to test are recorded in the data
+source (meta.json).
 
 Channels: every image is converted to one channel count, by default what most files have
 (1 for grey modes L, 1, I, I;16, LA; 3 for colour modes RGB, RGBA, P, CMYK, ...); alpha is
@@ -580,8 +582,8 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
     files = meta["files"]
     test_mask = splits == "test"
     carved = None
-    if not test_mask.any():
-        pool = np.nonzero(~test_mask)[0]
+    if not test_mask.any():  # carved from train/ only: a val/ folder stays whole
+        pool = np.nonzero(splits != "val")[0]
         n_test = round(len(pool) * TEST_FRACTION)
         if n_test < 1 or n_test >= len(pool):
             raise DataError(f"folder:{root}: {len(pool)} image{'s' if len(pool) != 1 else ''} are too few to "
@@ -598,9 +600,17 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
               "bad": [list(b) for b in bad[:100]], "ignored": meta["ignored"]}
     if carved:
         source["test_carved"] = carved
-    if "val" in set(meta["splits"]):
-        log.info("data: val/ joins the training images; the run carves its validation split (val_size) from them")
-    mean, std = mean_std_from_sums(meta["sums"][train_idx], meta["height"] * meta["width"])
+    # val/ images ride in the training split; val_rows names them, and the run validates on
+    # exactly those (val_size is not used)
+    val_rows = np.nonzero(splits[train_idx] == "val")[0]
+    if len(val_rows):
+        source["val_given"] = int(len(val_rows))
+        missing = sorted(set(meta["classes"]) - {meta["classes"][c] for c in set(labels[train_idx][val_rows].tolist())})
+        if missing:
+            log.warning("data: val/ has no images of %d class%s (%s): their validation accuracy is not measured",
+                        len(missing), "es" if len(missing) > 1 else "", ", ".join(missing[:5]))
+    fit_rows = train_idx[splits[train_idx] != "val"]  # statistics of what the model trains on
+    mean, std = mean_std_from_sums(meta["sums"][fit_rows], meta["height"] * meta["width"])
     from trainlab.config import parse_bytes
     from trainlab.data.loader import default_memory_budget
 
@@ -621,10 +631,12 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
                      hashes={"train_images": _sha256(split["train"]), "train_labels": payload_sha256(ty),
                              "test_images": _sha256(split["test"]), "test_labels": payload_sha256(sy)})
         ds.spec = f"folder:{root.resolve()}"
+        ds.val_rows = torch.from_numpy(val_rows) if len(val_rows) else None
         return ds
     ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
                      classes=meta["classes"], name=f"folder:{root}", source=source, mean=mean, std=std)
     ds.spec = f"folder:{root.resolve()}"
+    ds.val_rows = torch.from_numpy(val_rows) if len(val_rows) else None
     return ds
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from trainlab import models
 from trainlab.config import Config, parse_bytes
-from trainlab.data import Dataset, DeviceLoader, stratified_split
+from trainlab.data import Dataset, DeviceLoader
 from trainlab.errors import ConfigError
 from trainlab.inference import EVAL_BATCH
 from trainlab.training import distributed
@@ -26,9 +26,17 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
     called once, before threads, seeds or files are touched. Single values are checked by
     config.validate."""
     n_train = len(data.train_y)
-    if cfg.val_size >= n_train:
+    if data.val_rows is not None:  # the data names its validation rows (a folder's val/)
+        n_fit = n_train - len(data.val_rows)
+        if n_fit < 1:
+            raise ConfigError(f"{data.name}: every training image is in the validation split; "
+                              "put training images in train/")
+        log.info("data: the %d validation images are the data's own (val/); val_size is not used",
+                 len(data.val_rows))
+    elif cfg.val_size >= n_train:
         raise ConfigError(f"val_size = {cfg.val_size} is invalid: the training split has only {n_train} samples")
-    n_fit = n_train - cfg.val_size
+    else:
+        n_fit = n_train - cfg.val_size
     if cfg.train_per_class:  # a per-class subset of what validation leaves (training.finetune)
         from trainlab.training.finetune import train_indices
 
@@ -75,11 +83,12 @@ def build_augment(cfg: Config):
 
 def make_loaders(data: Dataset, cfg: Config, device, augment=None,
                  ctx: distributed.DistContext = distributed.DistContext()) -> dict[str, DeviceLoader]:
-    """Train / val / test loaders on `device`; val is carved from the training split.
+    """Train / val / test loaders on `device`; val is the data's own (a folder's val/) or
+    carved from the training split.
 
     Under DDP the training loader shards each epoch across ranks, and val/test are split
     rank::world so the ranks evaluate disjoint parts whose sums are all-reduced."""
-    train_idx, val_idx = stratified_split(data.train_y, cfg.val_size, cfg.seed)
+    train_idx, val_idx = data.train_val_indices(cfg.val_size, cfg.seed)
     if cfg.train_per_class:  # at most N per class of what validation leaves, seeded
         from trainlab.training.finetune import per_class_subset
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from trainlab import models
-from trainlab.data.loader import derive_seed, stratified_split
+from trainlab.data.loader import derive_seed
 from trainlab.errors import ConfigError
 from trainlab.inference import checkpoint_path, kept_weights
 from trainlab.store import runs
@@ -370,7 +370,7 @@ def setup(s, callbacks, fresh: bool) -> list:
 
 def train_indices(data, cfg) -> torch.Tensor:
     """The training indices a run uses: the split left after validation, subset per class."""
-    idx, _ = stratified_split(data.train_y, cfg.val_size, cfg.seed)
+    idx, _ = data.train_val_indices(cfg.val_size, cfg.seed)
     if cfg.train_per_class:
         idx = per_class_subset(data.train_y, idx, cfg.train_per_class, cfg.seed)
     return idx
