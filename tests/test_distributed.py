@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -102,3 +103,38 @@ def test_a_killed_rank_ends_the_job_in_bounded_time_and_resume_works(idx_dir, tm
 def test_sync_bn_on_cpu_is_refused_clearly(idx_dir, tmp_path):
     proc = run_cli(*common(idx_dir, tmp_path, "s", "--model", "mlp-reg", "--sync-bn"))
     assert proc.returncode == 2 and "sync_bn needs DDP on CUDA" in proc.stderr
+
+
+def test_a_join_that_never_returns_ends_the_process_in_one_sentence(tmp_path):
+    # gloo's listening side of a connect has no timeout: the watchdog is what bounds a join
+    code = ("import time\nfrom trainlab.training import distributed\n"
+            "with distributed._watchdog(0.5):\n    time.sleep(60)\n")
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, env=cli_env())
+    assert r.returncode == 1 and time.monotonic() - t < 40
+    assert r.stderr.strip().count("\n") == 0, r.stderr
+    assert "could not connect the training processes within 0.5 s" in r.stderr and "TRAINLAB_DIST_TIMEOUT" in r.stderr
+    # a join that returns leaves nothing behind
+    ok = subprocess.run([sys.executable, "-c", "import time\nfrom trainlab.training import distributed\n"
+                         "with distributed._watchdog(0.5):\n    pass\ntime.sleep(1.5)\nprint('alive')"],
+                        capture_output=True, text=True, timeout=50, env=cli_env())
+    assert ok.returncode == 0 and ok.stdout.strip() == "alive"
+
+
+def test_torchrun_restarts_with_a_shared_store_are_warned_and_the_launcher_opts_out(monkeypatch, capsys):
+    from trainlab.training import distributed
+
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("RANK", "0")
+    distributed.warn_shared_store()
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
+    for env, value in (("TORCHELASTIC_MAX_RESTARTS", "0"), ("TORCHELASTIC_USE_AGENT_STORE", "False"), ("RANK", "1")):
+        with monkeypatch.context() as m:
+            m.setenv(env, value)
+            distributed.warn_shared_store()
+            assert capsys.readouterr().err == ""
+    seen = {}
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd, env: seen.update(cmd=cmd, env=env) or 0)
+    assert distributed.launch(2, ["train"], max_restarts=1) == 0
+    assert seen["env"]["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and "--max-restarts=1" in seen["cmd"]

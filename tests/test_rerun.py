@@ -139,6 +139,30 @@ needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 
 @needs_proc
+@pytest.mark.timeout(600)
+def test_a_rank_killed_mid_run_under_max_restarts_completes_by_itself(idx_dir, tmp_path):
+    # Under load this hung before the launcher gave each round a fresh store (see
+    # distributed.FRESH_STORE_ENV): the restarted ranks read their predecessors' addresses.
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="120")
+    ddp = ("--nproc", "2")
+    assert run_cli(*args(idx_dir, tmp_path, "straight", *ddp), env=env, timeout=300).returncode == 0
+    run = tmp_path / "elastic"
+    proc = start_cli(*args(idx_dir, tmp_path, "elastic", *ddp, "--max-restarts", "2"), env=env,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(epoch_rows(run)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
+    assert len(workers) == 2, "the run ended before the kill: nothing was tested"
+    os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
+    _, err = proc.communicate(timeout=400)
+    trainlab_lines = [x for x in err.splitlines() if x.startswith(("trainlab:", "re-run:", "resume:", "data:"))]
+    assert proc.returncode == 0, "\n".join(trainlab_lines[-20:]) + "\n" + err[-1500:]
+    assert "continuing it from its newest checkpoint" in err
+    assert same(weights(run), weights(tmp_path / "straight"))  # the partial epoch redone, exactly
+
+
+@needs_proc
 def test_a_preempted_launcher_saves_and_the_same_command_finishes_the_run(idx_dir, tmp_path):
     env = cli_env(TRAINLAB_DIST_TIMEOUT="60")
     ddp = ("--nproc", "2")

@@ -8,10 +8,12 @@ metrics so every rank sees the same numbers, and lets rank 0 alone print and wri
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -45,10 +47,50 @@ def context() -> DistContext:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
+        warn_shared_store()
         # A bounded timeout: if a rank dies, the others fail here instead of waiting forever.
-        timeout = datetime.timedelta(seconds=float(os.environ.get("TRAINLAB_DIST_TIMEOUT", "120")))
-        dist.init_process_group(backend, timeout=timeout)
+        seconds = float(os.environ.get("TRAINLAB_DIST_TIMEOUT", "120"))
+        with _watchdog(seconds + JOIN_GRACE_S):
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
     return DistContext(rank, world, local)
+
+
+# torchrun's elastic agent hosts one TCP store for all rounds and workers join the process
+# group under the same keys each round, so a restarted rank can read a key its predecessor
+# wrote (a dead peer's address) and wait in gloo's connect, whose listening side has no
+# timeout (seen here under load: both restarted ranks waited for good). torch's opt-out,
+# TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, gives each round a fresh store.
+FRESH_STORE_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+JOIN_GRACE_S = 30.0  # beyond the join timeout before the watchdog ends a stuck join
+
+
+def warn_shared_store() -> None:
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and int(os.environ.get("RANK", "0")) == 0:
+        print("trainlab: warning: torchrun restarts with its store shared across rounds, where a restarted "
+              "group can wait on a previous round's keys; launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+              "(trainlab train --nproc N --max-restarts M sets it)", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _watchdog(seconds: float):
+    """Joining the group either returns or ends the process: a join still waiting after
+    `seconds` (one the timeouts below it did not catch) exits with one sentence, so torchrun
+    sees a failed worker (and restarts the group) instead of waiting for ever."""
+    done = threading.Event()
+
+    def watch():
+        if not done.wait(seconds):
+            print(f"trainlab: error: could not connect the training processes within {seconds:g} s; start the "
+                  "command again, or raise TRAINLAB_DIST_TIMEOUT (seconds, default 120) on a slow or busy "
+                  "machine", file=sys.stderr, flush=True)
+            os._exit(1)
+
+    threading.Thread(target=watch, name="trainlab-join-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def device_for(ctx: DistContext, requested: str) -> str:
@@ -138,4 +180,4 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            *([f"--max-restarts={max_restarts}"] if max_restarts else []), "-m", "trainlab", *argv]
     print("trainlab: launching " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env={**os.environ, **FRESH_STORE_ENV})
