@@ -16,8 +16,12 @@ The 70,000 Fashion-MNIST images are written once as grey PNG files in a temporar
                             memory-mapped cache in 64 MiB chunks
                  textbook   a torch Dataset opening each file with PIL per sample (convert L,
                             to float, normalize) + DataLoader(shuffle, batch 256), 0 and 2 workers
+               and each way's data alone (the batches iterated, no model): what the cache removes
+  accuracy     trainlab.train of the mlp (fast preset, 5 epochs) from the IDX files and from the
+               PNG folder, seeds 0 and 1: the same held-out images, read two ways
 
     flock /tmp/trainlab-bench.lock .venv/bin/python benchmarks/image_folder.py --threads 2
+    (--parts accuracy: only the accuracy part)
 """
 
 from __future__ import annotations
@@ -136,13 +140,41 @@ def epoch_time(loader, seed: int, precision) -> float:
     return time.perf_counter() - t
 
 
+def data_time(loader) -> float:
+    """One pass over the batches with no model: the data pipeline's own cost."""
+    t = time.perf_counter()
+    n = 0
+    for _, y in loader:
+        n += len(y)
+    return time.perf_counter() - t
+
+
+def accuracy_both_ways(idx_dir: Path, root: Path, work: Path, threads: int) -> None:
+    """The same training from the IDX files and from the PNG folder. The folder's training rows
+    are in class-folder order, not the IDX order, so the seeded validation carve and the batch
+    order differ: the runs are alike, not identical; two seeds show the spread."""
+    import trainlab
+
+    for seed in (0, 1):
+        accs = {}
+        for how, spec in (("IDX", {"dataset": "fashion-mnist", "data_dir": str(idx_dir)}),
+                          ("folder", {"dataset": f"folder:{root}"})):
+            r = trainlab.train({**spec, "model": "mlp", "recipe": "fast", "epochs": 5, "seed": seed,
+                                "threads": threads, "runs_dir": str(work / "runs"), "quiet": True})
+            accs[how] = r.test_accuracy
+        print(f"accuracy seed {seed}: mlp fast 5 epochs, held-out test: IDX {accs['IDX']:.2%}, "
+              f"folder {accs['folder']:.2%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="decode runs per process count")
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per loader")
     ap.add_argument("--data", default=os.environ.get("TRAINLAB_DATA", str(ROOT.parent / "shared/data/fashion-mnist")))
+    ap.add_argument("--parts", default="decode,start,epochs,accuracy")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
     import PIL
 
@@ -155,10 +187,14 @@ def main() -> None:
         root = work / "fashion"
         print(f"wrote 70,000 PNG files in {write_pngs(Path(args.data), root):.1f} s "
               f"({sum(f.stat().st_size for f in root.rglob('*.png')) / 2**20:.1f} MiB)")
-        for w in (1, 2):
+        if "accuracy" in parts:
+            accuracy_both_ways(Path(args.data), root, work, args.threads)
+        for w in ((1, 2) if "decode" in parts else ()):
             rates = time_decode(root, w, args.repeat, work)
             print(f"decode {w} process{'es' if w > 1 else ''}: median {statistics.median(rates):,.0f} images/s "
                   f"(runs: {', '.join(f'{r:,.0f}' for r in rates)})")
+        if "start" not in parts and "epochs" not in parts:
+            return
         first = time_to_first_step(root, args.threads)
         cached = [time_to_first_step(root, args.threads) for _ in range(3)]
         print(f"time to the first training step: first run {first:.2f} s, cached run median "
@@ -193,12 +229,17 @@ def main() -> None:
                 assert loader.streaming
             times = [epoch_time(loader, 0, precision) for _ in range(args.epochs)]
             results[name] = (statistics.median(times), min(times))
+            data_only = statistics.median(data_time(loader) for _ in range(args.epochs))
+            results[name + " data"] = data_only
             print(f"epoch {name}: median {results[name][0]:.2f} s, fastest {results[name][1]:.2f} s "
-                  f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
+                  f"(runs: {', '.join(f'{t:.2f}' for t in times)}); data alone {data_only:.2f} s")
         for i, what in ((0, "medians"), (1, "fastest runs")):  # the fastest: steadier on a shared machine
             best_textbook = min(results["textbook, 0 workers"][i], results["textbook, 2 workers"][i])
             print(f"ratios ({what}): textbook best / resident = {best_textbook / results['resident'][i]:.2f}x; "
                   f"streamed / resident = {results['streamed'][i] / results['resident'][i]:.2f}x")
+        best_data = min(results["textbook, 0 workers data"], results["textbook, 2 workers data"])
+        print(f"ratio (data alone, medians): textbook best / resident = {best_data / results['resident data']:.1f}x; "
+              f"streamed / resident = {results['streamed data'] / results['resident data']:.1f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
