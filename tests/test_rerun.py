@@ -190,11 +190,12 @@ def _free_port() -> int:
 
 
 def test_two_nodes_give_what_one_node_with_two_processes_gives(idx_dir, tmp_path):
-    env = cli_env(TRAINLAB_DIST_TIMEOUT="60")
+    # the README's several-node command: a fresh store per round, restarts allowed
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="60", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
     port = _free_port()
     agents = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d",
-         f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=trainlab-test-{port}", "-m", "trainlab",
+         f"--rdzv_endpoint=127.0.0.1:{port}", f"--rdzv_id=trainlab-test-{port}", "--max-restarts=1", "-m", "trainlab",
          *args(idx_dir, tmp_path, "two-nodes", "--epochs", "2")], env=env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for agent in agents:
