@@ -495,3 +495,13 @@ def test_temporary_folders_left_by_a_killed_process_are_removed_a_day_later(tmp_
     os.utime(old, (0, 0))
     load(root)
     assert not old.exists() and new.exists()  # a fresh one may belong to a process still decoding
+
+
+def test_a_folder_with_too_many_files_is_refused_before_any_is_read(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=3)
+    monkeypatch.setattr(folder_mod, "MAX_FILES", 5)
+    with pytest.raises(DataError, match=r"over 5 files; is this the right folder\?"):
+        folder_mod.scan(root)
+    monkeypatch.setattr(folder_mod, "MAX_FILES", 9)
+    s = folder_mod.scan(root)  # the threads' listings join in sorted order
+    assert [e.rel for e in s.entries] == [f"{c}/{i:04d}.png" for c in "abc" for i in range(3)]
