@@ -135,6 +135,18 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _start_ddp(argv, env, run: Path, epochs: int):
+    """A `--nproc 2` run started; returns (launcher, its two workers) once `epochs` epochs are
+    written, so that what the test does next happens mid-run."""
+    proc = start_cli(*argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while len(epoch_rows(run)) < epochs and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
+    assert len(workers) == 2, "the run ended before the test acted: nothing was tested"
+    return proc, workers
+
+
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
 
@@ -147,13 +159,7 @@ def test_a_rank_killed_mid_run_under_max_restarts_completes_by_itself(idx_dir, t
     ddp = ("--nproc", "2")
     assert run_cli(*args(idx_dir, tmp_path, "straight", *ddp), env=env, timeout=300).returncode == 0
     run = tmp_path / "elastic"
-    proc = start_cli(*args(idx_dir, tmp_path, "elastic", *ddp, "--max-restarts", "2"), env=env,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while len(epoch_rows(run)) < 2 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
-    assert len(workers) == 2, "the run ended before the kill: nothing was tested"
+    proc, workers = _start_ddp(args(idx_dir, tmp_path, "elastic", *ddp, "--max-restarts", "2"), env, run, 2)
     os.kill(workers[-1], signal.SIGKILL)  # one rank dies mid-run
     _, err = proc.communicate(timeout=400)
     trainlab_lines = [x for x in err.splitlines() if x.startswith(("trainlab:", "re-run:", "resume:", "data:"))]
@@ -212,13 +218,7 @@ def test_two_nodes_give_what_one_node_with_two_processes_gives(idx_dir, tmp_path
 def test_a_hung_rank_ends_in_one_sentence_not_an_endless_wait(idx_dir, tmp_path):
     env = cli_env(TRAINLAB_DIST_TIMEOUT="30")  # long enough to start on a busy machine
     run = tmp_path / "hung"
-    proc = start_cli(*args(idx_dir, tmp_path, "hung", "--nproc", "2", "--epochs", "20"), env=env,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while len(epoch_rows(run)) < 1 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
-    assert len(workers) == 2, "the run ended before the stop: nothing was tested"
+    proc, workers = _start_ddp(args(idx_dir, tmp_path, "hung", "--nproc", "2", "--epochs", "20"), env, run, 1)
     os.kill(workers[-1], signal.SIGSTOP)  # alive but silent: a hang, not a death
     try:
         deadline = time.monotonic() + 120
