@@ -505,3 +505,19 @@ def test_a_folder_with_too_many_files_is_refused_before_any_is_read(tmp_path, mo
     monkeypatch.setattr(folder_mod, "MAX_FILES", 9)
     s = folder_mod.scan(root)  # the threads' listings join in sorted order
     assert [e.rel for e in s.entries] == [f"{c}/{i:04d}.png" for c in "abc" for i in range(3)]
+
+
+def test_data_whose_every_training_row_is_validation_is_refused_in_one_sentence(tmp_path):
+    import torch
+
+    import trainlab
+    from trainlab.data import from_arrays
+
+    g = torch.Generator().manual_seed(0)
+    ds = from_arrays(torch.randint(0, 255, (8, 1, 6, 6), dtype=torch.uint8, generator=g), torch.arange(8) % 2,
+                     torch.randint(0, 255, (4, 1, 6, 6), dtype=torch.uint8, generator=g), torch.arange(4) % 2)
+    ds.val_rows = torch.arange(8)
+    with pytest.raises(ConfigError, match="every training image is in the validation split"):
+        trainlab.train({"model": "mlp", "epochs": 1, "batch_size": 2, "runs_dir": str(tmp_path / "runs"),
+                        "threads": 1}, data=ds)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

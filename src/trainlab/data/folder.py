@@ -615,14 +615,16 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
         source["test_carved"] = carved
     # val/ images ride in the training split; val_rows names them, and the run validates on
     # exactly those (val_size is not used)
-    val_rows = np.nonzero(splits[train_idx] == "val")[0]
+    is_val = splits[train_idx] == "val"
+    val_rows = np.nonzero(is_val)[0]
+    given_val = torch.from_numpy(val_rows) if len(val_rows) else None
     if len(val_rows):
         source["val_given"] = int(len(val_rows))
         missing = sorted(set(meta["classes"]) - {meta["classes"][c] for c in set(labels[train_idx][val_rows].tolist())})
         if missing:
             log.warning("data: val/ has no images of %d class%s (%s): their validation accuracy is not measured",
                         len(missing), "es" if len(missing) > 1 else "", ", ".join(missing[:5]))
-    fit_rows = train_idx[splits[train_idx] != "val"]  # statistics of what the model trains on
+    fit_rows = train_idx[~is_val]  # statistics of what the model trains on
     mean, std = mean_std_from_sums(meta["sums"][fit_rows], meta["height"] * meta["width"])
     from trainlab.config import parse_bytes
     from trainlab.data.loader import default_memory_budget
@@ -644,12 +646,12 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
                      hashes={"train_images": _sha256(split["train"]), "train_labels": payload_sha256(ty),
                              "test_images": _sha256(split["test"]), "test_labels": payload_sha256(sy)})
         ds.spec = f"folder:{root.resolve()}"
-        ds.val_rows = torch.from_numpy(val_rows) if len(val_rows) else None
+        ds.val_rows = given_val
         return ds
     ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
                      classes=meta["classes"], name=f"folder:{root}", source=source, mean=mean, std=std)
     ds.spec = f"folder:{root.resolve()}"
-    ds.val_rows = torch.from_numpy(val_rows) if len(val_rows) else None
+    ds.val_rows = given_val
     return ds
 
 
