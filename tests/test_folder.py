@@ -80,6 +80,9 @@ def test_split_layout_uses_test_and_val_folders_as_given(tmp_path):
     val_pixels = {ds.train_x[i].numpy().tobytes() for i in val.tolist()}
     on_disk = {np.asarray(Image.open(p)).transpose(2, 0, 1).tobytes() for p in sorted((root / "val").rglob("*.png"))}
     assert val_pixels == on_disk
+    # larger than memory (the splits stay memory-mapped): the same validation rows
+    mapped = load(root, memory_budget="1B")
+    assert mapped.source.get("mapped") and np.array_equal(mapped.val_rows.numpy(), ds.val_rows.numpy())
     # statistics are of the images trained on, not of val/
     train_only = np.stack([np.asarray(Image.open(p)) for p in sorted((root / "train").rglob("*.png"))])
     assert ds.mean == pytest.approx((train_only / 255.0).mean(axis=(0, 1, 2)).tolist(), abs=1e-4)
