@@ -169,4 +169,4 @@ def payload_sha256(arr: np.ndarray) -> str:
     arr = np.ascontiguousarray(arr)
     if arr.dtype.itemsize > 1:
         arr = arr.astype(arr.dtype.newbyteorder(">"))
-    return hashlib.sha256(arr.tobytes()).hexdigest()
+    return hashlib.sha256(memoryview(arr.reshape(-1)).cast("B")).hexdigest()  # the bytes, not a copy
