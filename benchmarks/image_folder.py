@@ -16,7 +16,10 @@ The 70,000 Fashion-MNIST images are written once as grey PNG files in a temporar
                             memory-mapped cache in 64 MiB chunks
                  textbook   a torch Dataset opening each file with PIL per sample (convert L,
                             to float, normalize) + DataLoader(shuffle, batch 256), 0 and 2 workers
-               and each way's data alone (the batches iterated, no model): what the cache removes
+               and each way's data alone (the batches iterated, no model): what the cache removes,
+               and the model alone (the same batches made beforehand: the ceiling of any
+               loader's ratio for that model); for cnn-fast and then the mlp (--models), whose
+               smaller compute shows more of the data pipeline's share
   accuracy     trainlab.train of the mlp (fast preset, 5 epochs) from the IDX files and from the
                PNG folder, seeds 0 and 1: the same held-out images, read two ways
 
@@ -49,6 +52,7 @@ from trainlab.data import folder as folder_mod
 from trainlab.data.idx import read_idx
 from trainlab.data.sources import split_file
 from trainlab.models import build
+from trainlab.models import info as model_info
 
 MEAN, STD = 0.2861, 0.3528
 
@@ -114,10 +118,13 @@ class PILFolder(Dataset):
         return (torch.from_numpy(a)[None] - MEAN) / STD, int(self.labels[i])
 
 
-def epoch_time(loader, seed: int, precision) -> float:
-    """One epoch as trainlab trains cnn-fast here: channels_last, the `auto` precision."""
+def epoch_time(loader, seed: int, precision, model_name: str = "cnn-fast") -> float:
+    """One epoch as trainlab trains the model here: channels_last for a conv model, the `auto`
+    precision."""
     torch.manual_seed(seed)
-    model = build("cnn-fast", (1, 28, 28), 10).to(memory_format=torch.channels_last)
+    model = build(model_name, (1, 28, 28), 10)
+    if model_info(model_name).conv:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -173,6 +180,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per loader")
     ap.add_argument("--data", default=os.environ.get("TRAINLAB_DATA", str(ROOT.parent / "shared/data/fashion-mnist")))
     ap.add_argument("--parts", default="decode,start,epochs,accuracy")
+    ap.add_argument("--models", default="cnn-fast,mlp", help="models timed in the epochs part")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
@@ -226,30 +234,38 @@ def epochs_each_way(root: Path, args) -> None:
                                                   shuffle=True, num_workers=0),
         "textbook, 2 workers": lambda: DataLoader(PILFolder(files, meta["labels"]), batch_size=256,
                                                   shuffle=True, num_workers=2, persistent_workers=False),
+        # the ceiling: the same batches made beforehand, so an epoch is the model's compute only
+        "model alone": lambda: list(ways["resident"]()),
     }
     from trainlab.training.precision import resolve_precision
 
-    precision = resolve_precision("auto", torch.device("cpu"), "cnn-fast")
-    print(f"model cnn-fast, channels_last, precision {precision.name} ({precision.reason}), AdamW, batch 256")
-    results = {}
-    for name, make in ways.items():
-        loader = make()
-        if name == "streamed":
-            assert loader.streaming
-        times = [epoch_time(loader, 0, precision) for _ in range(args.epochs)]
-        results[name] = (statistics.median(times), min(times))
-        data_only = statistics.median(data_time(loader) for _ in range(args.epochs))
-        results[name + " data"] = data_only
-        print(f"epoch {name}: median {results[name][0]:.2f} s, fastest {results[name][1]:.2f} s "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times)}); data alone {data_only:.2f} s")
-    for i, what in ((0, "medians"), (1, "fastest runs")):  # the fastest: steadier on a shared machine
-        best_textbook = min(results["textbook, 0 workers"][i], results["textbook, 2 workers"][i])
-        print(f"ratios ({what}): textbook best / resident = {best_textbook / results['resident'][i]:.2f}x; "
-              f"streamed / resident = {results['streamed'][i] / results['resident'][i]:.2f}x")
-    best_data = min(results["textbook, 0 workers data"], results["textbook, 2 workers data"])
-    print(f"ratio (data alone, medians): textbook best / resident = {best_data / results['resident data']:.1f}x; "
-          f"streamed / resident = {results['streamed data'] / results['resident data']:.1f}x")
-
+    data_only = {}
+    for model_name in args.models.split(","):
+        precision = resolve_precision("auto", torch.device("cpu"), model_name)
+        print(f"model {model_name}{', channels_last' if model_info(model_name).conv else ''}, precision "
+              f"{precision.name} ({precision.reason}), AdamW, batch 256")
+        results = {}
+        for name, make in ways.items():
+            loader = make()
+            if name == "streamed":
+                assert loader.streaming
+            times = [epoch_time(loader, 0, precision, model_name) for _ in range(args.epochs)]
+            results[name] = (statistics.median(times), min(times))
+            if name not in data_only and name != "model alone":  # the same for every model
+                data_only[name] = statistics.median(data_time(loader) for _ in range(args.epochs))
+            alone = f"; data alone {data_only[name]:.2f} s" if name in data_only else ""
+            print(f"epoch {model_name} {name}: median {results[name][0]:.2f} s, fastest {results[name][1]:.2f} s "
+                  f"(runs: {', '.join(f'{t:.2f}' for t in times)}){alone}")
+            del loader
+        for i, what in ((0, "medians"), (1, "fastest runs")):  # the fastest: steadier on a shared machine
+            best_textbook = min(results["textbook, 0 workers"][i], results["textbook, 2 workers"][i])
+            print(f"ratios {model_name} ({what}): textbook best / resident = "
+                  f"{best_textbook / results['resident'][i]:.2f}x (ceiling: textbook best / model alone = "
+                  f"{best_textbook / results['model alone'][i]:.2f}x); "
+                  f"streamed / resident = {results['streamed'][i] / results['resident'][i]:.2f}x")
+    best_data = min(data_only["textbook, 0 workers"], data_only["textbook, 2 workers"])
+    print(f"ratio (data alone, medians): textbook best / resident = {best_data / data_only['resident']:.1f}x; "
+          f"streamed / resident = {data_only['streamed'] / data_only['resident']:.1f}x")
 
 if __name__ == "__main__":
     main()
