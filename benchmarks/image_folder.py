@@ -53,6 +53,7 @@ from trainlab.data.idx import read_idx
 from trainlab.data.sources import split_file
 from trainlab.models import build
 from trainlab.models import info as model_info
+from trainlab.store.runs import cpu_model
 
 MEAN, STD = 0.2861, 0.3528
 
@@ -186,7 +187,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import PIL
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, torch {torch.__version__}, Pillow {PIL.__version__}, "
           f"numpy {np.__version__}, {args.threads} torch threads")
     work = Path(tempfile.mkdtemp(prefix="trainlab-imgbench-"))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import trainlab  # noqa: E402
 from trainlab.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from trainlab.store.runs import cpu_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 
@@ -61,7 +61,7 @@ def main() -> None:
     fashion = os.environ.get("TRAINLAB_DATA") or str(SHARED / "fashion-mnist")
     digits = str(SHARED / "mnist-10k")
     work = Path(tempfile.mkdtemp(prefix="trainlab-transfer-"))
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"# machine: {cpu_model()}, {os.cpu_count()} cores, "
           f"{args.threads} threads; torch {torch.__version__}; trainlab {trainlab.__version__}")
 
     t0 = time.perf_counter()
