@@ -130,11 +130,12 @@ def epoch_time(loader, seed: int, precision, model_name: str = "cnn-fast") -> fl
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     cpu = torch.device("cpu")
+    layout = torch.channels_last if model_info(model_name).conv else torch.contiguous_format
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
         with precision.autocast(cpu):
-            loss = loss_fn(model(x.contiguous(memory_format=torch.channels_last)), y)
+            loss = loss_fn(model(x.contiguous(memory_format=layout)), y)
         loss.backward()
         opt.step()
 
@@ -241,7 +242,7 @@ def epochs_each_way(root: Path, args) -> None:
     from trainlab.training.precision import resolve_precision
 
     data_only = {}
-    for model_name in args.models.split(","):
+    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
         precision = resolve_precision("auto", torch.device("cpu"), model_name)
         print(f"model {model_name}{', channels_last' if model_info(model_name).conv else ''}, precision "
               f"{precision.name} ({precision.reason}), AdamW, batch 256")
@@ -267,6 +268,7 @@ def epochs_each_way(root: Path, args) -> None:
     best_data = min(data_only["textbook, 0 workers"], data_only["textbook, 2 workers"])
     print(f"ratio (data alone, medians): textbook best / resident = {best_data / data_only['resident']:.1f}x; "
           f"streamed / resident = {data_only['streamed'] / data_only['resident']:.1f}x")
+
 
 if __name__ == "__main__":
     main()

@@ -238,3 +238,19 @@ def test_prop_mutated_files(fuzz_dir, arr, mutations, where):
     path = fuzz_dir / ("m" if where == "raw" else "m.gz")
     path.write_bytes(data)
     check_bounded(lambda: read_idx(path), bound)
+
+
+@pytest.mark.parametrize("arr", [
+    np.arange(12, dtype=np.int64),
+    np.arange(12, dtype=np.int64).astype(">i8"),
+    np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    np.arange(24, dtype=np.uint8).reshape(4, 6)[:, ::2],
+    np.zeros((0, 3), dtype=np.int64),
+    np.int64(7),
+], ids=["int64", "int64-big-endian", "float32", "uint8-strided", "empty", "0-d"])
+def test_payload_hash_is_that_of_the_big_endian_bytes_whatever_the_layout(arr):
+    import hashlib
+
+    flat = np.ascontiguousarray(arr)
+    expected = flat.astype(flat.dtype.newbyteorder(">")) if flat.dtype.itemsize > 1 else flat
+    assert payload_sha256(arr) == hashlib.sha256(expected.tobytes()).hexdigest()

@@ -90,8 +90,9 @@ def _pillow():
 
 @dataclass
 class Scan:
-    """The image files in scan order, one column per field: 70,000 small objects (one per file)
-    measured 1.5x slower to make than these lists, most of it the garbage collector's passes."""
+    """The image files in scan order, one column per field: a scan making one small object per
+    file measured 1.32x slower for 70,000 files (benchmarks/RESULTS.md), most of it the
+    garbage collector's passes over them."""
     root: Path
     layout: str  # "classes" (DIR/<class>/) or "splits" (DIR/train/<class>/...)
     classes: list[str]
@@ -100,7 +101,7 @@ class Scan:
     labels: list[int] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     mtimes_ns: list[int] = field(default_factory=list)
-    ignored: int = 0  # files skipped for their extension or a leading "."
+    ignored: int = 0  # entries skipped: another extension, a leading ".", not a regular file
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -139,7 +140,7 @@ def scan(root: str | os.PathLike) -> Scan:
                 raise DataError(f"folder:{root}: {split}/{name}/ is a class that train/ does not have; "
                                 f"every class of {split}/ needs a folder in train/ too")
             jobs.append((base / name, f"{split}/{name}/" if split else f"{name}/", index[name], split or "train"))
-    # Listing and stat-ing is most of a cached start (70,000 files: ~0.4 s). One thread: a
+    # Listing and stat-ing is most of a cached start (70,000 files: ~0.3 s). One thread: a
     # pool of 4 threads measured 2x slower here (the per-file Python work holds the GIL).
     total = [0]
     for job in jobs:

@@ -164,9 +164,11 @@ def write_idx(path: str | os.PathLike, arr: np.ndarray, compress: bool | None = 
 def payload_sha256(arr: np.ndarray) -> str:
     """Content hash of the decoded payload: the bytes after the IDX header.
 
-    Independent of gzip, so the same data downloaded or converted hashes the same.
+    Independent of gzip, so the same data downloaded or converted hashes the same. Numeric
+    arrays: the bytes are hashed in place (no copy when the array is already contiguous and
+    big-endian or one byte wide, as IDX data and images are).
     """
     arr = np.ascontiguousarray(arr)
     if arr.dtype.itemsize > 1:
-        arr = arr.astype(arr.dtype.newbyteorder(">"))
-    return hashlib.sha256(memoryview(arr.reshape(-1)).cast("B")).hexdigest()  # the bytes, not a copy
+        arr = arr.astype(arr.dtype.newbyteorder(">"), copy=False)
+    return hashlib.sha256(memoryview(arr.reshape(-1)).cast("B")).hexdigest()
