@@ -307,16 +307,72 @@ def test_a_damaged_cache_is_decoded_again(tmp_path, caplog):
     root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
     first = load(root)
     (cache,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").iterdir()
-    (cache / "meta.json").write_text("{not json")
-    with caplog.at_level(logging.INFO, "trainlab.data"):
-        again = load(root)
-    assert _decoded(caplog)
+    for damage in ("{not json", "[1, 2]"):
+        (cache / "meta.json").write_text(damage)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "trainlab.data"):
+            again = load(root)
+        assert _decoded(caplog)
     assert np.array_equal(first.train_x.numpy(), again.train_x.numpy())
     (cache / "images.npy").write_bytes(b"\x93NUMPY garbage")
     caplog.clear()
     with caplog.at_level(logging.INFO, "trainlab.data"):
         load(root)
     assert _decoded(caplog)
+
+
+# Each edit leaves meta.json valid JSON of the right shape but no longer true of the folder:
+# the cache is decoded again, never trusted (a label out of range would reach the loss).
+META_EDITS = {
+    "a label out of range": lambda m: m["labels"].__setitem__(0, 99),
+    "a negative label": lambda m: m["labels"].__setitem__(0, -1),
+    "a label of another type": lambda m: m["labels"].__setitem__(0, "x"),
+    "a file moved to another class": lambda m: m["labels"].__setitem__(0, 1),
+    "an unknown split": lambda m: m["splits"].__setitem__(0, "elsewhere"),
+    "every file a test file": lambda m: m.__setitem__("splits", ["test"] * len(m["splits"])),
+    "other class names": lambda m: m.__setitem__("classes", [str(i) for i in range(1000)]),
+    "a file not in the folder": lambda m: m["files"].__setitem__(0, "../../etc/passwd"),
+    "a file twice": lambda m: m["files"].__setitem__(1, m["files"][0]),
+    "a file dropped": lambda m: (m["files"].pop(), m["labels"].pop(), m["splits"].pop()),
+    "a good file listed as bad": lambda m: m["bad"].append([m["files"][0], "edited"]),
+    "a bad-file entry of another shape": lambda m: m["bad"].append([1]),
+    "bad not a list": lambda m: m.__setitem__("bad", 5),
+    "modes not counts": lambda m: m.__setitem__("modes", [1, 2]),
+    "a size of another type": lambda m: m.__setitem__("height", "16"),
+    "no channels": lambda m: m.__setitem__("channels", 0),
+    "another policy's image_size": lambda m: m.__setitem__("image_size", 8),
+    "an empty object": lambda m: m.clear(),
+}
+
+
+@pytest.mark.parametrize("with_bad", [False, True], ids=["clean", "with-bad-files"])
+@pytest.mark.parametrize("edit", META_EDITS, ids=list(META_EDITS))
+def test_an_edited_cache_meta_is_decoded_again_not_trusted(tmp_path, caplog, edit, with_bad):
+    import torch
+
+    root = _bad_folder(tmp_path) if with_bad else write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    first = load(root, skip_bad=with_bad)
+    (cache,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").iterdir()
+    meta = json.loads((cache / "meta.json").read_text())
+    META_EDITS[edit](meta)
+    (cache / "meta.json").write_text(json.dumps(meta))
+    for budget in (None, "1"):  # resident, and the splits kept memory-mapped
+        caplog.clear()
+        with caplog.at_level(logging.INFO, "trainlab.data"):
+            again = load(root, skip_bad=with_bad, memory_budget=budget)
+        assert _decoded(caplog) == (budget is None)  # the first load decodes and rewrites the cache
+        assert again.classes == first.classes and torch.equal(again.train_y, first.train_y)
+        assert torch.equal(again.test_y, first.test_y) and torch.equal(again.train_x, first.train_x)
+
+
+def test_a_cache_with_bad_files_listed_is_read_again_as_it_is(tmp_path, caplog):
+    root = _bad_folder(tmp_path)
+    load(root, skip_bad=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, "trainlab.data"):
+        ds = load(root, skip_bad=True)
+    assert not _decoded(caplog) and "read the decoded cache" in caplog.text
+    assert ds.source["skipped_bad"] == 4
 
 
 def test_parallel_decoding_gives_the_same_array(tmp_path):

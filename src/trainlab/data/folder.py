@@ -440,24 +440,63 @@ def _write_meta(path: Path, meta: dict) -> None:
         json.dump(meta, f)
 
 
-def _read_cache(folder: Path, key: str) -> tuple[np.ndarray, dict] | None:
-    meta_path, images_path = folder / "meta.json", folder / "images.npy"
+def _read_cache(folder: Path, s: Scan, image_size: int | None) -> tuple[np.ndarray, dict] | None:
+    """The cache's images (memory-mapped) and meta, or None when anything in it is damaged or
+    does not describe this scan: the caller then decodes again."""
+    meta_path, images_path, sums_path = folder / "meta.json", folder / "images.npy", folder / "sums.npy"
     try:
         if meta_path.stat().st_size > _MAX_META:
             return None
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not _meta_describes(meta, s, image_size):
+            return None
         n = len(meta["files"])
         shape = (n, meta["channels"], meta["height"], meta["width"])
+        if sums_path.stat().st_size > n * shape[1] * 2 * 8 + 4096:  # a bound before reading it
+            return None
         images = np.load(images_path, mmap_mode="r", allow_pickle=False) if n else np.zeros(shape, np.uint8)
-        sums = np.load(folder / "sums.npy", allow_pickle=False)
+        sums = np.load(sums_path, allow_pickle=False)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if meta.get("version") != CACHE_VERSION or images.dtype != np.uint8 or images.shape != shape \
-            or len(meta["labels"]) != n or len(meta["splits"]) != n or sums.shape != (n, shape[1], 2) \
-            or sums.dtype != np.int64:
+    if images.dtype != np.uint8 or images.shape != shape or sums.shape != (n, shape[1], 2) or sums.dtype != np.int64:
         return None
     meta["sums"] = sums
     return images, meta
+
+
+def _is_int(v, low: int, high: int | None = None) -> bool:
+    return type(v) is int and v >= low and (high is None or v <= high)
+
+
+def _counts(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_int(c, 0) for k, c in v.items())
+
+
+def _meta_describes(meta, s: Scan, image_size: int | None) -> bool:
+    """Whether a cache's meta.json is well formed and agrees with the scan it is keyed by: the
+    files are the scan's (in its order) with their own labels and splits, and every other file
+    of the scan is listed as bad. A damaged or edited meta.json is decoded again, never trusted."""
+    if not (isinstance(meta, dict) and meta.get("version") == CACHE_VERSION and meta.get("layout") == s.layout
+            and meta.get("classes") == s.classes and meta.get("image_size") == image_size
+            and meta.get("channels") in (1, 3) and type(meta.get("channels")) is int
+            and _is_int(meta.get("width"), 1, MAX_SIDE) and _is_int(meta.get("height"), 1, MAX_SIDE)
+            and isinstance(meta.get("policy"), str) and meta.get("ignored") == s.ignored
+            and _counts(meta.get("modes")) and _counts(meta.get("sizes"))):
+        return False
+    files, bad = meta.get("files"), meta.get("bad")
+    if not (isinstance(files, list) and isinstance(bad, list) and len(files) + len(bad) == len(s.rels)):
+        return False
+    if not all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
+        return False
+    if not bad:  # the usual case, in one comparison per list
+        return files == s.rels and meta.get("labels") == s.labels and meta.get("splits") == s.splits
+    where = {r: i for i, r in enumerate(s.rels)}
+    rows = [where.get(f, -1) if isinstance(f, str) else -1 for f in files]
+    if any(b <= a for a, b in zip([-1] + rows, rows)):  # each a scanned file, in scan order, once
+        return False
+    if {b[0] for b in bad} != set(s.rels) - set(files):
+        return False
+    return meta.get("labels") == [s.labels[i] for i in rows] and meta.get("splits") == [s.splits[i] for i in rows]
 
 
 STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed process
@@ -486,7 +525,7 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
     key = cache_key(s, image_size, None)
     base = cache_root() / "folder"
     final = base / key
-    hit = _read_cache(final, key) if final.is_dir() else None
+    hit = _read_cache(final, s, image_size) if final.is_dir() else None
     if hit is not None:
         log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
         return hit[0], hit[1], s
@@ -517,7 +556,7 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    hit = _read_cache(final, key)
+    hit = _read_cache(final, s, image_size)
     if hit is None:
         raise DataError(f"the decode cache {final} cannot be read back; remove it and try again")
     log.info("data: decoded %d images of %s into the cache %s", len(meta["files"]), s.root, final)
