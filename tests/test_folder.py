@@ -533,6 +533,77 @@ def test_a_mapped_dataset_is_not_read_into_memory(tmp_path):
     assert ds.mean == plain.mean and ds.std == plain.std
 
 
+@pytest.mark.parametrize("damage", ["truncated", "another shape", "not an array", "missing"])
+def test_damaged_mapped_splits_are_written_again(tmp_path, caplog, damage):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=10, size=(12, 10))
+    first = load(root, memory_budget="1B")
+    pixels, hashes = first.train_x.numpy().copy(), first.hashes
+    del first  # its mapping is of the file damaged below
+    (split,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").glob("*/splits-*")
+    train = split / "train.npy"
+    if damage == "truncated":
+        train.write_bytes(train.read_bytes()[:-50])
+    elif damage == "another shape":
+        np.save(train, np.zeros((3, 3, 10, 12), np.uint8))
+    elif damage == "not an array":
+        train.write_bytes(b"hello")
+    else:
+        train.unlink()
+    with caplog.at_level(logging.WARNING, "trainlab.data"):
+        again = load(root, memory_budget="1B")
+    assert "are damaged; writing them again" in caplog.text
+    assert np.array_equal(again.train_x.numpy(), pixels) and again.hashes == hashes
+
+
+def _full_disk_on_write(monkeypatch):
+    """Every new .npy written through open_memmap fails as on a full disk; reading still works."""
+    import errno
+
+    real = np.lib.format.open_memmap
+
+    def open_memmap(*a, mode="r+", **k):
+        if mode == "w+":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, mode=mode, **k)
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", open_memmap)
+
+
+def test_mapped_splits_on_a_full_disk_end_in_one_sentence_and_leave_nothing(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=10, size=(12, 10))
+    load(root)  # the decode cache, then the splits' writes fail as on a full disk
+    _full_disk_on_write(monkeypatch)
+    with pytest.raises(DataError, match=r"the memory-mapped splits cannot be written in .*No space left on device.*"
+                                        r"XDG_CACHE_HOME") as e:
+        load(root, memory_budget="1B")
+    assert "\n" not in str(e.value)
+    (cache,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").iterdir()
+    assert sorted(p.name for p in cache.iterdir()) == ["images.npy", "meta.json", "sums.npy"]
+
+
+def test_decoding_on_a_full_or_read_only_cache_ends_in_one_sentence_and_leaves_nothing(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    base = Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder"
+    with monkeypatch.context() as m:
+        _full_disk_on_write(m)
+        with pytest.raises(DataError, match=r"decoding into the cache .* failed \(No space left on device\); free "
+                                            r"some space or set XDG_CACHE_HOME") as e:
+            load(root)
+    assert "\n" not in str(e.value) and not list(base.iterdir())  # no temporary folder left
+    with monkeypatch.context() as m:  # the cache folder is there but cannot be written (as root, chmod cannot show it)
+        real_mkdir = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if self.name.startswith(".decode-"):
+                raise PermissionError(13, "Permission denied")
+            return real_mkdir(self, *a, **k)
+
+        m.setattr(Path, "mkdir", mkdir)
+        with pytest.raises(DataError, match=r"failed \(Permission denied\)"):
+            load(root)
+    assert load(root).classes == ["a", "b"]  # and once it can be written, it is
+
+
 def test_memory_budget_takes_bytes_or_units_and_refuses_junk_in_one_sentence():
     from trainlab.config import parse_bytes, resolve
 

@@ -503,11 +503,11 @@ STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed pr
 
 
 def _remove_stale(base: Path) -> None:
-    """Temporary folders (.decode-*, .stale-*) a killed process left a day ago or more."""
+    """Temporary folders (.decode-*, .splits-*, .stale-*) a killed process left a day ago or more."""
     import time
 
     now = time.time()
-    for tag in (".decode-", ".stale-"):
+    for tag in (".decode-", ".splits-", ".stale-"):
         for p in base.glob(f"{tag}*"):
             try:
                 if p.is_dir() and not p.is_symlink() and now - p.lstat().st_mtime > STALE_SECONDS:
@@ -530,12 +530,7 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
         log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
         return hit[0], hit[1], s
     if final.exists():  # damaged or from an older trainlab: set aside whole, then removed
-        stale = base / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            os.rename(final, stale)
-            shutil.rmtree(stale, ignore_errors=True)
-        except OSError:
-            pass
+        _set_aside(final)
     try:
         base.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -543,8 +538,8 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
                         "set XDG_CACHE_HOME to a writable folder") from None
     _remove_stale(base)
     tmp = base / f".decode-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # fresh: fails if anything stands at the name
     try:
+        tmp.mkdir()  # fresh: fails if anything stands at the name
         images, meta = decode_folder(s, image_size, workers, tmp)
         del images  # the mapping is reopened from the final place
         _write_meta(tmp / "meta.json", meta)  # sums.npy beside it, from decode_folder
@@ -553,6 +548,9 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
         except OSError:
             if not final.is_dir():  # another process won the race: its copy is as good
                 raise
+    except OSError as e:  # a full or read-only disk, mostly: nothing half-written is kept
+        raise DataError(f"folder:{s.root}: decoding into the cache {base} failed ({e.strerror or e}); "
+                        "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -586,29 +584,59 @@ def _sha256(arr: np.ndarray) -> str:
 
 def _mapped_splits(cache: Path, images: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each split's rows as its own .npy beside the decode cache (written once, in a fresh
-    temporary folder renamed whole), memory-mapped copy-on-write: nothing is read into memory."""
+    temporary folder renamed whole), memory-mapped copy-on-write: nothing is read into memory.
+    A folder whose files do not open as the expected arrays is set aside and written again."""
     key = hashlib.sha256(b"".join(np.asarray(parts[k], np.int64).tobytes() + b"|" for k in sorted(parts)))
     final = cache / f"splits-{key.hexdigest()[:32]}"
-    if not final.is_dir():
-        tmp = cache / f".splits-{os.getpid()}-{secrets.token_hex(4)}"
-        tmp.mkdir()
+    _remove_stale(cache)
+    for _ in range(2):
+        if not final.is_dir():
+            _write_splits(final, images, parts)
         try:
-            for name, idx in parts.items():
-                out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(idx),) + images.shape[1:])
-                for a in range(0, len(idx), 4096):
-                    out[a:a + 4096] = images[idx[a:a + 4096]]
-                out.flush()
-                del out
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not final.is_dir():
-                    raise
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return {name: np.load(final / f"{name}.npy", mmap_mode="c") for name in parts}
+            split = {name: np.load(final / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in parts}
+        except (OSError, ValueError):
+            split = None
+        if split is not None and all(a.dtype == np.uint8 and a.shape == (len(parts[n]),) + images.shape[1:]
+                                     for n, a in split.items()):
+            return split
+        log.warning("data: the memory-mapped splits in %s are damaged; writing them again", final)
+        _set_aside(final)
+    raise DataError(f"the memory-mapped splits in {final} cannot be read back; remove {cache} and try again")
+
+
+def _write_splits(final: Path, images: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    tmp = final.parent / f".splits-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        tmp.mkdir()
+        for name, idx in parts.items():
+            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8,
+                                            shape=(len(idx),) + images.shape[1:])
+            for a in range(0, len(idx), 4096):
+                out[a:a + 4096] = images[idx[a:a + 4096]]
+            out.flush()
+            del out
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another process won the race: its copy is as good
+                raise
+    except OSError as e:
+        raise DataError(f"the memory-mapped splits cannot be written in {final.parent} ({e.strerror or e}); "
+                        "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _set_aside(path: Path) -> None:
+    """Move a damaged cache folder out of the way whole (a reader never sees it half-removed),
+    then remove it."""
+    stale = path.parent / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.rename(path, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    except OSError:
+        pass
 
 
 def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
