@@ -240,6 +240,26 @@ def pytest_runtest_makereport(item, call):
 
 # ---------------------------------------------------------------- image folders (Pillow)
 
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is `pid` (Linux /proc)."""
+    return [c for c, parent, state in _processes() if parent == pid and state not in "ZX"]
+
+
+def is_alive(pid: int) -> bool:
+    """Running or sleeping: not gone, not a zombie waiting to be reaped."""
+    return any(c == pid and state not in "ZX" for c, _, state in _processes())
+
+
+def _processes():
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            yield int(d.name), int(fields[1]), fields[0]
+
+
 def write_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, size=(20, 16),
                        mode: str = "RGB", ext: str = ".png", seed: int = 0, split: str = "") -> Path:
     """`root[/split]/<class>/<i>.ext` image files of `size` (width, height) in Pillow `mode`,

@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_env, run_cli, write_fashion_pngs, write_image_folder
+from conftest import child_pids, cli_env, is_alive, run_cli, start_cli, write_fashion_pngs, write_image_folder
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image
@@ -429,6 +431,31 @@ def test_fifty_classes_train_predict_export_and_data_info_from_the_cli(tmp_path)
     assert "50 classes, 160 train / 40 test" in r.stdout
     assert "modes RGB 200" in r.stdout and "sizes 100x100 200" in r.stdout
     assert "bad      none" in r.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=lambda s: s.name)
+def test_a_decode_stopped_by_a_signal_leaves_no_worker_and_no_temporary_folder(tmp_path, sig):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=500, size=(128, 128))
+    cache = tmp_path / "cache"
+    proc = start_cli("data", "info", "--dataset", f"folder:{root}", env=cli_env(XDG_CACHE_HOME=str(cache)),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers, deadline = [], time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and len(workers) < 2:
+        workers = child_pids(proc.pid)
+        time.sleep(0.002)
+    assert len(workers) >= 2, "the decode ended before the signal: nothing was tested"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)  # returns: no orphan holds the output pipes open
+    deadline = time.monotonic() + 10
+    while any(is_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers if is_alive(w)], "decode workers outlived their parent"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+        assert err.strip().splitlines()[-1] == "trainlab: interrupted (SIGTERM)"
+        assert not list((cache / "trainlab" / "folder").glob(".decode-*"))  # removed on the way out
+    else:
+        assert proc.returncode == -signal.SIGKILL
 
 
 def test_cli_bad_files_and_bad_values_are_one_line(tmp_path):

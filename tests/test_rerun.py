@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, cli_env, run_cli, start_cli, write_idx_folder
+from conftest import TINY_RUN, child_pids, cli_env, run_cli, start_cli, write_idx_folder
 
 import trainlab
 from trainlab.store.checkpoint import load_checkpoint
@@ -122,19 +122,6 @@ def test_the_library_call_run_again_returns_the_finished_result(tmp_path, tiny_d
 
 # ---------------------------------------------------------------- torchrun
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(d.name))
-    return found
-
-
 def _start_ddp(argv, env, run: Path, epochs: int):
     """A `--nproc 2` run started; returns (launcher, its two workers) once `epochs` epochs are
     written, so that what the test does next happens mid-run."""
@@ -142,7 +129,7 @@ def _start_ddp(argv, env, run: Path, epochs: int):
     deadline = time.monotonic() + 240
     while len(epoch_rows(run)) < epochs and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    workers = [w for agent in _children(proc.pid) for w in _children(agent)]
+    workers = [w for agent in child_pids(proc.pid) for w in child_pids(agent)]
     assert len(workers) == 2, "the run ended before the test acted: nothing was tested"
     return proc, workers
 
@@ -179,7 +166,7 @@ def test_a_preempted_launcher_saves_and_the_same_command_finishes_the_run(idx_di
     deadline = time.monotonic() + 240
     while len(epoch_rows(run)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    agents = _children(proc.pid)
+    agents = child_pids(proc.pid)
     assert agents, "the run ended before the signal: nothing was tested"
     os.kill(agents[0], signal.SIGTERM)  # a preemptible VM's notice reaches torchrun
     _, err = proc.communicate(timeout=120)

@@ -227,6 +227,14 @@ def parse_bytes(text: str | None) -> int | None:
     return value if value < 2**62 else None
 
 
+def format_bytes(n: float) -> str:
+    """Bytes for a sentence: "512 B", "12.3 KiB", "4.0 MiB", "1.2 GiB" (small sizes stay visible)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} B"
+
+
 MAX_NAME_BYTES = 200  # a run folder name; the OS limit is 255 and suffixes get added
 _PLAIN = (bool, int, float, str)  # what a model_kwargs value (or list item) may be
 

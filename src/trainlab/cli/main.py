@@ -565,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     from trainlab.training.distributed import shutdown
+    from trainlab.training.signals import stop_like_ctrl_c
 
+    stop_like_ctrl_c()
     code = _run(args)
     try:
         sys.stdout.flush()
@@ -595,9 +597,16 @@ def _run(args) -> int:
             raise
         print(f"trainlab: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("trainlab: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        import signal
+
+        signum = getattr(e, "signum", signal.SIGINT)  # Stopped: SIGTERM or SIGHUP
+        try:  # after SIGHUP the terminal may be gone
+            print("trainlab: interrupted" + (f" ({signal.Signals(signum).name})" if signum != signal.SIGINT else ""),
+                  file=sys.stderr)
+        except (OSError, ValueError):
+            pass
+        return 128 + signum
     except BrokenPipeError:  # `trainlab inspect ... | head`: the reader left; nothing to say
         _silence_stdout()
         return 1

@@ -43,6 +43,7 @@ trainlab[images]`): importing trainlab does not need it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -298,7 +299,47 @@ def _decode(paths: list[str], channels: int, width: int, height: int, sums: bool
 
 def _pool(workers: int):
     ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_start,
+                               initargs=(os.getpid(),))
+
+
+def _worker_start(parent: int) -> None:
+    """A decode worker ends with its parent, however the parent ends (kill -9 included):
+    otherwise it waits on its pipe for ever, holding the cache file and the parent's output.
+    Ctrl-C and SIGTERM are the parent's to handle; it cancels the pool."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def _new_npy(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new uint8 .npy of `shape`, memory-mapped for writing, its blocks reserved on disk first:
+    a write into a sparse mapping on a full disk kills the process (SIGBUS) with no message,
+    where reserving raises ENOSPC here, as an error trainlab can say in one sentence."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    if hasattr(os, "posix_fallocate"):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                del arr
+                raise
+        finally:
+            os.close(fd)
+    return arr
 
 
 def _chunks(n: int, size: int) -> list[tuple[int, int]]:
@@ -326,10 +367,15 @@ def _map(fn, jobs: list[tuple], workers: int, total: int, desc: str):
                 bar.update(len(job[0]))
                 yield r
             return
-        with _pool(workers) as pool:
+        pool = _pool(workers)
+        try:
             for job, r in zip(jobs, pool.map(fn, *zip(*jobs))):
                 bar.update(len(job[0]))
                 yield r
+        except BaseException:  # Ctrl-C, SIGTERM, an error: the queued jobs are dropped, not run
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     finally:
         bar.close()
 
@@ -382,16 +428,17 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
              ", ".join(f"{m}: {c}" for m, c in sorted(modes.items(), key=lambda kv: -kv[1])),
              converted, "" if converted == 1 else "s", policy)
     per_image = channels * width * height
-    need = per_image * len(ok)
+    need = per_image * len(ok) + len(ok) * (channels * 16 + 200) + (64 << 10)  # pixels, sums, meta.json
     dest.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest).free
     if need > free:
-        raise DataError(f"folder:{s.root}: decoding needs {need / 2**20:,.0f} MiB in the cache "
-                        f"{dest.parent} but only {free / 2**20:,.0f} MiB is free; free some space, "
+        from trainlab.config import format_bytes
+
+        raise DataError(f"folder:{s.root}: decoding needs {format_bytes(need)} in the cache "
+                        f"{dest.parent} but only {format_bytes(free)} is free; free some space, "
                         "set XDG_CACHE_HOME to a larger disk, or choose a smaller --image-size")
     out_path = dest / "images.npy"
-    arr = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.uint8,
-                                    shape=(len(ok), channels, height, width))
+    arr = _new_npy(out_path, (len(ok), channels, height, width))
     chunk = max(1, min(512, (32 << 20) // per_image, math.ceil(len(ok) / (4 * nproc))))
     spans = _chunks(len(ok), chunk)
     jobs = [([paths[ok[i]] for i in range(a, b)], channels, width, height, True) for a, b in spans]
@@ -410,7 +457,7 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
         sums = sums[keep]
         if keep:
             tmp = dest / "images-kept.npy"
-            kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keep),) + arr.shape[1:])
+            kept = _new_npy(tmp, (len(keep),) + arr.shape[1:])
             for a, b in _chunks(len(keep), 4096):
                 kept[a:b] = arr[keep[a:b]]
             kept.flush()
@@ -609,8 +656,7 @@ def _write_splits(final: Path, images: np.ndarray, parts: dict[str, np.ndarray])
     try:
         tmp.mkdir()
         for name, idx in parts.items():
-            out = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8,
-                                            shape=(len(idx),) + images.shape[1:])
+            out = _new_npy(tmp / f"{name}.npy", (len(idx),) + images.shape[1:])
             for a in range(0, len(idx), 4096):
                 out[a:a + 4096] = images[idx[a:a + 4096]]
             out.flush()
@@ -693,7 +739,7 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
                         len(missing), "es" if len(missing) > 1 else "", ", ".join(missing[:5]))
     fit_rows = train_idx[~is_val]  # statistics of what the model trains on
     mean, std = mean_std_from_sums(meta["sums"][fit_rows], meta["height"] * meta["width"])
-    from trainlab.config import parse_bytes
+    from trainlab.config import format_bytes, parse_bytes
     from trainlab.data.loader import default_memory_budget
 
     budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))
@@ -701,8 +747,8 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
         from trainlab.data.dataset import Dataset
         from trainlab.data.idx import payload_sha256
 
-        log.info("data: %.0f MiB of images is over the memory budget (%.0f MiB): the splits stay "
-                 "memory-mapped and batches are streamed", images.nbytes / 2**20, budget / 2**20)
+        log.info("data: %s of images is over the memory budget (%s): the splits stay "
+                 "memory-mapped and batches are streamed", format_bytes(images.nbytes), format_bytes(budget))
         split = _mapped_splits(Path(images.filename).parent, images, {"train": train_idx, "test": test_idx})
         ty, sy = labels[train_idx], labels[test_idx]
         source["mapped"] = True

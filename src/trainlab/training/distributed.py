@@ -180,4 +180,7 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            *([f"--max-restarts={max_restarts}"] if max_restarts else []), "-m", "trainlab", *argv]
     print("trainlab: launching " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    from trainlab.training.signals import default_stop
+
+    default_stop()  # torchrun handles SIGTERM/SIGHUP for its workers (they save and exit)
     return subprocess.call(cmd, env={**os.environ, **FRESH_STORE_ENV})

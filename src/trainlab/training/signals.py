@@ -14,6 +14,37 @@ from trainlab.training.callbacks import Callback
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP outside a training loop (loading, decoding, evaluating): it unwinds as
+    Ctrl-C does, so temporary files are removed, and the CLI ends in one line, 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
+def stop_like_ctrl_c() -> None:
+    """Outside fit() (whose StopOnSignal saves a checkpoint instead), SIGTERM and SIGHUP stop
+    the command the way Ctrl-C does; the default would end the process where it stands."""
+    for s in SIGNALS:
+        if s != signal.SIGINT and signal.getsignal(s) is signal.SIG_DFL:
+            try:
+                signal.signal(s, _stop)
+            except ValueError:  # not the main thread
+                pass
+
+
+def default_stop() -> None:
+    """Back to the default for SIGTERM and SIGHUP (the `--nproc` launcher: torchrun gets them)."""
+    for s in SIGNALS:
+        if s != signal.SIGINT and signal.getsignal(s) is _stop:
+            signal.signal(s, signal.SIG_DFL)
+
+
 class Interrupted(TrainlabError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
