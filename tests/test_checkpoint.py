@@ -565,3 +565,45 @@ def test_cuda_tagged_run_loads_and_resumes_on_cpu(tmp_path, tiny_data):
     assert next(model.parameters()).device.type == "cpu"
     result = resume(run, epochs=3, data=tiny_data, progress=False)
     assert [r["epoch"] for r in result.history] == [1, 2, 3]
+
+
+# A trained model's file with one field forged: each ends in one sentence naming the file,
+# before anything the forged value would size is allocated (a 9e8-parameter spec in a file
+# holding ~30,000 weights is refused on the meta device, not built).
+FORGED_FIELDS = {
+    "a huge input in a small file": (lambda c: c["model_spec"].update(input_shape=[1, 1000, 1000]),
+                                     "holds 2"),
+    "a million classes in a small file": (lambda c: (c["model_spec"].update(num_classes=1_000_000),
+                                                     c.update(classes=[f"c{i}" for i in range(1_000_000)])),
+                                          "weight values"),
+    "a mean per channel too many": (lambda c: c.update(mean=[0.1] * 7), "'mean' is not a finite value per input"),
+    "a NaN mean": (lambda c: c.update(mean=[float("nan")]), "'mean' is not a finite"),
+    "a std of 0": (lambda c: c.update(std=[0.0]), "'std' is not a positive value"),
+    "an infinite std": (lambda c: c.update(std=[float("inf")]), "'std' is not a positive value"),
+    "an image size of -1": (lambda c: c["config"].update(image_size=-1), "image_size -1 is not its model's input"),
+    "an image size that is text": (lambda c: c["config"].update(image_size="big"), "image_size 'big'"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    from conftest import tiny_dataset
+
+    runs = tmp_path_factory.mktemp("forged-runs")
+    return train_tiny(runs, data=tiny_dataset(), epochs=1).run_dir / "model.pt"
+
+
+@pytest.mark.parametrize("case", FORGED_FIELDS)
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_forged_fields_of_a_trained_model_end_in_one_sentence(tmp_path, trained_model, capsys, case, command):
+    forge, words = FORGED_FIELDS[case]
+    ckpt = load_checkpoint(trained_model, map_location="cpu")
+    forge(ckpt)
+    path = tmp_path / "forged.pt"
+    save_checkpoint(path, ckpt)
+    args = [command, str(path), "--device", "cpu"] if command == "predict" else [command, str(path), "-o", str(tmp_path / "out")]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("trainlab: error: ") and err.count("\n") == 1, err
+    assert str(path) in err and words in err and "damaged or forged" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing exported from a forged file

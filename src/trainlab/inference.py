@@ -106,8 +106,8 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=()) -> t
     device = pick_device("auto") if map_location is None else pick_device(str(map_location))
     path = checkpoint_path(path_or_run)
     ckpt = check_fields(load_checkpoint(path, map_location=device), path)
-    model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path))
     weights = kept_weights(ckpt)
+    model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path), weights=weights)
     check_compatible(model, weights, str(path))  # by name and shape, in one sentence
     try:
         model.load_state_dict(weights)

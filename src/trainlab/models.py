@@ -13,6 +13,7 @@ module explicitly, so a file can never make trainlab import or call arbitrary co
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import re
@@ -160,7 +161,8 @@ def check_spec(spec, source: str = "the file") -> dict:
     return spec
 
 
-def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str = "the file") -> nn.Module:
+def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str = "the file",
+                    weights: dict | None = None) -> nn.Module:
     """The one trust-checked way from a stored spec (checkpoint, config.toml, run folder) to
     a model: registered names only, plus the modules the user allows by name. Every path
     that reads a spec from disk (resume, restart, evaluate, predict, export, report,
@@ -173,6 +175,8 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
         raise ConfigError(f"{source}: its model {name!r} is not registered in this process: name the "
                           "module that registers it with --allow-import MODULE (from Python, import "
                           "that module first)")
+    held = None if weights is None else sum(t.numel() for t in weights.values() if torch.is_tensor(t))
+    token = _HELD_WEIGHTS.set(held)
     try:
         return build(spec["name"], spec["input_shape"], spec["num_classes"],
                      allow_import=tuple(allow_import or ()), **spec.get("kwargs", {}))
@@ -183,6 +187,8 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:  # a factory's own failure
         raise TrainlabError(f"{source}: its model cannot be built ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        _HELD_WEIGHTS.reset(token)
 
 
 def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *,
@@ -234,14 +240,24 @@ def _dropout(value):
            and 0 <= value < 1, "a probability in [0, 1)")  # NaN fails the comparison
 
 
+# While a model is rebuilt from a file, the weights that file holds: a spec describing more
+# parameters than that is refused before its memory is allocated (build_from_spec).
+_HELD_WEIGHTS: contextvars.ContextVar[int | None] = contextvars.ContextVar("trainlab_held_weights", default=None)
+
+
 def _sized(make: Callable[[], nn.Module]) -> nn.Module:
     """Build on the meta device (no memory) and refuse a model over MAX_PARAMETERS, so a
-    width of 10**7 is an error, not a terabyte allocation."""
+    width of 10**7 is an error, not a terabyte allocation; when rebuilding from a file, refuse
+    one with more parameters than the file holds weights (a small forged file, a huge model)."""
     with torch.device("meta"):
         n = count_parameters(make())
     if n > MAX_PARAMETERS:
         raise ConfigError(f"model kwargs give {n:,} parameters, over the limit of {MAX_PARAMETERS:,}: "
                           "use smaller widths or fewer layers")
+    held = _HELD_WEIGHTS.get()
+    if held is not None and n > held:
+        raise ConfigError(f"its spec describes {n:,} parameters but the file holds {held:,} weight values: "
+                          "the file is damaged or forged")
     return make()
 
 

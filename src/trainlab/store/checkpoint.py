@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -383,6 +384,17 @@ def check_fields(ckpt: dict, path, training: bool = False) -> dict:
     for name, (ok, what) in _OPTIONAL_FIELDS.items():
         if name in ckpt and not ok(ckpt[name]):
             raise CheckpointError(f"{path}: its {name!r} field is not {what}: the file is damaged or forged")
+    channels, height, width = ckpt["model_spec"]["input_shape"]
+    for name in ("mean", "std"):  # one finite value per input channel; a std above 0
+        v = ckpt[name]
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if len(values) != channels or not all(math.isfinite(x) and (name == "mean" or x > 0) for x in values):
+            raise CheckpointError(f"{path}: its {name!r} is not {'a finite' if name == 'mean' else 'a positive'} "
+                                  f"value per input channel ({channels}): the file is damaged or forged")
+    size = ckpt["config"].get("image_size")
+    if size is not None and not (_is_int(size) and size == height == width):
+        raise CheckpointError(f"{path}: its image_size {size!r} is not its model's input size "
+                              f"{height}x{width}: the file is damaged or forged")
     if "classes" in ckpt and len(ckpt["classes"]) != ckpt["model_spec"]["num_classes"]:
         raise CheckpointError(f"{path}: it names {len(ckpt['classes'])} classes but its model has "
                               f"{ckpt['model_spec']['num_classes']} outputs: the file is damaged or forged")
