@@ -470,8 +470,24 @@ def test_cli_bad_files_and_bad_values_are_one_line(tmp_path):
     assert "4 file(s) cannot be decoded" in r.stdout and "b/bomb.png: decompression bomb" in r.stdout
     r = run_cli("train", "--dataset", f"folder:{root}", "--image-size", "0")
     assert r.returncode == 2 and "image_size = 0 is invalid" in r.stderr
+    for command in (("train",), ("data", "info")):  # a size whose crop Pillow would call a bomb: a usage error
+        r = run_cli(*command, "--dataset", f"folder:{root}", "--image-size", "14000")
+        assert r.returncode == 2 and "image_size = 14000 is invalid" in r.stderr and "at most 8192" in r.stderr
     r = run_cli("predict", tmp_path / "nothing", tmp_path / "missing.png")
     assert r.returncode != 0 and "Traceback" not in r.stderr
+
+
+def test_a_run_trained_from_a_relative_folder_is_evaluated_from_anywhere(tmp_path):
+    write_image_folder(tmp_path / "work" / "pets", classes=("cat", "dog"), per_class=8, size=(12, 10))
+    r = run_cli("train", "--dataset", "folder:pets", "--model", "mlp", "--epochs", "1", "--val-size", "2",
+                "--batch-size", "4", "--runs-dir", "runs", "--name", "rel", "--quiet", cwd=tmp_path / "work")
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "work" / "runs" / "rel"
+    assert f'dataset = "folder:{tmp_path / "work" / "pets"}"' in (run / "config.toml").read_text()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = run_cli("evaluate", run, cwd=elsewhere)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_image_size_is_checked_by_the_config_table():

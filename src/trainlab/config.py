@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from trainlab import models
+from trainlab.data.catalog import absolute as absolute_dataset
 from trainlab.data.catalog import problem as dataset_problem
 from trainlab.errors import ConfigError
 from trainlab.recipes import (
@@ -186,7 +187,12 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     if cfg.channels_last is None:
         cfg.channels_last = model.conv
     cfg.train = get_recipe(cfg.recipe, **recipe_overrides)
-    return validate(cfg)
+    cfg = validate(cfg)
+    # folders recorded absolute: a run trained from ./photos is evaluated from anywhere
+    cfg.dataset = absolute_dataset(cfg.dataset)
+    if cfg.data_dir is not None:
+        cfg.data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
+    return cfg
 
 
 # Run settings checked by a table, like the recipe's fields (recipes.RECIPE_LIMITS): a test
@@ -205,7 +211,7 @@ RUN_LIMITS = {
     "mode": (lambda v, c: v in ("auto", "min", "max"), "choose min, max or auto"),
     "rerun": (lambda v, c: v in ("resume", "refuse"), "choose resume (continue the named run when the same "
               "command runs again) or refuse"),
-    "image_size": (lambda v, c: 1 <= v <= 16384, "must be at least 1 and at most 16384 (pixels a side)"),
+    "image_size": (lambda v, c: 1 <= v <= 8192, "must be at least 1 and at most 8192 (pixels a side)"),
     "memory_budget": (lambda v, c: parse_bytes(v) is not None,
                       "give a number of bytes, or one with a unit such as 512MiB, 2GiB or 4GB"),
     "unfreeze_at": (lambda v, c: 0 <= v <= 10**5, "must be 0 (stay frozen) or an epoch up to 100000"),

@@ -94,6 +94,21 @@ def get_info(name: str) -> DatasetInfo:
 SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]{0,49}")  # a URL scheme's letters, and _
 
 
+# The built-in formats whose argument is a folder: a run records it absolute, so the run can
+# be evaluated, resumed or reported from any working directory.
+PATH_SCHEMES = ("idx", "folder", "cifar10", "cifar100")
+
+
+def absolute(spec: str) -> str:
+    """`folder:photos` as `folder:/home/me/photos` (built-in folder formats only); else as given."""
+    import os
+
+    scheme, colon, arg = spec.partition(":")
+    if colon and arg and scheme in PATH_SCHEMES:
+        return f"{scheme}:{os.path.abspath(os.path.expanduser(arg))}"
+    return spec
+
+
 def _choices() -> str:
     return (f"choose {', '.join(sorted(CATALOG))}, or SCHEME:ARG for a registered data format "
             "(idx:DIR is built in, as are folder:DIR, cifar10:DIR and cifar100:DIR; yours with "

@@ -64,7 +64,7 @@ import numpy as np
 
 from trainlab.data import formats
 from trainlab.data.sources import cache_root
-from trainlab.errors import DataError
+from trainlab.errors import ConfigError, DataError
 
 log = logging.getLogger("trainlab.data")
 
@@ -74,7 +74,11 @@ TEST_FRACTION = 0.2  # of each class, when the folder has no test/ split
 _TEST_SALT = 0x7E57_0001  # the test carve draws from its own stream, not the val split's
 CACHE_VERSION = 2
 MAX_FILES = 10_000_000  # a bound on the scan: more is a wrong folder, not a data set
-MAX_SIDE = 16384  # image_size and the chosen size are at most this many pixels
+MAX_SIDE = 16384  # the chosen size (the most common one) is at most this many pixels a side
+# --image-size N crops every image to NxN: Pillow refuses a crop over 2x MAX_IMAGE_PIXELS
+# (178,956,970) as a decompression bomb, which N = 13,378 reaches; 8192 leaves room for the
+# resized image before the crop (8192 x 16384 for a 2:1 photo) and is already 200 MiB an image.
+MAX_IMAGE_SIZE = 8192
 SMALL = 256  # files decoded in this process, without a pool
 _MAX_META = 1 << 28  # bytes of a cache's meta.json
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F", "La"}
@@ -693,8 +697,9 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
     from trainlab.data.dataset import from_arrays
     from trainlab.data.loader import derive_seed, stratified_split
 
-    if image_size is not None and not 1 <= image_size <= MAX_SIDE:
-        raise DataError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_SIDE}")
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_IMAGE_SIZE} "
+                          "(pixels a side)")
     root = Path(arg).expanduser()
     images, meta, _ = load_decoded(root, image_size)
     bad = [tuple(b) for b in meta["bad"]]
