@@ -89,6 +89,9 @@ def test_wrong_class_name_count_and_missing_files(tmp_path):
     (tmp_path / "c10" / "batches.meta.txt").write_text("a\nb\n")
     with pytest.raises(DataError, match="holds 2 names but CIFAR10 has 10 classes"):
         load_dataset(f"cifar10:{tmp_path / 'c10'}")
+    (tmp_path / "c10" / "batches.meta.txt").write_text("same\n" * 10)
+    with pytest.raises(DataError, match="the class name 'same' is given twice"):
+        load_dataset(f"cifar10:{tmp_path / 'c10'}")
     (tmp_path / "c10" / "test_batch.bin").unlink()
     with pytest.raises(DataError, match="lacks test_batch.bin"):
         load_dataset(f"cifar10:{tmp_path / 'c10'}")

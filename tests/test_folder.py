@@ -490,6 +490,22 @@ def test_a_run_trained_from_a_relative_folder_is_evaluated_from_anywhere(tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+def test_special_files_named_for_predict_or_in_a_class_folder_are_one_sentence(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    dangling = tmp_path / "gone.png"
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    for item in (fifo, dangling):  # never opened (a FIFO would block for ever)
+        with pytest.raises(DataError, match=r"not a regular file or a folder; name image files"):
+            folder_mod.image_files([item])
+    with pytest.raises(DataError, match=r"no such file or folder"):
+        folder_mod.image_files([tmp_path / "missing.png"])
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=3)
+    (root / "a" / "loop.png").symlink_to(root / "a" / "loop.png")
+    with pytest.raises(DataError, match=r"a/loop.png: cannot read it \(.*\); remove it or move it out of the folder"):
+        folder_mod.scan(root)
+
+
 def test_image_size_is_checked_by_the_config_table():
     from trainlab.config import resolve
 

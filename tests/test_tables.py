@@ -16,6 +16,7 @@ from trainlab.analysis.tables import (
     per_class_rows,
     per_class_table,
     predictions_table,
+    printable,
     run_summary,
     table,
 )
@@ -117,3 +118,25 @@ def test_predictions_table():
     lines = predictions_table(probs, classes, truth=torch.tensor([0, 1])).splitlines()
     assert lines[0].split() == ["#", "true", "predicted", "prob", "next"]
     assert lines[2].split()[-1] != "wrong" and lines[3].split()[-1] == "wrong"
+
+
+@pytest.mark.parametrize("name,shown", [
+    ("cat", "cat"),
+    ("a.png   dog  99.9%\nsecret.png", "a.png   dog  99.9%\\nsecret.png"),  # a forged row stays in its cell
+    ("dog\x1b[2J", "dog\\x1b[2J"),  # an escape sequence is shown, not run by the terminal
+    ("x\udcffy.png", "x\\udcffy.png"),  # an undecodable byte of a file name
+    ("chat noir", "chat noir"),
+])
+def test_names_in_tables_cannot_forge_a_line(name, shown):
+    assert printable(name) == shown
+    out = table(["file", "class"], [[name, name]])
+    assert out.count("\n") == 2 and shown in out
+
+
+def test_a_file_name_in_an_error_stays_on_one_line(tmp_path, capsys):
+    from trainlab.cli.main import main
+
+    bad = tmp_path / "a\nFAKE: all good"
+    code = main(["data", "info", "--dataset", f"folder:{bad}"])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and "a\\nFAKE: all good" in err

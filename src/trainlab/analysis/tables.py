@@ -10,9 +10,20 @@ from __future__ import annotations
 from trainlab.metrics import percent
 
 
+def printable(text) -> str:
+    """`text` safe for one terminal line: control characters (a newline, an escape sequence
+    that clears the screen) and undecodable bytes of a file name written as escapes, so no
+    file or class name can forge a row or a message."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
     """A fixed-width table; `align` is one of 'l'/'r' per column (default: first left)."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[printable(h) for h in headers]] + [[printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     align = align or "l" + "r" * (len(headers) - 1)
 

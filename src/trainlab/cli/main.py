@@ -13,6 +13,7 @@ import os
 import sys
 
 from trainlab._version import __version__
+from trainlab.analysis.tables import printable
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.recipes import RECIPE_FIELDS
 
@@ -22,7 +23,7 @@ log = logging.getLogger("trainlab")
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, exit 2
         self.print_usage(sys.stderr)
-        print(f"trainlab: error: {message}", file=sys.stderr)
+        print(f"trainlab: error: {printable(message)}", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -341,8 +342,8 @@ def cmd_data_info(args) -> int:
     from trainlab.data import load_dataset, measure_mean_std
 
     data = load_dataset(args.dataset, args.data_dir, image_size=args.image_size, skip_bad=True)
-    print(f"dataset  {data.name}")
-    print(f"source   {data.source.get('kind')}: {data.source.get('path')} {data.source.get('detail', '')}".rstrip())
+    print(f"dataset  {printable(data.name)}")
+    print(printable(f"source   {data.source.get('kind')}: {data.source.get('path')} {data.source.get('detail', '')}".rstrip()))
     print(f"shape    {tuple(data.input_shape)} images, {data.num_classes} classes, "
           f"{len(data.train_y)} train / {len(data.test_y)} test, dtype {data.train_x.dtype}")
     print(f"test     {data.test_split}")
@@ -369,7 +370,7 @@ def cmd_data_info(args) -> int:
         print(f"bad      {src.get('skipped_bad', 0)} file(s) cannot be decoded (training stops on them "
               "unless --skip-bad)" if bad else "bad      none")
         for rel, why in bad[:10]:
-            print(f"  {rel}: {why}")
+            print(f"  {printable(rel)}: {printable(why)}")
     print("sha256 of decoded payloads:")
     for split, h in data.hashes.items():
         print(f"  {split:<13} {h}")
@@ -595,7 +596,7 @@ def _run(args) -> int:
     except TrainlabError as e:
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
-        print(f"trainlab: error: {e}", file=sys.stderr)
+        print(f"trainlab: error: {printable(e)}", file=sys.stderr)  # a file name cannot forge a line
         return e.exit_code
     except KeyboardInterrupt as e:
         import signal

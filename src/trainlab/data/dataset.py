@@ -212,6 +212,16 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
                         "give both splits the same pixel type")
     _check_labels(ty, len(tx), None, f"{name} train")  # integers first: then max() is safe
     _check_labels(sy, len(sx), None, f"{name} test")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        seen, dup = set(), None
+        for c in classes:
+            if c in seen:
+                dup = c
+                break
+            seen.add(c)
+        if dup is not None:  # reports and predictions name classes: each name must say one class
+            raise DataError(f"{name}: the class name {dup!r} is given twice; each class needs its own name")
     num_classes = len(classes) if classes is not None else _infer_num_classes(ty, sy, name)
     _check_labels(ty, len(tx), num_classes, f"{name} train")
     _check_labels(sy, len(sx), num_classes, f"{name} test")

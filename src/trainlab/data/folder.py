@@ -176,8 +176,9 @@ def _list_class(root: Path, folder: Path, prefix: str, label: int, kind: str, to
             continue
         try:
             st = e.stat()
-        except OSError as err:
-            raise DataError(f"{e.path}: cannot read it ({err.strerror or err})") from None
+        except OSError as err:  # e.g. a dangling or looping link
+            raise DataError(f"{e.path}: cannot read it ({err.strerror or err}); remove it or move it "
+                            "out of the folder") from None
         if is_file(st.st_mode):
             rels.append(prefix + file)
             sizes.append(st.st_size)
@@ -790,6 +791,8 @@ def image_files(inputs) -> list[Path]:
                             and not any(part.startswith(".") for part in q.relative_to(p).parts))
         elif p.is_file():
             found.append(p)
+        elif os.path.lexists(p):  # a FIFO, a device, a dangling or looping link: never opened
+            raise DataError(f"{item}: not a regular file or a folder; name image files or folders of them")
         else:
             raise DataError(f"{item}: no such file or folder; name image files or folders of them")
         if len(found) > MAX_PREDICT_FILES:
