@@ -561,3 +561,15 @@ def test_unwritable_cache_is_one_sentence(server, monkeypatch, tmp_path):
     monkeypatch.setenv("TRAINLAB_MIRRORS", server.serve("a", files))
     with pytest.raises(DataError, match="cannot create a folder in the cache"):
         locate(info_for(files))
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(monkeypatch, tmp_path):
+    from trainlab.data.sources import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")
+    assert cache_root() == tmp_path / "home" / ".cache" / "trainlab"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "abs"))
+    assert cache_root() == tmp_path / "abs" / "trainlab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root() == tmp_path / "home" / ".cache" / "trainlab"

@@ -77,7 +77,11 @@ def missing_files(folder: Path) -> list[str]:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    """$XDG_CACHE_HOME/trainlab, or ~/.cache/trainlab. A relative XDG_CACHE_HOME is ignored, as
+    the XDG spec says: it would put a different cache in every working directory."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = str(Path.home() / ".cache")
     return Path(base) / "trainlab"
 
 
