@@ -198,6 +198,29 @@ def test_resume_refuses_a_checkpoint_of_another_run(idx_dir, tmp_path, replaced,
         assert load_checkpoint(again.run_dir / "model.pt")["model_spec"]["name"] == "mlp"
 
 
+def test_resume_of_a_forged_run_refuses_a_model_larger_than_its_weights_unbuilt(idx_dir, tmp_path):
+    """config.toml and every checkpoint agree on widths of 20,000 (4.2e8 parameters, 1.7 GB if
+    built) while the weights are a 16-wide MLP's: refused before the model is allocated."""
+    from trainlab.store.checkpoint import save_checkpoint
+
+    first = train(cfg(idx_dir, tmp_path, "r", epochs=1), progress=False)
+    toml = first.run_dir / "config.toml"
+    text = toml.read_text()
+    assert "hidden = [\n    16,\n]" in text
+    toml.write_text(text.replace("hidden = [\n    16,\n]", "hidden = [20000, 20000]"))
+    ck = first.run_dir / "checkpoints"
+    manifest = json.loads((ck / "manifest.json").read_text())
+    for name in manifest["files"]:
+        ckpt = load_checkpoint(ck / name)
+        ckpt["config"]["model_kwargs"] = {"hidden": [20000, 20000]}
+        save_checkpoint(ck / name, ckpt)
+        manifest["files"][name]["sha256"] = sha256_file(ck / name)
+    (ck / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainlabError, match=r"its spec describes 415,920,010 parameters but the file holds "
+                                            r"12,730 weight values: the file is damaged or forged"):
+        resume(first.run_dir, epochs=2, progress=False)
+
+
 # ---------------------------------------------------------------- overrides take effect or are refused
 
 def _rates(path: Path) -> list[float]:

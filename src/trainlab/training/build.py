@@ -114,7 +114,7 @@ def build_model(s, allow_import) -> None:
     if allow_import is None:  # a spec the user wrote now: it may import what it names
         s.model = models.build(cfg.model, s.spec["input_shape"], s.spec["num_classes"], **s.spec["kwargs"])
     else:  # a spec read from a run's files: through the one trust check
-        s.model = models.build_from_spec(s.spec, allow_import, "the run's config")
+        s.model = models.build_from_spec(s.spec, allow_import, "the run's config", weights=s.weights_bound)
     s.model = s.model.to(s.device)
     if cfg.channels_last:
         s.model = s.model.to(memory_format=torch.channels_last)

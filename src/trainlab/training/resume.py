@@ -121,7 +121,7 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
         log.warning("resume: %d threads now vs %s when saved: results will not be bitwise equal "
                     "to an uninterrupted run", threads, ckpt.get("threads"))
     session = Session(cfg, req.data, progress=req.progress, schedule_epochs=ckpt["schedule"]["epochs"],
-                      allow_import=req.allow_import, callbacks=req.callbacks)
+                      allow_import=req.allow_import, callbacks=req.callbacks, weights_bound=ckpt["model"])
     _check_continues(session, ckpt, path, name, req)
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values

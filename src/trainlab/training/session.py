@@ -43,8 +43,10 @@ class Session:
 
     def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
                  schedule_epochs: int | None = None, allow_import: tuple[str, ...] | None = None,
-                 callbacks: list[Callback] = ()):
+                 callbacks: list[Callback] = (), weights_bound: dict | None = None):
         self.lock: runs.RunLock | None = None
+        # resume: the checkpoint's weights, so a spec larger than they are is refused unbuilt
+        self.weights_bound = weights_bound
         self.run_dir: Path | None = None
         self.dist = distributed.context()
         if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
