@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -101,8 +102,6 @@ PATH_SCHEMES = ("idx", "folder", "cifar10", "cifar100")
 
 def absolute(spec: str) -> str:
     """`folder:photos` as `folder:/home/me/photos` (built-in folder formats only); else as given."""
-    import os
-
     scheme, colon, arg = spec.partition(":")
     if colon and arg and scheme in PATH_SCHEMES:
         return f"{scheme}:{os.path.abspath(os.path.expanduser(arg))}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import reprlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,12 +215,7 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
     _check_labels(sy, len(sx), None, f"{name} test")
     if classes is not None:
         classes = [str(c) for c in classes]
-        seen, dup = set(), None
-        for c in classes:
-            if c in seen:
-                dup = c
-                break
-            seen.add(c)
+        dup = next((c for c, n in Counter(classes).items() if n > 1), None)
         if dup is not None:  # reports and predictions name classes: each name must say one class
             raise DataError(f"{name}: the class name {dup!r} is given twice; each class needs its own name")
     num_classes = len(classes) if classes is not None else _infer_num_classes(ty, sy, name)
