@@ -171,3 +171,27 @@ def test_inspect_says_unverified_for_a_file_missing_from_the_manifest(run_copy):
 def test_inspect_a_run_folder_without_checkpoints(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     assert f"(no checkpoints in {tmp_path / 'checkpoints'})" in describe(tmp_path)
+
+
+def test_inspect_a_run_killed_mid_save_shows_the_old_files_epoch(tmp_path, monkeypatch):
+    """Killed after the manifest recorded both hashes, before the rename: last.pt is still
+    epoch 1's file and inspect says so, as resume uses it (not the pending epoch 2's entry)."""
+    import trainlab.store.checkpoint as ckmod
+    from trainlab.store.checkpoint import CheckpointDir, make_checkpoint
+
+    def ck(epoch):
+        spec = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
+        return make_checkpoint(nn.Linear(3, 2), model_spec=spec, epoch=epoch, global_step=10 * epoch, history=[])
+
+    def killed(tmp, path):
+        raise KeyboardInterrupt
+
+    folder = CheckpointDir(tmp_path / "checkpoints")
+    folder.save("last.pt", ck(1), epoch=1, global_step=10)
+    monkeypatch.setattr(ckmod, "commit", killed)
+    with pytest.raises(KeyboardInterrupt):
+        folder.save("last.pt", ck(2), epoch=2, global_step=20)
+    assert folder.newest_good()[1]["epoch"] == 1  # what resume continues from
+    out = describe(tmp_path)
+    assert row(section(out, "run "), "last.pt")[1:3] == ["1", "10"], out
+    assert row(section(out, "run "), "last.pt")[-1] == "ok"

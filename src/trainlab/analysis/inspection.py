@@ -159,8 +159,10 @@ def describe_run(run_dir: str | Path) -> str:
     names = sorted(set(folder.files_here()) | set(files))
     rows = []
     for name in names:
-        e = files.get(name, {})
-        problem = folder.verify(name)
+        # the entry the file on disk matches (resume's choice), not the newest one recorded:
+        # a kill mid-save leaves the old file under the new file's entry
+        matched, problem = folder.resolve(name, files)
+        e = matched or files.get(name, {})
         rows.append([name, e.get("epoch", "?"), e.get("global_step", "?"),
                      _fmt(e.get("value")) + f" {e.get('metric', '')}".rstrip(),
                      "ok" if problem is None else f"UNVERIFIED: {problem}"])

@@ -533,6 +533,11 @@ class CheckpointDir:
         """The manifest entry that `name` matches now (None if it does not verify)."""
         return self._match(name, self.read_manifest()[0])[0]
 
+    def resolve(self, name: str, files: dict) -> tuple[dict | None, str | None]:
+        """(the entry `name` matches in `files`, None) or (None, why not): after a kill
+        mid-save the file may match the "replaces" entry, which is what resume uses."""
+        return self._match(name, files)
+
     def files_here(self) -> list[str]:
         try:
             return sorted(e.name for e in os.scandir(self.folder) if valid_name(e.name))
