@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import SRC, cli_env, run_cli, start_cli, write_idx_folder
 
-from trainlab.errors import StoreError
+from trainlab.errors import StoreError, TrainlabError
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
 from trainlab.store.runs import RunLock, read_metrics
 
@@ -123,3 +124,99 @@ def test_evaluate_during_a_resume_is_refused_and_after_it_works(idx_dir, tmp_pat
     assert c.returncode == 0, c.stderr
     assert json.loads((tmp_path / "e" / "evaluation.json").read_text())["epoch"] == 3
     assert_every_checkpoint_verifies(tmp_path / "e")
+
+
+# ---------------------------------------------------------------- hostile run records
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One finished 2-epoch run folder, copied by each test that damages it."""
+    from conftest import tiny_dataset, train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("runs"), tiny_dataset(n_train=300, n_test=100), name="done").run_dir
+
+
+def _row(epoch) -> str:
+    return json.dumps({"epoch": epoch, "global_step": 10, "lr": 0.01, "train_loss": 0.5, "train_acc": 0.8,
+                       "val_loss": 0.6, "val_acc": 0.7, "test_loss": 0.6, "test_acc": 0.7, "seconds": 1.0,
+                       "train_seconds": 0.9}) + "\n"
+
+
+def _write_400k_rows(path: Path) -> None:
+    with open(path, "w") as f:
+        row = _row(1)
+        for _ in range(40):
+            f.write(row * 10_000)
+
+
+HOSTILE_METRICS = {
+    "400k-rows": (_write_400k_rows, "bytes, more than 2 epochs"),
+    "many-small-rows": (lambda p: p.write_text('{"epoch": 1}\n' * 1500), "rows"),
+    "string-epoch": (lambda p: p.write_text(_row(1) + _row("2")), 'line 2: epoch "2" is not a whole number'),
+    "negative-epoch": (lambda p: p.write_text(_row(-1)), "epoch -1 is not a whole number"),
+    "bool-epoch": (lambda p: p.write_text(_row(True)), "epoch true is not a whole number"),
+    "string-metric": (lambda p: p.write_text(_row(1).replace('"train_acc": 0.8', '"train_acc": "x"')),
+                      'train_acc "x" is not a number'),
+    "nan": (lambda p: p.write_text(_row(1).replace("0.5", "NaN")), "NaN where a number or null belongs"),
+    "infinity": (lambda p: p.write_text(_row(1).replace("0.5", "-Infinity")), "-Infinity where"),
+    "huge-line": (lambda p: p.write_text('{"epoch": 1, "x": "' + "a" * (1 << 20) + '"}\n'), "a line over"),
+    "non-utf8": (lambda p: p.write_bytes(_row(1).encode() + b'{"epoch": 2, "x": "\xff\xfe"}\n'),
+                 "line 2: bytes that are not UTF-8"),
+    "not-json": (lambda p: p.write_text("epoch 1\n" + _row(2)), "line 1: not JSON"),
+    "a-list": (lambda p: p.write_text("[1, 2]\n"), "not a JSON object"),
+    "deep": (lambda p: p.write_text("[" * 10_000 + "]" * 10_000 + "\n"), "line 1"),
+    "event-epoch": (lambda p: p.write_text('{"event": "resume", "epoch": "x"}\n'), 'epoch "x"'),
+}
+
+
+def _damaged(finished: Path, tmp_path: Path, case: str) -> Path:
+    run = tmp_path / case
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
+    HOSTILE_METRICS[case][0](run / "metrics.jsonl")
+    return run
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_METRICS))
+def test_hostile_metrics_end_in_one_sentence_naming_the_file(finished, tmp_path, case):
+    run = _damaged(finished, tmp_path, case)
+    with pytest.raises(TrainlabError) as e:
+        read_metrics(run)
+    msg = str(e.value)
+    assert msg.startswith(f"{run / 'metrics.jsonl'} is not a metrics log trainlab writes"), msg
+    assert HOSTILE_METRICS[case][1] in msg and "move it aside" in msg and "\n" not in msg
+
+
+def test_a_torn_last_line_is_left_out_and_the_rows_before_it_stand(finished, tmp_path):
+    run = tmp_path / "torn"
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns(".lock"))
+    whole = (run / "metrics.jsonl").read_bytes()
+    (run / "metrics.jsonl").write_bytes(whole + b'{"epoch": 3, "train_lo')  # killed mid-write
+    assert [r["epoch"] for r in read_metrics(run)] == [1, 2]
+
+
+def test_trainlab_never_writes_a_row_its_reader_refuses(tmp_path):
+    from trainlab.store.runs import append_metrics
+
+    append_metrics(tmp_path, {"epoch": 1, "train_loss": float("nan"), "val_loss": float("inf")})
+    assert read_metrics(tmp_path) == [{"epoch": 1, "train_loss": None, "val_loss": None}]
+
+
+@pytest.mark.parametrize("command", ["compare", "report"])
+@pytest.mark.parametrize("case", ["400k-rows", "string-epoch", "nan", "huge-line", "non-utf8"])
+def test_hostile_metrics_through_the_commands(finished, tmp_path, command, case):
+    """Each reader of metrics.jsonl, as a command: one sentence, exit 1, no traceback, in a
+    process whose address space is capped (a reader that loaded 400,000 rows would fail)."""
+    import resource
+
+    run = _damaged(finished, tmp_path, case)
+    args = {"compare": [run], "report": [run, "-o", tmp_path / "r.html"]}[command]
+    limit = 3 << 30  # torch itself maps ~1.5 GB of address space
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    r = run_cli(command, *args, preexec_fn=cap)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
+    assert lines[0].startswith("trainlab: error: ") and "metrics.jsonl" in lines[0], r.stderr
+    assert not (tmp_path / "r.html").exists()

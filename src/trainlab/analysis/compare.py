@@ -87,21 +87,8 @@ def load_run(path: str | Path) -> RunRecord:
     except ConfigError as e:  # the run's file, not the user's command line
         raise TrainlabError(f"{path}: {e}") from None
     _check_shape(path, meta, results)
-    rows = [r for r in runs.read_metrics(path) if _plain_row(r)]
+    rows = runs.read_metrics(path)  # bounded and type-checked, or one sentence naming the file
     return RunRecord(path, path.name, config, meta, runs.epoch_rows(rows), results)
-
-
-_ROW_NUMBERS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "seconds",
-                "train_seconds", "lr")
-
-
-def _plain_row(row: dict) -> bool:
-    """A metrics row as trainlab writes it (rows of another shape are left out, not fatal)."""
-    if "event" in row:
-        return True
-    return (isinstance(row.get("epoch"), int) and not isinstance(row.get("epoch"), bool)
-            and all(row.get(k) is None or (isinstance(row[k], (int, float)) and not isinstance(row[k], bool))
-                    for k in _ROW_NUMBERS))
 
 
 def _check_shape(path: Path, meta, results) -> None:

@@ -22,6 +22,7 @@ from trainlab._version import __version__
 from trainlab.config import Config, dumps_toml
 from trainlab.errors import ConfigError, StoreError, TrainlabError
 from trainlab.store.atomic import append_line, atomic_write_text, write_error
+from trainlab.store.history import read_json, read_metrics  # noqa: F401 (the run folder's readers)
 
 log = logging.getLogger("trainlab")
 
@@ -182,40 +183,17 @@ def write_run_header(run_dir: Path, cfg: Config, extra_meta: dict) -> None:
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    append_line(Path(run_dir) / METRICS_FILE, json.dumps(row))
+    from trainlab.metrics import json_safe  # strict JSON: NaN becomes null, as the reader wants
+
+    append_line(Path(run_dir) / METRICS_FILE, json.dumps(json_safe(row)))
 
 
 def truncate_metrics(run_dir: Path, epoch: int, marker: dict) -> None:
     """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume."""
+    from trainlab.metrics import json_safe
+
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
-    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows + [marker]))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line (a killed process, a damaged disk): skip it, keep the rest
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise TrainlabError(f"{path} not found: is {Path(path).parent} a trainlab run folder?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TrainlabError(f"{path} is not valid JSON ({e})") from None
-    except OSError as e:
-        raise TrainlabError(f"{path} cannot be read ({e.strerror})") from None
+    atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in rows + [marker]))
 
 
 def epoch_rows(history: list[dict]) -> list[dict]:
