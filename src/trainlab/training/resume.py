@@ -16,7 +16,7 @@ from trainlab.data import Dataset, fingerprint_changes
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
 from trainlab.store.checkpoint import CheckpointDir
-from trainlab.training import distributed, runtime
+from trainlab.training import distributed, memory, runtime
 from trainlab.training.callbacks import Callback
 from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint
 from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply
@@ -70,9 +70,22 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     try:
         with runtime.library_output(progress, _quiet(run_dir)):
             return _resume_locked(run_dir, req, lock)
+    except (RuntimeError, MemoryError) as e:
+        if not memory.is_out_of_memory(e):
+            raise
+        saved = _saved_config(run_dir)
+        raise memory.out_of_memory_error(saved.get("model", "the model"), saved.get("batch_size", "?"), "resuming",
+                                         "the run's checkpoints are intact") from None
     finally:
         if lock is not None:
             lock.release()
+
+
+def _saved_config(run_dir: Path) -> dict:
+    try:
+        return read_run_config(run_dir)
+    except TrainlabError:
+        return {}
 
 
 def _quiet(run_dir: Path) -> bool:

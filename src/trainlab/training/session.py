@@ -19,7 +19,7 @@ from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
-from trainlab.training import build, distributed, finetune, rerun, runtime
+from trainlab.training import build, distributed, finetune, memory, rerun, runtime
 from trainlab.training.callbacks import (
     BestAndEarlyStop,
     Callback,
@@ -238,6 +238,15 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
     cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})  # validated either way
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
         cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
+    try:
+        return _train(cfg, data, progress, callbacks, restart)
+    except (RuntimeError, MemoryError) as e:
+        if not memory.is_out_of_memory(e):
+            raise
+        raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", "earlier files and checkpoints are intact") from None
+
+
+def _train(cfg: Config, data, progress, callbacks, restart) -> TrainResult:
     with runtime.library_output(progress, cfg.quiet):
         rerun.elastic_name(cfg)
         decision = rerun.decide(cfg, restart)
@@ -256,5 +265,14 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
         session.start_run_dir()
         try:
             return session.run()
+        except (RuntimeError, MemoryError) as e:
+            if not memory.is_out_of_memory(e):
+                raise
+            session.release()  # the lock first: the folder may go with it
+            if session.dist.is_main and memory.discard_unstarted(session.run_dir):  # else it blocks a re-run
+                kept = "it had saved no checkpoint, so its run folder was removed"
+            else:
+                kept = f"the checkpoints in {session.run_dir} are intact"
+            raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", kept) from None
         finally:
             session.release()
