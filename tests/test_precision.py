@@ -27,11 +27,26 @@ def test_auto_on_cpu_is_float32_unless_bf16_was_measured_to_help(monkeypatch):
     assert chosen.name == "32" and "float32" in chosen.reason
 
 
-def test_auto_on_cuda_prefers_bf16_then_fp16(monkeypatch):
+@pytest.mark.parametrize("capability,expected", [((7, 0), "16-mixed"), ((7, 5), "16-mixed"),
+                                                  ((8, 0), "bf16-mixed"), ((9, 0), "bf16-mixed")])
+def test_auto_on_cuda_takes_bf16_only_where_the_gpu_has_it_in_hardware(monkeypatch, capability, expected):
+    """V100 (7.0) and T4 (7.5) report is_bf16_supported() True (emulated, slow): float16 + scaler
+    there; A100 (8.0) and H100 (9.0) get bfloat16."""
     cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert P.resolve_precision("auto", cuda).name == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    chosen = P.resolve_precision("auto", cuda)
+    assert chosen.name == expected and chosen.uses_scaler == (expected == "16-mixed")
+    if expected == "16-mixed":
+        assert f"{capability[0]}.{capability[1]}" in chosen.reason
+        asked = P.resolve_precision("bf16-mixed", cuda)  # still the user's choice, said to be slower
+        assert asked.name == "bf16-mixed" and "emulated" in asked.reason
+
+
+def test_bf16_on_a_cuda_gpu_without_it_is_refused(monkeypatch):
+    cuda = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (6, 1))
     chosen = P.resolve_precision("auto", cuda)
     assert chosen.name == "16-mixed" and chosen.uses_scaler
     with pytest.raises(ConfigError, match="bfloat16"):
