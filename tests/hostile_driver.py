@@ -4,7 +4,7 @@ the parent's size + LIMIT_MB), with stdout/stderr captured. A fresh interpreter 
 would cost ~2 s of torch import each; a fork costs milliseconds.
 
 usage: python hostile_driver.py CASES_JSON RESULTS_JSON
-CASES_JSON: [{"argv": [...], "cwd": "..."}, ...]; RESULTS_JSON: [{"code", "stdout", "stderr"}]
+CASES_JSON: [{"argv": [...], "cwd": "...", "timeout": seconds (optional)}, ...]; RESULTS_JSON: [{"code", "stdout", "stderr"}]
 """
 
 import json
@@ -38,6 +38,10 @@ def run_one(case: dict, out_path: str, err_path: str) -> int:
                 os.environ[k] = v
             from trainlab.cli.main import main
 
+            if case.get("timeout"):  # a case that hangs ends here (SIGALRM kills it: code -14), not in a stuck test
+                import signal
+
+                signal.alarm(int(case["timeout"]))
             try:
                 code = main(case["argv"])
             except SystemExit as e:  # argparse's usage errors

@@ -343,3 +343,27 @@ def test_hostile_run_metadata_through_compare_and_report(corpus, tmp_path):
     for case, result in zip(cases, results):
         assert_refused_cleanly(case, result, corpus["marker"])
     assert "metrics.jsonl" in results[-1]["stderr"], results[-1]
+
+
+def test_hostile_onnx_files_through_predict(corpus, tmp_path):
+    """An ONNX file is code: graphs trainlab never writes (Loop of 2**62 iterations, Scan, If,
+    custom domains, operators outside the allow-list, external data naming /etc/passwd or a
+    file beside it, huge or symbolic shapes), forged trainlab metadata field by field, and
+    files that are not ONNX at all, each refused in one sentence before ONNX Runtime runs
+    anything; a per-case alarm turns a hang into a failure."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import onnx_graphs
+
+    files = onnx_graphs.hostile(tmp_path / "onnx")
+    np.save(tmp_path / "x.npy", np.zeros((2, 28, 28), np.uint8))
+    x = str(tmp_path / "x.npy")
+    cases = [{"argv": ["predict", str(f), x], "timeout": 120} for f, _ in files.values()]
+    good = onnx_graphs.good(tmp_path / "good.onnx")
+    results = run_cases(corpus, [*cases, {"argv": ["predict", str(good), x], "timeout": 120}], tmp_path)
+    for case, result, (name, (_, phrase)) in zip(cases, results, files.items()):
+        assert_refused_cleanly(case, result, corpus["marker"])
+        assert phrase in result["stderr"], (name, result["stderr"])
+    assert results[-1]["code"] == 0 and "Traceback" not in results[-1]["stderr"], results[-1]  # the control runs
+    assert (tmp_path / "onnx" / "secret.bin").read_bytes() == b"s" * (28 * 28 * 10 * 4)
+    print(f"hostile ONNX files: {len(cases)} predict runs refused cleanly")

@@ -11,7 +11,6 @@ only (pip install 'trainlab[onnx]'); importing trainlab never needs them.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import warnings
@@ -103,30 +102,20 @@ def to_onnx(packaged: nn.Module, input_shape, meta: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def session(model_bytes_or_path):
-    ort = _need("onnxruntime")
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        return ort.InferenceSession(model_bytes_or_path if isinstance(model_bytes_or_path, bytes)
-                                    else str(model_bytes_or_path), opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 -- ONNX Runtime raises its own types for a bad file
-        name = "the exported graph" if isinstance(model_bytes_or_path, bytes) else str(model_bytes_or_path)
-        raise TrainlabError(f"{name} is not a model ONNX Runtime can load ({str(e).splitlines()[0][:200]})"
-                            ) from None
+def run_graph(blob: bytes, images: torch.Tensor, num_classes: int, timeout=None, name="the exported graph"
+              ) -> np.ndarray:
+    """Probabilities from ONNX Runtime, run in a child process (onnx_run.py)."""
+    from trainlab.analysis.onnx_run import run
 
-
-def run_session(sess, images: torch.Tensor) -> np.ndarray:
-    out = [sess.run([OUTPUT], {INPUT: images[i:i + PARITY_BATCH].numpy()})[0]
-           for i in range(0, len(images), PARITY_BATCH)]
-    return np.concatenate(out)
+    _need("onnxruntime")
+    return run(blob, images.numpy(), num_classes, timeout=timeout, name=name)
 
 
 def parity(model_bytes: bytes, model: nn.Module, ckpt: dict, images: torch.Tensor) -> dict:
     """ONNX Runtime vs PyTorch (trainlab's own predict path) on `images`."""
     from trainlab.inference import predict_images
 
-    theirs = run_session(session(model_bytes), images)
+    theirs = run_graph(model_bytes, images, ckpt["model_spec"]["num_classes"])
     ours = predict_images(model, ckpt, images).numpy()
     agree = float((theirs.argmax(1) == ours.argmax(1)).mean())
     return {"images": len(images), "argmax_agreement": agree, "max_prob_diff": float(np.abs(theirs - ours).max())}
@@ -141,13 +130,13 @@ def check_parity(p: dict) -> None:
 
 
 def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor:
-    from trainlab.data import load_dataset
+    from trainlab.data import data_options, load_dataset
     from trainlab.inference import check_data_fits
 
     if data is None:
-        dataset = (ckpt.get("config") or {}).get("dataset")
-        try:
-            data = load_dataset(dataset, data_dir)
+        config = ckpt.get("config") or {}
+        try:  # read as the run read it (image_size, skip_bad, seed), as evaluate does
+            data = load_dataset(config.get("dataset"), data_dir, **data_options(config))
         except TrainlabError as e:
             raise type(e)(f"the ONNX parity check runs on the run's test split, which did not load ({e})") from None
     check_data_fits(ckpt, data, src)
@@ -158,6 +147,17 @@ def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor
     return x
 
 
+def readable(blob: bytes) -> None:
+    """An export predict would refuse (a registered model emitting an operator outside
+    onnx_guard.ALLOWED_OPS) is refused now, before anything is written."""
+    from trainlab.analysis import onnx_guard
+
+    name = "ONNX export refused: the exported graph"
+    proto = onnx_guard.parse(blob, name)
+    onnx_guard.check_graph(proto, name, len(blob))
+    onnx_guard.check_io(proto, name, onnx_guard.check_meta(proto, name))
+
+
 def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:
     """model.onnx + model.json in `out`, written only after the parity check passes."""
     from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
@@ -165,6 +165,7 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
     meta = metadata(ckpt, src)
     images = _test_split(ckpt, src, data, data_dir)
     blob = to_onnx(wrap(model, ckpt), ckpt["model_spec"]["input_shape"], meta)
+    readable(blob)
     p = parity(blob, model, ckpt, images)
     check_parity(p)
     meta["parity"] = {**p, "split": "test", "max_prob_diff_allowed": MAX_PROB_DIFF}
@@ -174,28 +175,26 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
     return path, meta_path, p
 
 
-def load_onnx(path: str | Path) -> tuple[object, dict]:
-    """(ONNX Runtime session, trainlab metadata) of an exported model.onnx."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainlabError(f"{path}: no such file")
-    sess = session(path)
-    raw = sess.get_modelmeta().custom_metadata_map.get("trainlab")
-    meta = None
-    with contextlib.suppress(ValueError, TypeError):
-        meta = json.loads(raw) if raw else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("input"), dict):
-        raise TrainlabError(f"{path} is an ONNX model but not one trainlab exported (no trainlab metadata): "
-                            "predict it with ONNX Runtime directly")
-    return sess, meta
+def load_onnx(path: str | Path) -> tuple[bytes, dict]:
+    """(the bytes, trainlab metadata) of an exported model.onnx, checked (onnx_guard.py) before
+    any runtime sees them."""
+    from trainlab.analysis.onnx_guard import check_file
+
+    _need("onnx")
+    return check_file(path)
 
 
-def predict_onnx(path: str | Path, images: torch.Tensor) -> tuple[torch.Tensor, list[str]]:
-    """Class probabilities of N,C,H,W uint8 images from model.onnx, and its class names."""
-    sess, meta = load_onnx(path)
+def predict_onnx(path: str | Path, images: torch.Tensor, timeout: float | None = None
+                 ) -> tuple[torch.Tensor, list[str]]:
+    """Class probabilities of N,C,H,W uint8 images from model.onnx, and its class names;
+    ONNX Runtime is stopped after `timeout` seconds (default onnx_run.DEFAULT_TIMEOUT)."""
+    from trainlab.analysis.onnx_run import DEFAULT_TIMEOUT
+
+    blob, meta = load_onnx(path)
     expected = tuple(meta["input"]["shape"][1:])
     if tuple(images.shape[1:]) != expected:
         raise TrainlabError(f"the images are {tuple(images.shape[1:])} but the model expects {expected} (C,H,W)")
     if images.dtype != torch.uint8:
         raise TrainlabError("the ONNX model takes uint8 images (0-255); these are float")
-    return torch.from_numpy(run_session(sess, images)), list(meta["classes"])
+    probs = run_graph(blob, images, meta["model_spec"]["num_classes"], timeout or DEFAULT_TIMEOUT, str(path))
+    return torch.from_numpy(probs), list(meta["classes"])

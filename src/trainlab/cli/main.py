@@ -86,6 +86,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 and finite, got {text!r}")
+    return value
+
+
 def add_allow_import(parser) -> None:
     parser.add_argument("--allow-import", action="append", metavar="MODULE",
                         help="import MODULE first (its trainlab.register / register_format calls "
@@ -299,7 +309,7 @@ def _predict_onnx(args) -> int:
     if len({tuple(x.shape[1:]) for x in images}) > 1:
         raise ConfigError("the files hold images of different shapes: predict them one at a time")
     images = torch.cat(images)[: args.n]
-    probs, classes = predict_onnx(args.checkpoint, images)
+    probs, classes = predict_onnx(args.checkpoint, images, timeout=args.timeout)
     print(predictions_table(probs, classes, names=names[: args.n]))
     return 0
 
@@ -514,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("-n", type=_positive_int, default=10, help="how many images (default 10)")
     pr.add_argument("--data-dir")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                    help="a model.onnx is stopped after this long (default 600)")
     add_allow_import(pr)
     pr.set_defaults(func=cmd_predict)
 

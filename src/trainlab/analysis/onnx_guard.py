@@ -1,0 +1,216 @@
+"""An ONNX file is code: its graph runs. So a model.onnx is read and checked here, with the
+`onnx` package only, before ONNX Runtime ever sees its bytes. Accepted: graphs trainlab's
+own exporter could have written -- the operators it emits for its registered models
+(tests/test_onnx.py exports them all and checks this list against what they emit), no
+subgraphs (Loop, Scan, If), no custom domains or local functions, no external data (a
+reference to a file would make ONNX Runtime read any file on disk), opsets trainlab
+exports, one uint8 N,C,H,W input of fixed C,H,W, one float N,classes output, initializers
+no bigger than the file, and trainlab's metadata checked field by field as a model.pt's is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from trainlab.errors import TrainlabError
+
+# what onnx_export.to_onnx emits for every registered model (with and without flip TTA, 1 and 3 channels)
+ALLOWED_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
+                         "GlobalAveragePool", "Identity", "MaxPool", "Mul", "Relu", "Slice", "Softmax"})
+OPSETS = range(17, 18)  # the default-domain opsets trainlab has exported (onnx_export.OPSET)
+MAX_BYTES = 2**31 - 1  # protobuf's own limit for one message: a bigger model.onnx is not a whole one
+MAX_META_CHARS = 64 << 20  # the "trainlab" metadata entry (class names dominate)
+INPUT, OUTPUT = "images", "probabilities"
+
+
+def _bad(path, what: str):
+    raise TrainlabError(f"{path}: {what}: trainlab never writes such a graph, so it is refused unrun")
+
+
+def read_bounded(path: Path) -> bytes:
+    """The file's bytes, read at most MAX_BYTES + 1 of them."""
+    if not path.is_file():
+        raise TrainlabError(f"{path}: no such file" if not path.exists() else f"{path} is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            # read() preallocates what it is asked for: ask for the file's size (+1: it grew), never 2 GiB
+            blob = f.read(size + 1) if size <= MAX_BYTES else b""
+    except OSError as e:
+        raise TrainlabError(f"{path} cannot be read ({e.strerror or e})") from None
+    if size > MAX_BYTES or len(blob) > MAX_BYTES:
+        raise TrainlabError(f"{path} is larger than 2 GiB, which no single ONNX file can be: it is not a model")
+    if not blob:
+        raise TrainlabError(f"{path} is empty: it is not an ONNX model")
+    return blob
+
+
+def parse(blob: bytes, path):
+    """The ModelProto of `blob`; nothing outside the bytes is read (no external data)."""
+    from trainlab.analysis.onnx_export import _need
+
+    onnx = _need("onnx")
+    try:
+        return onnx.load_model_from_string(blob)  # never follows external_data (no base folder)
+    except Exception as e:  # noqa: BLE001 -- protobuf raises DecodeError and friends
+        raise TrainlabError(f"{path} is not an ONNX model (it does not parse: "
+                            f"{(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
+
+
+def _tensors(proto):
+    """Every TensorProto the graph carries: initializers and node attributes."""
+    yield from proto.graph.initializer
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+
+
+def _nbytes(t) -> int:
+    from onnx import helper
+
+    if any(d < 0 for d in t.dims):
+        return -1
+    try:
+        size = helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return -1
+    return math.prod(t.dims) * size
+
+
+def check_graph(proto, path, file_size: int) -> None:
+    """Refuse what trainlab never writes, before a runtime sees it (one sentence each)."""
+    from onnx import TensorProto
+
+    g = proto.graph
+    ops = {(o.domain, o.version) for o in proto.opset_import}
+    for domain, version in ops:
+        if domain not in ("", "ai.onnx"):
+            _bad(path, f"it uses the operator domain {domain[:100]!r}, not the standard one")
+        if version not in OPSETS:
+            _bad(path, f"its opset {version} is not one trainlab exports ({OPSETS.start}-{OPSETS.stop - 1})")
+    if not ops:
+        _bad(path, "it names no opset")
+    if proto.functions or proto.training_info or g.sparse_initializer:
+        _bad(path, "it holds local functions, training graphs or sparse tensors")
+    for node in g.node:
+        if node.domain not in ("", "ai.onnx"):
+            _bad(path, f"its operator {node.op_type[:100]!r} is from the custom domain {node.domain[:100]!r}")
+        if node.op_type not in ALLOWED_OPS:
+            _bad(path, f"its operator {node.op_type[:100]!r} is not one trainlab exports "
+                       f"({', '.join(sorted(ALLOWED_OPS))})")
+        for a in node.attribute:
+            if a.HasField("g") or a.graphs or a.HasField("sparse_tensor") or a.sparse_tensors:
+                _bad(path, f"its {node.op_type} node holds a subgraph or sparse tensor")
+    declared = 0
+    for t in _tensors(proto):
+        if t.data_location == TensorProto.EXTERNAL or t.external_data:
+            _bad(path, "it refers to external data files, which trainlab never writes (and which would "
+                       "make ONNX Runtime read other files)")
+        n = _nbytes(t)
+        if n < 0 or t.data_type == TensorProto.STRING:
+            _bad(path, f"its tensor {t.name[:100]!r} has a type or shape trainlab never writes")
+        declared += n
+    if declared > file_size:
+        _bad(path, f"its tensors declare {declared:,} bytes but the file holds {file_size:,}")
+
+
+def _dims(value_info) -> list | None:
+    tt = value_info.type.tensor_type
+    if not value_info.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+
+
+def check_io(proto, path, meta: dict) -> None:
+    """One uint8 N,C,H,W input (C,H,W fixed, N symbolic or fixed) and one float N,classes
+    output, as the metadata says."""
+    from onnx import TensorProto
+
+    g = proto.graph
+    inits = {t.name for t in g.initializer}
+    inputs = [i for i in g.input if i.name not in inits]
+    spec = meta["model_spec"]
+    want_in, want_out = list(spec["input_shape"]), [spec["num_classes"]]
+    for kind, vis, name, dtype, want in (("input", inputs, INPUT, TensorProto.UINT8, want_in),
+                                         ("output", list(g.output), OUTPUT, TensorProto.FLOAT, want_out)):
+        if len(vis) != 1 or vis[0].name != name:
+            _bad(path, f"its graph does not have the one {kind} {name!r} trainlab writes")
+        dims = _dims(vis[0])
+        if vis[0].type.tensor_type.elem_type != dtype or dims is None or dims[1:] != want or not (
+                isinstance(dims[0], str) or (isinstance(dims[0], int) and dims[0] > 0)):
+            _bad(path, f"its {kind} is not {TensorProto.DataType.Name(dtype).lower()} shaped "
+                       f"{['N', *want]} as its metadata says")
+
+
+def _string(v, limit=100_000) -> bool:
+    return isinstance(v, str) and len(v) <= limit
+
+
+def check_meta(proto, path) -> dict:
+    """trainlab's metadata entry, every field checked as a model.pt's are (check_fields)."""
+    from trainlab.store.checkpoint import check_fields
+
+    entries = [p.value for p in proto.metadata_props if p.key == "trainlab"]
+    meta = None
+    if len(entries) == 1 and len(entries[0]) <= MAX_META_CHARS:
+        try:
+            meta = json.loads(entries[0])
+        except (ValueError, RecursionError):
+            meta = None
+    if not isinstance(meta, dict):
+        raise TrainlabError(f"{path} is an ONNX model but not one trainlab exported (no trainlab metadata): "
+                            "predict it with ONNX Runtime directly")
+
+    def bad(what):
+        raise TrainlabError(f"{path}: its trainlab metadata {what}: the file is damaged or forged")
+
+    if meta.get("format") != "onnx":
+        bad("does not say format 'onnx'")
+    pre = meta.get("preprocessing")
+    if not isinstance(pre, dict):
+        bad("has no preprocessing table")
+    if not isinstance(pre.get("tta_flip"), bool):
+        bad("has a tta_flip that is not true or false")
+    # the model.pt checks, on the same fields: spec, mean and std per channel, classes
+    fields = {"model_spec": meta.get("model_spec"), "model": {}, "mean": pre.get("mean"), "std": pre.get("std"),
+              "config": {"dataset": "onnx"}}
+    if "classes" not in meta:
+        bad("has no class names")
+    fields["classes"] = meta["classes"]
+    check_fields(fields, path)
+    spec = meta["model_spec"]
+    for kind, name, dtype, shape in (("input", INPUT, "uint8", ["N", *spec["input_shape"]]),
+                                     ("output", OUTPUT, "float32", ["N", spec["num_classes"]])):
+        v = meta.get(kind)
+        if not isinstance(v, dict) or v.get("name") != name or v.get("dtype") != dtype or v.get("shape") != shape:
+            bad(f"has an {kind} that is not {name!r}, {dtype}, {shape}")
+    opset = meta.get("opset")
+    if not (isinstance(opset, int) and not isinstance(opset, bool) and opset in OPSETS):
+        bad(f"names an opset {str(opset)[:20]!r} that trainlab does not export")
+    for key in ("trainlab_version", "source"):
+        if key in meta and not _string(meta[key]):
+            bad(f"has a {key} that is not a short text")
+    return meta
+
+
+def check_file(path) -> tuple[bytes, dict]:
+    """(the model's bytes, its trainlab metadata), or one sentence saying why not."""
+    from trainlab.analysis.onnx_export import _need
+
+    path = Path(path)
+    blob = read_bounded(path)
+    proto = parse(blob, path)
+    meta = check_meta(proto, path)  # first: a foreign model is told so, whatever its graph
+    check_graph(proto, path, len(blob))
+    onnx = _need("onnx")
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 -- ValidationError, or a C++ error for odd protos
+        _bad(path, f"it is not a valid ONNX model ({(str(e).splitlines() or [''])[0][:200]})")
+    check_io(proto, path, meta)
+    return blob, meta
