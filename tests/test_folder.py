@@ -23,6 +23,7 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image
 
 from trainlab.data import folder as folder_mod
+from trainlab.data.folder import scanner as folder_scanner
 from trainlab.data import load_dataset
 from trainlab.errors import ConfigError, DataError
 
@@ -410,9 +411,16 @@ def test_fifty_classes_train_predict_export_and_data_info_from_the_cli(tmp_path)
     assert r.returncode == 0, r.stderr
     run = runs / "f50"
     meta = json.loads((run / "meta.json").read_text())
-    assert meta["data_source"]["kind"] == "folder" and len(meta["data_source"]["test_carved"]["files"]) == 40
+    # 20% of 4 images is 0.8: the proportional carve gave 10 classes no test image (a run that
+    # `compare` and `report` then refused as damaged); each class now gets at least one
+    carved = meta["data_source"]["test_carved"]["files"]
+    assert meta["data_source"]["kind"] == "folder" and len(carved) == 50
+    assert sorted({f.split("/")[0] for f in carved}) == classes
     assert meta["classes"] == classes
     assert "image_size = 32" in (run / "config.toml").read_text()
+    for cmd in (("compare", run, run), ("report", run, "-o", tmp_path / "r.html")):
+        r = run_cli(*cmd, timeout=300)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
     r = run_cli("predict", run, root / "class07" / "0000.png", root / "class42")
     assert r.returncode == 0, r.stderr
@@ -428,7 +436,7 @@ def test_fifty_classes_train_predict_export_and_data_info_from_the_cli(tmp_path)
 
     r = run_cli("data", "info", "--dataset", f"folder:{root}", "--image-size", "32")
     assert r.returncode == 0, r.stderr
-    assert "50 classes, 160 train / 40 test" in r.stdout
+    assert "50 classes, 150 train / 50 test" in r.stdout
     assert "modes RGB 200" in r.stdout and "sizes 100x100 200" in r.stdout
     assert "bad      none" in r.stdout
 
@@ -637,7 +645,7 @@ def test_mapped_splits_on_a_full_disk_end_in_one_sentence_and_leave_nothing(tmp_
         load(root, memory_budget="1B")
     assert "\n" not in str(e.value)
     (cache,) = (Path(os.environ["XDG_CACHE_HOME"]) / "trainlab" / "folder").iterdir()
-    assert sorted(p.name for p in cache.iterdir()) == ["images.npy", "meta.json", "sums.npy"]
+    assert sorted(p.name for p in cache.iterdir()) == ["images.npy", "lock", "meta.json", "sums.npy"]
 
 
 def test_decoding_on_a_full_or_read_only_cache_ends_in_one_sentence_and_leaves_nothing(tmp_path, monkeypatch):
@@ -688,10 +696,10 @@ def test_temporary_folders_left_by_a_killed_process_are_removed_a_day_later(tmp_
 
 def test_a_folder_with_too_many_files_is_refused_before_any_is_read(tmp_path, monkeypatch):
     root = write_image_folder(tmp_path / "d", classes=("a", "b", "c"), per_class=3)
-    monkeypatch.setattr(folder_mod, "MAX_FILES", 5)
+    monkeypatch.setattr(folder_scanner, "MAX_FILES", 5)
     with pytest.raises(DataError, match=r"over 5 files; is this the right folder\?"):
         folder_mod.scan(root)
-    monkeypatch.setattr(folder_mod, "MAX_FILES", 9)
+    monkeypatch.setattr(folder_scanner, "MAX_FILES", 9)
     s = folder_mod.scan(root)
     assert s.rels == [f"{c}/{i:04d}.png" for c in "abc" for i in range(3)]
 

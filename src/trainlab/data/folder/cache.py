@@ -1,0 +1,397 @@
+"""The decode cache: `cache_root()/folder/<group>-<key>/` holds images.npy (uint8 N,C,H,W),
+sums.npy and meta.json, written in a fresh temporary folder and renamed into place whole.
+
+What a key guarantees: <group> is the folder's resolved absolute path and the size policy;
+<key> adds every image file's relative path, size, mtime, inode, device and ctime. A copy of
+a folder (cp -a, rsync -a, tar, zip: same names, sizes and mtimes) has another path and other
+inodes; a file rewritten in place, even with its size and mtime put back (`touch -r`), has a
+new ctime, which no program can set back. So no folder is ever served another's pixels, and
+no edited file its old ones. (A moved or re-mounted folder, a chmod, is decoded again: safe.)
+
+What is read back is checked: meta.json must describe the scan, and the pixels and sums must
+hash (sha256) to what meta.json recorded when they were written (once per process and file
+state). A cache that fails is set aside with one warning line and decoded again.
+
+Superseded copies (the same folder and policy, an older key) are removed once a newer one is
+in place, but never while another process maps them: each reader holds a shared lock
+(flock) on the cache's `lock` file for as long as it lives, and a remover takes it exclusive
+without waiting (a held copy is left for a later run)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from trainlab.data.folder.decode import MAX_SIDE, _new_npy, _pillow, decode_folder
+from trainlab.data.folder.scanner import Scan, scan
+from trainlab.data.sources import cache_root
+from trainlab.errors import DataError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; superseded copies are then kept (never removed under a reader)
+    fcntl = None
+
+log = logging.getLogger("trainlab.data")
+
+CACHE_VERSION = 3
+_MAX_META = 1 << 28  # bytes of a cache's meta.json
+STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed process
+LOCK = "lock"
+_held: dict[str, int] = {}  # cache folder -> the fd of its shared lock, held while this process lives
+_verified: set[tuple] = set()  # (path, dev, ino, size, mtime_ns, ctime_ns) of arrays hashed here
+
+
+def _root_id(s: Scan) -> str:
+    return str(s.root.resolve())
+
+
+def cache_group(s: Scan, image_size: int | None) -> str:
+    """The folder (resolved) and the size policy: copies of one group supersede each other."""
+    text = json.dumps({"version": CACHE_VERSION, "root": _root_id(s), "image_size": image_size}, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def cache_key(s: Scan, image_size: int | None, channels: int | None = None) -> str:
+    """The cache folder's name for this scan and policy (see the module docstring)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"version": CACHE_VERSION, "root": _root_id(s), "layout": s.layout, "classes": s.classes,
+                         "image_size": image_size, "channels": channels}, sort_keys=True)
+             .encode("utf-8", "surrogateescape"))
+    h.update("".join(f"\0{r}\0{n}\0{m}\0{i}\0{d}\0{c}" for r, n, m, i, d, c in
+                     zip(s.rels, s.sizes, s.mtimes_ns, s.inodes, s.devices, s.ctimes_ns))
+             .encode("utf-8", "surrogateescape"))
+    return f"{cache_group(s, image_size)}-{h.hexdigest()}"
+
+
+def _sha256(arr: np.ndarray) -> str:
+    """payload_sha256 of a contiguous array, 64 MiB at a time (a mapped file stays mapped)."""
+    h = hashlib.sha256()
+    flat = arr.reshape(-1).view(np.uint8) if arr.size else np.zeros(0, np.uint8)
+    for a in range(0, len(flat), 64 << 20):
+        h.update(memoryview(np.ascontiguousarray(flat[a:a + (64 << 20)])))
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- locks
+
+def _lock_held(folder: Path) -> bool:
+    """Take (or keep) a shared lock on the cache folder for this process's life; False when
+    the folder is not (any more) at its name or has no lock file."""
+    if fcntl is None:
+        return (folder / LOCK).is_file()
+    fd = _held.get(str(folder))
+    if fd is not None:
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(folder / LOCK)):
+                return True
+        except OSError:
+            pass
+        os.close(_held.pop(str(folder)))
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a remover renames the folder away
+        if os.path.samestat(os.fstat(fd), os.stat(folder / LOCK)):
+            _held[str(folder)] = fd
+            return True
+    except OSError:
+        pass
+    os.close(fd)
+    return False
+
+
+def _remove_unheld(path: Path) -> bool:
+    """Rename `path` aside and remove it, unless a process holds its lock: True when removed."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(path / LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            fd = None  # no lock file: a damaged or half-removed folder, nobody maps it
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+    elif (path / LOCK).exists():
+        return False
+    try:
+        stale = path
+        if not path.name.startswith(".stale-"):
+            stale = path.parent / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(path, stale)
+        shutil.rmtree(stale, ignore_errors=True)
+        return True
+    except OSError:
+        return False
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _set_aside(path: Path) -> None:
+    """Move a damaged cache folder out of the way whole (a reader never sees it half-removed),
+    then remove it unless a process still maps it (then a later run does)."""
+    stale = path.parent / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        os.rename(path, stale)
+    except OSError:
+        return
+    _remove_unheld(stale)
+
+
+def _remove_superseded(base: Path, final: Path) -> None:
+    """The same folder's and policy's older copies: each is a full decoded copy."""
+    group = final.name.split("-")[0]
+    for p in base.glob(f"{group}-*"):
+        if p != final and p.is_dir() and not p.is_symlink():
+            if _remove_unheld(p):
+                log.info("data: removed the superseded decode cache %s", p)
+
+
+def _remove_stale(base: Path) -> None:
+    """Temporary folders (.decode-*, .splits-*, .stale-*) a killed process left a day ago or more."""
+    now = time.time()
+    for tag in (".decode-", ".splits-", ".stale-"):
+        for p in base.glob(f"{tag}*"):
+            try:
+                if not p.is_dir() or p.is_symlink():
+                    continue
+                if tag == ".stale-":  # set aside: gone as soon as no process maps it
+                    _remove_unheld(p)
+                elif now - p.lstat().st_mtime > STALE_SECONDS:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- reading and checking
+
+def _is_int(v, low: int, high: int | None = None) -> bool:
+    return type(v) is int and v >= low and (high is None or v <= high)
+
+
+def _counts(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_int(c, 0) for k, c in v.items())
+
+
+def _meta_describes(meta, s: Scan, image_size: int | None) -> bool:
+    """Whether a cache's meta.json is well formed and agrees with the scan it is keyed by: the
+    files are the scan's (in its order) with their own labels and splits, and every other file
+    of the scan is listed as bad. A damaged or edited meta.json is decoded again, never trusted."""
+    if not (isinstance(meta, dict) and meta.get("version") == CACHE_VERSION and meta.get("layout") == s.layout
+            and meta.get("classes") == s.classes and meta.get("image_size") == image_size
+            and meta.get("channels") in (1, 3) and type(meta.get("channels")) is int
+            and _is_int(meta.get("width"), 1, MAX_SIDE) and _is_int(meta.get("height"), 1, MAX_SIDE)
+            and isinstance(meta.get("policy"), str) and meta.get("ignored") == s.ignored
+            and _counts(meta.get("modes")) and _counts(meta.get("sizes"))):
+        return False
+    files, bad = meta.get("files"), meta.get("bad")
+    if not (isinstance(files, list) and isinstance(bad, list) and len(files) + len(bad) == len(s.rels)):
+        return False
+    if not all(isinstance(b, list) and len(b) == 2 and all(isinstance(x, str) for x in b) for b in bad):
+        return False
+    if not bad:  # the usual case, in one comparison per list
+        return files == s.rels and meta.get("labels") == s.labels and meta.get("splits") == s.splits
+    where = {r: i for i, r in enumerate(s.rels)}
+    rows = [where.get(f, -1) if isinstance(f, str) else -1 for f in files]
+    if any(b <= a for a, b in zip([-1] + rows, rows)):  # each a scanned file, in scan order, once
+        return False
+    if {b[0] for b in bad} != set(s.rels) - set(files):
+        return False
+    return meta.get("labels") == [s.labels[i] for i in rows] and meta.get("splits") == [s.splits[i] for i in rows]
+
+
+
+
+def _arrays_verified(folder: Path, images: np.ndarray, sums: np.ndarray, meta: dict) -> bool:
+    """The pixels and sums hash to what meta.json recorded when they were written (skipped
+    for a file state this process has already hashed)."""
+    states = []
+    for name in ("images.npy", "sums.npy"):
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            st = None  # no images.npy: a cache of no good file
+        states.append(None if st is None else (str(folder / name), st.st_dev, st.st_ino, st.st_size,
+                                               st.st_mtime_ns, st.st_ctime_ns))
+    key = tuple(states)
+    if key in _verified:
+        return True
+    if _sha256(images) != meta.get("images_sha256") or _sha256(sums) != meta.get("sums_sha256"):
+        return False
+    _verified.add(key)
+    return True
+
+
+def _read_cache(folder: Path, s: Scan, image_size: int | None) -> tuple[np.ndarray, dict] | str:
+    """The cache's images (memory-mapped) and meta, or why it cannot be used (damaged, or it
+    does not describe this scan): the caller then decodes again."""
+    meta_path, images_path, sums_path = folder / "meta.json", folder / "images.npy", folder / "sums.npy"
+    try:
+        if not _lock_held(folder):
+            return "it has no lock file"
+        if meta_path.stat().st_size > _MAX_META:
+            return "meta.json is too large"
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not _meta_describes(meta, s, image_size):
+            return "meta.json does not describe the folder"
+        n = len(meta["files"])
+        shape = (n, meta["channels"], meta["height"], meta["width"])
+        if sums_path.stat().st_size > n * shape[1] * 2 * 8 + 4096:  # a bound before reading it
+            return "sums.npy is too large"
+        images = np.load(images_path, mmap_mode="r", allow_pickle=False) if n else np.zeros(shape, np.uint8)
+        sums = np.load(sums_path, allow_pickle=False)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeError) as e:
+        return f"it cannot be read ({getattr(e, 'strerror', None) or type(e).__name__})"
+    if images.dtype != np.uint8 or images.shape != shape or sums.shape != (n, shape[1], 2) or sums.dtype != np.int64:
+        return "its arrays are not of the shape meta.json gives"
+    if not _arrays_verified(folder, images, sums, meta):
+        return "its arrays do not match the sha256 recorded when they were written"
+    meta["sums"] = sums
+    return images, meta
+
+
+def _new_cache(s: Scan, image_size: int | None, workers: int | None, base: Path, final: Path) -> None:
+    """Decode into a fresh temporary folder, hash, and rename it to `final` whole."""
+    tmp = base / f".decode-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = None
+    try:
+        tmp.mkdir()  # fresh: fails if anything stands at the name
+        (tmp / LOCK).touch()
+        fd = _hold_new(tmp / LOCK)  # held before the rename: no remover can take it from under us
+        images, meta = decode_folder(s, image_size, workers, tmp)
+        sums = np.load(tmp / "sums.npy", allow_pickle=False)
+        meta.update(version=CACHE_VERSION, key=final.name, images_sha256=_sha256(images),
+                    sums_sha256=_sha256(sums))
+        del images  # the mapping is reopened from the final place
+        _write_meta(tmp / "meta.json", meta)
+        try:
+            os.rename(tmp, final)
+            if fd is not None:
+                _held[str(final)] = fd
+                fd = None
+        except OSError:
+            if not final.is_dir():  # another process won the race: its copy is as good
+                raise
+    except OSError as e:  # a full or read-only disk, mostly: nothing half-written is kept
+        raise DataError(f"folder:{s.root}: decoding into the cache {base} failed ({e.strerror or e}); "
+                        "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _hold_new(path: Path) -> int | None:
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None
+                 ) -> tuple[np.ndarray, dict, Scan]:
+    """The folder's images (uint8 N,C,H,W, memory-mapped from the cache, decoding it first
+    when needed) and the cache's meta: files, labels, splits, policy, modes, sizes, bad files."""
+    s = scan(root)
+    _pillow()
+    base = cache_root() / "folder"
+    final = base / cache_key(s, image_size)
+    for attempt in range(2):
+        hit = _read_cache(final, s, image_size) if final.is_dir() else None
+        if isinstance(hit, tuple):
+            if attempt == 0:
+                log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
+            else:
+                log.info("data: decoded %d images of %s into the cache %s", len(hit[1]["files"]), s.root, final)
+            _remove_superseded(base, final)
+            return hit[0], hit[1], s
+        if attempt:
+            break
+        if hit is not None:  # damaged, or from an older trainlab: set aside whole, then removed
+            log.warning("data: the decode cache %s is damaged (%s); decoding the folder again", final, hit)
+            _set_aside(final)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataError(f"the cache folder {base} cannot be created ({e.strerror or e}); "
+                            "set XDG_CACHE_HOME to a writable folder") from None
+        _remove_stale(base)
+        _new_cache(s, image_size, workers, base, final)
+    raise DataError(f"the decode cache {final} cannot be read back; remove it and try again")
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:  # inside the fresh temporary folder
+        json.dump(meta, f)
+
+
+# ---------------------------------------------------------------- larger than memory: mapped splits
+
+def _mapped_splits(cache: Path, images: np.ndarray, parts: dict[str, np.ndarray]
+                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Each split's rows as its own .npy beside the decode cache (written once, in a fresh
+    temporary folder renamed whole), memory-mapped copy-on-write: nothing is read into memory;
+    and each one's sha256, checked against the one recorded when it was written. A folder whose
+    files do not open as the expected arrays, or hash otherwise, is set aside and written again."""
+    key = hashlib.sha256(b"".join(np.asarray(parts[k], np.int64).tobytes() + b"|" for k in sorted(parts)))
+    final = cache / f"splits-{key.hexdigest()[:32]}"
+    _remove_stale(cache)
+    for _ in range(2):
+        if not final.is_dir():
+            _write_splits(final, images, parts)
+        try:
+            split = {name: np.load(final / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in parts}
+            recorded = json.loads((final / "hashes.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeError):
+            split = recorded = None
+        if split is not None and all(a.dtype == np.uint8 and a.shape == (len(parts[n]),) + images.shape[1:]
+                                     for n, a in split.items()):
+            hashes = {name: _sha256(a) for name, a in split.items()}  # the data set's hashes: one pass
+            if recorded == hashes:
+                return split, hashes
+        log.warning("data: the memory-mapped splits in %s are damaged; writing them again", final)
+        _set_aside(final)
+    raise DataError(f"the memory-mapped splits in {final} cannot be read back; remove {cache} and try again")
+
+
+def _write_splits(final: Path, images: np.ndarray, parts: dict[str, np.ndarray]) -> None:
+    tmp = final.parent / f".splits-{os.getpid()}-{secrets.token_hex(4)}"
+    hashes = {}
+    try:
+        tmp.mkdir()
+        for name, idx in parts.items():
+            out = _new_npy(tmp / f"{name}.npy", (len(idx),) + images.shape[1:])
+            for a in range(0, len(idx), 4096):
+                out[a:a + 4096] = images[idx[a:a + 4096]]
+            out.flush()
+            hashes[name] = _sha256(out)
+            del out
+        with open(tmp / "hashes.json", "w", encoding="utf-8") as f:
+            json.dump(hashes, f)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another process won the race: its copy is as good
+                raise
+    except OSError as e:
+        raise DataError(f"the memory-mapped splits cannot be written in {final.parent} ({e.strerror or e}); "
+                        "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
