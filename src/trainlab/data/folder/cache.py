@@ -157,6 +157,8 @@ def _remove_superseded(base: Path, final: Path) -> None:
     group = final.name.split("-")[0]
     for p in base.glob(f"{group}-*"):
         if p != final and p.is_dir() and not p.is_symlink():
+            if str(p) in _held:  # this process's own hold: its mappings outlive the unlink (POSIX)
+                os.close(_held.pop(str(p)))
             if _remove_unheld(p):
                 log.info("data: removed the superseded decode cache %s", p)
 
