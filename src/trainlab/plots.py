@@ -26,6 +26,15 @@ class Saved(NamedTuple):
     svg: Path
 
 
+def _label(text) -> str:
+    """A class, run or file name as figure text: escaped like the terminal's (a control
+    character would reach stderr in matplotlib's missing-glyph warning) and with `$` literal
+    (matplotlib reads $...$ as math, and fails on a malformed one)."""
+    from trainlab.analysis.tables import printable
+
+    return printable(text).replace("$", r"\$")
+
+
 def _figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
@@ -108,7 +117,7 @@ def curves(history: list[dict], out, title: str = "") -> Saved:
         for ax in (ax_loss, ax_acc):
             ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"best val (epoch {best})")
     ax_loss.legend(fontsize=8)
-    fig.suptitle(title or "train vs test")
+    fig.suptitle(_label(title or "train vs test"))
     return _save(fig, out)
 
 
@@ -119,7 +128,7 @@ def _best_val_epoch(rows: list[dict]):
 
 def per_class_bars(per_class: list[dict], out, title: str = "", overall: float | None = None) -> Saved:
     """Per-class test accuracy as horizontal bars, hardest class highlighted."""
-    names = [pc["class"] for pc in per_class]
+    names = [_label(pc["class"]) for pc in per_class]
     accs = [pc["accuracy"] if pc["accuracy"] is not None else float("nan") for pc in per_class]
     fig = _figure(7, 0.35 * len(names) + 1.2)
     ax = fig.subplots()
@@ -137,7 +146,7 @@ def per_class_bars(per_class: list[dict], out, title: str = "", overall: float |
     if overall is not None:
         ax.axvline(overall, color="grey", ls="--", lw=1, label=f"overall {percent(overall, 1)}")
         ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "per-class accuracy")
+    ax.set_title(_label(title or "per-class accuracy"))
     return _save(fig, out)
 
 
@@ -148,7 +157,7 @@ def confusion_figure(cm, classes: list[str], title: str = ""):
     counts = np.asarray(cm, dtype=np.int64)
     totals = counts.sum(1, keepdims=True)
     frac = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    n = len(classes)
+    n, classes = len(classes), [_label(c) for c in classes]
     size = max(4.0, 0.45 * n + 1.5)
     fig = _figure(size + 1, size)
     ax = fig.subplots()
@@ -163,7 +172,7 @@ def confusion_figure(cm, classes: list[str], title: str = ""):
                 ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
                         color="white" if frac[t, p] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    ax.set_title(title or "confusion matrix")
+    ax.set_title(_label(title or "confusion matrix"))
     return fig
 
 
@@ -211,11 +220,11 @@ def misclassified_grid(images, true: list[int], pred: list[int], confidence: lis
             ax.axis("off")
             continue
         _show(ax, imgs[i])
-        ax.set_title(f"{classes[true[i]]}\n→ {classes[pred[i]]} {percent(confidence[i], 0)}",
+        ax.set_title(f"{_label(classes[true[i]])}\n→ {_label(classes[pred[i]])} {percent(confidence[i], 0)}",
                      fontsize=7, color="tab:red" if true[i] != pred[i] else "black")
     if n == 0:
         axes[0].text(0.5, 0.5, "no misclassified examples", ha="center", va="center")
-    fig.suptitle(title or "highest-loss test errors (true → predicted, confidence)", fontsize=10)
+    fig.suptitle(_label(title or "highest-loss test errors (true → predicted, confidence)"), fontsize=10)
     return _save(fig, out)
 
 
@@ -238,8 +247,8 @@ def sample_grid(images, labels, classes: list[str], out, per_class: int = 8, tit
                 k += 1
             else:
                 ax.axis("off")
-        axes[c, 0].set_ylabel(classes[c], rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title or "samples by class", fontsize=10)
+        axes[c, 0].set_ylabel(_label(classes[c]), rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(_label(title or "samples by class"), fontsize=10)
     return _save(fig, out)
 
 
@@ -270,7 +279,7 @@ def resume_overlay(with_state: list[dict], without_state: list[dict], fork_epoch
         _epoch_axis(ax)
         ax.set_ylabel(key.replace("_", " "))
     ax_tr.legend(fontsize=8)
-    fig.suptitle(title or "resume: with vs without optimizer state")
+    fig.suptitle(_label(title or "resume: with vs without optimizer state"))
     return _save(fig, out)
 
 
@@ -284,16 +293,16 @@ def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> S
         rows = epoch_rows(hist)
         color = cmap[i % len(cmap)]
         val_key = "val_loss" if _series(rows, "val_loss")[0] else "test_loss"
-        ax_loss.plot(*_series(rows, val_key), color=color, label=f"{name} ({val_key.split('_')[0]})")
+        ax_loss.plot(*_series(rows, val_key), color=color, label=_label(f"{name} ({val_key.split('_')[0]})"))
         ax_loss.plot(*_series(rows, "train_loss"), color=color, ls=":", lw=1)
-        ax_acc.plot(*_series(rows, "test_acc"), color=color, marker="o", ms=2.5, label=name)
+        ax_acc.plot(*_series(rows, "test_acc"), color=color, marker="o", ms=2.5, label=_label(name))
         ax_acc.plot(*_series(rows, "train_acc"), color=color, ls=":", lw=1)
     ax_loss.set_ylabel("loss (solid: val, dotted: train)")
     ax_acc.set_ylabel("accuracy (solid: test, dotted: train)")
     for ax in (ax_loss, ax_acc):
         _epoch_axis(ax)
     ax_acc.legend(fontsize=7)
-    fig.suptitle(title or "runs compared")
+    fig.suptitle(_label(title or "runs compared"))
     return _save(fig, out)
 
 
@@ -318,7 +327,7 @@ def lr_find_curve(lrs: list[float], losses: dict, suggestion: float, out, title:
     if finite:  # the divergence at the end would squash the interesting part
         ax.set_ylim(min(finite) * 0.9, min(max(finite), 2.5 * finite[0]) * 1.05)
     ax.legend(fontsize=8)
-    ax.set_title(title or "learning-rate range test")
+    ax.set_title(_label(title or "learning-rate range test"))
     return _save(fig, out)
 
 

@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trainlab.analysis.tables import table
+from trainlab.analysis.tables import printable, table
 from trainlab.config import load_toml
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
@@ -190,8 +190,8 @@ class Comparison:
         return headers, rows
 
     def text(self) -> str:
-        parts = [f"!! {w}" for w in self.warnings]
-        parts += [f"note: {n}" for n in self.notes]
+        parts = [printable(f"!! {w}") for w in self.warnings]  # run folder names: escaped
+        parts += [printable(f"note: {n}") for n in self.notes]
         parts.append(table(*self.summary_table()))
         h, rows = self.per_class_table()
         if rows:

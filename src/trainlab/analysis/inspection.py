@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from trainlab.analysis.tables import table
+from trainlab.analysis.tables import printable, table
 from trainlab.errors import TrainlabError
 from trainlab.store import runs
 from trainlab.store.checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
@@ -181,8 +181,10 @@ def describe_run(run_dir: str | Path) -> str:
 
 
 def describe(path: str | Path) -> str:
+    """What `trainlab inspect` prints: each line escaped, as names in a checkpoint are the file's."""
     path = Path(path)
-    return describe_run(path) if path.is_dir() else describe_file(path)
+    text = describe_run(path) if path.is_dir() else describe_file(path)
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 __all__ = ["describe", "describe_file", "describe_run", "MANIFEST"]

@@ -7,6 +7,8 @@ cells. Percentages go through `trainlab.metrics.percent`, the one percent format
 
 from __future__ import annotations
 
+import logging
+
 from trainlab.metrics import percent
 
 
@@ -19,6 +21,30 @@ def printable(text) -> str:
         return text
     return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape", "backslashreplace").decode("ascii")
                    for c in text)
+
+
+class PrintableArgs(logging.Filter):
+    """On the trainlab logger: each argument of a log line (a run folder, a class or file name)
+    made `printable`, so none forges a line or runs an escape sequence; the message's own text
+    stays as written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, dict):
+            record.args = {k: _safe_arg(v) for k, v in record.args.items()}
+        elif record.args:
+            record.args = tuple(_safe_arg(a) for a in record.args)
+        return True
+
+
+def _safe_arg(a):
+    return a if a is None or isinstance(a, (int, float)) else printable(a)
+
+
+def protect_log(logger: logging.Logger | None = None) -> None:
+    """Install PrintableArgs on the trainlab logger once (importing trainlab does)."""
+    logger = logger or logging.getLogger("trainlab")
+    if not any(isinstance(f, PrintableArgs) for f in logger.filters):
+        logger.addFilter(PrintableArgs())
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
@@ -76,14 +102,14 @@ def confused_rows(summary: dict) -> list[list]:
 def run_summary(title: str, result) -> str:
     """What `trainlab train` and `make demo` print after a run (`result`: a TrainResult)."""
     summary, results = result.test, result.results
-    head = (f"{title}\n  test accuracy {percent(summary['accuracy'])} on the "
+    head = (f"{printable(title)}\n  test accuracy {percent(summary['accuracy'])} on the "
             f"{results.get('test_split', 'test split')} | {len(result.history)} epochs | "
             f"{results['seconds_per_epoch']:.2f} s/epoch | device {result.device}")
     confused = summary.get("most_confused") or []
     tail = ""
     if confused:
         tail = "\n  most confused: " + "; ".join(
-            f"{c['true']} -> {c['predicted']} ({c['count']})" for c in confused[:3])
+            f"{printable(c['true'])} -> {printable(c['predicted'])} ({c['count']})" for c in confused[:3])
     return head + "\n" + per_class_table(summary) + tail
 
 

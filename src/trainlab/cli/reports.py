@@ -15,14 +15,14 @@ log = logging.getLogger("trainlab")
 
 def cmd_evaluate(args) -> int:
     from trainlab.analysis.evaluation import evaluate_run_full
-    from trainlab.analysis.tables import CONFUSED_HEADERS, confused_rows, per_class_prf_table, table
+    from trainlab.analysis.tables import CONFUSED_HEADERS, confused_rows, per_class_prf_table, printable, table
     from trainlab.metrics import percent
 
     ev = evaluate_run_full(args.path, data_dir=args.data_dir, device=args.device, top_k=args.top,
                            allow_import=tuple(args.allow_import or ()),
                            plots_flag=False if args.no_plots else None)
     s = ev.summary
-    print(f"{args.path}: test accuracy {percent(s['accuracy'])}, loss {s['loss']:.4f}, "
+    print(f"{printable(args.path)}: test accuracy {percent(s['accuracy'])}, loss {s['loss']:.4f}, "
           f"macro F1 {percent(s['macro']['f1'])} on {s['n']} test images")
     if ev.data_matches is False:
         print("!! the data differs from what this model was trained with (split hashes do not match)")
@@ -38,9 +38,9 @@ def cmd_evaluate(args) -> int:
                     [[r["index"], r["true"], r["pred"], percent(r["confidence"]), f"{r['loss']:.3f}"]
                      for r in ev.highest_loss]))
     tables = [p.name for k, p in ev.files.items() if not k.endswith("_plot")]
-    print(f"\nwrote {', '.join(tables)} in {ev.out_dir}")
+    print(f"\nwrote {', '.join(tables)} in {printable(ev.out_dir)}")
     if any(k.endswith("_plot") for k in ev.files):
-        print(f"figures (PNG and SVG) in {ev.out_dir / 'plots'}")
+        print(f"figures (PNG and SVG) in {printable(ev.out_dir / 'plots')}")
     return 0
 
 
@@ -49,6 +49,7 @@ def cmd_evaluate(args) -> int:
 def cmd_compare(args) -> int:
     from trainlab import plots
     from trainlab.analysis.compare import compare_runs
+    from trainlab.analysis.tables import printable
 
     comp = compare_runs(args.runs)
     for w in comp.warnings:
@@ -56,17 +57,18 @@ def cmd_compare(args) -> int:
     print(comp.text())
     if args.output:
         saved = plots.compare_overlay(comp.histories(), args.output)
-        print(f"\nwrote {saved.png} and {saved.svg}")
+        print(f"\nwrote {printable(saved.png)} and {printable(saved.svg)}")
     return 0
 
 
 def cmd_report(args) -> int:
     from trainlab.analysis.report import write_report
+    from trainlab.analysis.tables import printable
 
     path = write_report(args.runs, args.output, data_dir=args.data_dir, device=args.device,
                         allow_import=tuple(args.allow_import or ()),
                         title=args.title)
-    print(f"wrote {path} (self-contained: open it in any browser, offline)")
+    print(f"wrote {printable(path)} (self-contained: open it in any browser, offline)")
     return 0
 
 
@@ -75,6 +77,7 @@ def cmd_report(args) -> int:
 def cmd_experiment(args) -> int:
     from trainlab.analysis.compare import compare_runs
     from trainlab.analysis.experiment import QUICK_SCALE, run_ladder
+    from trainlab.analysis.tables import printable
 
     scale = QUICK_SCALE if args.quick else args.epochs_scale
     results, report = run_ladder(args.runs_dir, dataset=args.dataset, data_dir=args.data_dir,
@@ -82,7 +85,7 @@ def cmd_experiment(args) -> int:
                                  seed=args.seed, val_size=args.val_size, name=args.name,
                                  quiet=args.quiet)
     print(compare_runs([r.run_dir for r in results]).text())
-    print(f"\nwrote {report}")
+    print(f"\nwrote {printable(report)}")
     return 0
 
 

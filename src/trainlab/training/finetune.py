@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trainlab import models
+from trainlab.analysis.tables import printable
 from trainlab.data.loader import derive_seed
 from trainlab.errors import ConfigError
 from trainlab.inference import checkpoint_path, kept_weights
@@ -209,7 +210,7 @@ def format_table(table: dict) -> str:
         names = [i[0] if isinstance(i, list) else i for i in items]
         if kind in ("new head", "shape mismatch"):
             names = [f"{n} (file {'x'.join(map(str, a))}, model {'x'.join(map(str, b))})" for n, a, b in items]
-        shown = ", ".join(names[:4]) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
+        shown = ", ".join(map(printable, names[:4])) + (f", ... ({len(names) - 4} more)" if len(names) > 4 else "")
         rows.append([kind, str(len(items)), shown or "-"])
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]}" for r in rows]
@@ -237,8 +238,9 @@ def init_weights(model: nn.Module, where: str | Path, strict: bool = False) -> d
     with torch.no_grad():
         for name in table["loaded"]:
             own[name].copy_(state[name])  # in place: the parameters (and their layout) stay the model's
-    log.info("init: %s (%s, sha256 %s...)\n%s", desc["path"], desc["kind"], desc["sha256"][:12],
-             format_table(table))
+    log.info("init: %s (%s, sha256 %s...)", desc["path"], desc["kind"], desc["sha256"][:12])
+    for line in format_table(table).splitlines():  # one log line each: the names in it are escaped
+        log.info("%s", line)
     if problem:
         log.warning("init: %s; that layer keeps its fresh initialization", problem)
     if table["shape mismatch"]:
