@@ -87,6 +87,8 @@ def test_predict_from_onnx_matches_the_checkpoint(runs, tmp_path):
     assert [int(line[1]) for line in lines[:4]] == top
     probs, classes = onnx_export.predict_onnx(out / "model.onnx", data.test_x[:4])
     assert probs.argmax(1).tolist() == top and classes == [str(i) for i in range(10)]
+    ours = predict_images(model, ckpt, data.test_x[:4])
+    assert (probs - ours).abs().max().item() <= onnx_export.MAX_PROB_DIFF  # through the checked, child-process path
 
 
 def test_predict_refuses_a_foreign_onnx_file_and_other_shapes(runs, tmp_path):
@@ -130,3 +132,96 @@ def test_export_of_an_arrays_run_needs_its_data(tmp_path, tiny_data):
         export_run(run, tmp_path / "a", format="onnx")
     path, _ = export_run(run, tmp_path / "b", format="onnx", data=tiny_data)
     assert path.is_file()
+
+
+def test_the_operator_allow_list_is_what_trainlab_exports():
+    """onnx_guard.ALLOWED_OPS, derived again: every built-in registered model exported (1 and 3
+    channels, with and without flip TTA); the list may be neither short of it nor beyond it."""
+    import onnx
+
+    from trainlab import models
+    from trainlab.analysis.onnx_guard import ALLOWED_OPS, OPSETS
+
+    emitted, opsets = set(), set()
+    builtin = [n for n in models.available() if models.info(n).factory.__module__ == "trainlab.models"]
+    assert {"mlp", "cnn", "resnet"} <= set(builtin)
+    for name in builtin:
+        for shape in ((1, 28, 28), (3, 32, 32)):
+            for flip in (False, True):
+                ckpt = {"model_spec": {"name": name, "kwargs": {}, "input_shape": list(shape), "num_classes": 10},
+                        "mean": [0.5] * shape[0], "std": [0.25] * shape[0], "config": {"tta_flip": flip}}
+                packaged = onnx_export.wrap(models.build(name, shape, 10).eval(), ckpt)
+                proto = onnx.load_from_string(onnx_export.to_onnx(packaged, shape, {}))
+                emitted |= {n.op_type for n in proto.graph.node}
+                opsets |= {(o.domain, o.version) for o in proto.opset_import}
+    assert emitted == set(ALLOWED_OPS)
+    assert {d for d, _ in opsets} == {""} and {v for _, v in opsets} <= set(OPSETS)
+
+
+def _wait_for_worker(proc, limit: float = 120) -> int:
+    """The ONNX Runtime child of `proc`, once it runs."""
+    import time
+
+    from conftest import child_pids
+
+    end = time.monotonic() + limit
+    while time.monotonic() < end and proc.poll() is None:
+        kids = child_pids(proc.pid)
+        if kids:
+            return kids[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no ONNX Runtime child process appeared (exit {proc.poll()})")
+
+
+def test_sigterm_during_an_onnx_prediction_ends_it_at_once(tmp_path):
+    """A graph that passes every check yet computes for minutes: SIGTERM while ONNX Runtime
+    runs ends trainlab with its one line and 143, and the runtime's process with it."""
+    import signal
+    import time
+
+    import onnx_graphs
+    from conftest import is_alive, start_cli
+
+    slow = onnx_graphs.slow(tmp_path / "slow.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1000, 28, 28), np.uint8))
+    proc = start_cli("predict", slow, tmp_path / "x.npy", "-n", "1000", stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    try:
+        worker = _wait_for_worker(proc)
+        time.sleep(1)  # well inside session.run
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err
+    assert [x for x in err.splitlines() if x.strip()] == ["trainlab: interrupted (SIGTERM)"]
+    assert not is_alive(worker)
+
+
+def test_a_graph_that_runs_too_long_is_stopped_at_the_deadline(tmp_path):
+    import onnx_graphs
+
+    slow = onnx_graphs.slow(tmp_path / "slow.onnx")
+    np.save(tmp_path / "x.npy", np.zeros((1000, 28, 28), np.uint8))
+    r = run_cli("predict", slow, tmp_path / "x.npy", "-n", "1000", "--timeout", "3", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [f"trainlab: error: {slow} ran longer than 3 s on 1000 images and was stopped "
+                                     "(a graph that never ends, or a slow one: raise --timeout if you trust it)"]
+    r = run_cli("predict", slow, tmp_path / "x.npy", "--timeout", "0")
+    assert r.returncode == 2 and "must be above 0" in r.stderr
+
+
+def test_export_reads_the_data_as_the_run_did(tmp_path):
+    """A folder run trained with --image-size and --skip-bad exports: the parity check reads
+    its data with the run's own options (today's export read it without them)."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", per_class=12, size=(20, 16))
+    (root / "cat" / "broken.png").write_bytes(b"not an image")
+    run = train_tiny(tmp_path / "runs", dataset=f"folder:{root}", image_size=12, skip_bad=True, epochs=1, val_size=5,
+                     batch_size=8).run_dir
+    r = run_cli("export", run, "--format", "onnx", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "out" / "model.json").read_text())["input"]["shape"] == ["N", 3, 12, 12]
