@@ -220,3 +220,25 @@ def test_a_hung_rank_ends_in_one_sentence_not_an_endless_wait(idx_dir, tmp_path)
                 os.kill(w, signal.SIGKILL)
     assert proc.returncode != 0
     assert "lost contact with the other training processes" in err and "trainlab resume" in err
+
+
+def test_the_same_command_with_more_epochs_is_refused_not_silently_extended(tmp_path, tiny_data):
+    """A finished 2-epoch run asked again for 4 epochs was extended at the old schedule's final
+    rate without a word (config.toml still said 2): now it says how to extend, and resume
+    --epochs does it with config.toml updated."""
+    from conftest import train_tiny
+
+    from trainlab.api import resume
+    from trainlab.config import load_toml
+    from trainlab.errors import ConfigError
+
+    first = train_tiny(tmp_path, tiny_data, name="Y", epochs=2)
+    with pytest.raises(ConfigError, match=r"planned for 2 epochs, and this command asks for 4: .*resume .* "
+                                          r"--epochs 4"):
+        train_tiny(tmp_path, tiny_data, name="Y", epochs=4)
+    assert load_toml(first.run_dir / "config.toml")["epochs"] == 2
+    again = train_tiny(tmp_path, tiny_data, name="Y", epochs=2)  # the same command: finished, reported
+    assert len(again.history) == 2
+    resume(first.run_dir, epochs=3, data=tiny_data, progress=False)
+    assert load_toml(first.run_dir / "config.toml")["epochs"] == 3
+    assert train_tiny(tmp_path, tiny_data, name="Y", epochs=3).results["epochs"] == 3  # finished at 3

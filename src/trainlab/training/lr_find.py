@@ -3,6 +3,12 @@ over a few hundred steps, follow the smoothed loss, stop when it diverges, and s
 rate. It trains throwaway copies: no run folder is touched and every random generator is
 put back as it was, so a run started afterwards is the run it would have been.
 
+Its parts are a training Session's, built by the same code from the same config (the data
+options, the run's checks, the per-class subset, init_from, freeze and the head/body rates,
+channels_last, compile, precision, grad_clip): the rate is found for the run that will use it.
+The config keys it cannot use (what happens after a step: epochs, schedule, checkpoints, early
+stopping, EMA) are listed in NOT_USED; the CLI refuses them by name.
+
 The suggestion's rule (Smith 2017, as fastai popularised it): the rate at the lowest
 smoothed loss, divided by 10 -- the largest rate that is still safely on the descending part
 of the curve. With several seeds it is read from the median curve; the band shows the spread.
@@ -18,19 +24,23 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainlab import models
 from trainlab.config import Config, resolve
-from trainlab.data import Dataset, load_dataset
-from trainlab.devices import pick_device
+from trainlab.data import Dataset, data_options, load_dataset
 from trainlab.errors import ConfigError
-from trainlab.training import build
-from trainlab.training.optim import build_optimizer
-from trainlab.training.precision import resolve_precision
-from trainlab.training.state import capture_rng, restore_rng, seed_everything
+from trainlab.training.state import capture_rng, restore_rng
 
 log = logging.getLogger("trainlab")
 
 CHECK_EVERY = 10  # steps between the host reads of the loss (divergence is noticed that late at most)
+# run keys the range test cannot use, and why (it sets the rate itself, step by step, and keeps nothing)
+NOT_USED = {
+    "epochs": "it runs --steps steps", "schedule": "it sets the rate itself, step by step",
+    "warmup_epochs": "it sets the rate itself, step by step", "ema": "it evaluates nothing",
+    "tta_flip": "it evaluates nothing", "patience": "it evaluates nothing", "min_delta": "it evaluates nothing",
+    "monitor": "it evaluates nothing", "mode": "it evaluates nothing", "unfreeze_at": "it is the first epoch",
+    "save_every": "it keeps no checkpoint", "keep": "it keeps no checkpoint", "name": "it makes no run folder",
+    "rerun": "it makes no run folder", "tensorboard": "it writes the curve's figure, not events",
+}
 
 
 @dataclass
@@ -43,6 +53,7 @@ class LRFindResult:
     model: str
     batch_size: int
     stopped: dict[int, str] = field(default_factory=dict)  # seed -> why it ended early
+    input_shape: list[int] = field(default_factory=list)  # C, H, W of the images it trained on
 
     def median(self) -> list[float]:
         n = min(len(v) for v in self.losses.values())
@@ -70,21 +81,19 @@ def lr_find(config: Config | dict | None = None, *, data: Dataset | None = None,
     saved_rng, saved_threads = capture_rng(), torch.get_num_threads()
     t0 = time.perf_counter()
     try:
-        device = pick_device(cfg.device)
-        data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir)
-        if cfg.threads is not None:
-            torch.set_num_threads(cfg.threads)
+        if data is None:
+            data = load_dataset(cfg.dataset, cfg.data_dir, **data_options(cfg.to_dict()))
         lrs = [start_lr * (end_lr / start_lr) ** (i / (steps - 1)) for i in range(steps)]
         losses, stopped = {}, {}
         for seed in seeds:
-            losses[seed], why = _one_seed(resolve({**cfg.to_dict(), "seed": seed}), data, device, lrs,
-                                          smoothing, diverge)
+            losses[seed], why = _one_seed(resolve({**cfg.to_dict(), "seed": seed}), data, lrs, smoothing, diverge)
             if why:
                 stopped[seed] = why
     finally:
         restore_rng(saved_rng)
         torch.set_num_threads(saved_threads)
-    result = LRFindResult(lrs, losses, 0.0, "", time.perf_counter() - t0, cfg.model, cfg.train.batch_size, stopped)
+    result = LRFindResult(lrs, losses, 0.0, "", time.perf_counter() - t0, cfg.model, cfg.train.batch_size, stopped,
+                          list(data.input_shape))
     curve = result.median()
     best = min(range(len(curve)), key=curve.__getitem__)
     result.suggestion = lrs[best] / 10
@@ -93,28 +102,30 @@ def lr_find(config: Config | dict | None = None, *, data: Dataset | None = None,
     return result
 
 
-def _one_seed(cfg: Config, data: Dataset, device, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
-    seed_everything(cfg.seed)
-    loaders = build.make_loaders(data, cfg, device, build.build_augment(cfg))
-    spec = build.model_spec(cfg, data)
-    model = models.build(cfg.model, spec["input_shape"], spec["num_classes"], **spec["kwargs"]).to(device)
-    precision = resolve_precision(cfg.train.precision, device, cfg.model)
-    optimizer = build_optimizer(model, cfg.train)
-    scaler = precision.scaler(device)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+def _one_seed(cfg: Config, data: Dataset, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
+    from trainlab.training.session import Session  # the run's own builder (session imports the loop)
+
+    s = Session(cfg, data, progress=False)
+    model, optimizer, scaler, precision, loss_fn = s.train_model, s.optimizer, s.scaler, s.precision, s.loss_fn
+    # each group keeps its share of the rate (fine-tuning's body at body_lr_mult x the head's)
+    shares = [g["initial_lr"] / cfg.train.lr if cfg.train.lr else 1.0 for g in optimizer.param_groups]
+    clip, device = cfg.train.grad_clip, s.device
     raw = torch.zeros(len(lrs), device=device)
-    loader, epoch, i = loaders["train"], 0, 0
+    loader, epoch, i = s.loaders["train"], 0, 0
     smoothed, avg, best = [], 0.0, math.inf
     model.train()
     while i < len(lrs):
         loader.set_epoch(epoch)
         for x, y in loader:
-            for g in optimizer.param_groups:
-                g["lr"] = lrs[i]
+            for g, share in zip(optimizer.param_groups, shares):
+                g["lr"] = lrs[i] * share
             with precision.autocast(device):
                 loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if clip > 0:  # as the training step does: clip the true gradients
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
             raw[i] = loss.detach()

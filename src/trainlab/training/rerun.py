@@ -63,6 +63,13 @@ def _decide(cfg: Config, restart: bool) -> dict:
         done = runs.read_json(results)
         if done.get("stopped") == "early-stop" or done.get("epochs", 0) >= cfg.train.epochs:
             return {"action": "finished", "results": done}
+    if saved.get("epochs") != current.get("epochs"):  # the plan changed: never silently
+        raise ConfigError(f"run folder {path} holds a run planned for {saved.get('epochs')} epochs, and this "
+                          f"command asks for {current.get('epochs')}: to train it further, trainlab resume "
+                          f"{path} --epochs {current.get('epochs')} (its schedule, planned for "
+                          f"{saved.get('epochs')}, continues at its final rate); to train "
+                          f"{current.get('epochs')} epochs on a new schedule, pass --restart (the old folder "
+                          "is kept aside) or choose another --name")
     return {"action": "resume", "path": str(path)}
 
 

@@ -139,6 +139,8 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
     _record(session, run_dir, ckpt, name, cfg, changes, lock, req)
+    session.resumed = {"from": name, "epoch": ckpt["epoch"], "lr": cfg.train.lr}
+    _record_extension(session, folder_cfg, ckpt, cfg, req)
     where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
     log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
              " with a fresh optimizer" if req.reset_optimizer else "")
@@ -165,6 +167,18 @@ def _check_continues(session: Session, ckpt: dict, path: Path, name: str, req: _
                               f"resume it with the same number of processes, not {session.dist.world_size}")
         log.info("resume: world size %d -> %d (the batch size is global: same steps, same schedule)",
                  saved_world, session.dist.world_size)
+
+
+def _record_extension(session: Session, folder_cfg: dict, ckpt: dict, cfg: Config, req: _Request) -> None:
+    """A run trained past (or short of) its planned epochs: config.toml says the new count, and
+    the line says what the schedule does beyond its plan."""
+    planned = ckpt["schedule"]["epochs"]
+    if cfg.train.epochs > planned:
+        log.warning("resume: %d epochs, past the %d its schedule was planned for: epochs %d-%d continue at "
+                    "the schedule's final rate", cfg.train.epochs, planned, planned + 1, cfg.train.epochs)
+    if req.into is None and session.dist.is_main and folder_cfg.get("epochs") != cfg.train.epochs:
+        runs.write_config(run_dir := session.run_dir, cfg)  # the folder says what it now trains to
+        log.info("resume: %s now trains to %d epochs (config.toml updated)", run_dir, cfg.train.epochs)
 
 
 def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config, changes: dict, lock,
