@@ -358,3 +358,61 @@ def test_a_config_file_never_imports_code_by_itself(tmp_path, capsys, monkeypatc
     (tmp_path / "c.toml").write_text('model = "evilmod:make"\n')
     assert main(["train", "--config", str(tmp_path / "c.toml"), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "--allow-import evilmod" in capsys.readouterr().err and not marker.exists()
+
+
+def _poison(run_dir: Path, name: str, part: str) -> None:
+    """`name` re-saved through the manifest (so it verifies) with a NaN in its weights or its
+    optimizer state: a checkpoint that diverged yet was saved."""
+    from trainlab.store.checkpoint import CheckpointDir
+
+    ckpts = CheckpointDir(run_dir / "checkpoints")
+    ckpt = load_checkpoint(ckpts.folder / name)
+    info = {k: v for k, v in ckpts.entry(name).items() if k not in ("sha256", "bytes", "saved", "replaces")}
+    if part == "weights":
+        next(iter(ckpt["model"].values())).view(-1)[0] = float("nan")
+    else:
+        state = next(iter(ckpt["optimizer"]["state"].values()))
+        next(v for v in state.values() if torch.is_tensor(v) and v.numel() > 1).view(-1)[0] = float("inf")
+    ckpts.save(name, ckpt, **info)
+    assert ckpts.verify(name) is None
+
+
+NAN_BASE = ["--threads", "1", "--val-size", "100", "--batch-size", "50", "--model", "mlp", "--recipe", "textbook",
+            "--optimizer", "sgd", "--momentum", "0.9", "--quiet"]
+
+
+@pytest.mark.parametrize("part", ["weights", "optimizer"])
+def test_the_nan_advice_never_starts_from_a_checkpoint_that_diverged(idx_dir, tmp_path, capsys, part):
+    """best.pt (and last.pt) saved with NaN/inf in them: resuming from them diverges at any rate,
+    so the advice is a fresh start at a lower rate, and that command, as printed, works."""
+    import shlex
+
+    run = tmp_path / "nan"
+    base = ["--dataset", f"idx:{idx_dir}", "--runs-dir", str(tmp_path), "--name", "nan", *NAN_BASE]
+    assert main(["train", *base, "--epochs", "1", "--lr", "0.05"]) == 0
+    for name in ("best.pt", "last.pt"):
+        _poison(run, name, part)
+    capsys.readouterr()
+    assert main(["resume", str(run), "--epochs", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "--from best.pt" not in err and "resume" not in err.split("(the weights diverged)")[-1], err
+    assert "best.pt cannot be the start: its " + ("weights" if part == "weights" else "optimizer state") in err
+    advice = re.search(r"trainlab (train --config .* --restart)", err)
+    assert advice, err
+    assert main(shlex.split(advice.group(1))) == 0, capsys.readouterr().err
+    model = load_checkpoint(run / "model.pt")["model"]
+    assert all(torch.isfinite(v).all() for v in model.values())
+
+
+def test_the_nan_advice_is_not_given_twice(idx_dir, tmp_path, capsys):
+    """Resumed from best.pt and diverged again: the advice says so and does not send the user
+    back to the same start (the loop: each failure advised a tenth of the rate from best.pt)."""
+    run = tmp_path / "nan"
+    base = ["--dataset", f"idx:{idx_dir}", "--runs-dir", str(tmp_path), "--name", "nan", *NAN_BASE]
+    assert main(["train", *base, "--epochs", "1", "--lr", "0.05"]) == 0
+    capsys.readouterr()
+    assert main(["resume", str(run), "--from", "best.pt", "--epochs", "3", "--lr", "10"]) == 1
+    err = capsys.readouterr().err
+    assert "this run was already resumed from best.pt (epoch 1) at lr 10 and diverged again" in err, err
+    assert "trainlab resume" not in err and "--lr 1 --grad-clip 1.0 --restart" in err, err

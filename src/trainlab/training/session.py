@@ -20,6 +20,7 @@ from trainlab.inference import summarize_model
 from trainlab.store import runs
 from trainlab.store.checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
 from trainlab.training import build, distributed, finetune, memory, rerun, runtime
+from trainlab.training.advice import divergence_advice
 from trainlab.training.callbacks import (
     BestAndEarlyStop,
     Callback,
@@ -48,6 +49,7 @@ class Session:
         # resume: the checkpoint's weights, so a spec larger than they are is refused unbuilt
         self.weights_bound = weights_bound
         self.run_dir: Path | None = None
+        self.resumed: dict | None = None  # {"from", "epoch", "lr"} when resumed (the divergence advice reads it)
         self.dist = distributed.context()
         if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
             log.setLevel(logging.WARNING)
@@ -123,7 +125,10 @@ class Session:
                 parts=parts, state=self.state, callbacks=self.callbacks, progress=self.progress,
                 eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self)
         except NonFiniteLoss as e:
-            e.args = (f"{e}: {self._divergence_advice()}",)  # still a NonFiniteLoss for callers
+            # still a NonFiniteLoss for callers; the loop's generic "resume from the last
+            # checkpoint" gives way to the checked advice (that checkpoint may hold the NaN)
+            e.args = (f"the training loss became {e.value} at epoch {e.epoch}, step {e.step} of that epoch "
+                      f"(the weights diverged): {self._divergence_advice()}",)
             raise
         if self.state.stopped == "interrupt":
             self._save_interrupt(self.signals.signum)
@@ -135,13 +140,10 @@ class Session:
         return self.finish()
 
     def _divergence_advice(self) -> str:
-        """A command that works: the rate a tenth, from the best checkpoint when there is one
-        (last.pt may already hold diverging weights), applied to the restored optimizer."""
-        lower = f"{self.cfg.train.lr / 10:.3g}"
-        run = shlex.quote(str(self.run_dir))
-        best = self.run_dir is not None and self.checkpoints.verify("best.pt") is None
-        return (f"continue with trainlab resume {run} {'--from best.pt ' if best else ''}--lr {lower} "
-                "(or --grad-clip 1.0)")
+        """A command that can work (training.advice): a tenth of the rate from a checkpoint whose
+        weights and optimizer state are finite and that this session was not already resumed
+        from, else a fresh start at that rate."""
+        return divergence_advice(self.run_dir, self.cfg.train.lr, self.resumed)
 
     def _sync_for_eval(self) -> None:
         distributed.broadcast_buffers(self.model)
