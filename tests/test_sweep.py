@@ -48,7 +48,10 @@ def test_a_space_reads_into_fixed_keys_and_ranges(tmp_path, idx_dir):
     ("name = { choices = ['a', 'b'] }", "name cannot be swept"),
     ("lr = { low = 0.1, high = 0.01 }", "needs numbers low < high"),
     ("lr = { low = 0.0, high = 0.1, log = true }", "with log = true needs low > 0"),
-    ("batch_size = { low = 32, high = 64, step = 0.5 }", "step makes an integer range"),
+    ("batch_size = { low = 32, high = 64, step = 0.5 }", "batch_size is an integer range"),
+    ("batch_size = { low = 32.0, high = 64.5 }", "batch_size is an integer range"),  # an int key, a float range
+    ("epochs = { low = 1, high = 3.5 }", "epochs is an integer range"),
+    ("optimizer = { low = 1, high = 2 }", "optimizer is not a number"),
     ("lr = { choices = [] }", "choices must be a list of 1 to 100"),
     ("lr = { low = 1e-3, high = 1e-2, choices = [1] }", "must be { low, high [, log] }"),
     ("lr = 0.1", "must be a table"),
@@ -124,11 +127,193 @@ def test_the_report_shows_a_sweep_and_a_rate_finder(tmp_path, idx_dir, cli):
     assert "<h2>trial-0000" in page or "<h2>trial-0001" in page  # the trials themselves, as runs
 
 
-def test_an_rdb_storage_url_is_recorded_and_used_again(tmp_path, idx_dir):
+def test_an_rdb_storage_url_is_recorded_0600_and_must_be_given_again(tmp_path, idx_dir):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = space_file(tmp_path, idx_dir, SPACE)
     sweep(space, trials=1, out=tmp_path / "sw", storage=url)
     assert (tmp_path / "study.db").is_file() and not (tmp_path / "sw" / "study.journal").exists()
-    assert sweep(space, trials=2, out=tmp_path / "sw").summary["trials"] == 2  # the recorded URL, found again
-    with pytest.raises(ConfigError, match="already records the storage"):
+    assert (tmp_path / "sw" / "storage.url").stat().st_mode & 0o777 == 0o600  # it may hold a password
+    with pytest.raises(ConfigError, match="give --storage with that URL again"):  # the folder alone never decides
+        sweep(space, trials=2, out=tmp_path / "sw")
+    assert sweep(space, trials=2, out=tmp_path / "sw", storage=url).summary["trials"] == 2
+    with pytest.raises(ConfigError, match="already records another storage"):
         sweep(space, trials=2, out=tmp_path / "sw", storage="sqlite:///other.db")
+    assert summarize(tmp_path / "sw").summary["trials"] == 2  # the report reads sweep.json, not the URL
+
+
+# ---- faults: a failing trial, a kill, a signal, a second copy, a hostile folder, a bad URL ----
+
+def trained_configs(out: Path, keys=("lr", "batch_size")) -> list[tuple]:
+    """The swept values of every trial folder that was trained (its config.toml), one per folder."""
+    import tomllib
+
+    found = []
+    for folder in sorted((out / "trials").glob("trial-*")):
+        if (folder / "config.toml").is_file():
+            cfg = tomllib.loads((folder / "config.toml").read_text())
+            found.append(tuple(cfg.get(k) for k in keys))
+    return found
+
+
+def assert_nothing_trained_twice(out: Path, trials: int) -> None:
+    configs = trained_configs(out)
+    assert len(configs) == trials and len(set(configs)) == len(configs), configs
+
+
+def wait_for(path: Path, proc, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+SLOW = 'lr = { low = 1e-3, high = 1e-1, log = true }\nbatch_size = { low = 32, high = 64, step = 32 }'
+
+
+def diverging_space(tmp_path, idx_dir, lrs: str) -> Path:
+    """Plain mlp, SGD with heavy momentum, small batches: lr 10 turns the loss NaN in epoch 1 (measured)."""
+    space = space_file(tmp_path, idx_dir, f"lr = {{ choices = {lrs} }}", epochs=1)
+    space.write_text(space.read_text().replace('model = "mlp-reg"', 'model = "mlp"\noptimizer = "sgd"\n'
+                                               'momentum = 0.99\nbatch_size = 16'))
+    return space
+
+
+def test_a_diverging_trial_fails_alone_and_the_study_finishes_its_n_trials(tmp_path, idx_dir, cli):
+    space = diverging_space(tmp_path, idx_dir, "[0.01, 10.0]")
+    done = cli("sweep", space, "--trials", "5", "--out", tmp_path / "sw")
+    assert done.returncode == 0, done.stderr[-2000:]
+    s = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert s["trials"] == 5 and s["failed"] >= 1 and s["complete"] >= 1, s
+    failed = [r for r in s["rows"] if r["state"] == "FAIL"]
+    assert all("diverged" in r["reason"] or "as trial" in r["reason"] for r in failed)
+    assert "failed: diverged" in done.stdout
+
+
+def test_a_space_that_always_fails_ends_after_n_trials_in_one_sentence(tmp_path, idx_dir, cli):
+    space = diverging_space(tmp_path, idx_dir, "[8.0, 10.0]")
+    done = cli("sweep", space, "--trials", "2", "--out", tmp_path / "sw")
+    assert done.returncode == 1 and "no trial has completed yet (2 failed; the first: diverged" in done.stderr
+    assert len(done.stderr.strip().splitlines()[-1:]) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("how", ["kill-9", "sigterm"])
+def test_a_killed_or_stopped_sweep_continues_its_trial_and_trains_nothing_twice(tmp_path, idx_dir, how):
+    space = space_file(tmp_path, idx_dir, SLOW, epochs=6)
+    out = tmp_path / "sw"
+    proc = start_cli("sweep", space, "--trials", "3", "--out", out, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE, text=True)
+    second = out / "trials" / "trial-0001"
+    wait_for(second / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGKILL if how == "kill-9" else signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if how == "kill-9":
+        assert proc.returncode == -signal.SIGKILL, "the sweep ended before the kill: nothing was tested"
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert "run the same sweep command again to continue it" in err.strip().splitlines()[-1]
+    again = run_cli("sweep", space, "--trials", "3", "--out", out, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    result = summarize(out)
+    assert result.summary["trials"] == 3 and result.summary["complete"] + result.summary["pruned"] == 3
+    assert {t["run"] for t in result.trials} >= {"trial-0000", "trial-0001"}  # 0001 continued in place
+    events = [json.loads(x) for x in (second / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
+    assert any(e["event"] == "resume" and e.get("by") == "rerun" for e in events)  # resumed, not restarted
+    assert_nothing_trained_twice(out, 3)  # the restarted sampler drew new parameters
+
+
+@pytest.mark.parametrize("shared", ["same-out", "same-storage"])
+def test_two_copies_of_one_sweep_cooperate_and_train_nothing_twice(tmp_path, idx_dir, shared):
+    space = space_file(tmp_path, idx_dir, SLOW, epochs=2)
+    outs = [tmp_path / "sw", tmp_path / ("sw" if shared == "same-out" else "sw2")]
+    storage = ["--storage", f"sqlite:///{tmp_path / 'study.db'}"] if shared == "same-storage" else []
+    procs = [start_cli("sweep", space, "--trials", "4", "--out", out, *storage, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True) for out in outs]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-1500:] for _, err in results]
+    configs = trained_configs(outs[0]) + (trained_configs(outs[1]) if outs[1] != outs[0] else [])
+    assert len(configs) == 4 and len(set(configs)) == 4, configs
+    result = summarize(outs[0], storage[1] if storage else None)
+    assert result.summary["trials"] == 4 and result.summary["failed"] == 0
+
+
+def test_sigterm_to_a_sweep_with_workers_stops_the_workers_too(tmp_path, idx_dir):
+    space = space_file(tmp_path, idx_dir, SLOW, epochs=8)
+    out = tmp_path / "sw"
+    proc = start_cli("sweep", space, "--trials", "4", "--out", out, "--workers", "2", stdout=subprocess.DEVNULL,
+                     stderr=subprocess.PIPE, text=True)
+    wait_for(out / "trials" / "trial-0000" / "checkpoints" / "last.pt", proc)
+    children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err[-2000:]
+    for pid in workers:  # gone (or a zombie nobody reaps), not training on
+        stat = Path(f"/proc/{pid}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] in "ZX"
+    started = sorted(p.name for p in (out / "trials").iterdir())
+    time.sleep(1)
+    assert sorted(p.name for p in (out / "trials").iterdir()) == started
+    again = run_cli("sweep", space, "--trials", "4", "--out", out, "--workers", "2", timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert_nothing_trained_twice(out, 4)
+
+
+@pytest.mark.parametrize("planted", ["study.journal", "study.journal.lock", ".sweep.lock", "storage.url", "trials",
+                                     "trials/trial-0000", ".claims/trial-0000.lock"])
+def test_a_link_planted_in_a_sweep_folder_is_refused_and_its_target_untouched(tmp_path, idx_dir, planted):
+    space = space_file(tmp_path, idx_dir, SPACE, epochs=1)
+    out = tmp_path / "sw"
+    (out / Path(planted).parent).mkdir(parents=True, exist_ok=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    if planted == "storage.url":  # a received folder naming a database outside it
+        target = elsewhere / "url"
+        target.write_text(f"sqlite:///{elsewhere / 'study.db'}\n")
+    elif planted.startswith("trials"):
+        target = elsewhere / "dir"
+        target.mkdir()
+    else:
+        target = elsewhere / "file"  # a dangling link: following it would create the file
+    (out / planted).symlink_to(target)
+    before = sorted(p.name for p in elsewhere.rglob("*"))
+    done = run_cli("sweep", space, "--trials", "1", "--out", out)
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()
+    assert len(line) == 1 and "is a symbolic link (planted?)" in line[0], done.stderr[-2000:]
+    assert sorted(p.name for p in elsewhere.rglob("*")) == before  # nothing created, appended or trained there
+
+
+@pytest.mark.parametrize("url", ["nonsense", "nosuchdb://host/x", "sqlite://", "sqlite:///{tmp}/missing/dir/x.db",
+                                 "postgresql://nobody@127.0.0.1:1/db", "sqlite:///{tmp}/x.db\nrm"])
+def test_a_bad_storage_url_is_one_sentence_exit_2_and_nothing_is_recorded(tmp_path, idx_dir, url):
+    space = space_file(tmp_path, idx_dir, SPACE, epochs=1)
+    done = run_cli("sweep", space, "--trials", "1", "--out", tmp_path / "sw", "--storage",
+                   url.format(tmp=tmp_path))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "--storage" in lines[0], done.stderr[-2000:]
+    assert "internal error" not in lines[0]
+    assert not (tmp_path / "sw").exists()  # no folder, no storage.url, no journal
+
+
+def test_draws_inside_the_ranges_are_checked_together_before_trial_0(tmp_path, idx_dir):
+    path = space_file(tmp_path, idx_dir, 'epochs = { low = 2, high = 4 }\nwarmup_epochs = { low = 0.0, high = 3.0 }',
+                      epochs=10)
+    path.write_text(path.read_text().replace('precision = "32"', 'precision = "32"\nschedule = "cosine"'))
+    with pytest.raises(ConfigError, match=r"\[space\] the draw .* is refused .*warmup_epochs"):
+        load_space(path)
+
+
+def test_an_integer_key_draws_integers_inside_its_range(tmp_path, idx_dir):
+    space = load_space(space_file(tmp_path, idx_dir, "batch_size = { low = 32, high = 64 }"))
+    assert space.params["batch_size"] == {"low": 32, "high": 64, "log": False, "step": 1}
+    result = sweep(space, trials=2, out=tmp_path / "sw")
+    assert result.summary["failed"] == 0 and all(isinstance(t["params"]["batch_size"], int) for t in result.trials)
+
+
+def test_confirm_after_the_study_grew_confirms_the_new_winner(tmp_path, idx_dir, cli):
+    space = space_file(tmp_path, idx_dir, SLOW, epochs=1)
+    for n in (1, 3):
+        done = cli("sweep", space, "--trials", n, "--out", tmp_path / "sw", "--confirm", "1")
+        assert done.returncode == 0, done.stderr[-2000:]
+        best = json.loads((tmp_path / "sw" / "sweep.json").read_text())["best"]["run"]
+        assert (tmp_path / "sw" / "trials" / f"confirm-{best}-seed-1" / "results.json").is_file()

@@ -1,14 +1,12 @@
-"""Hyperparameter sweeps on Optuna: a search space in TOML, every trial an ordinary run
-folder, the study in Optuna's journal file beside them, so a sweep killed at any moment and
-started again with the same command keeps its finished trials and continues the interrupted
-one from its checkpoint (trainlab's re-run: same folder, same config -> resume).
-
-The space file: the fixed keys at the top level (as in a --config file), and a [space] table
-mapping a config or recipe key, or model_kwargs.NAME, to one of
-
-    { low = 1e-4, high = 1e-2, log = true }    a float (log-uniform with log = true)
-    { low = 32, high = 256, step = 32 }        an integer
-    { choices = ["adam", "sgd"] }              a choice
+"""Hyperparameter sweeps on Optuna: a search space in TOML (sweep_space), every trial an
+ordinary run folder, the study in Optuna's journal file beside them (sweep_storage), so a sweep
+killed at any moment and started again with the same command keeps its finished trials and
+continues the interrupted one from its checkpoint (trainlab's re-run: same folder, same config
+-> resume). A trial that diverges, runs out of memory or whose config is refused fails alone,
+recorded with its reason; the study goes on to N trials (failed ones count, so a space that
+always fails ends). Copies of the command on one study (workers, a second terminal, a second
+machine on one --storage) share it: asks are serialized and a running trial is known by its
+claim, so none is taken for dead or trained twice.
 
 Selection is on the validation split only (the config's `monitor`); the test accuracy of the
 winner is reported once, with how optimistic its validation score probably is.
@@ -17,35 +15,25 @@ winner is reported once, with how optimistic its validation score probably is.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
-import math
 import os
+import random
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainlab.config import RUN_FIELDS, load_toml, resolve
+from trainlab.analysis import sweep_storage
+from trainlab.analysis.sweep_space import Space, _suggest, _values, load_space
+from trainlab.analysis.sweep_storage import SUMMARY, TRIALS
+from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError
-from trainlab.recipes import RECIPE_FIELDS
 from trainlab.store import runs
-from trainlab.store.atomic import atomic_write_text
 from trainlab.training.callbacks import Callback
 
+__all__ = ["Space", "load_space", "sweep", "summarize", "confirm", "SweepResult"]
+
 log = logging.getLogger("trainlab")
-
-JOURNAL = "study.journal"
-TRIALS = "trials"
-SUMMARY = "sweep.json"
-NOT_SWEPT = {"name", "runs_dir", "rerun", "quiet", "tensorboard", "data_dir", "device", "threads", "dataset",
-             "monitor", "mode", "init_from"}  # where a run goes or what it is judged by: fixed per sweep
-MAX_CHOICES = 100
-
-
-@dataclass
-class Space:
-    fixed: dict  # config values every trial shares
-    params: dict  # name -> {"low", "high", "log"} | {"low", "high", "step"} | {"choices"}
-    source: str
 
 
 def _optuna():
@@ -55,75 +43,6 @@ def _optuna():
         raise TrainlabError("sweeps need Optuna: pip install 'trainlab[sweep]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
-
-
-def load_space(path: str | Path) -> Space:
-    """Read and check a space file; every problem is one sentence naming the key."""
-    raw = load_toml(path)
-    space = raw.pop("space", None)
-    where = str(path)
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{where} has no [space] table: add one, e.g. [space] lr = {{ low = 1e-4, high = 1e-2, "
-                          "log = true }")
-    resolve(raw, origin=where)  # the fixed part alone is a valid config
-    params = {name: _param(name, spec, raw, where) for name, spec in space.items()}
-    return Space(raw, params, where)
-
-
-def _param(name: str, spec, fixed: dict, where: str) -> dict:
-    key = name.partition(".")[2] if name.startswith("model_kwargs.") else name
-    if not name.startswith("model_kwargs.") and name not in RUN_FIELDS and name not in RECIPE_FIELDS:
-        raise ConfigError(f"{where}: [space] {name} is not a config or recipe key (or model_kwargs.NAME)")
-    if name in NOT_SWEPT or name == "model_kwargs" or not key.isidentifier():
-        raise ConfigError(f"{where}: [space] {name} cannot be swept: it says where a run goes or how it is "
-                          "judged; set it at the top level")
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: [space] {name} must be a table such as {{ low = .., high = .. }} or "
-                          "{ choices = [..] }")
-    kinds = set(spec)
-    if kinds == {"choices"}:
-        choices = spec["choices"]
-        if not isinstance(choices, list) or not 1 <= len(choices) <= MAX_CHOICES or \
-                not all(isinstance(c, (bool, int, float, str)) for c in choices):
-            raise ConfigError(f"{where}: [space] {name}.choices must be a list of 1 to {MAX_CHOICES} numbers, "
-                              "strings or booleans")
-        out = {"choices": choices}
-        values = choices
-    elif kinds <= {"low", "high", "log", "step"} and {"low", "high"} <= kinds:
-        low, high = spec["low"], spec["high"]
-        step, use_log = spec.get("step"), spec.get("log", False)
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (low, high))
-        if not numbers or not low < high:
-            raise ConfigError(f"{where}: [space] {name} needs numbers low < high (got {low!r}, {high!r})")
-        if not isinstance(use_log, bool):
-            raise ConfigError(f"{where}: [space] {name}.log must be true or false")
-        if use_log and low <= 0:
-            raise ConfigError(f"{where}: [space] {name} with log = true needs low > 0")
-        if step is not None and (use_log or not all(isinstance(v, int) for v in (low, high, step)) or step <= 0):
-            raise ConfigError(f"{where}: [space] {name}.step makes an integer range: low, high and step must be "
-                              "integers, step > 0, and no log")
-        out = {"low": low, "high": high, "log": use_log, **({"step": step} if step is not None else {})}
-        values = (low, high)
-    else:
-        raise ConfigError(f"{where}: [space] {name} must be {{ low, high [, log] }}, {{ low, high, step }} or "
-                          f"{{ choices }}, not {sorted(kinds)}")
-    for value in values:  # every end of the range is a valid config: a typo fails now, not in trial 17
-        resolve(_with(fixed, name, value), origin=f"{where}: [space] {name} = {value!r}")
-    return out
-
-
-def _with(values: dict, name: str, value) -> dict:
-    if name.startswith("model_kwargs."):
-        return {**values, "model_kwargs": {**values.get("model_kwargs", {}), name.partition(".")[2]: value}}
-    return {**values, name: value}
-
-
-def _suggest(trial, name: str, spec: dict):
-    if "choices" in spec:
-        return trial.suggest_categorical(name, spec["choices"])
-    if "step" in spec:
-        return trial.suggest_int(name, spec["low"], spec["high"], step=spec["step"])
-    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=spec["log"])
 
 
 class ReportToOptuna(Callback):
@@ -141,47 +60,92 @@ class ReportToOptuna(Callback):
             return True
 
 
-STORAGE_FILE = "storage.url"  # an RDB URL given once with --storage: every later command uses it
-
-
-def _storage(out: Path):
-    """Optuna's journal file in the sweep folder, or the RDB URL recorded there (a URL such as
-    postgresql://... lets several machines share one study)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    url = out / STORAGE_FILE
-    if url.is_file():
-        return url.read_text(encoding="utf-8").strip()
-    return JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-
-
-def _study(out: Path, direction: str, seed: int):
+def _study(storage, direction: str):
     optuna = _optuna()
-    storage = _storage(out)
     return optuna.create_study(study_name="trainlab", storage=storage, direction=direction, load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=seed),
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
 
 
-def _requeue_interrupted(study, out: Path) -> int:
-    """A trial left RUNNING whose run folder nobody holds was killed: it is marked failed and
-    queued again with the same parameters and the same folder, so it resumes there."""
+def _sampler(seed: int, study):
+    """TPE seeded by the sweep's seed and the study's length at this ask (asks are serialized):
+    no two asks share a seed, so a restarted sweep or a second copy never draws the same start-up
+    parameters again, and the same history gives the same draw."""
+    history = len(study.get_trials(deepcopy=False))
+    return _optuna().samplers.TPESampler(seed=random.Random(f"{seed}/{history}").randrange(2**32))
+
+
+def _requeue_interrupted(study, out: Path, rdb: bool) -> int:
+    """A trial left RUNNING that no live process claims was killed (kill -9, SIGTERM, Ctrl-C,
+    a lost machine): it is marked failed-and-requeued (not counted) and queued again with the same
+    parameters and folder, so the same command resumes it there. Called under the sweep lock."""
     from optuna.trial import TrialState
 
-    n = 0
+    n, here = 0, str(out.resolve())
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        folder = out / TRIALS / t.user_attrs.get("run", f"trial-{t.number:04d}")
-        try:
-            with runs.RunLock(folder) if folder.is_dir() else contextlib.nullcontext():
-                pass
-        except TrainlabError:
-            continue  # a live worker owns it
+        attrs, run = t.user_attrs, t.user_attrs.get("run", f"trial-{t.number:04d}")
+        if "host" not in attrs:  # killed between its ask and its claim, or a trial of an older trainlab
+            age = (datetime.datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 1e9
+            if rdb and age < 300:
+                continue  # another machine may be in that step now
+        elif attrs["host"] != sweep_storage.HOST or attrs.get("out") != here:
+            continue  # another machine's or another folder's trial: its own command resumes it
+        else:
+            fd = sweep_storage.claim(out, run)
+            if fd is None:
+                continue  # a live process runs it
+            sweep_storage.release(fd)
+        study._storage.set_trial_user_attr(t._trial_id, "requeued", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"run": folder.name, "requeued_from": t.number})
-        log.warning("sweep: trial %d was interrupted: queued again, to resume in %s", t.number, folder)
+        study.enqueue_trial(t.params, user_attrs={"run": run, "requeued_from": t.number})
+        log.warning("sweep: trial %d was interrupted: queued again, to resume in %s", t.number, out / TRIALS / run)
         n += 1
     return n
+
+
+def _counted(study) -> int:
+    """Trials toward N: complete, pruned, running and failed (a failed trial counts, so a space that
+    always fails ends), but not one that was requeued to be resumed."""
+    from optuna.trial import TrialState
+
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
+    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("requeued"))
+
+
+def _same_as(study, trial) -> "object | None":
+    """A finished trial with exactly these parameters (the sampler can draw a discrete point again):
+    its result is this trial's, without training the same configuration twice."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if t.params == trial.params and t.number != trial.number and not t.user_attrs.get("requeued"):
+            return t
+    return None
+
+
+class SameFailure(TrainlabError):
+    """A drawn configuration that already failed: it fails again without training."""
+
+
+def _trial_error(e: BaseException) -> str | None:
+    """The reason when `e` is the trial's own failure (its config diverged, did not fit in memory
+    or was refused); None when it is the sweep's (data, disk, storage, a signal): that stops it."""
+    import torch
+
+    from trainlab.training.loop import NonFiniteLoss
+    from trainlab.training.signals import Interrupted
+
+    if isinstance(e, (KeyboardInterrupt, Interrupted)):
+        return None
+    if isinstance(e, SameFailure):
+        return str(e)
+    if isinstance(e, NonFiniteLoss) or (isinstance(e, TrainlabError) and "diverged" in str(e)):
+        return f"diverged: {e}"
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)) or \
+            (isinstance(e, RuntimeError) and "out of memory" in str(e).lower()):
+        return f"out of memory: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"
+    if isinstance(e, ConfigError) and "holds a run with another config" not in str(e):
+        return f"config refused: {e}"
+    return None
 
 
 def _objective(space: Space, out: Path, threads: int | None, data):
@@ -189,14 +153,24 @@ def _objective(space: Space, out: Path, threads: int | None, data):
 
     optuna = _optuna()
 
-    def objective(trial):
-        name = trial.user_attrs.get("run") or f"trial-{trial.number:04d}"
-        trial.set_user_attr("run", name)
-        values = dict(space.fixed)
-        for pname, spec in space.params.items():
-            values = _with(values, pname, _suggest(trial, pname, spec))
+    def objective(trial, study):
+        name = trial.user_attrs["run"]
+        draw = {pname: _suggest(trial, pname, spec) for pname, spec in space.params.items()}
+        same = _same_as(study, trial)
+        if same is not None:  # trained already: its result, not a second training
+            trial.set_user_attr("same_as", same.number)
+            if same.state.name == "FAIL":
+                raise SameFailure(f"as trial {same.number}: {same.user_attrs.get('fail_reason', 'failed')}")
+            if same.value is None:
+                raise optuna.TrialPruned()
+            trial.set_user_attr("test_accuracy", same.user_attrs.get("test_accuracy"))
+            return same.value
+        folder = out / TRIALS / name
+        if folder.is_symlink():
+            raise sweep_storage._link_error(folder)
+        values = _values(space.fixed, draw)
         values.update(name=name, runs_dir=str(out / TRIALS), quiet=True, **({"threads": threads} if threads else {}))
-        cfg = resolve(values, origin=space.source)
+        cfg = resolve(values, origin=f"{space.source}: trial {trial.number} {draw}")
         report = ReportToOptuna(trial, cfg.monitor)
         result = train(cfg, data=data, progress=False, callbacks=[report])
         trial.set_user_attr("test_accuracy", result.test["accuracy"])  # reported, never selected on
@@ -206,46 +180,97 @@ def _objective(space: Space, out: Path, threads: int | None, data):
     return objective
 
 
-def _worker(space_path: str, trials: int, out: str, threads: int | None, seed: int) -> None:
-    """One worker process: optimizes until the study holds `trials` finished trials."""
-    space, out_dir = load_space(space_path), Path(out)
-    run_sweep_worker(space, trials, out_dir, threads, seed, None)
+def _die_with_parent(parent: int) -> None:
+    """PR_SET_PDEATHSIG: SIGTERM when the parent dies however it dies (kill -9 included), so a
+    worker saves its trial and ends instead of training the rest of the study alone."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
-def run_sweep_worker(space: Space, trials: int, out: Path, threads, seed: int, data) -> None:
-    """Ask for a trial, run it, tell the result, until the study holds `trials` trials
-    (complete, pruned or running): the count and the ask happen under one file lock, so
-    workers together never start more than `trials` and never the same one."""
-    import fcntl
+def _worker(space_path: str, trials: int, out: str, threads: int | None, seed: int, storage: str | None,
+            parent: int) -> None:
+    """One worker process: ends with its parent, stops on the signal the parent forwards (its
+    trial saved, to be resumed), and ends in one line, never a traceback."""
+    import signal
+    import sys
 
-    optuna = _optuna()
+    from trainlab.training.signals import stop_like_ctrl_c
+
+    stop_like_ctrl_c()  # SIGTERM / SIGHUP outside a trial's training unwind as Ctrl-C does
+    _die_with_parent(parent)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which forwards it once
+    try:
+        space, out_dir = load_space(space_path), Path(out)
+        run_sweep_worker(space, trials, out_dir, threads, seed, None, storage)
+    except TrainlabError as e:
+        print(f"trainlab: sweep worker {os.getpid()}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt as e:
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+
+
+def run_sweep_worker(space: Space, trials: int, out: Path, threads, seed: int, data, storage: str | None = None
+                     ) -> None:
+    """Ask for a trial, run it, tell the result, until the study holds `trials` trials. Requeue,
+    count, ask and claim happen under one file lock, so processes together (workers, a second copy
+    of the command) never start more than `trials`, never the same one, and never take a live
+    trial for a killed one."""
     from optuna.trial import TrialState
 
+    optuna = _optuna()
+    from trainlab.training.signals import Interrupted
+
     cfg = resolve(space.fixed)
-    study = _study(out, "maximize" if cfg.monitor.endswith("acc") else "minimize", seed)
+    rdb = storage is not None
+    study = _study(_open(out, storage), "maximize" if cfg.monitor.endswith("acc") else "minimize")
     objective = _objective(space, out, threads, data)
-    counted = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    lock_fd = os.open(out / ".sweep.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        while True:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                if len(study.get_trials(deepcopy=False, states=counted)) >= trials:
-                    return
-                trial = study.ask()
-            finally:
-                fcntl.flock(lock_fd, fcntl.LOCK_UN)
-            try:
-                value = objective(trial)
-            except optuna.TrialPruned:
-                study.tell(trial, state=TrialState.PRUNED)
-            except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-            else:
-                study.tell(trial, value)
-    finally:
-        os.close(lock_fd)
+    here = str(out.resolve())
+    while True:
+        with sweep_storage.sweep_lock(out):
+            _requeue_interrupted(study, out, rdb)
+            if _counted(study) >= trials:
+                return
+            study.sampler = _sampler(seed, study)
+            trial = study.ask()
+            run = trial.user_attrs.get("run") or f"trial-{trial.number:04d}"
+            held = sweep_storage.claim(out, run)
+            if held is None:  # cannot happen under the lock (a requeued trial's claim was free)
+                raise TrainlabError(f"{out / TRIALS / run} is claimed by another process; run the command again")
+            for key, value in {"run": run, "host": sweep_storage.HOST, "out": here, "pid": os.getpid()}.items():
+                trial.set_user_attr(key, value)
+        try:
+            value = objective(trial, study)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except Interrupted as e:
+            # left RUNNING and its claim dropped: the same command requeues it and resumes its checkpoint
+            raise Interrupted(e.exit_code - 128, f"sweep stopped; trial {trial.number} saved its checkpoint: "
+                                                 "run the same sweep command again to continue it") from None
+        except BaseException as e:
+            reason = _trial_error(e)
+            if reason is None:
+                raise  # the sweep's problem: the trial stays RUNNING, to be resumed when it is fixed
+            trial.set_user_attr("fail_reason", reason[:500])
+            study.tell(trial, state=TrialState.FAIL)
+            log.warning("sweep: trial %d failed (%s); the study goes on", trial.number, reason[:300])
+        else:
+            study.tell(trial, value)
+        finally:
+            sweep_storage.release(held)
+
+
+def _open(out: Path, storage: str | None):
+    sweep_storage.check_folder(out)
+    return sweep_storage.open_storage(out, storage)
 
 
 @dataclass
@@ -258,68 +283,110 @@ class SweepResult:
 
 def sweep(space: str | Path | Space, *, trials: int, out: str | Path, workers: int = 1, seed: int = 0,
           data=None, storage: str | None = None) -> SweepResult:
-    """Run (or continue) a sweep until the study holds `trials` complete or pruned trials.
-    `storage`: an Optuna RDB URL (sqlite:///..., postgresql://...) instead of the journal file,
-    recorded in the sweep folder so the same command later finds it."""
+    """Run (or continue) a sweep until the study holds `trials` finished trials (complete, pruned or
+    failed: a trial that diverges, runs out of memory or whose config is refused fails alone).
+    `storage`: an Optuna RDB URL (sqlite:////abs/path.db, postgresql://...) instead of the journal
+    file: tried first, then recorded in the sweep folder (0600); later commands give it again."""
     if not 1 <= trials <= 100_000 or not 1 <= workers <= 64:
         raise ConfigError("--trials must be 1 to 100000 and --workers 1 to 64")
     space = space if isinstance(space, Space) else load_space(space)
     if workers > 1 and data is not None:
         raise ConfigError("workers > 1 load the data themselves: give the data set in the space file, not data=")
     out = Path(out)
-    (out / TRIALS).mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        sweep_storage.check_folder(out)
     if storage is not None:
-        known = out / STORAGE_FILE
-        if known.is_file() and known.read_text(encoding="utf-8").strip() != storage:
-            raise ConfigError(f"{out} already records the storage {known.read_text().strip()!r}: give the same "
-                              "--storage, or another --out")
-        if "://" not in storage:
-            raise ConfigError(f"--storage {storage!r} is invalid: give an Optuna RDB URL, e.g. "
-                              "sqlite:///sweep.db or postgresql://user@host/db")
-        atomic_write_text(known, storage + "\n")
+        sweep_storage.open_storage(out, storage, record=False)  # a bad one: one sentence, nothing made or recorded
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        sweep_storage.check_folder(out)
+        (out / TRIALS).mkdir(exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make the sweep folder {out} ({e.strerror}): choose another --out") from None
+    sweep_storage.open_storage(out, storage)
     cfg = resolve(space.fixed)
-    study = _study(out, "maximize" if cfg.monitor.endswith("acc") else "minimize", seed)
-    _requeue_interrupted(study, out)
     if workers == 1:
-        run_sweep_worker(space, trials, out, cfg.threads, seed, data)
+        run_sweep_worker(space, trials, out, cfg.threads, seed, data, storage)
     else:
-        import multiprocessing
+        _run_workers(space, trials, out, workers, cfg.threads, seed, storage)
+    return summarize(out, storage)
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = cfg.threads or max(1, cores // workers)  # the cores divided among the workers
-        ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(space.source, trials, str(out), threads, seed + i))
-                 for i in range(workers)]
+
+def _run_workers(space: Space, trials: int, out: Path, workers: int, threads, seed: int, storage) -> None:
+    """K worker processes; a signal to this one is forwarded to them (each saves its trial), they
+    are waited for, and the signal ends this one too (128 + signum)."""
+    import multiprocessing
+    import signal
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = threads or max(1, cores // workers)  # the cores divided among the workers
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(space.source, trials, str(out), threads, seed, storage, os.getpid()))
+             for _ in range(workers)]
+    try:
         for p in procs:
             p.start()
         for p in procs:
             p.join()
-        failed = [p.exitcode for p in procs if p.exitcode]
-        if failed:
-            raise TrainlabError(f"{len(failed)} sweep worker(s) failed (exit {failed[0]}); run the same command "
-                                "again to continue the sweep")
-    return summarize(out)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (Stopped): the workers stop too
+        signum = getattr(e, "signum", signal.SIGINT)
+        _stop_workers(procs, signum)
+        raise
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise TrainlabError(f"{len(failed)} sweep worker(s) failed (exit {failed[0]}; the reason is on the line "
+                            "above): fix that and run the same command again to continue the sweep")
 
 
-def summarize(out: str | Path) -> SweepResult:
-    """The trials, the winner (by validation only) and how optimistic its score probably is."""
+def _stop_workers(procs, signum: int) -> None:
+    import signal
+
+    for p in procs:
+        if p.pid is not None and p.exitcode is None:
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signum)
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:  # they save their checkpoints; a worker that hangs is killed after a while
+        for p in procs:
+            p.join(timeout=300)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def summarize(out: str | Path, storage: str | None = None) -> SweepResult:
+    """The trials, the winner (by validation only) and how optimistic its score probably is.
+    A folder whose study is in a database, read without --storage (the report), is summarized
+    from its sweep.json: the folder alone never opens the recorded URL."""
     from optuna.trial import TrialState
 
     out = Path(out)
     optuna = _optuna()
-
-    study = optuna.load_study(study_name="trainlab", storage=_storage(out))
+    sweep_storage.check_folder(out)
+    if storage is None and (out / sweep_storage.STORAGE_FILE).exists() and (out / SUMMARY).is_file():
+        saved = runs.read_json(out / SUMMARY)
+        if isinstance(saved.get("rows"), list) and isinstance(saved.get("best"), dict):
+            return SweepResult(out, saved["rows"], saved["best"], saved)
+    study = optuna.load_study(study_name="trainlab", storage=sweep_storage.open_storage(out, storage))
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "run": t.user_attrs.get("run"), "test_accuracy": t.user_attrs.get("test_accuracy")}
-            for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+             "run": t.user_attrs.get("run"), "test_accuracy": t.user_attrs.get("test_accuracy"),
+             **({"reason": t.user_attrs["fail_reason"]} if "fail_reason" in t.user_attrs else {})}
+            for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("requeued")]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
+    failed = [r for r in rows if r["state"] == "FAIL"]
     if not complete:
-        raise TrainlabError(f"{out}: no trial has completed yet; run the same command again to continue")
+        why = f" ({len(failed)} failed; the first: {failed[0].get('reason', 'no reason recorded')})" if failed else ""
+        raise TrainlabError(f"{out}: no trial has completed yet{why}; fix the space if every trial fails, or run "
+                            "the same command again to continue")
     maximize = study.direction.name == "MAXIMIZE"
     ranked = sorted(complete, key=lambda r: r["value"], reverse=maximize)
     best, top = ranked[0], [r["value"] for r in ranked[:5]]
-    summary = {"trials": len(rows), "complete": len(complete), "pruned": len(rows) - len(complete),
-               "best": best, "direction": study.direction.name.lower(),
+    summary = {"trials": len(rows), "complete": len(complete), "failed": len(failed),
+               "pruned": len(rows) - len(complete) - len(failed), "best": best, "direction": study.direction.name.lower(),
                # the winner's validation score is the best of many noisy draws: the spread of the
                # top trials is a rough measure of how much of its lead is luck
                "top5_spread": statistics.pstdev(top) if len(top) > 1 else None,
@@ -329,7 +396,8 @@ def summarize(out: str | Path) -> SweepResult:
             summary["importances"] = optuna.importance.get_param_importances(study)
         except (ValueError, RuntimeError) as e:
             log.warning("sweep: no parameter importances (%s)", e)
-    summary["figure"] = _figure(rows, maximize, out)
+    summary["figure"] = _figure([r for r in rows if r["state"] != "FAIL"], maximize, out)
+    summary["rows"] = rows
     runs.write_json(out / SUMMARY, summary)
     return SweepResult(out, rows, best, summary)
 
@@ -345,23 +413,23 @@ def _figure(rows: list[dict], maximize: bool, out: Path) -> str | None:
         return None
 
 
-def confirm(out: str | Path, space: str | Path | Space, seeds: int, data=None) -> dict:
-    """The winner retrained with `seeds` more seeds (runs confirm-seed-N under the sweep): its test
-    accuracy as mean and spread, the honest figure to quote."""
+def confirm(out: str | Path, space: str | Path | Space, seeds: int, data=None, storage: str | None = None) -> dict:
+    """The winner retrained with `seeds` more seeds (runs confirm-<its run>-seed-N under the sweep):
+    its test accuracy as mean and spread, the honest figure to quote. The folders are named by the
+    winner, so a study that grew and found another winner confirms it in new folders, and the same
+    winner's finished confirmations are reported, not trained again."""
     from trainlab.training.session import train
 
     out, space = Path(out), space if isinstance(space, Space) else load_space(space)
-    best = summarize(out).best
-    values = dict(space.fixed)
-    for name, value in best["params"].items():
-        values = _with(values, name, value)
+    best = summarize(out, storage).best
+    values = _values(space.fixed, best["params"])
     base = resolve(values).seed
     accs = []
     for i in range(1, seeds + 1):
-        cfg = resolve({**values, "seed": base + i, "name": f"confirm-seed-{base + i}", "runs_dir": str(out / TRIALS),
-                       "quiet": True})
+        cfg = resolve({**values, "seed": base + i, "name": f"confirm-{best['run']}-seed-{base + i}",
+                       "runs_dir": str(out / TRIALS), "quiet": True})
         accs.append(train(cfg, data=data, progress=False).test["accuracy"])
-    result = {"params": best["params"], "seeds": seeds, "test_accuracies": accs,
+    result = {"params": best["params"], "run": best["run"], "seeds": seeds, "test_accuracies": accs,
               "mean": statistics.fmean(accs), "std": statistics.pstdev(accs) if len(accs) > 1 else 0.0}
     summary = runs.read_json(out / SUMMARY)
     runs.write_json(out / SUMMARY, {**summary, "confirmed": result})

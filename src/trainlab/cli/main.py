@@ -423,7 +423,11 @@ def cmd_sweep(args) -> int:
 
     result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers, storage=args.storage)
     s, best = result.summary, result.best
-    print(f"sweep {args.out}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned)")
+    print(f"sweep {args.out}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
+          f"{s['failed']} failed)")
+    for row in result.trials:
+        if row["state"] == "FAIL":
+            print(f"  trial {row['number']} failed: {printable(row.get('reason', 'no reason recorded'))[:300]}")
     print(f"best (by validation, {s['direction']}): trial {best['number']} {best['value']:.4f} "
           f"with {best['params']} -> {args.out}/trials/{best['run']}")
     if s["top5_spread"] is not None:
@@ -431,7 +435,7 @@ def cmd_sweep(args) -> int:
               "may be luck")
     print(f"  its test accuracy, reported once: {percent(best['test_accuracy'])}")
     if args.confirm:
-        c = confirm(args.out, args.space, args.confirm)
+        c = confirm(args.out, args.space, args.confirm, storage=args.storage)
         print(f"confirmed over {args.confirm} more seeds: test accuracy {percent(c['mean'])} "
               f"± {percent(c['std'])}")
     return 0
@@ -550,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--workers", type=_positive_int, default=1, help="parallel trial processes on this machine")
     sw.add_argument("--confirm", type=_positive_int, metavar="N", help="retrain the winner with N more seeds")
     sw.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (e.g. postgresql://...) instead of the "
-                    "journal file: machines running the same command share one study")
+                    "journal file: machines running the same command share one study (give it on every run)")
     add_allow_import(sw)
     sw.set_defaults(func=cmd_sweep)
 
