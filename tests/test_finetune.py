@@ -305,3 +305,63 @@ def test_inspect_shows_the_parent(parent, tmp_path):
     assert f"parent    {(parent / 'model.pt').resolve()} (trainlab checkpoint" in r.stdout
     assert "2 new head" in r.stdout and "at most 10 training images per class" in r.stdout
     assert "unfreeze at epoch 2" in r.stdout
+
+
+# ---------------------------------------------------------------- tensors that cannot be loaded
+
+def _first_weight(state: dict) -> str:
+    return next(k for k, v in state.items() if v.dim() == 2)
+
+
+HOSTILE_TENSORS = {
+    "meta": (lambda t: torch.empty(t.shape, device="meta"), "is a meta tensor (a shape without values)"),
+    "sparse": (lambda t: t.to_sparse(), "is a sparse_coo tensor, not a dense one"),
+    "sparse-csr": (lambda t: t.to_sparse_csr(), "is a sparse_csr tensor, not a dense one"),
+    "quantized": (lambda t: torch.quantize_per_tensor(t, 0.1, 0, torch.qint8), "is a quantized tensor (qint8)"),
+    "complex": (lambda t: t.to(torch.cfloat), "is complex64, where this model holds floating-point values"),
+    "bool": (lambda t: t > 0, "is bool, where this model holds floating-point values"),
+    "int": (lambda t: (t * 100).to(torch.int32), "is int32, where this model holds floating-point values"),
+    "nan": (lambda t: t.clone().index_fill_(0, torch.tensor([0]), float("nan")), "is not finite"),
+    "inf": (lambda t: t.clone().index_fill_(0, torch.tensor([1]), -float("inf")), "is not finite"),
+}
+
+
+@pytest.fixture(scope="module")
+def init_idx(tmp_path_factory):
+    return write_idx_folder(tmp_path_factory.mktemp("init-idx"), n_train=300, n_test=100)
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_TENSORS) + ["buffer-dtype"])
+def test_an_init_file_with_a_tensor_that_cannot_load_is_refused_by_its_key(parent, init_idx, tmp_path, cli, kind):
+    """Names and shapes fit, the tensor does not: one sentence naming the key, exit 1, nothing
+    loaded and no run folder (was: internal errors, or complex/bool/int values cast silently into
+    the float weights, NaN loaded without a word and the divergence blamed on the rate)."""
+    state = load_checkpoint(parent / "model.pt")["model"]
+    if kind == "buffer-dtype":
+        key = next(k for k in state if k.endswith("num_batches_tracked"))
+        state[key], expected = state[key].float(), "is float32, where this model's int64 buffer needs the same type"
+    else:
+        key = _first_weight(state)
+        make, expected = HOSTILE_TENSORS[kind]
+        state[key] = make(state[key])
+    path = tmp_path / f"{kind}.pt"
+    torch.save(state, path)
+    r = cli("train", "--dataset", f"idx:{init_idx}", "--model", "mlp-reg", "--epochs", "1", "--batch-size", "32",
+            "--val-size", "100", "--runs-dir", tmp_path / "runs", "--name", "child", "--init-from", path, "--quiet")
+    assert r.returncode == 1, r.stderr
+    line = _error_line(r)
+    assert line.startswith(f"trainlab: error: init_from: {key} in {path} {expected}"), line
+    assert "nothing was loaded" in line and "internal error" not in r.stderr
+    assert not (tmp_path / "runs" / "child").exists()
+
+
+def test_an_init_file_with_a_safe_dtype_still_loads(parent, init_idx, tmp_path, cli):
+    """float64 and float16 weights into float32 parameters are fine (copied, not refused)."""
+    state = load_checkpoint(parent / "model.pt")["model"]
+    key = _first_weight(state)
+    state[key] = state[key].double()
+    path = tmp_path / "f64.pt"
+    torch.save(state, path)
+    r = cli("train", "--dataset", f"idx:{init_idx}", "--model", "mlp-reg", "--epochs", "1", "--batch-size", "32",
+            "--val-size", "100", "--runs-dir", tmp_path / "runs", "--name", "child", "--init-from", path, "--quiet")
+    assert r.returncode == 0, r.stderr

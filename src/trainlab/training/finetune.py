@@ -218,11 +218,47 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def _tensor_problem(theirs: torch.Tensor, mine: torch.Tensor | None) -> str | None:
+    """Why a file's tensor cannot be loaded (`mine`: the model's tensor of that name, when it
+    would be), or None. copy_ would take most of these silently or fail half-way."""
+    if theirs.is_meta:
+        return "a meta tensor (a shape without values)"
+    if theirs.is_quantized:
+        return f"a quantized tensor ({str(theirs.dtype).replace('torch.', '')})"
+    if theirs.layout != torch.strided or theirs.is_nested:
+        return f"a {'nested' if theirs.is_nested else str(theirs.layout).replace('torch.', '')} tensor, not a dense one"
+    if mine is None:
+        return None
+    dtype = str(theirs.dtype).replace("torch.", "")
+    if mine.is_floating_point():
+        if not theirs.is_floating_point():
+            return f"{dtype}, where this model holds floating-point values"
+        if not bool(torch.isfinite(theirs).all()):
+            return "not finite (it holds NaN or infinite values)"
+    elif theirs.dtype != mine.dtype:
+        return f"{dtype}, where this model's {str(mine.dtype).replace('torch.', '')} buffer needs the same type"
+    return None
+
+
+def _check_tensors(model: nn.Module, state: dict, table: dict, path: str) -> None:
+    """Every tensor of an init file dense and real, and each one that would load of the model's
+    kind (floating point for floating weights, the same type for an integer buffer such as
+    num_batches_tracked) and finite, before any is loaded: one sentence naming the first bad key."""
+    own = unwrap(model).state_dict()
+    loaded = set(table["loaded"])
+    for name, tensor in state.items():
+        problem = _tensor_problem(tensor, own[name] if name in loaded else None)
+        if problem:
+            raise CheckpointError(f"init_from: {printable(name)} in {path} is {problem}; nothing was loaded: "
+                                  "give weights saved as dense, finite tensors of the model's types")
+
+
 def init_weights(model: nn.Module, where: str | Path, strict: bool = False) -> dict:
     """Load what fits of `where` into `model` in place; returns the record (path, sha256,
     kind, the table). `strict`: any mismatch is an error and nothing is loaded."""
     state, desc = read_init(where)
     table = match(model, state)
+    _check_tensors(model, state, table, desc["path"])
     problem = _input_problem(model, table)
     mismatched = sum(len(table[k]) for k in _STATUS if k != "loaded")
     if strict and mismatched:
