@@ -125,6 +125,17 @@ def hostile(folder: Path) -> dict[str, tuple[Path, str]]:
     huge = TensorProto(name="H", data_type=f32, dims=[1 << 20, 1 << 20])  # 4 TiB declared, nothing held
     add("huge-initializer", "declare", [*nodes, helper.make_node("Add", ["logits", "H"], ["y"])], [*inits, huge],
         last="y")
+    # windows and padding: a few hundred bytes that would ask for planes of 2**60 pixels
+    k = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "K")
+    for name, op, attrs in (("conv-huge-pads", "Conv", {"kernel_shape": [3, 3], "pads": [1 << 30] * 4}),
+                            ("maxpool-huge-pads", "MaxPool", {"kernel_shape": [2, 2], "pads": [1 << 30] * 4}),
+                            ("maxpool-huge-window", "MaxPool", {"kernel_shape": [1 << 30, 1 << 30]}),
+                            ("conv-no-window", "Conv", {"pads": [1, 1, 1, 1]})):
+        nodes, inits = head()
+        ins = ["x", "K"] if op == "Conv" else ["x"]
+        nodes = [nodes[0], helper.make_node(op, ins, ["x2"], **attrs),
+                 helper.make_node("Flatten", ["x2"], ["f"]), nodes[2]]
+        add(name, f"its {op} node", nodes, [*inits, k])
     nodes, inits = head()
     add("huge-input-shape", "its input is not uint8", nodes, inits, in_shape=("N", 1, 1 << 30, 1 << 30))
     add("symbolic-input-shape", "its input is not uint8", nodes, inits, in_shape=("N", "C", "H", "W"))

@@ -173,15 +173,18 @@ def _wait_for_worker(proc, limit: float = 120) -> int:
     raise AssertionError(f"no ONNX Runtime child process appeared (exit {proc.poll()})")
 
 
-def test_sigterm_during_an_onnx_prediction_ends_it_at_once(tmp_path):
-    """A graph that passes every check yet computes for minutes: SIGTERM while ONNX Runtime
-    runs ends trainlab with its one line and 143, and the runtime's process with it."""
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "SIGKILL"])
+def test_a_signal_during_an_onnx_prediction_ends_it_at_once(tmp_path, sig):
+    """A graph that passes every check yet computes for minutes: SIGTERM, Ctrl-C or SIGHUP
+    while ONNX Runtime runs ends trainlab with its one line and 128 + signum; with kill -9
+    too, the runtime's process goes with it (no core left busy)."""
     import signal
     import time
 
     import onnx_graphs
     from conftest import is_alive, start_cli
 
+    signum = getattr(signal, sig)
     slow = onnx_graphs.slow(tmp_path / "slow.onnx")
     np.save(tmp_path / "x.npy", np.zeros((1000, 28, 28), np.uint8))
     proc = start_cli("predict", slow, tmp_path / "x.npy", "-n", "1000", stdout=subprocess.PIPE,
@@ -189,15 +192,22 @@ def test_sigterm_during_an_onnx_prediction_ends_it_at_once(tmp_path):
     try:
         worker = _wait_for_worker(proc)
         time.sleep(1)  # well inside session.run
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=30)
+        end = time.monotonic() + 10
+        while is_alive(worker) and time.monotonic() < end:
+            time.sleep(0.1)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 143, err
-    assert [x for x in err.splitlines() if x.strip()] == ["trainlab: interrupted (SIGTERM)"]
     assert not is_alive(worker)
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -9
+        return
+    assert proc.returncode == 128 + signum, err
+    assert [x for x in err.splitlines() if x.strip()] == [
+        "trainlab: interrupted" + ("" if signum == signal.SIGINT else f" ({sig})")]
 
 
 def test_a_graph_that_runs_too_long_is_stopped_at_the_deadline(tmp_path):

@@ -155,7 +155,9 @@ def readable(blob: bytes) -> None:
     name = "ONNX export refused: the exported graph"
     proto = onnx_guard.parse(blob, name)
     onnx_guard.check_graph(proto, name, len(blob))
-    onnx_guard.check_io(proto, name, onnx_guard.check_meta(proto, name))
+    meta = onnx_guard.check_meta(proto, name)
+    onnx_guard.check_io(proto, name, meta)
+    onnx_guard.check_windows(proto, name, meta)
 
 
 def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:

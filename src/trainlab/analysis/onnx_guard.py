@@ -147,6 +147,25 @@ def check_io(proto, path, meta: dict) -> None:
                        f"{['N', *want]} as its metadata says")
 
 
+def check_windows(proto, path, meta: dict) -> None:
+    """Conv and MaxPool windows no bigger than the image and padding smaller than the window,
+    as trainlab writes them: a pad of 2**30 would make ONNX Runtime allocate a plane of
+    2**60 pixels from a file of a few hundred bytes."""
+    side = max(meta["model_spec"]["input_shape"][1:])
+    for node in proto.graph.node:
+        if node.op_type not in ("Conv", "MaxPool"):
+            continue
+        a = {x.name: list(x.ints) for x in node.attribute}
+        kernel = a.get("kernel_shape") or []
+        if not kernel or not all(1 <= k <= side for k in kernel):
+            _bad(path, f"its {node.op_type} node has a window {kernel} outside 1..{side} (the image's side)")
+        for key in ("strides", "dilations"):
+            if not all(1 <= v <= side for v in a.get(key, [])):
+                _bad(path, f"its {node.op_type} node has {key} {a[key][:8]} outside 1..{side}")
+        if not all(0 <= v < max(kernel) for v in a.get("pads", [])):
+            _bad(path, f"its {node.op_type} node pads by {a['pads'][:8]}, beyond its window {kernel}")
+
+
 def _string(v, limit=100_000) -> bool:
     return isinstance(v, str) and len(v) <= limit
 
@@ -213,4 +232,5 @@ def check_file(path) -> tuple[bytes, dict]:
     except Exception as e:  # noqa: BLE001 -- ValidationError, or a C++ error for odd protos
         _bad(path, f"it is not a valid ONNX model ({(str(e).splitlines() or [''])[0][:200]})")
     check_io(proto, path, meta)
+    check_windows(proto, path, meta)
     return blob, meta

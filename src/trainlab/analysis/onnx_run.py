@@ -38,7 +38,7 @@ def run(model: bytes, images: np.ndarray, num_classes: int, *, timeout: float | 
     images = np.ascontiguousarray(images, dtype=np.uint8)
     t = threads()
     job = {"model": len(model), "shape": list(images.shape), "threads": t, "batch": BATCH, "classes": num_classes,
-           "cpu_seconds": int(t * timeout) + 10 if timeout else 0}
+           "cpu_seconds": int(t * timeout) + 10 if timeout else 0, "parent": os.getpid()}
     payload = json.dumps(job).encode() + b"\n" + model + images.tobytes()
     # -I: no user site, no PYTHONPATH, not the current folder -- only the installed packages
     proc = subprocess.Popen([sys.executable, "-I", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -4,11 +4,13 @@ killing this process. It imports numpy and onnxruntime only (not trainlab: no to
 load), reads its work from stdin and writes the probabilities to stdout.
 
 stdin: one JSON line {"model": nbytes, "shape": [N, C, H, W], "threads": t, "batch": b,
-"classes": k, "cpu_seconds": s}, then the model's bytes, then the uint8 images. stdout: N x K float32.
+"classes": k, "cpu_seconds": s,
+"parent": pid}, then the model's bytes, then the uint8 images. stdout: N x K float32.
 On failure: one line on stderr, exit 3.
 """
 
 import json
+import os
 import resource
 import signal
 import sys
@@ -21,7 +23,16 @@ def main() -> int:
             signal.signal(s, signal.SIG_IGN)
     src = sys.stdin.buffer
     job = json.loads(src.readline())
-    # if the parent is killed outright, this process still cannot run for ever
+    # if the parent is killed outright (kill -9), this process must not run on: die with it
+    # (Linux), and in any case within the deadline's CPU time
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != job["parent"]:  # it died before prctl took effect
+        return 3
     cpu = int(job["cpu_seconds"])
     if cpu > 0:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
