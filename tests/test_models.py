@@ -124,3 +124,100 @@ def test_import_path_errors(user_module):
         models.build("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="has no callable 'not_callable'"):
         models.build(f"{user_module}:not_callable")
+
+
+# ---------------------------------------------------------------- anyone's constructor
+
+NETS = '''
+from torch import nn
+
+
+class Net(nn.Module):
+    """timm's shape: num_classes and in_chans by name."""
+
+    def __init__(self, num_classes=10, in_chans=1, width=8):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                                  nn.Flatten())
+        self.head = nn.Linear(width * 16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def make(num_classes):
+    """torchvision's shape: num_classes only (this one knows its 1x28x28 input)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, num_classes))
+
+
+def three(a, b, c):
+    return nn.Linear(1, 1)
+
+
+def huge(num_classes):
+    return nn.Linear(100_000, 100_000)
+'''
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    (tmp_path / "usernets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    sys.modules.pop("usernets", None)
+
+
+def test_a_constructor_taking_num_classes_and_in_chans_by_name_is_called_by_name(nets):
+    """A class whose first parameter is num_classes was called with the input shape as the
+    class count (an internal error); now trainlab maps what it knows onto the signature."""
+    net = models.build("usernets:Net", (3, 28, 28), 7, width=4)
+    assert net.body[0].in_channels == 3 and net.head.out_features == 7 and net.body[0].out_channels == 4
+    assert models.build("usernets:make", (1, 28, 28), 5)[-1].out_features == 5
+
+
+def test_a_constructor_that_fits_no_contract_is_told_the_contract(nets):
+    with pytest.raises(ConfigError, match=r"trainlab calls a model factory as f\(input_shape, num_classes"):
+        models.build("usernets:three")
+    with pytest.raises(ConfigError, match="in_chans come.* from the data"):
+        models.build("usernets:Net", in_chans=3)
+
+
+def test_anyones_factory_gets_the_size_check_before_allocating(nets):
+    with pytest.raises(ConfigError, match="10,000,100,000 parameters, over the limit"):
+        models.build("usernets:huge")
+
+
+def test_a_user_level_allow_list_trusts_a_module_on_every_command(nets, monkeypatch, isolated_home):
+    spec = {"name": "usernets:Net", "kwargs": {}, "input_shape": [1, 28, 28], "num_classes": 10}
+    with pytest.raises(ConfigError, match="--allow-import usernets"):
+        models.build_from_spec(spec)
+    monkeypatch.setenv("TRAINLAB_ALLOW_IMPORT", "other, usernets")
+    assert models.build_from_spec(spec).head.out_features == 10
+    monkeypatch.delenv("TRAINLAB_ALLOW_IMPORT")
+    listed = isolated_home / ".config" / "trainlab" / "allow-import"
+    listed.parent.mkdir(parents=True)
+    listed.write_text("# modules I wrote\nusernets\n")
+    assert models.build_from_spec(spec).head.out_features == 10
+    listed.write_text("usernets; rm -rf\n")
+    with pytest.raises(ConfigError, match="not a module name"):
+        models.build_from_spec(spec)
+
+
+def test_a_users_constructor_from_the_cli_trains_resumes_evaluates_and_exports(nets, tmp_path):
+    """`--model usernets:Net` from the command line; the later commands find it through the
+    user-level allow-list (no --allow-import on each)."""
+    from conftest import cli_env, run_cli, write_idx_folder
+
+    idx = write_idx_folder(tmp_path / "idx", n_train=300, n_test=100)
+    common = ("--dataset", f"idx:{idx}", "--val-size", "50", "--batch-size", "25", "--threads", "1", "--quiet")
+    done = run_cli("train", "--model", "usernets:Net", "--name", "net", "--epochs", "2", *common, cwd=nets)
+    assert done.returncode == 0, done.stderr
+    refused = run_cli("evaluate", nets / "runs" / "net", cwd=tmp_path)
+    assert refused.returncode == 2 and "--allow-import usernets" in refused.stderr
+    env = cli_env(TRAINLAB_ALLOW_IMPORT="usernets", PYTHONPATH=f"{nets}:{cli_env()['PYTHONPATH']}")
+    ok = run_cli("evaluate", nets / "runs" / "net", env=env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    exported = run_cli("export", nets / "runs" / "net", "--format", "onnx", "--out", tmp_path / "onnx", env=env,
+                       cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert "100.00%" in exported.stdout  # the parity check's argmax agreement

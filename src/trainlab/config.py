@@ -20,6 +20,7 @@ from pathlib import Path
 
 from trainlab import models
 from trainlab.data.catalog import absolute as absolute_dataset
+from trainlab.data.catalog import flips_keep_labels
 from trainlab.data.catalog import problem as dataset_problem
 from trainlab.errors import ConfigError
 from trainlab.recipes import (
@@ -187,6 +188,10 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
     if cfg.channels_last is None:
         cfg.channels_last = model.conv
     cfg.train = get_recipe(cfg.recipe, **recipe_overrides)
+    # a preset's flips only where mirroring keeps the label (unknown: off); asked for by name: kept
+    flips = [k for k in ("hflip", "tta_flip") if getattr(cfg.train, k) and k not in recipe_overrides]
+    if flips and not flips_keep_labels(absolute_dataset(cfg.dataset))[0]:
+        cfg.train = replace(cfg.train, **{k: False for k in flips})
     cfg = validate(cfg)
     # folders recorded absolute: a run trained from ./photos is evaluated from anywhere
     cfg.dataset = absolute_dataset(cfg.dataset)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import importlib
 import inspect
+import os
 import re
 import reprlib
 import sys
@@ -107,6 +108,45 @@ def _import(module_name: str):
         return importlib.import_module(module_name)
 
 
+ALLOW_ENV = "TRAINLAB_ALLOW_IMPORT"
+
+
+class AllowListError(ConfigError):
+    """The user's own allow-list is wrong: theirs to fix, never blamed on a file."""
+_MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def allow_list_file() -> Path:
+    """$XDG_CONFIG_HOME/trainlab/allow-import (default ~/.config/...): a relative XDG_CONFIG_HOME
+    is ignored, as the XDG spec says."""
+    base = os.environ.get("XDG_CONFIG_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".config"
+    return root / "trainlab" / "allow-import"
+
+
+def user_allowed() -> tuple[str, ...]:
+    """The modules the user trusts on every command (so a run trained on `mynets:Net` is resumed,
+    evaluated and exported without naming it each time): TRAINLAB_ALLOW_IMPORT (comma-separated)
+    and one module a line in allow_list_file(). Only the user's own environment and config folder
+    can say this, never a file in a run or data folder."""
+    names = [n.strip() for n in os.environ.get(ALLOW_ENV, "").split(",")]
+    where = {n: ALLOW_ENV for n in names if n}
+    path = allow_list_file()
+    try:
+        if path.is_file() and path.stat().st_size <= 64 * 1024:
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    where.setdefault(line, str(path))
+    except OSError:
+        pass
+    for name, source in where.items():
+        if not _MODULE.fullmatch(name):
+            raise AllowListError(f"{source} names {reprlib.repr(name)}, which is not a module name: list modules "
+                              "such as mypkg.nets, one a line (or comma-separated in the variable)")
+    return tuple(where)
+
+
 def _resolve_factory(name: str, allow_import: tuple[str, ...] | None) -> Callable[..., nn.Module]:
     if name in _REGISTRY:
         return _REGISTRY[name].factory
@@ -115,10 +155,11 @@ def _resolve_factory(name: str, allow_import: tuple[str, ...] | None) -> Callabl
             raise ConfigError(f"model {name!r} is not a valid import path: write module:function, "
                               "e.g. mypkg.nets:make_net")
         module_name, _, attr = name.partition(":")
-        if allow_import is not None and module_name not in allow_import:
+        if allow_import is not None and module_name not in allow_import and module_name not in user_allowed():
             raise ConfigError(f"model {name!r} needs importing {module_name!r}, which a stored spec "
                               f"may not do by itself: pass --allow-import {module_name} if you trust "
-                              "that module")
+                              f"that module (or list it in {ALLOW_ENV} or {allow_list_file()} to trust it "
+                              "on every command)")
         try:
             module = _import(module_name)
         except ImportError as e:
@@ -171,6 +212,13 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
 
     check_spec(spec, source)
     name = spec["name"]
+    if ":" not in name and name not in _REGISTRY:  # registered by a module the user trusts everywhere?
+        for module in user_allowed():
+            try:
+                _import(module)
+            except ImportError as e:
+                raise AllowListError(f"{module!r}, trusted in {ALLOW_ENV} or {allow_list_file()}, cannot be "
+                                  f"imported ({e}): fix the name or put it on PYTHONPATH") from None
     if ":" not in name and name not in _REGISTRY:  # e.g. registered by a module of the user's
         raise ConfigError(f"{source}: its model {name!r} is not registered in this process: name the "
                           "module that registers it with --allow-import MODULE (from Python, import "
@@ -181,7 +229,7 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
         return build(spec["name"], spec["input_shape"], spec["num_classes"],
                      allow_import=tuple(allow_import or ()), **spec.get("kwargs", {}))
     except ConfigError as e:
-        if "--allow-import" in str(e):
+        if "--allow-import" in str(e) or isinstance(e, AllowListError):
             raise  # the user can act on this one: a usage error
         raise TrainlabError(f"{source}: its model cannot be built ({e})") from None
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:  # a factory's own failure
@@ -196,21 +244,53 @@ def build(name: str, input_shape=(1, 28, 28), num_classes: int = 10, *,
     """Build a model from its spec. `allow_import=None` (training from your own command line)
     imports `module:function` names freely; loading from a file passes the allowed modules."""
     factory = _resolve_factory(name, allow_import)
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        sig = None  # a builtin or C factory: let the call itself check the arguments
-    if sig is not None:
-        try:
-            sig.bind(tuple(input_shape), num_classes, **kwargs)
-        except TypeError as e:
-            params = list(sig.parameters)[2:]
-            raise ConfigError(f"model {name!r}: bad arguments {kwargs} ({e}); it takes "
-                              f"{', '.join(params) or 'no keyword arguments'}") from None
-    model = factory(tuple(input_shape), num_classes, **kwargs)
+    args, kw = call_arguments(name, factory, tuple(input_shape), num_classes, kwargs)
+    # the built-ins size themselves on the meta device; anyone else's factory gets the same check
+    builtin = getattr(factory, "__module__", None) == __name__
+    model = factory(*args, **kw) if builtin else _sized(lambda: factory(*args, **kw))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not an nn.Module")
     return model
+
+
+# What trainlab knows of the data, under the names the common model constructors give it
+# (torchvision's num_classes, timm's in_chans, many papers' in_channels / img_size).
+CHANNEL_NAMES = ("in_chans", "in_channels", "input_channels", "num_channels")
+SIZE_NAMES = ("img_size", "image_size", "input_size")
+CONTRACT = ("trainlab calls a model factory as f(input_shape, num_classes, **kwargs), or by name with "
+            "num_classes= (plus in_chans / in_channels / input_shape / img_size when it takes them)")
+
+
+def call_arguments(name: str, factory, input_shape: tuple, num_classes: int, kwargs: dict) -> tuple[tuple, dict]:
+    """(args, kwargs) to call `factory` with: trainlab's contract f(input_shape, num_classes,
+    **kwargs) when its first parameter is input_shape (or it has no num_classes), else by name:
+    num_classes and whichever of the channel / shape / size names it takes. One sentence stating
+    the contract when neither fits."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C factory: the call itself checks
+        return (input_shape, num_classes), kwargs
+    named = [p for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    by_name = "num_classes" in {p.name for p in named} and (not named or named[0].name != "input_shape")
+    if by_name:
+        c, h, w = input_shape
+        known = {"num_classes": num_classes, "input_shape": input_shape,
+                 **{n: c for n in CHANNEL_NAMES}, **{n: h if h == w else (h, w) for n in SIZE_NAMES}}
+        mapped = {k: v for k, v in known.items() if k in params}
+        clash = sorted(set(mapped) & set(kwargs))
+        if clash:
+            raise ConfigError(f"model {name!r}: {', '.join(clash)} come(s) from the data, not from model kwargs: "
+                              "leave them out")
+        args, kw = (), {**mapped, **kwargs}
+    else:
+        args, kw = (input_shape, num_classes), kwargs
+    try:
+        inspect.signature(factory).bind(*args, **kw)
+    except TypeError as e:
+        takes = ", ".join(p.name for p in params.values()) or "nothing"
+        raise ConfigError(f"model {name!r}: bad arguments {kwargs} ({e}): {CONTRACT}; it takes "
+                          f"({takes})") from None
+    return args, kw
 
 
 MAX_WIDTH = 65536  # any one layer's width or channel count
@@ -249,8 +329,21 @@ def _sized(make: Callable[[], nn.Module]) -> nn.Module:
     """Build on the meta device (no memory) and refuse a model over MAX_PARAMETERS, so a
     width of 10**7 is an error, not a terabyte allocation; when rebuilding from a file, refuse
     one with more parameters than the file holds weights (a small forged file, a huge model)."""
-    with torch.device("meta"):
-        n = count_parameters(make())
+    try:
+        with torch.device("meta"):
+            n = count_parameters(make())
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a user's factory that cannot run on meta: counted once built
+        model = make()
+        n = count_parameters(model) if isinstance(model, nn.Module) else 0
+        _refuse_size(n)
+        return model
+    _refuse_size(n)
+    return make()
+
+
+def _refuse_size(n: int) -> None:
     if n > MAX_PARAMETERS:
         raise ConfigError(f"model kwargs give {n:,} parameters, over the limit of {MAX_PARAMETERS:,}: "
                           "use smaller widths or fewer layers")
@@ -258,7 +351,6 @@ def _sized(make: Callable[[], nn.Module]) -> nn.Module:
     if held is not None and n > held:
         raise ConfigError(f"its spec describes {n:,} parameters but the file holds {held:,} weight values: "
                           "the file is damaged or forged")
-    return make()
 
 
 # ---------------------------------------------------------------- released architectures

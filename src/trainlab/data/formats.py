@@ -27,9 +27,10 @@ _READERS: dict[str, Reader] = {}
 ARRAYS = "arrays"
 
 
-def register_format(scheme: str, reader: Reader | None = None):
+def register_format(scheme: str, reader: Reader | None = None, *, flips_keep_labels: bool = False):
     """Make `load_dataset("SCHEME:ARG", data_dir)` call `reader(ARG, data_dir)`, which returns a
-    Dataset (e.g. from trainlab.from_arrays). A call, or a decorator: `@register_format("npz")`."""
+    Dataset (e.g. from trainlab.from_arrays). A call, or a decorator: `@register_format("npz")`.
+    `flips_keep_labels=True` says a mirrored image keeps its class, so recipes may flip it."""
     if not isinstance(scheme, str) or not SCHEME.fullmatch(scheme):
         raise ConfigError(f"data format scheme {reprlib.repr(scheme)} is invalid: use a letter, then up "
                           "to 49 letters, digits or _ + . -")
@@ -45,8 +46,17 @@ def register_format(scheme: str, reader: Reader | None = None):
             raise ConfigError(f"data format {scheme!r} is already registered (by "
                               f"{getattr(known, '__module__', '?')}) with another reader: choose another scheme")
         _READERS[scheme] = reader
+        if flips_keep_labels is True:
+            _FLIP_SAFE.add(scheme)
         return reader
     return deco if reader is None else deco(reader)
+
+
+_FLIP_SAFE: set[str] = set()
+
+
+def flips_keep_labels(scheme: str) -> bool:
+    return scheme in _FLIP_SAFE
 
 
 def schemes() -> list[str]:

@@ -51,6 +51,10 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
     if cfg.sync_bn and not (dist.enabled and device.type == "cuda"):
         raise ConfigError("sync_bn needs DDP on CUDA GPUs (torchrun with NCCL); on the CPU "
                           "each rank keeps its own BatchNorm statistics")
+    _say_flips(cfg)
+    if cfg.freeze and not cfg.init_from:
+        log.warning("freeze = %s without init_from: the frozen parameters keep their random initial values "
+                    "and never learn; give --init-from WEIGHTS, or leave out --freeze", cfg.freeze)
     if cfg.train.tta_flip and not cfg.train.hflip:
         log.warning("tta_flip is on but hflip is off: the model never saw mirrored images, "
                     "so averaging over them usually hurts")
@@ -59,6 +63,22 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
         log.warning("patience = %d with a one-cycle schedule, monitoring %s: the loss often rises during "
                     "the high-rate phase and stops the run before the schedule anneals; monitor val_acc, "
                     "raise patience, or use schedule = cosine", cfg.patience, cfg.monitor)
+
+
+def _say_flips(cfg: Config) -> None:
+    """Where the recipe would flip images, the run says whether the data allows it (config.resolve
+    decided; a flag given by name is the user's choice and is kept)."""
+    from trainlab.data.catalog import flips_keep_labels
+    from trainlab.recipes import PRESETS
+
+    preset = PRESETS.get(cfg.recipe)
+    if preset is None or not (preset.hflip or preset.tta_flip):
+        return
+    keep, why = flips_keep_labels(cfg.dataset)
+    if cfg.train.hflip == preset.hflip and cfg.train.tta_flip == preset.tta_flip:
+        log.info("data: recipe %s flips images (%s)", cfg.recipe, why if keep else f"{why}, but asked for")
+    elif not keep:
+        log.info("data: recipe %s's horizontal flips are off (%s; --hflip --tta-flip turn them on)", cfg.recipe, why)
 
 
 def resolve_mode(cfg: Config) -> str:
