@@ -27,7 +27,6 @@ OPSET = 17
 INPUT, OUTPUT = "images", "probabilities"
 MAX_ARGMAX_DISAGREEMENT = 0.0  # every test image classified the same
 MAX_PROB_DIFF = 1e-4
-PARITY_BATCH = 1000
 PARITY_CHECK_LINE = ("parity on {images} test images: argmax agreement {argmax_agreement:.2%}, "
                      "max probability difference {max_prob_diff:.2g} (ONNX Runtime vs PyTorch)")
 
