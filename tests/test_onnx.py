@@ -140,7 +140,7 @@ def test_the_operator_allow_list_is_what_trainlab_exports():
     import onnx
 
     from trainlab import models
-    from trainlab.analysis.onnx_guard import ALLOWED_OPS, OPSETS
+    from trainlab.analysis.onnx_guard import ALLOWED_OPS, OPSETS, TRAINLAB_OPS, USER_MODEL_OPS
 
     emitted, opsets = set(), set()
     builtin = [n for n in models.available() if models.info(n).factory.__module__ == "trainlab.models"]
@@ -154,7 +154,10 @@ def test_the_operator_allow_list_is_what_trainlab_exports():
                 proto = onnx.load_from_string(onnx_export.to_onnx(packaged, shape, {}))
                 emitted |= {n.op_type for n in proto.graph.node}
                 opsets |= {(o.domain, o.version) for o in proto.opset_import}
-    assert emitted == set(ALLOWED_OPS)
+    assert emitted == set(TRAINLAB_OPS) and ALLOWED_OPS == TRAINLAB_OPS | USER_MODEL_OPS
+    # none of the operators that loop, branch, take their output size from data or draw randomness
+    assert not ALLOWED_OPS & {"Loop", "Scan", "If", "Tile", "Expand", "ConstantOfShape", "Range", "Resize",
+                              "Upsample", "Pad", "NonZero", "RandomNormal", "RandomUniform", "Multinomial"}
     assert {d for d, _ in opsets} == {""} and {v for _, v in opsets} <= set(OPSETS)
 
 

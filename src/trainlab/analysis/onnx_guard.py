@@ -1,7 +1,8 @@
 """An ONNX file is code: its graph runs. So a model.onnx is read and checked here, with the
 `onnx` package only, before ONNX Runtime ever sees its bytes. Accepted: graphs trainlab's
 own exporter could have written -- the operators it emits for its registered models
-(tests/test_onnx.py exports them all and checks this list against what they emit), no
+(tests/test_onnx.py exports them all and checks this list against what they emit) and the
+bounded standard operators a user's model adds (USER_MODEL_OPS), no
 subgraphs (Loop, Scan, If), no custom domains or local functions, no external data (a
 reference to a file would make ONNX Runtime read any file on disk), opsets trainlab
 exports, one uint8 N,C,H,W input of fixed C,H,W, one float N,classes output, initializers
@@ -18,8 +19,21 @@ from pathlib import Path
 from trainlab.errors import TrainlabError
 
 # what onnx_export.to_onnx emits for every registered model (with and without flip TTA, 1 and 3 channels)
-ALLOWED_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
-                         "GlobalAveragePool", "Identity", "MaxPool", "Mul", "Relu", "Slice", "Softmax"})
+TRAINLAB_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
+                          "GlobalAveragePool", "Identity", "MaxPool", "Mul", "Relu", "Slice", "Softmax"})
+# and what a user's own model (trainlab exports those too) may add: standard operators without
+# subgraphs whose output is no bigger than their inputs allow. Left out: control flow (Loop, Scan,
+# If) and every operator that takes its output size from data (Tile, Expand, ConstantOfShape,
+# Range, Resize, Upsample, Pad, NonZero ...) or draws random numbers.
+USER_MODEL_OPS = frozenset({
+    "Abs", "AveragePool", "Clip", "Concat", "ConvTranspose", "Dropout", "Elu", "Erf", "Exp", "Gelu",
+    "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "InstanceNormalization",
+    "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "Mean", "Min", "Mish", "Neg",
+    "PRelu", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Reshape", "Selu",
+    "Shape", "Sigmoid", "Softplus", "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose",
+    "Unsqueeze", "Gather", "Equal", "Where", "Less", "Greater", "Not", "And", "Or",
+})
+ALLOWED_OPS = TRAINLAB_OPS | USER_MODEL_OPS
 OPSETS = range(17, 18)  # the default-domain opsets trainlab has exported (onnx_export.OPSET)
 MAX_BYTES = 2**31 - 1  # protobuf's own limit for one message: a bigger model.onnx is not a whole one
 MAX_META_CHARS = 64 << 20  # the "trainlab" metadata entry (class names dominate)
@@ -101,8 +115,8 @@ def check_graph(proto, path, file_size: int) -> None:
         if node.domain not in ("", "ai.onnx"):
             _bad(path, f"its operator {node.op_type[:100]!r} is from the custom domain {node.domain[:100]!r}")
         if node.op_type not in ALLOWED_OPS:
-            _bad(path, f"its operator {node.op_type[:100]!r} is not one trainlab exports "
-                       f"({', '.join(sorted(ALLOWED_OPS))})")
+            _bad(path, f"its operator {node.op_type[:100]!r} is not one trainlab exports (control flow, "
+                       "sizes taken from data and randomness are refused; see trainlab.analysis.onnx_guard)")
         for a in node.attribute:
             if a.HasField("g") or a.graphs or a.HasField("sparse_tensor") or a.sparse_tensors:
                 _bad(path, f"its {node.op_type} node holds a subgraph or sparse tensor")
@@ -153,7 +167,7 @@ def check_windows(proto, path, meta: dict) -> None:
     2**60 pixels from a file of a few hundred bytes."""
     side = max(meta["model_spec"]["input_shape"][1:])
     for node in proto.graph.node:
-        if node.op_type not in ("Conv", "MaxPool"):
+        if node.op_type not in ("Conv", "ConvTranspose", "MaxPool", "AveragePool"):
             continue
         a = {x.name: list(x.ints) for x in node.attribute}
         kernel = a.get("kernel_shape") or []

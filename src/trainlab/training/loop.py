@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from trainlab.data.loader import derive_seed
+from trainlab.data.torch_loader import as_loader
 from trainlab.devices import check_same_device
 from trainlab.errors import TrainlabError
 from trainlab.inference import evaluate
@@ -189,6 +190,10 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
                      _EpochFunction(on_epoch_end)]
     cbs = callbacks if isinstance(callbacks, CallbackList) else CallbackList(callbacks or [])
     run = run if run is not None else FitContext(model, optimizer, state)
+    # torch DataLoaders: batches moved to the model's device as they come, the order seeded by trainlab
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    train_loader, val_loader, test_loader = (as_loader(x, device, parts.seed)
+                                             for x in (train_loader, val_loader, test_loader))
     check_same_device(model, train_loader.device, optimizer)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
     eval_model = eval_model or model
