@@ -250,6 +250,28 @@ def is_alive(pid: int) -> bool:
     return any(c == pid and state not in "ZX" for c, _, state in _processes())
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren, ...)."""
+    out, todo = [], [pid]
+    while todo:
+        kids = child_pids(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def wait_for_epochs(proc: subprocess.Popen, run: Path, epochs: int, timeout: float = 240) -> None:
+    """Wait until `run`'s metrics.jsonl holds `epochs` epoch rows (or `proc` ended): mid-run."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+        if sum(x.strip().endswith("}") and '"event"' not in x for x in text.splitlines()) >= epochs:
+            return
+        time.sleep(0.02)
+
+
 def _processes():
     for d in Path("/proc").iterdir():
         if d.name.isdigit():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +12,17 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, run_cli, start_cli, write_idx_folder
+import torch
+from conftest import (
+    child_pids,
+    cli_env,
+    descendant_pids,
+    is_alive,
+    run_cli,
+    start_cli,
+    wait_for_epochs,
+    write_idx_folder,
+)
 
 from trainlab.store.checkpoint import load_checkpoint
 
@@ -68,6 +80,7 @@ def test_resume_with_another_world_size(idx_dir, tmp_path, first, second):
     assert f"world size {first} -> {second}" in proc.stderr, proc.stderr[-3000:]
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 BOUND_S = 60  # torchrun notices a dead worker within a second and stops the others
 
 
@@ -121,20 +134,154 @@ def test_a_join_that_never_returns_ends_the_process_in_one_sentence(tmp_path):
     assert ok.returncode == 0 and ok.stdout.strip() == "alive"
 
 
-def test_torchrun_restarts_with_a_shared_store_are_warned_and_the_launcher_opts_out(monkeypatch, capsys):
+def test_only_several_nodes_sharing_a_store_across_restarts_are_warned(monkeypatch, capsys):
     from trainlab.training import distributed
 
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
     monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "2")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     distributed.warn_shared_store()
     assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
-    for env, value in (("TORCHELASTIC_MAX_RESTARTS", "0"), ("TORCHELASTIC_USE_AGENT_STORE", "False"), ("RANK", "1")):
+    for env, value in (("TORCHELASTIC_MAX_RESTARTS", "0"), ("TORCHELASTIC_USE_AGENT_STORE", "False"),
+                       ("RANK", "1"), ("GROUP_WORLD_SIZE", "1")):  # one node: each round has its prefix
         with monkeypatch.context() as m:
             m.setenv(env, value)
             distributed.warn_shared_store()
             assert capsys.readouterr().err == ""
-    seen = {}
-    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd, env: seen.update(cmd=cmd, env=env) or 0)
-    assert distributed.launch(2, ["train"], max_restarts=1) == 0
-    assert seen["env"]["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and "--max-restarts=1" in seen["cmd"]
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    assert distributed.round_prefix() == "trainlab/round-3"
+
+
+# ---------------------------------------------------------------- the --nproc launcher
+
+LONG = ["--model", "mlp", "--epochs", "500", "--batch-size", "8"]  # never ends by itself here
+
+
+def trainlab_lines(err: str) -> list[str]:
+    """The lines that report how the command ended (not the launch line or progress)."""
+    return [x for x in err.splitlines() if x.startswith(("trainlab: error", "trainlab: internal", "trainlab: interrupted"))]
+
+
+def start_launcher(idx_dir, tmp_path, name, *extra):
+    """`trainlab train --nproc 2 ...` started in its own session, once an epoch is written:
+    returns (launcher, every process below it)."""
+    proc = start_cli(*common(idx_dir, tmp_path, name, *LONG, "--nproc", "2", *extra),
+                     env=cli_env(TRAINLAB_DIST_TIMEOUT="120"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                     text=True, start_new_session=True)
+    wait_for_epochs(proc, tmp_path / name, 1)
+    below = descendant_pids(proc.pid)
+    assert proc.poll() is None and len(below) == 3, "the run ended before the test acted: nothing was tested"
+    return proc, below
+
+
+def wait_gone(pids: list[int], bound: float) -> list[int]:
+    deadline = time.monotonic() + bound
+    while any(is_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [p for p in pids if is_alive(p)]
+
+
+def kill_all(pids):
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+
+
+@needs_proc
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_launcher_saves_stops_every_process_and_resume_continues(idx_dir, tmp_path, signum):
+    proc, below = start_launcher(idx_dir, tmp_path, "t")
+    try:
+        os.kill(proc.pid, signum)  # what kill, timeout and supervisors send (SIGHUP: a closed terminal)
+        _, err = proc.communicate(timeout=BOUND_S * 2)
+        left = wait_gone(below, BOUND_S)
+    finally:
+        kill_all([proc.pid, *below])
+    assert not left, f"processes left running after the launcher ended: {left}"
+    assert proc.returncode == 128 + signum, err[-2000:]
+    lines = trainlab_lines(err)
+    assert len(lines) == 1 and "continue with: trainlab resume" in lines[0], err[-2000:]
+    assert "Traceback" not in err and "ChildFailedError" not in err
+    epoch = load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pt")["epoch"]
+    again = run_cli("resume", tmp_path / "t", "--epochs", epoch + 1)  # the run is not 'in use'
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pt")["epoch"] == epoch + 1
+
+
+@needs_proc
+def test_a_launcher_killed_by_sigkill_leaves_no_rank_running(idx_dir, tmp_path):
+    proc, below = start_launcher(idx_dir, tmp_path, "k9")
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        left = wait_gone(below, BOUND_S)
+    finally:
+        kill_all(below)
+    assert not left, f"torchrun and its ranks outlived the launcher: {left}"
+    again = run_cli("resume", tmp_path / "k9", "--epochs", load_checkpoint(
+        tmp_path / "k9" / "checkpoints" / "last.pt")["epoch"] + 1)
+    assert again.returncode == 0, again.stderr[-2000:]  # no rank holds the run
+
+
+@pytest.mark.parametrize("extra,code,says", [
+    (["--model", "mlp-reg", "--sync-bn"], 2, "sync_bn needs DDP on CUDA"),  # a usage error found by the ranks
+    (["--model", "mlp", "--dataset", "idx:/nonexistent-trainlab-test"], 1, "is not a folder"),
+])
+def test_an_error_after_the_launch_is_one_line_with_its_own_exit_code(idx_dir, tmp_path, extra, code, says):
+    proc = run_cli(*common(idx_dir, tmp_path, "e", "--nproc", "2", *extra), env=cli_env(TRAINLAB_DIST_TIMEOUT="60"))
+    lines = trainlab_lines(proc.stderr)
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert len(lines) == 1 and says in lines[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr and "exitcode" not in proc.stderr
+
+
+def test_the_launcher_picks_the_cause_over_a_rank_that_lost_its_peer(tmp_path):
+    from trainlab.training import launcher
+
+    def leave(rnd, rank, line, code, secondary=False):
+        (tmp_path / f"round-{rnd}-rank-{rank}.json").write_text(json.dumps(
+            {"line": line, "code": code, "round": rnd, "rank": rank, "secondary": secondary}))
+
+    leave(0, 0, "trainlab: error: lost contact", 1, secondary=True)
+    leave(0, 1, "trainlab: error: disk full", 1)
+    assert launcher.read_errors(tmp_path)["line"] == "trainlab: error: disk full"
+    leave(1, 1, "trainlab: error: SIGTERM: rank 1 stopped", 143)
+    leave(1, 0, "trainlab: error: SIGTERM: stopped; continue with: trainlab resume r", 143)  # the newest round
+    assert launcher.read_errors(tmp_path)["line"].endswith("trainlab resume r")
+    (tmp_path / "round-2-rank-0.json").write_bytes(b"\xff{not json")  # a damaged file is skipped
+    (tmp_path / "round-3-rank-0.json").write_text(json.dumps({"line": 7, "code": "x", "round": 3, "rank": 0}))
+    assert launcher.read_errors(tmp_path)["round"] == 1
+
+
+# ---------------------------------------------------------------- plain torchrun
+
+@needs_proc
+@pytest.mark.timeout(600)
+def test_plain_torchrun_restarts_a_killed_rank_and_ends_with_the_uninterrupted_weights(idx_dir, tmp_path):
+    """No trainlab launcher, no environment variable: torchrun's store is shared across its
+    restart rounds, and each round joins under its own prefix."""
+    env = cli_env(TRAINLAB_DIST_TIMEOUT="60")
+    env.pop("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", None)
+    args = common(idx_dir, tmp_path, "straight", "--model", "mlp", "--epochs", "3", "--batch-size", "8")
+    straight = run_cli(*args, nproc=2, env=env, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    args = common(idx_dir, tmp_path, "elastic", "--model", "mlp", "--epochs", "3", "--batch-size", "8")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "--max-restarts", "2", "-m", "trainlab", *map(str, args)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for_epochs(proc, tmp_path / "elastic", 1)
+        ranks = child_pids(proc.pid)
+        assert proc.poll() is None and len(ranks) == 2, "the run ended before the kill: nothing was tested"
+        os.kill(ranks[-1], signal.SIGKILL)  # one rank dies mid-run
+        _, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            kill_all([proc.pid, *descendant_pids(proc.pid)])
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    assert "continuing it from its newest checkpoint" in err
+    a = load_checkpoint(tmp_path / "elastic" / "model.pt")["model"]
+    b = load_checkpoint(tmp_path / "straight" / "model.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bitwise

@@ -205,7 +205,7 @@ def cmd_train(args) -> int:
     from trainlab.api import resume, train
 
     if args.nproc:
-        from trainlab.training.distributed import launch
+        from trainlab.training.launcher import launch
 
         if not args.resume:  # the usage error here, in one line, not in every rank's traceback
             _check_nproc_batch(args.nproc, _config_from_args(args).train.batch_size)
@@ -250,7 +250,7 @@ def cmd_resume(args) -> int:
     from trainlab.api import resume
 
     if args.nproc:
-        from trainlab.training.distributed import launch
+        from trainlab.training.launcher import launch
 
         return launch(args.nproc, _without_nproc(sys.argv[1:] if args.argv is None else args.argv),
                       args.max_restarts)
@@ -581,11 +581,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
+    from trainlab.training import launcher
     from trainlab.training.distributed import shutdown
     from trainlab.training.signals import stop_like_ctrl_c
 
+    launcher.die_with_torchrun()  # a torchrun worker never trains on after torchrun is gone
     stop_like_ctrl_c()
+    _held.clear()
     code = _run(args)
+    if code and _held:  # a rank under `--nproc`: the launcher prints one rank's line, once
+        line, secondary = _held[-1]
+        if not launcher.hand_over(line, code, secondary):
+            print(line, file=sys.stderr)
     try:
         sys.stdout.flush()
     except BrokenPipeError:
@@ -612,15 +619,14 @@ def _run(args) -> int:
     except TrainlabError as e:
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
-        print(f"trainlab: error: {printable(e)}", file=sys.stderr)  # a file name cannot forge a line
+        _say(f"trainlab: error: {printable(e)}")  # a file name cannot forge a line
         return e.exit_code
     except KeyboardInterrupt as e:
         import signal
 
         signum = getattr(e, "signum", signal.SIGINT)  # Stopped: SIGTERM or SIGHUP
         try:  # after SIGHUP the terminal may be gone
-            print("trainlab: interrupted" + (f" ({signal.Signals(signum).name})" if signum != signal.SIGINT else ""),
-                  file=sys.stderr)
+            _say("trainlab: interrupted" + (f" ({signal.Signals(signum).name})" if signum != signal.SIGINT else ""))
         except (OSError, ValueError):
             pass
         return 128 + signum
@@ -632,28 +638,28 @@ def _run(args) -> int:
         from trainlab.training.distributed import dist
 
         if dist.is_available() and dist.is_initialized():
-            print(f"trainlab: error: lost contact with the other training processes ({_first_line(e)}); "
-                  "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
-                  file=sys.stderr)
+            _say(f"trainlab: error: lost contact with the other training processes ({_first_line(e)}); "
+                 "one probably died. Resume from the last checkpoint with: trainlab resume RUN_DIR",
+                 secondary=True)
             return 1
         if "WORLD_SIZE" in os.environ and ("gloo" in str(e).lower() or "nccl" in str(e).lower()):
             # joining the process group failed: a peer never came up within TRAINLAB_DIST_TIMEOUT
-            print(f"trainlab: error: could not connect the training processes ({_first_line(e)}); start "
-                  "the command again, or raise TRAINLAB_DIST_TIMEOUT (seconds, default 120) on a slow or "
-                  "busy machine", file=sys.stderr)
+            _say(f"trainlab: error: could not connect the training processes ({_first_line(e)}); start "
+                 "the command again, or raise TRAINLAB_DIST_TIMEOUT (seconds, default 120) on a slow or "
+                 "busy machine", secondary=True)
             return 1
         return _unexpected(e)
     except MemoryError:
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
-        print("trainlab: error: out of memory: use a smaller batch size, model or data set "
-              "(earlier files are intact)", file=sys.stderr)
+        _say("trainlab: error: out of memory: use a smaller batch size, model or data set "
+             "(earlier files are intact)")
         return 1
     except OSError as e:  # the disk or the OS said no (full, read-only, missing): one sentence
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        print(f"trainlab: error: {e.strerror or e}{where}; earlier files are intact", file=sys.stderr)
+        _say(f"trainlab: error: {e.strerror or e}{where}; earlier files are intact")
         return 1
     except Exception as e:
         return _unexpected(e)
@@ -668,9 +674,22 @@ def _unexpected(e: Exception) -> int:
     """Still one line, but marked as trainlab's own fault: a bug to report, not a user error."""
     if os.environ.get("TRAINLAB_DEBUG"):
         raise e
-    print(f"trainlab: internal error: {type(e).__name__}: {_first_line(e)} (a bug in trainlab; "
-          "TRAINLAB_DEBUG=1 shows the traceback)", file=sys.stderr)
+    _say(f"trainlab: internal error: {type(e).__name__}: {_first_line(e)} (a bug in trainlab; "
+         "TRAINLAB_DEBUG=1 shows the traceback)")
     return 1
+
+
+_held: list[tuple[str, bool]] = []
+
+
+def _say(line: str, secondary: bool = False) -> None:
+    """The command's one error line; a rank under `--nproc` holds it for the launcher (main)."""
+    from trainlab.training.launcher import launched_rank
+
+    if launched_rank():
+        _held.append((line, secondary))
+    else:
+        print(line, file=sys.stderr)
 
 
 def _silence_stdout() -> None:

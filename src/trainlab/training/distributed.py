@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import subprocess
 import sys
 import threading
 from dataclasses import dataclass
@@ -50,26 +49,37 @@ def context() -> DistContext:
         warn_shared_store()
         # A bounded timeout: if a rank dies, the others fail here instead of waiting forever.
         seconds = float(os.environ.get("TRAINLAB_DIST_TIMEOUT", "120"))
+        timeout = datetime.timedelta(seconds=seconds)
         with _watchdog(seconds + JOIN_GRACE_S):
-            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds))
+            store, _, _ = next(dist.rendezvous("env://", rank=rank, world_size=world, timeout=timeout))
+            dist.init_process_group(backend, store=dist.PrefixStore(round_prefix(), store), rank=rank,
+                                    world_size=world, timeout=timeout)
     return DistContext(rank, world, local)
 
 
-# torchrun's elastic agent hosts one TCP store for all rounds and workers join the process
-# group under the same keys each round, so a restarted rank can read a key its predecessor
-# wrote (a dead peer's address) and wait in gloo's connect, whose listening side has no
-# timeout (seen here under load: both restarted ranks waited for good). torch's opt-out,
-# TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, gives each round a fresh store.
-FRESH_STORE_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# torchrun's elastic agent hosts one TCP store for all its restart rounds, and the process
+# group's keys are the same each round: a restarted rank read its predecessor's key (a dead
+# peer's address) and waited in gloo's connect ("Connection refused", connectFullMesh
+# timeouts; its listening side has no timeout). Each round joins under its own prefix.
 JOIN_GRACE_S = 30.0  # beyond the join timeout before the watchdog ends a stuck join
 
 
+def round_prefix() -> str:
+    """The store prefix of this restart round. Every rank under one torchrun agent has the
+    same TORCHELASTIC_RESTART_COUNT; agents on several nodes may not (see warn_shared_store)."""
+    return f"trainlab/round-{int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)}"
+
+
 def warn_shared_store() -> None:
+    """Several nodes restart their agents' counts apart (a node whose ranks did not fail
+    restarts without counting), so their round prefixes can differ: a fresh store per round
+    is what keeps their rounds apart."""
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
-            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and int(os.environ.get("RANK", "0")) == 0:
-        print("trainlab: warning: torchrun restarts with its store shared across rounds, where a restarted "
-              "group can wait on a previous round's keys; launch with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-              "(trainlab train --nproc N --max-restarts M sets it)", file=sys.stderr, flush=True)
+            int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0 and \
+            int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0")) == 0:
+        print("trainlab: warning: torchrun restarts on several nodes with its store shared across rounds, "
+              "where a restarted group can wait on a previous round's keys; launch every node with "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -169,18 +179,3 @@ def shutdown() -> bool:
         dist.destroy_process_group()
         return True
     return False
-
-
-def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
-    """`trainlab train --nproc N ...`: re-run the same command under torchrun on this machine;
-    with `max_restarts`, torchrun restarts every process when one dies, and the same command
-    continues the run (training.rerun)."""
-    if nproc < 1:
-        raise TrainlabError(f"--nproc {nproc} is invalid: use 1 or more processes")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           *([f"--max-restarts={max_restarts}"] if max_restarts else []), "-m", "trainlab", *argv]
-    print("trainlab: launching " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
-    from trainlab.training.signals import default_stop
-
-    default_stop()  # torchrun handles SIGTERM/SIGHUP for its workers (they save and exit)
-    return subprocess.call(cmd, env={**os.environ, **FRESH_STORE_ENV})

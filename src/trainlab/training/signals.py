@@ -38,13 +38,6 @@ def stop_like_ctrl_c() -> None:
                 pass
 
 
-def default_stop() -> None:
-    """Back to the default for SIGTERM and SIGHUP (the `--nproc` launcher: torchrun gets them)."""
-    for s in SIGNALS:
-        if s != signal.SIGINT and signal.getsignal(s) is _stop:
-            signal.signal(s, signal.SIG_DFL)
-
-
 class Interrupted(TrainlabError):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
@@ -68,6 +61,8 @@ class StopOnSignal(Callback):
         if self.signum is not None:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
         self.signum = signum
+        if self.ctx is not None and self.ctx.enabled and not self.ctx.is_main:  # rank 0 alone says it
+            return
         try:  # after SIGHUP the terminal may be gone: printing must not kill the save
             print(f"\ntrainlab: {signal.Signals(signum).name} received: saving a checkpoint at the "
                   "next step (press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)

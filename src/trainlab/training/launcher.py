@@ -1,0 +1,236 @@
+"""`trainlab train --nproc N`: the launcher that runs the same command under torchrun, and
+the ranks' side of its error hand-off.
+
+The launcher owns its torchrun: a signal it gets (SIGTERM from kill or a supervisor, SIGINT,
+SIGHUP) goes to torchrun once, which passes it to every rank (they save as one process
+does); a second signal, or a torchrun still running GRACE_S later, ends the whole tree with
+SIGKILL. torchrun runs in its own session (a terminal's Ctrl-C reaches the ranks once, via
+the launcher and torchrun, never twice) and dies with the launcher (PR_SET_PDEATHSIG), as
+each rank dies with torchrun: a kill -9 anywhere orphans no process.
+
+A rank that fails writes its one error line into a file in a folder the launcher made
+(ERRORS_ENV) instead of printing it; the launcher prints one of them, once, and exits with
+that rank's code (2 for usage errors). torchrun's own logs and traceback are silenced
+(`python -m trainlab.training.launcher` is torchrun without them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from trainlab.errors import TrainlabError
+
+ERRORS_ENV = "TRAINLAB_LAUNCH_ERRORS"  # the folder where ranks leave their error line
+GRACE_S = 90.0  # after a signal, before SIGKILL (torchrun itself gives its ranks 30 s, then kills them)
+PR_SET_PDEATHSIG = 1
+SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+MAX_ERROR_FILE = 64 << 10
+
+
+def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
+    """Re-run `trainlab ARGV` under torchrun with `nproc` processes on this machine; with
+    `max_restarts`, torchrun restarts every process when one dies, and the same command
+    continues the run (training.rerun). Returns the exit code."""
+    if nproc < 1:
+        raise TrainlabError(f"--nproc {nproc} is invalid: use 1 or more processes")
+    args = ["--standalone", f"--nproc_per_node={nproc}", *([f"--max-restarts={max_restarts}"] if max_restarts else []),
+            "-m", "trainlab", *argv]
+    print("trainlab: launching torch.distributed.run " + " ".join(args), file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="trainlab-launch-") as errors:
+        # OMP_NUM_THREADS=1 is torchrun's own default for its workers, set here without its banner
+        env = {**os.environ, ERRORS_ENV: errors, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        return _supervise([sys.executable, "-m", "trainlab.training.launcher", *args], env, Path(errors))
+
+
+def _supervise(cmd: list[str], env: dict, errors: Path) -> int:
+    got: list[int] = []
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_pdeathsig_setter())
+
+    def forward(signum, frame):
+        got.append(signum)
+        if len(got) == 1:  # torchrun passes it to every rank, which saves and stops
+            _send(proc.pid, signum)
+        else:  # a second Ctrl-C: stop now, without saving
+            kill_tree(proc.pid)
+
+    old = {s: signal.signal(s, forward) for s in SIGNALS}
+    killed = False
+    try:
+        deadline = None
+        while True:
+            try:
+                proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if got and deadline is None:
+                    deadline = time.monotonic() + GRACE_S
+                if deadline is not None and time.monotonic() > deadline and not killed:
+                    kill_tree(proc.pid)
+                    killed = True
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    return _report(proc.returncode, got[0] if got else None, killed, errors)
+
+
+def _report(code: int, signum: int | None, killed: bool, errors: Path) -> int:
+    """Print one line and return the exit code for what torchrun and its ranks did."""
+    if code == 0:  # finished (a signal too late to stop it changes nothing)
+        return 0
+    found = read_errors(errors)
+    name = signal.Signals(signum).name if signum else None
+    if killed:
+        line = (f"trainlab: error: {name}: the training processes did not stop within {GRACE_S:g} s and "
+                "were killed; continue from the newest checkpoint with: trainlab resume RUN_DIR")
+        exit_code = 128 + signum
+    elif found is not None:
+        line, exit_code = found["line"], found["code"]
+        if signum and exit_code not in (128 + s for s in SIGNALS):
+            exit_code = 128 + signum
+    elif signum:
+        line = f"trainlab: interrupted ({name})"
+        exit_code = 128 + signum
+    else:
+        line = (f"trainlab: error: a training process ended without a message (torchrun exit code {code}); "
+                "it was probably killed: continue from the newest checkpoint with: trainlab resume RUN_DIR")
+        exit_code = 1
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # after SIGHUP the terminal may be gone
+        pass
+    return exit_code
+
+
+def read_errors(errors: Path) -> dict | None:
+    """The line to show from the ranks' error files: the newest restart round's; a cause over
+    a consequence (a rank that lost its peer); then rank 0's, whose message names the run."""
+    found = []
+    for p in errors.glob("round-*-rank-*.json"):
+        try:
+            with open(p, "rb") as f:
+                e = json.loads(f.read(MAX_ERROR_FILE).decode("utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(e, dict) and isinstance(e.get("line"), str) and type(e.get("code")) is int and \
+                type(e.get("round")) is int and type(e.get("rank")) is int:
+            found.append(((-e["round"], bool(e.get("secondary")), e["rank"]), e))
+    return min(found, key=lambda f: f[0])[1] if found else None
+
+
+# ---------------------------------------------------------------- the ranks' side
+
+def launched_rank() -> bool:
+    """A rank started by `trainlab train --nproc`: its error line goes to the launcher."""
+    return bool(os.environ.get(ERRORS_ENV)) and "RANK" in os.environ
+
+
+def hand_over(line: str, code: int, secondary: bool = False) -> bool:
+    """Leave this rank's error line for the launcher; False if that failed (print it then)."""
+    folder = Path(os.environ.get(ERRORS_ENV, ""))
+    try:
+        rnd, rank = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0), int(os.environ["RANK"])
+        data = json.dumps({"line": line, "code": int(code), "round": rnd, "rank": rank, "secondary": secondary})
+        tmp = folder / f".rank-{rank}.tmp"
+        tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, folder / f"round-{rnd}-rank-{rank}.json")
+        return True
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def die_with_torchrun() -> None:
+    """A torchrun worker gets SIGTERM (and saves, as on any SIGTERM) when torchrun ends, even
+    by kill -9: it never trains on, orphaned."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    setter = _pdeathsig_setter()
+    if setter is not None:
+        setter()
+        if os.getppid() == 1:  # torchrun ended before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+# ---------------------------------------------------------------- processes
+
+def _pdeathsig_setter():
+    """A function that makes the calling process get SIGTERM when its parent ends (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _send(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc; torchrun starts each rank in its own
+    session, so its process group does not hold them)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [int(c) for t in os.listdir(f"/proc/{p}/task")
+                    for c in Path(f"/proc/{p}/task/{t}/children").read_text().split()]
+        except (OSError, ValueError):
+            kids = []
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL for `pid` and everything below it, the children first seen, then the parent."""
+    below = descendants(pid)
+    _send(pid, signal.SIGSTOP)  # no new rank started while the tree is being killed
+    below = list(dict.fromkeys(below + descendants(pid)))
+    for p in [*below, pid]:
+        _send(p, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- torchrun, quiet
+
+def _torchrun(argv: list[str]) -> int:
+    """torchrun without its logs and its traceback (the launcher reports in one line)."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("torch.distributed") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.CRITICAL)
+    try:
+        main(argv)
+        return 0
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        return code if 0 < code < 256 else 1
+    except SignalException as e:
+        return 128 + int(e.sigval)
+    except Exception as e:  # noqa: BLE001 -- a rendezvous that failed: one line, not torchrun's traceback
+        text = str(e).strip().splitlines()
+        print(f"trainlab: error: torchrun failed: {type(e).__name__}: {text[0][:300] if text else ''}",
+              file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(_torchrun(sys.argv[1:]))
