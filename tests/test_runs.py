@@ -220,3 +220,16 @@ def test_hostile_metrics_through_the_commands(finished, tmp_path, command, case)
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(lines) == 1, r.stderr
     assert lines[0].startswith("trainlab: error: ") and "metrics.jsonl" in lines[0], r.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("text", ["[1]", '{"epochs": "3"}', '{"stopped": 5}', '{"epochs": NaN}'])
+def test_a_damaged_results_json_is_named_when_the_same_command_runs_again(idx_dir, tmp_path, text):
+    """The re-run decision reads results.json (is the run finished?): a damaged one is one
+    sentence naming it, not an internal error."""
+    assert run_cli(*train_args(idx_dir, tmp_path, "r", epochs=1)).returncode == 0
+    (tmp_path / "r" / "results.json").write_text(text)
+    r = run_cli(*train_args(idx_dir, tmp_path, "r", epochs=1))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[-1].startswith(f"trainlab: error: {tmp_path / 'r' / 'results.json'} is not "), r.stderr
+    assert len([x for x in lines if x.startswith("trainlab: error")]) == 1

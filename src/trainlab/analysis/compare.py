@@ -81,7 +81,7 @@ def load_run(path: str | Path) -> RunRecord:
     if not (path / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{path} is not a trainlab run folder (it has no {runs.CONFIG_FILE})")
     meta = runs.read_json(path / runs.META_FILE) if (path / runs.META_FILE).exists() else {}
-    results = runs.read_json(path / runs.RESULTS_FILE) if (path / runs.RESULTS_FILE).exists() else None
+    results = runs.read_results(path / runs.RESULTS_FILE) if (path / runs.RESULTS_FILE).exists() else None
     try:
         config = load_toml(path / runs.CONFIG_FILE)
     except ConfigError as e:  # the run's file, not the user's command line

@@ -177,3 +177,21 @@ def read_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES):
         raise TrainlabError(f"{path} is not valid JSON ({e} is not a JSON number)") from None
     except (json.JSONDecodeError, RecursionError) as e:
         raise TrainlabError(f"{path} is not valid JSON ({e if isinstance(e, ValueError) else 'nested too deeply'})") from None
+
+
+def read_results(path: str | Path) -> dict:
+    """A run's results.json: a JSON object whose `epochs` is a whole number and `stopped` a name
+    (what decides whether a run is finished), or one sentence naming the file."""
+    obj = read_json(path)
+    why = None
+    if not isinstance(obj, dict):
+        why = "not a JSON object"
+    elif obj.get("epochs") is not None and not (_is_number(obj["epochs"]) and isinstance(obj["epochs"], int)
+                                                 and 0 <= obj["epochs"] <= MAX_EPOCHS):
+        why = f"epochs {_show(obj['epochs'])} is not a whole number from 0 to {MAX_EPOCHS}"
+    elif obj.get("stopped") is not None and not isinstance(obj["stopped"], str):
+        why = f"stopped {_show(obj['stopped'])} is not a name"
+    if why:
+        raise TrainlabError(f"{path} is not what trainlab writes ({why}): the run folder is damaged; move "
+                            "the file aside (the checkpoints stay usable) or leave the run out")
+    return obj

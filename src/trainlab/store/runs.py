@@ -22,7 +22,7 @@ from trainlab._version import __version__
 from trainlab.config import Config, dumps_toml
 from trainlab.errors import ConfigError, StoreError, TrainlabError
 from trainlab.store.atomic import append_line, atomic_write_text, write_error
-from trainlab.store.history import read_json, read_metrics  # noqa: F401 (the run folder's readers)
+from trainlab.store.history import read_json, read_metrics, read_results  # noqa: F401 (the run folder's readers)
 
 log = logging.getLogger("trainlab")
 

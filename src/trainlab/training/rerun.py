@@ -60,7 +60,7 @@ def _decide(cfg: Config, restart: bool) -> dict:
                           f"it deliberately with trainlab resume {path} --allow-changes")
     results = path / runs.RESULTS_FILE
     if results.is_file():
-        done = runs.read_json(results)
+        done = runs.read_results(results)  # type-checked: a damaged file is named, not a crash
         if done.get("stopped") == "early-stop" or done.get("epochs", 0) >= cfg.train.epochs:
             return {"action": "finished", "results": done}
     if saved.get("epochs") != current.get("epochs"):  # the plan changed: never silently
