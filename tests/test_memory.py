@@ -29,6 +29,18 @@ def test_the_three_ways_torch_runs_out_of_memory_are_recognized():
     assert not is_out_of_memory(ValueError("out of memory"))  # not torch's
 
 
+def test_an_error_raised_while_handling_an_oom_is_one_too():
+    """torch.save into memory: the MemoryError of the buffer, then its zip writer's own
+    RuntimeError on the way out (seen under RLIMIT_AS while best.pt was being written)."""
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 9152 vs 9046")
+    except RuntimeError as e:
+        assert is_out_of_memory(e)
+
+
 @pytest.mark.parametrize("kind", sorted(OOM_ERRORS))
 def test_oom_in_the_first_epoch_says_what_to_lower_and_removes_the_unstarted_folder(tmp_path, monkeypatch, kind):
     from trainlab.training import loop

@@ -25,9 +25,17 @@ _OOM_TEXT = ("can't allocate memory", "not enough memory", "out of memory", "fai
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, MemoryError) or (_OOM_TYPES and isinstance(e, _OOM_TYPES)):
-        return True
-    return isinstance(e, RuntimeError) and any(t in str(e).lower() for t in _OOM_TEXT)
+    """`e`, or an error it was raised while handling: torch.save into memory that fails with a
+    MemoryError surfaces as its zip writer's own RuntimeError ("unexpected pos")."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, MemoryError) or (_OOM_TYPES and isinstance(e, _OOM_TYPES)):
+            return True
+        if isinstance(e, RuntimeError) and any(t in str(e).lower() for t in _OOM_TEXT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def out_of_memory_error(model, batch, where: str, kept: str) -> TrainlabError:
