@@ -5,6 +5,7 @@ by hand from load_model."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -90,3 +91,71 @@ def test_evaluate_run_refuses_data_of_another_shape(run):
     small = from_arrays(images, labels, images, labels, name="small")
     with pytest.raises(trainlab.TrainlabError, match=r"takes \(1, 28, 28\) images.*\(1, 14, 14\)"):
         trainlab.evaluate_run(run.run_dir, data=small)
+
+
+# ---------------------------------------------------------------- train(model=...)
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),
+                               torch.nn.Linear(16, 10))
+
+
+class _StopAtStep(trainlab.Callback):
+    def on_step_end(self, run):
+        if run.state.global_step == 25:
+            run.state.stopped = "test"
+
+
+def test_an_nn_module_instance_trains_resumes_bitwise_and_is_asked_for_again(tiny_data, tmp_path):
+    """train(cfg, model=nn.Sequential(...)) was refused ("expected str"); now it trains, records
+    instance:Sequential, and evaluate / load_model / resume take the model again as model=."""
+    from conftest import TINY_RUN
+
+    from trainlab.inference import load_model
+    from trainlab.store.checkpoint import load_checkpoint
+
+    cfg = {**TINY_RUN, "runs_dir": str(tmp_path), "epochs": 3}
+    full = trainlab.train({**cfg, "name": "full"}, data=tiny_data, model=_net(), progress=False)
+    meta = json.loads((full.run_dir / "meta.json").read_text())
+    assert meta["model_spec"]["name"] == "instance:Sequential"
+    with pytest.raises(trainlab.ConfigError, match="given in memory .*model="):
+        trainlab.evaluate_run(full.run_dir, data=tiny_data)
+    summary = trainlab.evaluate_run(full.run_dir, data=tiny_data, model=_net())
+    assert summary["accuracy"] == pytest.approx(full.test_accuracy)
+    model, _ = load_model(full.run_dir, model=_net())
+    assert isinstance(model, torch.nn.Sequential)
+
+    cut = trainlab.train({**cfg, "name": "cut"}, data=tiny_data, model=_net(), progress=False,
+                         callbacks=[_StopAtStep()])
+    assert load_checkpoint(cut.run_dir / "checkpoints" / "last.pt")["global_step"] == 25
+    trainlab.resume(cut.run_dir, data=tiny_data, model=_net(), progress=False)
+    a = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(cut.run_dir / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_importable_class_given_to_train_is_recorded_by_its_path(tiny_data, tmp_path, monkeypatch):
+    from conftest import TINY_RUN
+
+    (tmp_path / "givennets.py").write_text(
+        "from torch import nn\n\n\nclass Small(nn.Module):\n"
+        "    def __init__(self, num_classes, in_chans=1):\n        super().__init__()\n"
+        "        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_chans * 784, num_classes))\n\n"
+        "    def forward(self, x):\n        return self.net(x)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import givennets
+
+    try:
+        r = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path / "runs")}, data=tiny_data, model=givennets.Small,
+                           progress=False)
+        assert json.loads((r.run_dir / "meta.json").read_text())["model_spec"]["name"] == "givennets:Small"
+        summary = trainlab.evaluate_run(r.run_dir, data=tiny_data, allow_import=("givennets",))
+        assert summary["accuracy"] == pytest.approx(r.test_accuracy)
+    finally:
+        sys.modules.pop("givennets", None)
+
+
+def test_model_given_as_something_else_is_one_sentence(tiny_data, tmp_path):
+    with pytest.raises(trainlab.ConfigError, match="give an nn.Module, or a class or function"):
+        trainlab.train({"runs_dir": str(tmp_path)}, data=tiny_data, model=3)

@@ -24,11 +24,11 @@ from trainlab.training.state import seed_everything
 
 
 def evaluate_run(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
-                 device: str = "auto", allow_import=()) -> dict:
+                 device: str = "auto", allow_import=(), model=None) -> dict:
     """Per-class test results of a finished run (or checkpoint) on its data set
     (metrics.summarize(): accuracy, per_class, confusion_matrix, most_confused)."""
     return evaluate_checkpoint(path_or_run, data=data, data_dir=data_dir, device=device,
-                               allow_import=allow_import).summary
+                               allow_import=allow_import, model=model).summary
 
 
 __all__ = ["train", "resume", "evaluate_run", "load_model", "predict_images", "kept_weights", "checkpoint_path",

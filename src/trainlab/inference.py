@@ -97,17 +97,19 @@ def kept_weights(ckpt: dict) -> dict:
     return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
 
 
-def load_model(path_or_run: str | Path, map_location=None, allow_import=()) -> tuple[nn.Module, dict]:
+def load_model(path_or_run: str | Path, map_location=None, allow_import=(), model=None) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from a checkpoint file or run folder, on the current device.
 
     Returns (model in eval mode, checkpoint dict). Only registered model names are built;
-    a `module:function` spec needs that module in `allow_import`.
+    a `module:function` spec needs that module in `allow_import`. `model` (an nn.Module, or the
+    class or function it was built by) receives the weights instead: what a run trained on a
+    model given in memory (train(model=...)) needs.
     """
     device = pick_device("auto") if map_location is None else pick_device(str(map_location))
     path = checkpoint_path(path_or_run)
     ckpt = check_fields(load_checkpoint(path, map_location=device), path)
     weights = kept_weights(ckpt)
-    model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path), weights=weights)
+    model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path), weights=weights, model=model)
     check_compatible(model, weights, str(path))  # by name and shape, in one sentence
     try:
         model.load_state_dict(weights)
@@ -137,10 +139,11 @@ class CheckpointEvaluation:
 
 
 def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
-                        device: str = "auto", allow_import=(), what: str = "evaluate") -> CheckpointEvaluation:
+                        device: str = "auto", allow_import=(), what: str = "evaluate",
+                        model=None) -> CheckpointEvaluation:
     """A trained model's predictions and per-class results on its data set's test split."""
     dev = pick_device(device)
-    model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import)
+    model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import, model=model)
     if data is None:
         data = load_dataset(ckpt["config"]["dataset"], data_dir, **data_options(ckpt["config"]))
     check_data_fits(ckpt, data, path_or_run)

@@ -113,6 +113,10 @@ ALLOW_ENV = "TRAINLAB_ALLOW_IMPORT"
 
 class AllowListError(ConfigError):
     """The user's own allow-list is wrong: theirs to fix, never blamed on a file."""
+
+
+class GivenModelError(ConfigError):
+    """A run trained on a model given in memory, asked for without it: the caller's to give."""
 _MODULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
@@ -147,7 +151,52 @@ def user_allowed() -> tuple[str, ...]:
     return tuple(where)
 
 
+INSTANCE = "instance"  # the spec of a model given to train() in memory: only model= rebuilds it
+
+
+def given_model(model) -> tuple[str, nn.Module | Callable | None]:
+    """train(model=...): the name the run records, and what to build from (None: the name alone
+    rebuilds it). A class or function importable by its module and name is recorded as
+    module:function (resume, evaluate, export rebuild it, the module allowed); an nn.Module
+    instance, a lambda or a local function as instance:NAME, which only model= can rebuild."""
+    if isinstance(model, nn.Module):
+        return f"{INSTANCE}:{_identifier(type(model).__name__)}", model
+    if not callable(model):
+        raise ConfigError(f"model = {reprlib.repr(model)} is invalid: give an nn.Module, or a class or function "
+                          "that returns one")
+    module, qualname = getattr(model, "__module__", None), getattr(model, "__qualname__", "")
+    if module and module != "__main__" and qualname.isidentifier() and _IMPORT_PATH.fullmatch(f"{module}:{qualname}"):
+        try:
+            if getattr(importlib.import_module(module), qualname) is model:
+                return f"{module}:{qualname}", None
+        except (ImportError, AttributeError):
+            pass
+    return f"{INSTANCE}:{_identifier(getattr(model, '__name__', 'model'))}", model
+
+
+def _identifier(text: str) -> str:
+    name = re.sub(r"\W", "_", text)[:60] or "model"
+    return name if name.isidentifier() else f"m_{name}"
+
+
+def build_given(given, name: str, input_shape, num_classes: int, **kwargs) -> nn.Module:
+    """The model of a run given in memory: the instance itself, or the factory called as any is."""
+    if isinstance(given, nn.Module):
+        if kwargs:
+            raise ConfigError(f"model kwargs {kwargs} are for a factory: an nn.Module instance is already built")
+        return given
+    args, kw = call_arguments(name, given, tuple(input_shape), num_classes, kwargs)
+    model = _sized(lambda: given(*args, **kw))
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r}: the factory returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def _resolve_factory(name: str, allow_import: tuple[str, ...] | None) -> Callable[..., nn.Module]:
+    if name.startswith(f"{INSTANCE}:"):
+        raise GivenModelError(f"model {name!r} was given in memory (train(model=...)): no file can rebuild it; pass "
+                          "the same model again with model= (trainlab.evaluate_run, load_model and resume take "
+                          "it), or train on a registered model or an importable module:function")
     if name in _REGISTRY:
         return _REGISTRY[name].factory
     if ":" in name:
@@ -203,7 +252,7 @@ def check_spec(spec, source: str = "the file") -> dict:
 
 
 def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str = "the file",
-                    weights: dict | None = None) -> nn.Module:
+                    weights: dict | None = None, model=None) -> nn.Module:
     """The one trust-checked way from a stored spec (checkpoint, config.toml, run folder) to
     a model: registered names only, plus the modules the user allows by name. Every path
     that reads a spec from disk (resume, restart, evaluate, predict, export, report,
@@ -212,6 +261,9 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
 
     check_spec(spec, source)
     name = spec["name"]
+    if model is not None:  # the caller's own model (train(model=...) runs): theirs, checked against the weights
+        return build_given(model if isinstance(model, nn.Module) else given_model(model)[1] or model, name,
+                           spec["input_shape"], spec["num_classes"], **spec.get("kwargs", {}))
     if ":" not in name and name not in _REGISTRY:  # registered by a module the user trusts everywhere?
         for module in user_allowed():
             try:
@@ -229,7 +281,7 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
         return build(spec["name"], spec["input_shape"], spec["num_classes"],
                      allow_import=tuple(allow_import or ()), **spec.get("kwargs", {}))
     except ConfigError as e:
-        if "--allow-import" in str(e) or isinstance(e, AllowListError):
+        if "--allow-import" in str(e) or isinstance(e, (AllowListError, GivenModelError)):
             raise  # the user can act on this one: a usage error
         raise TrainlabError(f"{source}: its model cannot be built ({e})") from None
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:  # a factory's own failure

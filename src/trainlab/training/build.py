@@ -131,7 +131,10 @@ def build_model(s, allow_import) -> None:
     """Session `s` gets model (the weights kept), train_model (what the step runs: DDP- and
     compile-wrapped) and its loaders switched to channels_last when asked."""
     cfg = s.cfg
-    if allow_import is None:  # a spec the user wrote now: it may import what it names
+    if s.given is not None:  # train(model=...): the caller's instance, or a factory no file can name
+        s.model = models.build_given(s.given, cfg.model, s.spec["input_shape"], s.spec["num_classes"],
+                                     **s.spec["kwargs"])
+    elif allow_import is None:  # a spec the user wrote now: it may import what it names
         s.model = models.build(cfg.model, s.spec["input_shape"], s.spec["num_classes"], **s.spec["kwargs"])
     else:  # a spec read from a run's files: through the one trust check
         s.model = models.build_from_spec(s.spec, allow_import, "the run's config", weights=s.weights_bound)

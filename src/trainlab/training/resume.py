@@ -41,6 +41,7 @@ class _Request:
     from_checkpoint: str | None
     callbacks: tuple
     reason: str = "resume"
+    model: object = None  # train(model=...) runs: the caller's model again
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
@@ -48,7 +49,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
            overrides: dict | None = None, progress: bool | None = None,
            allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None,
            allow_data_change: bool | None = None, callbacks: list[Callback] = (),
-           reason: str = "resume") -> TrainResult:
+           reason: str = "resume", model=None) -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
 
     Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
@@ -58,14 +59,15 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     `allow_data_change` (default: `allow_changes`) accepts data that differs from the
     checkpoint's; the CLI waives it only for an explicit --allow-changes. `callbacks` are the
     run's own (pass the same ones as to train()): each gets its state back from the checkpoint.
-    `reason` is recorded in the resume event when it is not a plain resume (e.g. "rerun")."""
+    `reason` is recorded in the resume event when it is not a plain resume (e.g. "rerun").
+    `model`: a run trained on a model given in memory (instance:NAME) needs it again here."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
                             "or its run was stopped before it started; start it again with trainlab train")
     req = _Request(epochs, Path(into) if into is not None else None, reset_optimizer, allow_changes,
                    allow_changes if allow_data_change is None else allow_data_change, data, dict(overrides or {}),
-                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks), reason)
+                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks), reason, model)
     lock = runs.RunLock(run_dir).acquire() if into is None and distributed.context().is_main else None
     try:
         with runtime.library_output(progress, _quiet(run_dir)):
@@ -134,7 +136,8 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
         log.warning("resume: %d threads now vs %s when saved: results will not be bitwise equal "
                     "to an uninterrupted run", threads, ckpt.get("threads"))
     session = Session(cfg, req.data, progress=req.progress, schedule_epochs=ckpt["schedule"]["epochs"],
-                      allow_import=req.allow_import, callbacks=req.callbacks, weights_bound=ckpt["model"])
+                      allow_import=req.allow_import, callbacks=req.callbacks, weights_bound=ckpt["model"],
+                      model=_given(req.model))
     _check_continues(session, ckpt, path, name, req)
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
@@ -148,6 +151,14 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
         return session.run()
     finally:
         session.release()  # in place, the lock is resume()'s: releasing twice is harmless
+
+
+def _given(model):
+    """model= on resume: an instance or a factory (the run's recorded name is kept)."""
+    from trainlab import models
+
+    return None if model is None else (model if isinstance(model, torch.nn.Module) else
+                                       models.given_model(model)[1] or model)
 
 
 def _check_continues(session: Session, ckpt: dict, path: Path, name: str, req: _Request) -> None:
@@ -223,7 +234,8 @@ def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
     cfg = resolve(merged, origin="resume")
     changes = changes_to_apply(saved, cfg, req.allow_changes, "resume")
     # built first: missing data or a bad model ends here, before any file is moved
-    session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks)
+    session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks,
+                      model=_given(req.model))
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session.run_dir = run_dir
     if session.dist.is_main:  # rank 0 alone moves files

@@ -44,8 +44,9 @@ class Session:
 
     def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
                  schedule_epochs: int | None = None, allow_import: tuple[str, ...] | None = None,
-                 callbacks: list[Callback] = (), weights_bound: dict | None = None):
+                 callbacks: list[Callback] = (), weights_bound: dict | None = None, model=None):
         self.lock: runs.RunLock | None = None
+        self.given = model  # train(model=...): an nn.Module or a factory given in memory
         # resume: the checkpoint's weights, so a spec larger than they are is refused unbuilt
         self.weights_bound = weights_bound
         self.run_dir: Path | None = None
@@ -229,26 +230,36 @@ class TrainResult:
 
 
 def train(config: Config | dict | None = None, *, data: Dataset | None = None, progress: bool | None = None,
-          callbacks: list[Callback] = (), restart: bool = False) -> TrainResult:
+          callbacks: list[Callback] = (), restart: bool = False, model=None) -> TrainResult:
     """Train one run as configured; returns the history and the final test summary.
 
     `callbacks` (trainlab.Callback subclasses) run around the loop and keep their state in
     every checkpoint. progress=None shows a progress bar and one line per epoch (unless the
     config says quiet); False shows nothing. A named run whose folder already holds this run
     is continued (or reported finished) instead: see training.rerun; `restart` starts it over,
-    keeping the old folder aside."""
-    cfg = resolve(config.to_dict()) if isinstance(config, Config) else resolve(config or {})  # validated either way
+    keeping the old folder aside.
+
+    `model`: your own nn.Module, or a class or function that returns one (called with what
+    trainlab knows: num_classes, in_chans / in_channels / input_shape when it takes them). An
+    importable class or function is recorded as module:function, so every later command rebuilds
+    it; an instance (or a local function) is recorded as instance:NAME, and evaluate_run /
+    load_model / resume then take it again as model=."""
+    values = config.to_dict() if isinstance(config, Config) else dict(config or {})
+    given = None
+    if model is not None:
+        values["model"], given = models.given_model(model)
+    cfg = resolve(values)  # validated either way
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
         cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
     try:
-        return _train(cfg, data, progress, callbacks, restart)
+        return _train(cfg, data, progress, callbacks, restart, given)
     except (RuntimeError, MemoryError) as e:
         if not memory.is_out_of_memory(e):
             raise
         raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", "earlier files and checkpoints are intact") from None
 
 
-def _train(cfg: Config, data, progress, callbacks, restart) -> TrainResult:
+def _train(cfg: Config, data, progress, callbacks, restart, given=None) -> TrainResult:
     with runtime.library_output(progress, cfg.quiet):
         rerun.elastic_name(cfg)
         decision = rerun.decide(cfg, restart)
@@ -262,8 +273,8 @@ def _train(cfg: Config, data, progress, callbacks, restart) -> TrainResult:
                          "(rerun = refuse, or --restart, to do otherwise)", decision["path"])
             own = (cfg.model.partition(":")[0],) if ":" in cfg.model else ()  # named on this command
             return resume(decision["path"], epochs=cfg.train.epochs, data=data, progress=progress,
-                          callbacks=callbacks, allow_import=own, reason="rerun")
-        session = Session(cfg, data, progress=progress, callbacks=callbacks)
+                          callbacks=callbacks, allow_import=own, reason="rerun", model=given)
+        session = Session(cfg, data, progress=progress, callbacks=callbacks, model=given)
         session.start_run_dir()
         try:
             return session.run()
