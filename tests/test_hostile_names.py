@@ -65,3 +65,17 @@ def test_every_command_that_prints_names_escapes_them(evil_run, tmp_path, comman
     assert r.returncode == 0, r.stderr
     assert not _raw_controls(r.stdout + r.stderr), (r.stdout + r.stderr)[-2000:]
     assert "\\x1b[2J" in r.stdout + r.stderr  # a name or the folder was printed, escaped
+
+
+def test_log_arguments_are_escaped_and_numbers_keep_their_format(caplog):
+    """Every trainlab log line (the run folder, a class or file name as an argument) is escaped
+    by the logger's filter; printable arguments, numpy numbers included, format as before."""
+    import logging
+
+    import numpy as np
+
+    import trainlab  # noqa: F401 (installs the filter)
+
+    with caplog.at_level(logging.INFO, logger="trainlab"):
+        logging.getLogger("trainlab").info("run %s: %d epochs, lr %.2f, %r", "a\nb\x1b[2J", np.int64(3), 0.5, "ok")
+    assert caplog.messages[-1] == "run a\\nb\\x1b[2J: 3 epochs, lr 0.50, 'ok'"

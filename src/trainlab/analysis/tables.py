@@ -37,7 +37,12 @@ class PrintableArgs(logging.Filter):
 
 
 def _safe_arg(a):
-    return a if a is None or isinstance(a, (int, float)) else printable(a)
+    """`a` itself when its text is printable (so %d, %.4f and %r format it as before), else its
+    escaped text."""
+    if a is None or isinstance(a, (int, float)):
+        return a
+    text = str(a)
+    return a if text.isprintable() else printable(text)
 
 
 def protect_log(logger: logging.Logger | None = None) -> None:

@@ -42,8 +42,11 @@ def config_epochs(run_dir: Path) -> int:
     from trainlab.config import load_toml
     from trainlab.errors import ConfigError
 
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():  # absent, or a FIFO that would block the read
+        return MAX_EPOCHS
     try:
-        epochs = load_toml(Path(run_dir) / CONFIG_FILE).get("epochs")
+        epochs = load_toml(path).get("epochs")
     except ConfigError:
         return MAX_EPOCHS
     if isinstance(epochs, int) and not isinstance(epochs, bool) and 1 <= epochs <= MAX_EPOCHS:
