@@ -224,6 +224,23 @@ def test_a_launcher_killed_by_sigkill_leaves_no_rank_running(idx_dir, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]  # no rank holds the run
 
 
+@needs_proc
+def test_a_plain_torchrun_killed_by_sigkill_leaves_no_rank_running(idx_dir, tmp_path):
+    proc = start_cli(*common(idx_dir, tmp_path, "t9", *LONG), nproc=2, env=cli_env(TRAINLAB_DIST_TIMEOUT="120"),
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ranks = []
+    try:
+        wait_for_epochs(proc, tmp_path / "t9", 1)
+        ranks = child_pids(proc.pid)
+        assert proc.poll() is None and len(ranks) == 2, "the run ended before the kill: nothing was tested"
+        proc.kill()
+        proc.wait()
+        left = wait_gone(ranks, BOUND_S)  # each rank takes its parent's end as a SIGTERM
+    finally:
+        kill_all(([proc.pid] if proc.poll() is None else []) + ranks)
+    assert not left, f"the ranks outlived torchrun: {left}"
+
+
 @pytest.mark.parametrize("extra,code,says", [
     (["--model", "mlp-reg", "--sync-bn"], 2, "sync_bn needs DDP on CUDA"),  # a usage error found by the ranks
     (["--model", "mlp", "--dataset", "idx:/nonexistent-trainlab-test"], 1, "is not a folder"),

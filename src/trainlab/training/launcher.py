@@ -5,8 +5,8 @@ The launcher owns its torchrun: a signal it gets (SIGTERM from kill or a supervi
 SIGHUP) goes to torchrun once, which passes it to every rank (they save as one process
 does); a second signal, or a torchrun still running GRACE_S later, ends the whole tree with
 SIGKILL. torchrun runs in its own session (a terminal's Ctrl-C reaches the ranks once, via
-the launcher and torchrun, never twice) and dies with the launcher (PR_SET_PDEATHSIG), as
-each rank dies with torchrun: a kill -9 anywhere orphans no process.
+the launcher and torchrun, never twice); torchrun stops when the launcher is gone, and each
+rank when torchrun is gone (stop_when_parent_ends): a kill -9 anywhere orphans no process.
 
 A rank that fails writes its one error line into a file in a folder the launcher made
 (ERRORS_ENV) instead of printing it; the launcher prints one of them, once, and exits with
@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,7 +30,6 @@ from trainlab.errors import TrainlabError
 
 ERRORS_ENV = "TRAINLAB_LAUNCH_ERRORS"  # the folder where ranks leave their error line
 GRACE_S = 90.0  # after a signal, before SIGKILL (torchrun itself gives its ranks 30 s, then kills them)
-PR_SET_PDEATHSIG = 1
 SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 MAX_ERROR_FILE = 64 << 10
 
@@ -51,7 +51,7 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
 
 def _supervise(cmd: list[str], env: dict, errors: Path) -> int:
     got: list[int] = []
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=_pdeathsig_setter())
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
 
     def forward(signum, frame):
         got.append(signum)
@@ -61,7 +61,7 @@ def _supervise(cmd: list[str], env: dict, errors: Path) -> int:
             kill_tree(proc.pid)
 
     old = {s: signal.signal(s, forward) for s in SIGNALS}
-    killed = False
+    killed, ranks = False, []
     try:
         deadline = None
         while True:
@@ -69,11 +69,19 @@ def _supervise(cmd: list[str], env: dict, errors: Path) -> int:
                 proc.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
+                ranks = descendants(proc.pid) or ranks  # known, should torchrun die first
                 if got and deadline is None:
                     deadline = time.monotonic() + GRACE_S
                 if deadline is not None and time.monotonic() > deadline and not killed:
                     kill_tree(proc.pid)
                     killed = True
+        # torchrun killed under its ranks: they get SIGTERM (stop_when_parent_ends) and save; wait
+        # for them (bounded) so that their line is read and none is left behind
+        end = time.monotonic() + GRACE_S
+        while proc.returncode < 0 and any(map(_alive, ranks)) and time.monotonic() < end:
+            time.sleep(0.1)
+        for p in filter(_alive, ranks):
+            _send(p, signal.SIGKILL)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -145,32 +153,28 @@ def hand_over(line: str, code: int, secondary: bool = False) -> bool:
         return False
 
 
+def stop_when_parent_ends(poll_s: float = 0.5) -> None:
+    """This process gets one SIGTERM (and saves, as on any SIGTERM) when its parent process
+    ends, even by kill -9: a torchrun worker never trains on, orphaned, nor torchrun without
+    its launcher. A thread that watches getppid(), not PR_SET_PDEATHSIG: that fires once per
+    exiting thread of a multi-threaded parent, and a second SIGTERM aborts the save."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="trainlab-parent-watch", daemon=True).start()
+
+
 def die_with_torchrun() -> None:
-    """A torchrun worker gets SIGTERM (and saves, as on any SIGTERM) when torchrun ends, even
-    by kill -9: it never trains on, orphaned."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    setter = _pdeathsig_setter()
-    if setter is not None:
-        setter()
-        if os.getppid() == 1:  # torchrun ended before the line above
-            os.kill(os.getpid(), signal.SIGTERM)
+    """A torchrun worker stops (saving) when torchrun is gone."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        stop_when_parent_ends()
 
 
 # ---------------------------------------------------------------- processes
-
-def _pdeathsig_setter():
-    """A function that makes the calling process get SIGTERM when its parent ends (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before any fork
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
 
 def _send(pid: int, signum: int) -> None:
     try:
@@ -195,6 +199,13 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL for `pid` and everything below it, the children first seen, then the parent."""
     below = descendants(pid)
@@ -210,6 +221,7 @@ def _torchrun(argv: list[str]) -> int:
     """torchrun without its logs and its traceback (the launcher reports in one line)."""
     import logging
 
+    stop_when_parent_ends()  # the launcher gone (kill -9): stop the ranks, as on its SIGTERM
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
