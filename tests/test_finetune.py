@@ -85,7 +85,7 @@ def test_init_from_each_kind_loads_the_body_and_reinitializes_a_new_head(parent,
     run = child(tmp_path, init_from=str(path), freeze="body").run_dir
     meta = _check_partial(run, state)
     assert meta["kind"] == {"run": "trainlab checkpoint", "checkpoint": "trainlab checkpoint",
-                            "safetensors": "safetensors", "wrapped": "state_dict (wrapped)"}.get(kind, "state_dict")
+                            "safetensors": "safetensors", "wrapped": "state_dict (under 'state_dict')"}.get(kind, "state_dict")
     source = load_checkpoint(parent / "checkpoints" / "best.pt")["model"] if kind == "checkpoint" else state
     trained = final_weights(run)["model"]
     for name in meta["loaded"]:  # frozen body, BatchNorm in eval mode: exactly the parent's values

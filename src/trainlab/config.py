@@ -78,6 +78,8 @@ class Config:
     # weights in: fine-tuning from another run or file (see trainlab.training.finetune)
     init_from: str | None = None  # a run folder, trainlab checkpoint, state_dict .pt/.pth or .safetensors
     init_strict: bool = False  # any key or shape mismatch with init_from is an error
+    init_map: str | None = None  # OLD=NEW[,OLD=NEW]: tensor-name prefix renames applied to init_from's keys
+    reinit_head: bool | None = None  # with init_from: the head keeps its fresh initialization (None = off)
     freeze: str | None = None  # "body" (all but the head) or PREFIX[,PREFIX]: parameters not trained
     unfreeze_at: int = 0  # the frozen parameters train from this epoch on (1-based); 0 = stay frozen
     body_lr_mult: float = 1.0  # learning rate of everything but the head, as a multiple of lr
@@ -304,6 +306,13 @@ def _check_finetune(cfg: Config) -> None:
                           "(e.g. freeze = \"body\")")
     if cfg.init_strict and cfg.init_from is None:
         raise ConfigError("init_strict is on but init_from is not set: name the weights to start from")
+    if (cfg.init_map or cfg.reinit_head) and cfg.init_from is None:
+        raise ConfigError("init_map and reinit_head act on init_from's weights, and init_from is not set: name the "
+                          "weights to start from")
+    if cfg.init_map:
+        from trainlab.training.init_keys import parse_init_map
+
+        parse_init_map(cfg.init_map)
     if cfg.init_from is not None and not cfg.init_from.strip():
         raise ConfigError("init_from = '' is invalid: name a run folder or a weights file")
 

@@ -65,6 +65,10 @@ RUN_HELP = {
     "init_from": "start from these weights: a run folder, trainlab checkpoint, state_dict .pt/.pth or "
                  ".safetensors (matched by name; a head of another class count is re-initialized)",
     "init_strict": "with --init-from: any missing, unexpected or mis-shaped tensor is an error",
+    "init_map": "with --init-from: OLD=NEW[,OLD=NEW] renames of its tensor-name prefixes, applied before "
+                "trainlab's own matching (which strips or adds prefixes such as model., module., net.)",
+    "reinit_head": "with --init-from: the head (the last Linear) keeps its fresh initialization even when "
+                   "the class counts agree",
     "freeze": "body (everything but the head: the last Linear) or PREFIX[,PREFIX]: parameters not trained",
     "unfreeze_at": "with --freeze: the frozen parameters train from this epoch on (1-based; 0 = never)",
     "body_lr_mult": "learning rate of everything but the head, as a multiple of --lr (default 1)",
@@ -393,28 +397,47 @@ def cmd_lr_find(args) -> int:
 
     from trainlab import plots
     from trainlab.store import runs
-    from trainlab.training.lr_find import lr_find
+    from trainlab.training.lr_find import NOT_USED, lr_find
 
+    given = [k for k in NOT_USED if getattr(args, k, None) is not None]
+    if given:  # accepted and ignored would be a lie: refused by name
+        k = given[0]
+        raise ConfigError(f"lr-find does not use --{k.replace('_', '-')} ({NOT_USED[k]}): leave it out here "
+                          "and give it to trainlab train")
     cfg = _config_from_args(args)
     seeds = _seed_list(args.seeds)
     out = Path(args.out) if args.out else Path(cfg.runs_dir) / "lr-find" / \
         f"{cfg.model.replace(':', '-')}-{cfg.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _writable_folder(out, "--out")  # before minutes of the test, not after
     result = lr_find(cfg, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr, seeds=seeds)
-    out.mkdir(parents=True, exist_ok=True)
     figure = plots.lr_find_curve(result.lrs, result.losses, result.suggestion, out / "lr_find",
                                  f"{cfg.model} / recipe {cfg.recipe}, batch {result.batch_size}")
     runs.write_json(out / "lr_find.json", {"model": cfg.model, "recipe": cfg.recipe, "seeds": seeds,
                                            "lrs": result.lrs, "losses": {str(k): v for k, v in result.losses.items()},
                                            "suggestion": result.suggestion, "rule": result.rule,
+                                           "input_shape": result.input_shape,
                                            "stopped": {str(k): v for k, v in result.stopped.items()},
                                            "seconds": result.seconds})
-    print(f"lr-find: {cfg.model} / recipe {cfg.recipe}, batch {result.batch_size}, {args.steps} steps from "
+    shape = "x".join(map(str, result.input_shape))
+    print(f"lr-find: {cfg.model} / recipe {cfg.recipe}, {shape} images, batch {result.batch_size}, {args.steps} steps from "
           f"{args.start_lr:g} to {args.end_lr:g}, seeds {', '.join(map(str, seeds))}: {result.seconds:.1f} s")
     for seed, why in result.stopped.items():
         print(f"  seed {seed}: {why}")
     print(f"suggested lr: {result.suggestion:.3g} ({result.rule})")
     print(f"the curve: {figure.png}")
     return 0
+
+
+def _writable_folder(path, flag: str) -> None:
+    """`path` is (made) a folder this process can write in, or one sentence now."""
+    if path.exists() and not path.is_dir() or path.is_symlink():
+        raise ConfigError(f"{flag} {path} is not a folder: name a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainlabError(f"{flag} {path} cannot be created ({e.strerror}): name a folder you can write in") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise TrainlabError(f"{flag} {path} is not writable: name a folder you can write in")
 
 
 def cmd_sweep(args) -> int:

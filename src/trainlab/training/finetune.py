@@ -1,9 +1,11 @@
 """Weights in: start a run from another run's (or file's) weights, freeze part of the model,
 give the body its own learning rate, and train on a seeded per-class subset.
 
-- `init_from` (a run folder, a trainlab checkpoint, a plain state_dict .pt/.pth, or a
-  .safetensors file): tensors are matched by name, after stripping the `module.` (DDP, EMA)
-  and `_orig_mod.` (torch.compile) prefixes, and loaded where the shapes agree. What was
+- `init_from` (a run folder, a trainlab checkpoint, a plain state_dict .pt/.pth, a
+  .safetensors file, a Lightning .ckpt, a Hugging Face folder's model.safetensors or
+  pytorch_model.bin): tensors are matched by name, under the key mapping that matches most of
+  them (training.init_keys: prefixes such as `model.`, `module.`, `_orig_mod.` stripped or
+  added; `init_map` renames first), and loaded where the shapes agree. What was
   loaded, skipped for a shape mismatch (a head of another class count keeps this run's own
   fresh, seeded initialization), missing or unexpected is logged as a table and recorded in
   meta.json and in every checkpoint (with the file's path and sha256). `init_strict` makes any
@@ -38,6 +40,7 @@ from trainlab.inference import checkpoint_path, kept_weights
 from trainlab.store import runs
 from trainlab.store.checkpoint import FORMAT, CheckpointError, safe_load, sha256_file, strip_prefixes, unwrap
 from trainlab.training.callbacks import Callback
+from trainlab.training.init_keys import best_mapping, no_match_hint, parse_init_map, rename
 
 log = logging.getLogger("trainlab")
 
@@ -46,6 +49,9 @@ _SUBSET_SALT = 0x5EB5E7
 # the largest model trainlab builds, in float64, plus room for a checkpoint's other fields
 MAX_INIT_BYTES = models.MAX_PARAMETERS * 8 + (64 << 20)
 _STATUS = ("loaded", "new head", "shape mismatch", "missing", "unexpected")
+# where other tools keep the weights: Lightning's "state_dict", the usual hand-made wrappers
+CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
 
 # ---------------------------------------------------------------- what is the head, the body
@@ -120,6 +126,8 @@ def read_init(where: str | Path) -> tuple[dict, dict]:
         raise ConfigError(f"init_from = {str(where)!r}: no such file or folder; name a run folder, a trainlab "
                           "checkpoint, a state_dict .pt/.pth or a .safetensors file")
     path = checkpoint_path(given)
+    if path.is_dir():  # a Hugging Face style folder holds its weights under these names
+        path = next((path / n for n in HF_WEIGHTS if (path / n).is_file()), path)
     if path.is_dir():
         raise ConfigError(f"init_from = {str(where)!r} is a folder without model.pt or checkpoints/best.pt "
                           "or last.pt: name a run folder or a weights file")
@@ -159,9 +167,10 @@ def read_init(where: str | Path) -> tuple[dict, dict]:
         elif _tensor_dict(obj):
             state, desc["kind"] = obj, "state_dict"
         else:  # the usual hand-made wrappers: {"state_dict": ...}, {"model_state_dict": ...}
-            state = next((obj[k] for k in ("state_dict", "model_state_dict", "model")
-                          if isinstance(obj, dict) and _tensor_dict(obj.get(k))), None)
-            desc["kind"] = "state_dict (wrapped)"
+            key = next((k for k in CONTAINER_KEYS if isinstance(obj, dict) and _tensor_dict(obj.get(k))), None)
+            state = obj[key] if key else None
+            lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
+            desc["kind"] = "Lightning checkpoint" if lightning else f"state_dict (under {key!r})"
         if not _tensor_dict(state):
             raise CheckpointError(f"{path} holds no weights (not a state_dict: a dict of named tensors); "
                                   "it was not used")
@@ -253,11 +262,24 @@ def _check_tensors(model: nn.Module, state: dict, table: dict, path: str) -> Non
                                   "give weights saved as dense, finite tensors of the model's types")
 
 
-def init_weights(model: nn.Module, where: str | Path, strict: bool = False) -> dict:
+def init_weights(model: nn.Module, where: str | Path, strict: bool = False, init_map: str | None = None,
+                 reinit_head: bool = False) -> dict:
     """Load what fits of `where` into `model` in place; returns the record (path, sha256,
-    kind, the table). `strict`: any mismatch is an error and nothing is loaded."""
+    kind, the key mapping chosen, the table). `strict`: any mismatch is an error and nothing is
+    loaded. `init_map`: OLD=NEW prefix renames first; `reinit_head`: the head keeps its fresh
+    initialization even when its shape fits."""
     state, desc = read_init(where)
-    table = match(model, state)
+    own = unwrap(model).state_dict()
+    state, desc["key_mapping"], _ = best_mapping(own, rename(state, parse_init_map(init_map)))
+    if desc["key_mapping"] != "names as they are":
+        log.info("init: %s, keys matched with %s", desc["path"], desc["key_mapping"])
+    head = head_names(model) if reinit_head else set()
+    if reinit_head and not head:
+        raise ConfigError("reinit_head needs a head (the model's last nn.Linear), and this model has none")
+    table = match(model, {k: v for k, v in state.items() if k not in head})
+    if head:  # shown as the new head: re-initialized by choice
+        table["missing"] = [n for n in table["missing"] if n not in head]
+        table["new head"] += [[n, list(own[n].shape), list(own[n].shape)] for n in sorted(head)]
     _check_tensors(model, state, table, desc["path"])
     problem = _input_problem(model, table)
     mismatched = sum(len(table[k]) for k in _STATUS if k != "loaded")
@@ -268,8 +290,10 @@ def init_weights(model: nn.Module, where: str | Path, strict: bool = False) -> d
                           + "); nothing was loaded. Drop --init-strict to load the tensors that fit "
                           "(a head of another class count is then re-initialized)")
     if not table["loaded"]:
+        names = any(k in own for k in state)
         raise ConfigError(f"init_from: no tensor of {desc['path']} fits this model by name and shape "
-                          f"({problem or 'another architecture?'}); nothing was loaded")
+                          f"({problem or ('another architecture?' if names else no_match_hint(own, state))}); "
+                          "nothing was loaded")
     own = unwrap(model).state_dict()
     with torch.no_grad():
         for name in table["loaded"]:
@@ -395,7 +419,7 @@ def setup(s, callbacks, fresh: bool) -> list:
                           "parameters when it starts); train frozen in one process")
     record: dict = {}
     if cfg.init_from and fresh:
-        record["parent"] = init_weights(s.model, cfg.init_from, cfg.init_strict)
+        record["parent"] = init_weights(s.model, cfg.init_from, cfg.init_strict, cfg.init_map, bool(cfg.reinit_head))
     if cfg.train_per_class:
         record["train_subset"] = subset_record(s.data.train_y, train_indices(s.data, cfg), cfg.train_per_class)
     frozen = frozen_names(s.model, cfg.freeze) if cfg.freeze else []
