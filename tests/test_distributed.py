@@ -149,8 +149,12 @@ def test_only_several_nodes_sharing_a_store_across_restarts_are_warned(monkeypat
             m.setenv(env, value)
             distributed.warn_shared_store()
             assert capsys.readouterr().err == ""
-    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "3")  # several nodes count their restarts apart
+    assert distributed.round_prefix() == "trainlab/round-0"
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")  # one agent: every rank has its count
     assert distributed.round_prefix() == "trainlab/round-3"
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # a fresh store each round
+    assert distributed.round_prefix() == "trainlab/round-0"
 
 
 # ---------------------------------------------------------------- the --nproc launcher

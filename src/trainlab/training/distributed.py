@@ -65,9 +65,13 @@ JOIN_GRACE_S = 30.0  # beyond the join timeout before the watchdog ends a stuck 
 
 
 def round_prefix() -> str:
-    """The store prefix of this restart round. Every rank under one torchrun agent has the
-    same TORCHELASTIC_RESTART_COUNT; agents on several nodes may not (see warn_shared_store)."""
-    return f"trainlab/round-{int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)}"
+    """The store prefix of this restart round, where one torchrun agent's store outlives its
+    rounds. Every rank under one agent has the same TORCHELASTIC_RESTART_COUNT; agents on
+    several nodes may not (see warn_shared_store), and a fresh store needs no prefix."""
+    one_agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and \
+        int(os.environ.get("GROUP_WORLD_SIZE", "1") or 1) == 1
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) if one_agent_store else 0
+    return f"trainlab/round-{restart}"
 
 
 def warn_shared_store() -> None:
