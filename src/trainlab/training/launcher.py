@@ -220,7 +220,9 @@ def kill_tree(pid: int) -> None:
 def _torchrun(argv: list[str]) -> int:
     """torchrun without its logs and its traceback (the launcher reports in one line)."""
     import logging
+    import shutil
 
+    launcher = os.getppid()
     stop_when_parent_ends()  # the launcher gone (kill -9): stop the ranks, as on its SIGTERM
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -242,6 +244,9 @@ def _torchrun(argv: list[str]) -> int:
         print(f"trainlab: error: torchrun failed: {type(e).__name__}: {text[0][:300] if text else ''}",
               file=sys.stderr, flush=True)
         return 1
+    finally:
+        if os.getppid() != launcher and os.environ.get(ERRORS_ENV):  # no launcher left to read or remove it
+            shutil.rmtree(os.environ[ERRORS_ENV], ignore_errors=True)
 
 
 if __name__ == "__main__":
