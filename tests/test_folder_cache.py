@@ -183,3 +183,37 @@ def test_a_copy_mapped_by_another_process_is_kept_until_it_ends(tmp_path):
             holder.wait()
     load(root)
     assert old not in caches() and len(caches()) == 1
+
+
+def test_a_lock_held_exclusively_for_ever_is_not_waited_on(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
+    first = load(root)
+    (cache,) = caches()
+    os.close(cache_mod._held.pop(str(cache)))  # as a fresh process would be
+    fd = os.open(cache / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a process that never lets go
+        monkeypatch.setattr(cache_mod, "LOCK_TRIES", 2)
+        with caplog.at_level(logging.INFO, "trainlab.data"):
+            again = load(root)
+        assert "held exclusively" in caplog.text and "data: decoded" in caplog.text
+        assert np.array_equal(pixels(first), pixels(again))
+    finally:
+        os.close(fd)
+
+
+def test_two_processes_decoding_one_folder_at_once_agree_and_leave_one_copy(tmp_path):
+    root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=40, size=(32, 32))
+    code = ("import sys; from trainlab.data import load_dataset; ds = load_dataset('folder:' + sys.argv[1]); "
+            "print(ds.hashes['train_images'], ds.hashes['test_images'])")
+    env = cli_env(XDG_CACHE_HOME=os.environ["XDG_CACHE_HOME"])
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    assert outs[0][0] == outs[1][0] and outs[0][0].strip()
+    assert len(caches()) == 1
+    base = caches()[0].parent
+    assert not [p for p in base.iterdir() if p.name.startswith((".decode-", ".stale-"))]

@@ -46,6 +46,7 @@ CACHE_VERSION = 3
 _MAX_META = 1 << 28  # bytes of a cache's meta.json
 STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed process
 LOCK = "lock"
+LOCK_TRIES = 50  # x 0.1 s
 _held: dict[str, int] = {}  # cache folder -> the fd of its shared lock, held while this process lives
 _verified: set[tuple] = set()  # (path, dev, ino, size, mtime_ns, ctime_ns) of arrays hashed here
 
@@ -101,7 +102,15 @@ def _lock_held(folder: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a remover renames the folder away
+        for _ in range(LOCK_TRIES):  # a remover holds it only to rename the folder away
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.1)
+        else:  # held for seconds: not a remover; the cache is set aside, never waited on for ever
+            os.close(fd)
+            return False
         if os.path.samestat(os.fstat(fd), os.stat(folder / LOCK)):
             _held[str(folder)] = fd
             return True
@@ -244,7 +253,7 @@ def _read_cache(folder: Path, s: Scan, image_size: int | None) -> tuple[np.ndarr
     meta_path, images_path, sums_path = folder / "meta.json", folder / "images.npy", folder / "sums.npy"
     try:
         if not _lock_held(folder):
-            return "it has no lock file"
+            return "its lock file is missing or held exclusively by another process"
         if meta_path.stat().st_size > _MAX_META:
             return "meta.json is too large"
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -100,7 +100,7 @@ def scan(root: str | os.PathLike) -> Scan:
     empty = [c for i, c in enumerate(classes) if i not in train_labels]
     if empty:
         raise DataError(f"folder:{root}: class folder{'s' if len(empty) > 1 else ''} "
-                        f"{', '.join(empty[:5])} hold{'' if len(empty) > 1 else 's'} no training images "
+                        f"{', '.join(map(_shown, empty[:5]))} hold{'' if len(empty) > 1 else 's'} no training images "
                         f"({', '.join(EXTENSIONS)}); add images or remove the folder")
     return out
 
