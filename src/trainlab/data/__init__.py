@@ -1,7 +1,7 @@
 """Data: where it comes from (sources), how it is read (idx, and the formats registered by
 scheme: formats), what it is (catalog, dataset), and how it is served to the model (loader)."""
 
-from trainlab.data import cifar, folder  # noqa: F401  (they register folder:, cifar10:, cifar100:)
+from trainlab.data import cifar, folder, hf  # noqa: F401  (they register folder:, cifar10:, cifar100:, hf:)
 from trainlab.data.catalog import CATALOG, DatasetInfo, get_info
 from trainlab.data.dataset import (
                                     Dataset,
