@@ -105,3 +105,19 @@ def test_a_real_oom_under_a_memory_limit_is_one_sentence_and_the_same_command_th
     assert not (tmp_path / "runs" / "wide").exists()
     again = run_cli(*args, "--model-kwarg", "hidden=[16]")
     assert again.returncode == 0, again.stderr
+
+
+def test_out_of_memory_outside_training_is_one_sentence_not_an_internal_error(monkeypatch, capsys):
+    """evaluate / predict running out of memory inside torch reached the RuntimeError branch of
+    the CLI: 'internal error ... (a bug in trainlab)'."""
+    import importlib
+
+    cli_main = importlib.import_module("trainlab.cli.main")
+
+    def boom(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 123456789 bytes.")
+    monkeypatch.setattr(cli_main, "cmd_inspect", boom)
+    code = cli_main.main(["inspect", "whatever"])
+    err = capsys.readouterr().err
+    assert code == 1 and "out of memory: use a smaller batch size" in err and "internal error" not in err

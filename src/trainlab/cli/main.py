@@ -290,7 +290,7 @@ def cmd_export(args) -> int:
         print(PARITY_CHECK_LINE.format(**json.loads(meta.read_text())["parity"]))
     else:
         weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
-    print(f"wrote {weights} and {meta}")
+    print(printable(f"wrote {weights} and {meta}"))  # paths the user typed: escaped, never raw
     return 0
 
 
@@ -424,7 +424,7 @@ def cmd_lr_find(args) -> int:
     for seed, why in result.stopped.items():
         print(f"  seed {seed}: {why}")
     print(f"suggested lr: {result.suggestion:.3g} ({result.rule})")
-    print(f"the curve: {figure.png}")
+    print(printable(f"the curve: {figure.png}"))
     return 0
 
 
@@ -446,13 +446,13 @@ def cmd_sweep(args) -> int:
 
     result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers, storage=args.storage)
     s, best = result.summary, result.best
-    print(f"sweep {args.out}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
+    print(f"sweep {printable(str(args.out))}: {s['trials']} trials ({s['complete']} complete, {s['pruned']} pruned, "
           f"{s['failed']} failed)")
     for row in result.trials:
         if row["state"] == "FAIL":
             print(f"  trial {row['number']} failed: {printable(row.get('reason', 'no reason recorded'))[:300]}")
     print(f"best (by validation, {s['direction']}): trial {best['number']} {best['value']:.4f} "
-          f"with {best['params']} -> {args.out}/trials/{best['run']}")
+          f"with {best['params']} -> {printable(str(args.out))}/trials/{best['run']}")
     if s["top5_spread"] is not None:
         print(f"  the top trials' validation scores spread by {s['top5_spread']:.4f}: that much of the lead "
               "may be luck")
@@ -671,13 +671,15 @@ def _run(args) -> int:
                  "the command again, or raise TRAINLAB_DIST_TIMEOUT (seconds, default 120) on a slow or "
                  "busy machine", secondary=True)
             return 1
+        from trainlab.training.memory import is_out_of_memory
+
+        if is_out_of_memory(e):  # CUDA's OutOfMemoryError or the CPU allocator's, outside training
+            return _out_of_memory()
         return _unexpected(e)
     except MemoryError:
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
-        _say("trainlab: error: out of memory: use a smaller batch size, model or data set "
-             "(earlier files are intact)")
-        return 1
+        return _out_of_memory()
     except OSError as e:  # the disk or the OS said no (full, read-only, missing): one sentence
         if os.environ.get("TRAINLAB_DEBUG"):
             raise
@@ -686,6 +688,12 @@ def _run(args) -> int:
         return 1
     except Exception as e:
         return _unexpected(e)
+
+
+def _out_of_memory() -> int:
+    _say("trainlab: error: out of memory: use a smaller batch size, model, image size or data set "
+         "(earlier files are intact)")
+    return 1
 
 
 def _first_line(e: BaseException) -> str:
