@@ -295,6 +295,7 @@ def test_a_link_planted_in_a_sweep_folder_is_refused_and_its_target_untouched(tm
 
 
 @pytest.mark.parametrize("url", ["nonsense", "nosuchdb://host/x", "sqlite://", "sqlite:///{tmp}/missing/dir/x.db",
+                                 "sqlite:///relative.db",
                                  "postgresql://nobody@127.0.0.1:1/db", "sqlite:///{tmp}/x.db\nrm"])
 def test_a_bad_storage_url_is_one_sentence_exit_2_and_nothing_is_recorded(tmp_path, idx_dir, url):
     space = space_file(tmp_path, idx_dir, SPACE, epochs=1)
@@ -328,3 +329,15 @@ def test_confirm_after_the_study_grew_confirms_the_new_winner(tmp_path, idx_dir,
         assert done.returncode == 0, done.stderr[-2000:]
         best = json.loads((tmp_path / "sw" / "sweep.json").read_text())["best"]["run"]
         assert (tmp_path / "sw" / "trials" / f"confirm-{best}-seed-1" / "results.json").is_file()
+
+
+def test_a_fifo_planted_as_storage_url_is_refused_without_waiting(tmp_path, idx_dir):
+    import os
+
+    out = tmp_path / "sw"
+    out.mkdir()
+    os.mkfifo(out / "storage.url")
+    done = run_cli("sweep", space_file(tmp_path, idx_dir, SPACE, epochs=1), "--trials", "1", "--out", out,
+                   "--storage", f"sqlite:///{tmp_path / 'x.db'}", timeout=60)
+    assert done.returncode == 1 and "is not a regular file" in done.stderr and len(done.stderr.splitlines()) == 1
+    assert not (tmp_path / "x.db").exists()  # refused before the URL was tried

@@ -66,12 +66,11 @@ def _study(storage, direction: str):
                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1))
 
 
-def _sampler(seed: int, study):
-    """TPE seeded by the sweep's seed and the study's length at this ask (asks are serialized):
-    no two asks share a seed, so a restarted sweep or a second copy never draws the same start-up
-    parameters again, and the same history gives the same draw."""
-    history = len(study.get_trials(deepcopy=False))
-    return _optuna().samplers.TPESampler(seed=random.Random(f"{seed}/{history}").randrange(2**32))
+def _sampler(seed: int, number: int):
+    """TPE seeded by the sweep's seed and the trial's number (unique in the study, given by the
+    storage, across machines too): no two trials share a seed, so a restarted sweep or a second
+    copy never draws the same start-up parameters again, and the same history gives the same draw."""
+    return _optuna().samplers.TPESampler(seed=random.Random(f"{seed}/{number}").randrange(2**32))
 
 
 def _requeue_interrupted(study, out: Path, rdb: bool) -> int:
@@ -102,13 +101,22 @@ def _requeue_interrupted(study, out: Path, rdb: bool) -> int:
     return n
 
 
-def _counted(study) -> int:
-    """Trials toward N: complete, pruned, running and failed (a failed trial counts, so a space that
-    always fails ends), but not one that was requeued to be resumed."""
+def _counted(study, before: int | None = None) -> int:
+    """Trials toward N (those numbered below `before`): complete, pruned, running and failed (a failed
+    trial counts, so a space that always fails ends), but not one requeued to be resumed."""
     from optuna.trial import TrialState
 
     states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
-    return sum(1 for t in study.get_trials(deepcopy=False, states=states) if not t.user_attrs.get("requeued"))
+    trials, skipped = study.get_trials(deepcopy=False, states=states), _not_counted(study)
+    return sum(1 for t in trials if (before is None or t.number < before) and t.number not in skipped)
+
+
+def _not_counted(study) -> set[int]:
+    """Trials failed only to be queued again, or surplus asks that gave way (older trainlab marked a
+    requeued trial only by the new trial's requeued_from)."""
+    trials = study.get_trials(deepcopy=False)
+    skipped = {t.number for t in trials if t.user_attrs.get("requeued") or t.user_attrs.get("surplus")}
+    return skipped | {t.user_attrs["requeued_from"] for t in trials if "requeued_from" in t.user_attrs}
 
 
 def _same_as(study, trial) -> "object | None":
@@ -116,8 +124,9 @@ def _same_as(study, trial) -> "object | None":
     its result is this trial's, without training the same configuration twice."""
     from optuna.trial import TrialState
 
+    skipped = _not_counted(study)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
-        if t.params == trial.params and t.number != trial.number and not t.user_attrs.get("requeued"):
+        if t.params == trial.params and t.number != trial.number and t.number not in skipped:
             return t
     return None
 
@@ -239,9 +248,14 @@ def run_sweep_worker(space: Space, trials: int, out: Path, threads, seed: int, d
             _requeue_interrupted(study, out, rdb)
             if _counted(study) >= trials:
                 return
-            study.sampler = _sampler(seed, study)
             trial = study.ask()
+            study.sampler = _sampler(seed, trial.number)  # (parameters are drawn at suggest, after this)
             run = trial.user_attrs.get("run") or f"trial-{trial.number:04d}"
+            if _counted(study, before=trial.number) >= trials:
+                # copies on one database count and ask without a common lock: the later surplus trial gives way
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                return
             held = sweep_storage.claim(out, run)
             if held is None:  # cannot happen under the lock (a requeued trial's claim was free)
                 raise TrainlabError(f"{out / TRIALS / run} is claimed by another process; run the command again")
@@ -371,11 +385,11 @@ def summarize(out: str | Path, storage: str | None = None) -> SweepResult:
         if isinstance(saved.get("rows"), list) and isinstance(saved.get("best"), dict):
             return SweepResult(out, saved["rows"], saved["best"], saved)
     study = optuna.load_study(study_name="trainlab", storage=sweep_storage.open_storage(out, storage))
-    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    finished, skipped = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL), _not_counted(study)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
              "run": t.user_attrs.get("run"), "test_accuracy": t.user_attrs.get("test_accuracy"),
              **({"reason": t.user_attrs["fail_reason"]} if "fail_reason" in t.user_attrs else {})}
-            for t in study.get_trials(deepcopy=False, states=finished) if not t.user_attrs.get("requeued")]
+            for t in study.get_trials(deepcopy=False, states=finished) if t.number not in skipped]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
     failed = [r for r in rows if r["state"] == "FAIL"]
     if not complete:

@@ -122,7 +122,10 @@ def _recorded(out: Path) -> str | None:
     path = out / STORAGE_FILE
     if not (path.exists() or path.is_symlink()):
         return None
-    fd = open_nofollow(path, os.O_RDONLY)
+    fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO planted there must not block)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; remove it, then give --storage again")
     with os.fdopen(fd, "rb") as f:
         text = f.read(4097)
     if len(text) > 4096:
@@ -148,8 +151,9 @@ def _record(out: Path, url: str) -> None:
 
 def try_rdb(url: str):
     """Open an RDB URL now, so a bad one is one sentence before anything is recorded."""
-    bad = (f"--storage {_masked(url)!r} cannot be used: give an Optuna RDB URL that opens, e.g. "
-           "sqlite:////abs/path/sweep.db or postgresql://user@host/db")
+    named = f"--storage {_masked(url)!r}"
+    bad = (f"{named} cannot be used: give an Optuna RDB URL that opens, e.g. sqlite:////abs/path/sweep.db or "
+           "postgresql://user@host/db")
     if "://" not in url or any(c in url for c in "\n\r\0"):
         raise ConfigError(bad)
     try:
@@ -163,13 +167,16 @@ def try_rdb(url: str):
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise ConfigError(f"--storage {_masked(url)!r} is an in-memory database: the study would vanish at exit; "
                           "give a file, e.g. sqlite:////abs/path/sweep.db")
+    if parsed.get_backend_name() == "sqlite" and not os.path.isabs(parsed.database):
+        raise ConfigError(f"--storage {_masked(url)!r} is a relative path: every command must reach the same file, "
+                          "so give it absolutely, e.g. sqlite:////abs/path/sweep.db (four slashes)")
     from optuna.storages import RDBStorage
 
     try:
         return RDBStorage(url)
     except Exception as e:  # noqa: BLE001 - a missing driver, a refused connection, a bad path: the URL's fault
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{bad.partition(':')[0]} cannot be opened ({reason}): check the URL, the server "
+        raise ConfigError(f"{named} cannot be opened ({reason}): check the URL, the server "
                           "and the driver, then run again") from None
 
 
