@@ -71,3 +71,11 @@ def test_a_loader_that_gives_no_labels_is_one_sentence():
     x = _data().tensors[0]
     with pytest.raises(DataError, match=r"not \(images, labels\)"):
         _fit(_model(), DataLoader(x, batch_size=16))
+
+
+def test_train_given_a_dataloader_says_what_to_do(tmp_path):
+    import trainlab
+    from trainlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="takes a trainlab Dataset, not a torch DataLoader.*trainlab.fit"):
+        trainlab.train({"runs_dir": str(tmp_path)}, data=DataLoader(_data(), batch_size=16))

@@ -15,6 +15,7 @@ from torch import nn
 from trainlab import models
 from trainlab.config import Config, resolve
 from trainlab.data import Dataset, data_options, load_dataset
+from trainlab.errors import ConfigError
 from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
@@ -244,6 +245,13 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
     importable class or function is recorded as module:function, so every later command rebuilds
     it; an instance (or a local function) is recorded as instance:NAME, and evaluate_run /
     load_model / resume then take it again as model=."""
+    if data is not None and not isinstance(data, Dataset):
+        from torch.utils.data import DataLoader
+
+        what = "a torch DataLoader" if isinstance(data, DataLoader) else type(data).__name__
+        raise ConfigError(f"train(data=...) takes a trainlab Dataset, not {what}: make one with "
+                          "trainlab.from_arrays(train_x, train_y, test_x, test_y), or train your DataLoader with "
+                          "trainlab.fit(model, optimizer, loader, ...), which takes it as it is")
     values = config.to_dict() if isinstance(config, Config) else dict(config or {})
     given = None
     if model is not None:
