@@ -101,7 +101,7 @@ SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9_+.-]{0,49}")  # a URL scheme's letters,
 
 # The built-in formats whose argument is a folder: a run records it absolute, so the run can
 # be evaluated, resumed or reported from any working directory.
-PATH_SCHEMES = ("idx", "folder", "cifar10", "cifar100", "hf")
+PATH_SCHEMES = ("idx", "folder", "cifar10", "cifar100", "hf", "csv")
 
 
 def absolute(spec: str) -> str:

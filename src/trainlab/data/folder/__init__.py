@@ -87,16 +87,35 @@ def mean_std_from_sums(sums: np.ndarray, pixels: int) -> tuple[list[float], list
 def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
                 seed: int = 0, memory_budget: str | None = None):
     """`folder:DIR` as a Dataset (see the module docstring)."""
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_IMAGE_SIZE} "
+                          "(pixels a side)")
+    root = Path(arg).expanduser()
+    return _from_scan(root, f"folder:{root}", None, image_size, skip_bad, seed, memory_budget)
+
+
+def read_csv(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
+             seed: int = 0, memory_budget: str | None = None):
+    """`csv:FILE[#path=COL,label=COL,split=COL]` as a Dataset (trainlab.data.folder.csv_scan)."""
+    from trainlab.data.folder.csv_scan import parse_spec, scan_csv
+
+    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_IMAGE_SIZE} "
+                          "(pixels a side)")
+    s = scan_csv(arg)
+    path, opts = parse_spec(arg)
+    spec = f"csv:{path.resolve()}" + (f"#{arg.partition('#')[2]}" if opts else "")
+    return _from_scan(s.root, f"csv:{path}", s, image_size, skip_bad, seed, memory_budget, spec)
+
+
+def _from_scan(root: Path, name: str, scanned, image_size, skip_bad, seed, memory_budget, spec: str | None = None):
+    """The Dataset of a scanned folder or CSV: decoded (cached), bad files, the test carve, val/."""
     import torch
 
     from trainlab.data.dataset import from_arrays
     from trainlab.data.loader import derive_seed, stratified_split
 
-    if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
-        raise ConfigError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_IMAGE_SIZE} "
-                          "(pixels a side)")
-    root = Path(arg).expanduser()
-    images, meta, _ = load_decoded(root, image_size)
+    images, meta, _ = load_decoded(root, image_size, scanned=scanned)
     bad = [tuple(b) for b in meta["bad"]]
     if bad and not skip_bad:
         raise DataError(_bad_sentence(root, bad))
@@ -120,7 +139,7 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
         carved = {"fraction": TEST_FRACTION, "seed": seed, "files": [files[i] for i in np.nonzero(test_mask)[0]]}
     train_idx, test_idx = np.nonzero(~test_mask)[0], np.nonzero(test_mask)[0]
     _every_class_in_both(root, meta["classes"], labels, train_idx, test_idx, carved is not None)
-    source = {"kind": "folder", "path": str(root.resolve()), "layout": meta["layout"],
+    source = {"kind": name.partition(":")[0], "path": str(root.resolve()), "layout": meta["layout"],
               "detail": f"{meta['channels']}x{meta['height']}x{meta['width']}, {meta['policy']}",
               "channels": meta["channels"], "image_size": image_size,
               "height": meta["height"], "width": meta["width"], "resize": "shorter side, centre crop",
@@ -154,18 +173,18 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
         split, hashes = _mapped_splits(Path(images.filename).parent, images, {"train": train_idx, "test": test_idx})
         ty, sy = labels[train_idx], labels[test_idx]
         source["mapped"] = True
-        ds = Dataset(name=f"folder:{root}", classes=list(meta["classes"]),
+        ds = Dataset(name=name, classes=list(meta["classes"]),
                      train_x=torch.from_numpy(split["train"]), train_y=torch.from_numpy(ty),
                      test_x=torch.from_numpy(split["test"]), test_y=torch.from_numpy(sy),
                      mean=mean, std=std, source=source,
                      hashes={"train_images": hashes["train"], "train_labels": payload_sha256(ty),
                              "test_images": hashes["test"], "test_labels": payload_sha256(sy)})
-        ds.spec = f"folder:{root.resolve()}"
+        ds.spec = spec or f"folder:{root.resolve()}"
         ds.val_rows = given_val
         return ds
     ds = from_arrays(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
-                     classes=meta["classes"], name=f"folder:{root}", source=source, mean=mean, std=std)
-    ds.spec = f"folder:{root.resolve()}"
+                     classes=meta["classes"], name=name, source=source, mean=mean, std=std)
+    ds.spec = spec or f"folder:{root.resolve()}"
     ds.val_rows = given_val
     return ds
 
@@ -214,6 +233,8 @@ def _every_class_in_both(root: Path, classes: list[str], labels: np.ndarray, tra
 
 
 read_folder.options = ("image_size", "skip_bad", "seed", "memory_budget")
+read_csv.options = read_folder.options
+formats.register_format("csv", read_csv)
 formats.register_format("folder", read_folder)
 
 

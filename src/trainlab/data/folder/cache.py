@@ -57,7 +57,8 @@ def _root_id(s: Scan) -> str:
 
 def cache_group(s: Scan, image_size: int | None) -> str:
     """The folder (resolved) and the size policy: copies of one group supersede each other."""
-    text = json.dumps({"version": CACHE_VERSION, "root": _root_id(s), "image_size": image_size}, sort_keys=True)
+    text = json.dumps({"version": CACHE_VERSION, "root": _root_id(s), "image_size": image_size,
+                       **({"layout": s.layout} if s.layout.startswith("csv:") else {})}, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
@@ -70,6 +71,8 @@ def cache_key(s: Scan, image_size: int | None, channels: int | None = None) -> s
     h.update("".join(f"\0{r}\0{n}\0{m}\0{i}\0{d}\0{c}" for r, n, m, i, d, c in
                      zip(s.rels, s.sizes, s.mtimes_ns, s.inodes, s.devices, s.ctimes_ns))
              .encode("utf-8", "surrogateescape"))
+    if s.layout.startswith("csv:"):  # the labels and splits come from the CSV, not from the files' places
+        h.update(json.dumps([s.labels, s.splits]).encode())
     return f"{cache_group(s, image_size)}-{h.hexdigest()}"
 
 
@@ -315,11 +318,11 @@ def _hold_new(path: Path) -> int | None:
     return fd
 
 
-def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None
-                 ) -> tuple[np.ndarray, dict, Scan]:
+def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None,
+                 scanned: Scan | None = None) -> tuple[np.ndarray, dict, Scan]:
     """The folder's images (uint8 N,C,H,W, memory-mapped from the cache, decoding it first
     when needed) and the cache's meta: files, labels, splits, policy, modes, sizes, bad files."""
-    s = scan(root)
+    s = scanned if scanned is not None else scan(root)  # csv: gives its own scan
     _pillow()
     base = cache_root() / "folder"
     final = base / cache_key(s, image_size)
