@@ -126,7 +126,7 @@ def hostile(folder: Path) -> dict[str, tuple[Path, str]]:
     add("huge-initializer", "declare", [*nodes, helper.make_node("Add", ["logits", "H"], ["y"])], [*inits, huge],
         last="y")
     # windows and padding: a few hundred bytes that would ask for planes of 2**60 pixels
-    k = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "K")
+    k = k3 = numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "K")
     for name, op, attrs in (("conv-huge-pads", "Conv", {"kernel_shape": [3, 3], "pads": [1 << 30] * 4}),
                             ("maxpool-huge-pads", "MaxPool", {"kernel_shape": [2, 2], "pads": [1 << 30] * 4}),
                             ("maxpool-huge-window", "MaxPool", {"kernel_shape": [1 << 30, 1 << 30]}),
@@ -181,6 +181,37 @@ def hostile(folder: Path) -> dict[str, tuple[Path, str]]:
                                ("meta-deep", "[" * 100000, "not one trainlab exported"),
                                ("meta-absent", "", "not one trainlab exported")):
         add(name, phrase, nodes, inits, meta_text=text)
+    # allowed operators that broadcast small tensors into huge ones (each 144 MB or more from a
+    # file of under 100 kB, or growing with the square of the batch), and a size taken from data
+    k = 6000
+    col, row = (numpy_helper.from_array(np.ones(s, np.float32), n) for s, n in (((k, 1), "Col"), ((1, k), "Row")))
+    sink = [helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0), helper.make_node("Add", ["l0", "s"], ["y"])]
+    bombs = {
+        "add-outer": ([helper.make_node("Add", ["Col", "Row"], ["big"])], [col, row]),
+        "matmul-outer": ([helper.make_node("MatMul", ["Col", "Row"], ["big"])], [col, row]),
+        "where-outer": ([helper.make_node("Where", ["T", "Col", "Row"], ["big"])],
+                        [col, row, numpy_helper.from_array(np.ones((k, 1), bool), "T")]),
+        "gather-many": ([helper.make_node("Gather", ["Row", "I"], ["big"], axis=0)],
+                        [row, numpy_helper.from_array(np.zeros(k, np.int64), "I")]),
+        "concat-many": ([helper.make_node("Concat", ["Row"] * k, ["big"], axis=0)], [row]),
+        "input-outer": ([helper.make_node("Flatten", ["x"], ["fx"], axis=0), helper.make_node("Transpose", ["fx"], ["ft"]),
+                         helper.make_node("Mul", ["ft", "fx"], ["big"])], []),
+        "convtranspose-output-shape": ([helper.make_node("ConvTranspose", ["x", "K"], ["big"], kernel_shape=[3, 3],
+                                                         strides=[28, 28], output_shape=[100000, 100000])], [k3]),
+        "reshape-from-data": ([helper.make_node("Cast", ["images"], ["xi"], to=i64),
+                               helper.make_node("Reshape", ["xi", "M1"], ["fi"]),
+                               helper.make_node("Slice", ["fi", "Z", "Two", "Z"], ["shp"]),
+                               helper.make_node("Flatten", ["x"], ["fx2"], axis=0),
+                               helper.make_node("Reshape", ["fx2", "shp"], ["big"])],
+                              [numpy_helper.from_array(np.array([v], np.int64), n)
+                               for n, v in (("Z", 0), ("Two", 2), ("M1", -1))]),
+    }
+    phrases = {"input-outer": "grows faster than the batch", "convtranspose-output-shape": "for a single image",
+               "reshape-from-data": "cannot be known before"}
+    for name, (extra, more) in bombs.items():
+        nodes, inits = head("l0")
+        add(f"bomb-{name}", phrases.get(name, "that do not depend on the images"), [*nodes, *extra, *sink],
+            [*inits, *more], last="y")
     # not a whole ONNX file
     whole = good(folder / "whole.onnx").read_bytes()
     (folder / "truncated.onnx").write_bytes(whole[: len(whole) // 2])

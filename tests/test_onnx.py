@@ -238,3 +238,19 @@ def test_export_reads_the_data_as_the_run_did(tmp_path):
     r = run_cli("export", run, "--format", "onnx", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "out" / "model.json").read_text())["input"]["shape"] == ["N", 3, 12, 12]
+
+
+def test_every_builtin_export_passes_the_size_check_with_a_batch():
+    """onnx_guard.check_sizes (outputs bounded by shape inference) refuses no graph trainlab
+    writes: every built-in model, 1 and 3 channels, runs in batches of more than one image."""
+    import onnx
+
+    from trainlab import models
+    from trainlab.analysis.onnx_guard import check_sizes
+
+    for name in [n for n in models.available() if models.info(n).factory.__module__ == "trainlab.models"]:
+        for shape in ((1, 28, 28), (3, 32, 32)):
+            ckpt = {"model_spec": {"name": name, "kwargs": {}, "input_shape": list(shape), "num_classes": 10},
+                    "mean": [0.5] * shape[0], "std": [0.25] * shape[0], "config": {"tta_flip": True}}
+            blob = onnx_export.to_onnx(onnx_export.wrap(models.build(name, shape, 10).eval(), ckpt), shape, {})
+            assert check_sizes(onnx.load_from_string(blob), name, len(blob)) > 1, (name, shape)

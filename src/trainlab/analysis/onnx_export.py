@@ -101,20 +101,22 @@ def to_onnx(packaged: nn.Module, input_shape, meta: dict) -> bytes:
     return proto.SerializeToString()
 
 
-def run_graph(blob: bytes, images: torch.Tensor, num_classes: int, timeout=None, name="the exported graph"
-              ) -> np.ndarray:
-    """Probabilities from ONNX Runtime, run in a child process (onnx_run.py)."""
-    from trainlab.analysis.onnx_run import run
+def run_graph(blob: bytes, images: torch.Tensor, num_classes: int, timeout=None, name="the exported graph",
+              batch: int | None = None) -> np.ndarray:
+    """Probabilities from ONNX Runtime, run in a child process (onnx_run.py), `batch` images at a
+    time (onnx_guard.check_sizes)."""
+    from trainlab.analysis.onnx_run import BATCH, run
 
     _need("onnxruntime")
-    return run(blob, images.numpy(), num_classes, timeout=timeout, name=name)
+    return run(blob, images.numpy(), num_classes, timeout=timeout, name=name, batch=batch or BATCH)
 
 
-def parity(model_bytes: bytes, model: nn.Module, ckpt: dict, images: torch.Tensor) -> dict:
+def parity(model_bytes: bytes, model: nn.Module, ckpt: dict, images: torch.Tensor, batch: int | None = None
+           ) -> dict:
     """ONNX Runtime vs PyTorch (trainlab's own predict path) on `images`."""
     from trainlab.inference import predict_images
 
-    theirs = run_graph(model_bytes, images, ckpt["model_spec"]["num_classes"])
+    theirs = run_graph(model_bytes, images, ckpt["model_spec"]["num_classes"], batch=batch)
     ours = predict_images(model, ckpt, images).numpy()
     agree = float((theirs.argmax(1) == ours.argmax(1)).mean())
     return {"images": len(images), "argmax_agreement": agree, "max_prob_diff": float(np.abs(theirs - ours).max())}
@@ -146,9 +148,9 @@ def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor
     return x
 
 
-def readable(blob: bytes) -> None:
+def readable(blob: bytes) -> int:
     """An export predict would refuse (a registered model emitting an operator outside
-    onnx_guard.ALLOWED_OPS) is refused now, before anything is written."""
+    onnx_guard.ALLOWED_OPS) is refused now, before anything is written; the batch it runs with."""
     from trainlab.analysis import onnx_guard
 
     name = "ONNX export refused: the exported graph"
@@ -157,6 +159,7 @@ def readable(blob: bytes) -> None:
     meta = onnx_guard.check_meta(proto, name)
     onnx_guard.check_io(proto, name, meta)
     onnx_guard.check_windows(proto, name, meta)
+    return onnx_guard.check_sizes(proto, name, len(blob))
 
 
 def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:
@@ -166,8 +169,7 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
     meta = metadata(ckpt, src)
     images = _test_split(ckpt, src, data, data_dir)
     blob = to_onnx(wrap(model, ckpt), ckpt["model_spec"]["input_shape"], meta)
-    readable(blob)
-    p = parity(blob, model, ckpt, images)
+    p = parity(blob, model, ckpt, images, batch=readable(blob))
     check_parity(p)
     meta["parity"] = {**p, "split": "test", "max_prob_diff_allowed": MAX_PROB_DIFF}
     path, meta_path = out / "model.onnx", out / "model.json"
@@ -179,6 +181,10 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
 def load_onnx(path: str | Path) -> tuple[bytes, dict]:
     """(the bytes, trainlab metadata) of an exported model.onnx, checked (onnx_guard.py) before
     any runtime sees them."""
+    return _checked(path)[:2]
+
+
+def _checked(path) -> tuple[bytes, dict, int]:
     from trainlab.analysis.onnx_guard import check_file
 
     _need("onnx")
@@ -191,11 +197,12 @@ def predict_onnx(path: str | Path, images: torch.Tensor, timeout: float | None =
     ONNX Runtime is stopped after `timeout` seconds (default onnx_run.DEFAULT_TIMEOUT)."""
     from trainlab.analysis.onnx_run import DEFAULT_TIMEOUT
 
-    blob, meta = load_onnx(path)
+    blob, meta, batch = _checked(path)
     expected = tuple(meta["input"]["shape"][1:])
     if tuple(images.shape[1:]) != expected:
         raise TrainlabError(f"the images are {tuple(images.shape[1:])} but the model expects {expected} (C,H,W)")
     if images.dtype != torch.uint8:
         raise TrainlabError("the ONNX model takes uint8 images (0-255); these are float")
-    probs = run_graph(blob, images, meta["model_spec"]["num_classes"], timeout or DEFAULT_TIMEOUT, str(path))
+    probs = run_graph(blob, images, meta["model_spec"]["num_classes"], timeout or DEFAULT_TIMEOUT, str(path),
+                      batch=batch)
     return torch.from_numpy(probs), list(meta["classes"])

@@ -37,6 +37,11 @@ ALLOWED_OPS = TRAINLAB_OPS | USER_MODEL_OPS
 OPSETS = range(17, 18)  # the default-domain opsets trainlab has exported (onnx_export.OPSET)
 MAX_BYTES = 2**31 - 1  # protobuf's own limit for one message: a bigger model.onnx is not a whole one
 MAX_META_CHARS = 64 << 20  # the "trainlab" metadata entry (class names dominate)
+# what one batch's node outputs may hold together (the runtime frees most of them sooner; the
+# batch is made smaller for a model whose one image needs more), and what outputs that do not
+# grow with the batch may hold beyond the file's own bytes
+ACTIVATION_BUDGET = 2 << 30
+CONSTANT_SLACK = 64 << 20
 INPUT, OUTPUT = "images", "probabilities"
 
 
@@ -180,6 +185,73 @@ def check_windows(proto, path, meta: dict) -> None:
             _bad(path, f"its {node.op_type} node pads by {a['pads'][:8]}, beyond its window {kernel}")
 
 
+def _output_bytes(proto, n: int, path) -> dict[str, int]:
+    """Bytes of every node output when the batch is `n`, from onnx's shape inference with the
+    batch fixed and the file's own value_info ignored (it could lie)."""
+    from onnx import ModelProto, helper, shape_inference
+
+    m = ModelProto()
+    m.CopyFrom(proto)
+    del m.graph.value_info[:]
+    for vi in (*m.graph.input, *m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in (INPUT, OUTPUT) and dims:
+            dims[0].Clear()
+            dims[0].dim_value = n
+    try:
+        m = shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:  # noqa: BLE001 -- InferenceError, or a C++ error for odd protos
+        _bad(path, f"its tensor shapes do not follow from its input ({(str(e).splitlines() or [''])[0][:200]})")
+    types = {vi.name: vi.type for vi in (*m.graph.value_info, *m.graph.output)}
+    sizes = {}
+    for node in m.graph.node:
+        for name in node.output:
+            t = types.get(name)
+            dims = _dims_of(t) if t is not None else None
+            if dims is None:
+                _bad(path, f"the size of its {node.op_type} node's output {name[:100]!r} cannot be known before "
+                           "it runs (a size taken from data)")
+            try:
+                item = helper.tensor_dtype_to_np_dtype(t.tensor_type.elem_type).itemsize
+            except (KeyError, TypeError, ValueError):
+                _bad(path, f"its {node.op_type} node's output {name[:100]!r} has a type trainlab never writes")
+            sizes[name] = math.prod(dims) * item
+    return sizes
+
+
+def _dims_of(t) -> list[int] | None:
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.tensor_type.shape.dim]
+    return None if any(d < 0 for d in dims) else dims
+
+
+def check_sizes(proto, path, file_size: int) -> int:
+    """The batch this graph may run with, from what its nodes output (shape inference at batch
+    1 and 2). An allowed operator can still broadcast two small tensors into a huge one (an
+    outer product by Add, MatMul or Where; Gather with many indices; Concat of one input many
+    times): every output must grow at most linearly with the batch, what does not grow with it
+    must stay within the file's size (plus CONSTANT_SLACK), and one image's share must fit
+    ACTIVATION_BUDGET."""
+    one, two = _output_bytes(proto, 1, path), _output_bytes(proto, 2, path)
+    per_image = fixed = 0
+    for name, b1 in one.items():
+        b2 = two[name]
+        if b2 > 2 * b1 or b2 < b1:
+            _bad(path, f"its output {name[:100]!r} grows faster than the batch ({b1:,} bytes for one image, "
+                       f"{b2:,} for two)")
+        per_image += b2 - b1
+        fixed += 2 * b1 - b2
+    if fixed > 2 * file_size + CONSTANT_SLACK:
+        _bad(path, f"its nodes output {fixed:,} bytes that do not depend on the images, far more than the "
+                   f"{file_size:,} bytes of the file")
+    if per_image > ACTIVATION_BUDGET:
+        _bad(path, f"its nodes output {per_image:,} bytes for a single image (at most {ACTIVATION_BUDGET:,})")
+    from trainlab.analysis.onnx_run import BATCH
+
+    return max(1, min(BATCH, ACTIVATION_BUDGET // max(per_image, 1)))
+
+
 def _string(v, limit=100_000) -> bool:
     return isinstance(v, str) and len(v) <= limit
 
@@ -231,8 +303,9 @@ def check_meta(proto, path) -> dict:
     return meta
 
 
-def check_file(path) -> tuple[bytes, dict]:
-    """(the model's bytes, its trainlab metadata), or one sentence saying why not."""
+def check_file(path) -> tuple[bytes, dict, int]:
+    """(the model's bytes, its trainlab metadata, the batch it may run with), or one sentence
+    saying why not."""
     from trainlab.analysis.onnx_export import _need
 
     path = Path(path)
@@ -247,4 +320,4 @@ def check_file(path) -> tuple[bytes, dict]:
         _bad(path, f"it is not a valid ONNX model ({(str(e).splitlines() or [''])[0][:200]})")
     check_io(proto, path, meta)
     check_windows(proto, path, meta)
-    return blob, meta
+    return blob, meta, check_sizes(proto, path, len(blob))

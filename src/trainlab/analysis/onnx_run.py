@@ -32,12 +32,12 @@ def threads() -> int:
 
 
 def run(model: bytes, images: np.ndarray, num_classes: int, *, timeout: float | None = DEFAULT_TIMEOUT,
-        name: str = "the ONNX model") -> np.ndarray:
-    """N x num_classes float32 probabilities of uint8 N,C,H,W `images`; `timeout` None: no deadline
-    (trainlab's own freshly exported graph)."""
+        name: str = "the ONNX model", batch: int = BATCH) -> np.ndarray:
+    """N x num_classes float32 probabilities of uint8 N,C,H,W `images`, `batch` at a time (what
+    onnx_guard.check_sizes allows); `timeout` None: no deadline (trainlab's own freshly exported graph)."""
     images = np.ascontiguousarray(images, dtype=np.uint8)
     t = threads()
-    job = {"model": len(model), "shape": list(images.shape), "threads": t, "batch": BATCH, "classes": num_classes,
+    job = {"model": len(model), "shape": list(images.shape), "threads": t, "batch": max(1, min(int(batch), BATCH)), "classes": num_classes,
            "cpu_seconds": int(t * timeout) + 10 if timeout else 0, "parent": os.getpid()}
     payload = json.dumps(job).encode() + b"\n" + model + images.tobytes()
     # -I: no user site, no PYTHONPATH, not the current folder -- only the installed packages
