@@ -157,3 +157,39 @@ def test_the_cli_takes_init_map_and_reinit_head_and_refuses_them_without_init_fr
     done = run_cli(*common, "--name", "child", "--init-from", parent.run_dir, "--reinit-head", "--init-map", "x.=y.")
     assert done.returncode == 0, done.stderr
     assert "new head" in done.stderr and TINY_RUN["model"] == "mlp"
+
+
+def _many_keys(n: int) -> tuple[dict, dict]:
+    """`n` tensors under 200+ distinct prefixes on each side, the file's under 'model.backbone.'."""
+    t = torch.zeros(1)
+    own = {f"layer{i % 300}.block{i}.weight": t for i in range(n)}
+    return own, {f"model.backbone.layer{i % 300}.block{i}.weight": t for i in range(n)}
+
+
+def test_best_mapping_builds_only_the_chosen_candidate():
+    """Memory grows with the keys, not keys x candidates: 5,000 keys under 300 prefixes (400
+    candidate mappings) once held every candidate's dict at the same time (about 300 MB)."""
+    import tracemalloc
+
+    own, state = _many_keys(5000)
+    tracemalloc.start()
+    try:
+        chosen, what, n = best_mapping(own, state)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (what, n) == ("the prefix 'model.backbone.' stripped", 5000) and set(chosen) == set(own)
+    assert peak < 20 << 20, peak
+
+
+@pytest.mark.parametrize("file_prefix,own_prefix,want", [
+    ("", "", "names as they are"), ("model.", "", "the prefix 'model.' stripped"),
+    ("", "encoder.", "the prefix 'encoder.' added"), ("a.b.c.", "", "the prefix 'a.b.c.' stripped")])
+def test_best_mapping_scores_as_building_every_candidate_would(file_prefix, own_prefix, want):
+    t, u = torch.zeros(2), torch.zeros(3)
+    names = ["fc.weight", "fc.bias", "conv.0.weight", "conv.1.bias", "x"]
+    own = {own_prefix + k: (u if k == "x" else t) for k in names}
+    state = {file_prefix + k: t for k in names}  # "x" is there under its name but of another shape
+    chosen, what, n = best_mapping(own, state)
+    assert (what, n) == (want, 4)
+    assert {k for k in chosen if k in own and chosen[k].shape == own[k].shape} == {own_prefix + k for k in names[:4]}

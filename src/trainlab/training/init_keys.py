@@ -30,12 +30,19 @@ def parse_init_map(text: str | None) -> list[tuple[str, str]]:
     return pairs
 
 
-def _prefixes(keys) -> list[str]:
-    counts: Counter = Counter()
+def _by_prefix(keys) -> dict[str, list[str]]:
+    """prefix -> the keys under it, for prefixes of up to MAX_DEPTH dotted segments (each key
+    under at most MAX_DEPTH of them: the index holds at most MAX_DEPTH refs a key)."""
+    under: dict[str, list[str]] = {}
     for k in keys:
         parts = k.split(".")
         for depth in range(1, min(MAX_DEPTH, len(parts) - 1) + 1):
-            counts[".".join(parts[:depth]) + "."] += 1
+            under.setdefault(".".join(parts[:depth]) + ".", []).append(k)
+    return under
+
+
+def _prefixes(keys) -> list[str]:
+    counts = Counter({p: len(ks) for p, ks in _by_prefix(keys).items()})
     return [p for p, _ in counts.most_common(MAX_CANDIDATES)]
 
 
@@ -46,19 +53,32 @@ def rename(state: dict, pairs: list[tuple[str, str]]) -> dict:
 
 
 def best_mapping(own: dict, state: dict) -> tuple[dict, str, int]:
-    """(the renamed state, what was done, how many tensors then match `own` by name and shape)."""
-    def score(candidate: dict) -> int:
-        return sum(1 for k, v in candidate.items() if k in own and tuple(v.shape) == tuple(own[k].shape))
+    """(the renamed state, what was done, how many tensors then match `own` by name and shape).
+    Each candidate is scored by the keys it changes only (a key is under at most MAX_DEPTH
+    prefixes), and only the chosen one is built: time and memory grow with the keys, not with
+    keys x candidates (100,000 keys took 21 s and 3.6 GB when every candidate was built)."""
+    def hit(name: str, v) -> int:
+        o = own.get(name)
+        return int(o is not None and tuple(v.shape) == tuple(o.shape))
 
-    options = [(state, "names as they are")]
-    for p in _prefixes(state):
-        options.append(({(k[len(p):] if k.startswith(p) else k): v for k, v in state.items()},
-                        f"the prefix {p!r} stripped"))
-    for q in _prefixes(own):
-        options.append(({q + k: v for k, v in state.items()}, f"the prefix {q!r} added"))
-    scored = [(score(s), -i, s, what) for i, (s, what) in enumerate(options)]
-    n, _, chosen, what = max(scored, key=lambda t: (t[0], t[1]))  # most matches; ties: the earliest, simplest
-    return chosen, what, n
+    base = sum(hit(k, v) for k, v in state.items())
+    theirs, mine = _by_prefix(state), _by_prefix(own)
+    options = [(base, "names as they are", None, None)]
+    for p in _prefixes(state):  # stripped: only the keys under p change
+        options.append((base + sum(hit(k[len(p):], state[k]) - hit(k, state[k]) for k in theirs[p]),
+                        f"the prefix {p!r} stripped", p, None))
+    for q in _prefixes(own):  # added: a key matches when q + key is one of own's keys under q
+        options.append((sum(1 for o in mine[q] if o[len(q):] in state and hit(o, state[o[len(q):]])),
+                        f"the prefix {q!r} added", None, q))
+    _, _, what, strip, add = max(((n, -i, what, p, q) for i, (n, what, p, q) in enumerate(options)),
+                                 key=lambda t: (t[0], t[1]))  # most matches; ties: the earliest, simplest
+    if strip is not None:
+        chosen = {(k[len(strip):] if k.startswith(strip) else k): v for k, v in state.items()}
+    elif add is not None:
+        chosen = {add + k: v for k, v in state.items()}
+    else:
+        chosen = state
+    return chosen, what, sum(hit(k, v) for k, v in chosen.items())
 
 
 def no_match_hint(own: dict, state: dict) -> str:
