@@ -559,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainlab.cli.reports import add_commands  # evaluate, compare, report, experiment
 
     add_commands(sub)
+    from trainlab.cli.serve import add_command as add_serve  # serve
+
+    add_serve(sub)
 
     lf = sub.add_parser("lr-find", help="the learning-rate range test: a suggested rate, and its curve")
     _add_run_options(lf)
