@@ -166,6 +166,35 @@ def train_tiny(runs_dir: Path, data=None, **values):
     return train(resolve({**TINY_RUN, "runs_dir": str(runs_dir), **values}), data=data, progress=False)
 
 
+def assert_resume_bitwise(cfg: dict, runs_dir: Path, step: int, train_kw=None, resume_kw=None):
+    """Train `cfg` whole as runs_dir/full; again as runs_dir/cut, stopped by a callback after
+    `step` optimizer steps, then resumed; the two final checkpoints' weights must be bitwise
+    equal. `train_kw` / `resume_kw`: extra keywords (data=, model=, allow_import=...); a
+    callable value is called anew for each run (e.g. a fresh model). Returns the full run."""
+    import torch
+
+    import trainlab
+    from trainlab.store.checkpoint import load_checkpoint
+
+    class StopAt(trainlab.Callback):
+        def on_step_end(self, run):
+            if run.state.global_step == step:
+                run.state.stopped = "test"
+
+    def kw(d):
+        return {k: (v() if callable(v) and k == "model" else v) for k, v in (d or {}).items()}
+
+    full = trainlab.train({**cfg, "runs_dir": str(runs_dir), "name": "full"}, progress=False, **kw(train_kw))
+    trainlab.train({**cfg, "runs_dir": str(runs_dir), "name": "cut"}, progress=False, callbacks=[StopAt()],
+                   **kw(train_kw))
+    assert load_checkpoint(runs_dir / "cut" / "checkpoints" / "last.pt")["global_step"] == step
+    trainlab.resume(runs_dir / "cut", progress=False, **kw(resume_kw))
+    a = load_checkpoint(runs_dir / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(runs_dir / "cut" / "checkpoints" / "last.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return full
+
+
 def cli_env(**extra) -> dict:
     """The environment of a trainlab subprocess: this checkout's src first on PYTHONPATH, one
     thread, no TRAINLAB_DEBUG (a traceback is what the tests look for) and no test hooks

@@ -19,7 +19,8 @@ from trainlab.store.checkpoint import load_checkpoint
 # later evaluation recomputes), with flip TTA (which evaluate_run must apply as training did),
 # and a checkpoint kept every epoch.
 RUN = {"recipe": "textbook", "lr": 1e-4, "batch_size": 64, "epochs": 3, "precision": "32",
-       "hflip": True, "tta_flip": True, "save_every": 1, "keep": 0, "name": "api"}
+       "hflip": True, "tta_flip": True, "save_every": 1, "keep": 0, "name": "api",
+       "test_every_epoch": True}  # the per-epoch figures the checkpoints are checked against
 
 
 @pytest.fixture(scope="module")
@@ -101,12 +102,6 @@ def _net():
                                torch.nn.Linear(16, 10))
 
 
-class _StopAtStep(trainlab.Callback):
-    def on_step_end(self, run):
-        if run.state.global_step == 25:
-            run.state.stopped = "test"
-
-
 def test_an_nn_module_instance_trains_resumes_bitwise_and_is_asked_for_again(tiny_data, tmp_path):
     """train(cfg, model=nn.Sequential(...)) was refused ("expected str"); now it trains, records
     instance:Sequential, and evaluate / load_model / resume take the model again as model=."""
@@ -126,13 +121,10 @@ def test_an_nn_module_instance_trains_resumes_bitwise_and_is_asked_for_again(tin
     model, _ = load_model(full.run_dir, model=_net())
     assert isinstance(model, torch.nn.Sequential)
 
-    cut = trainlab.train({**cfg, "name": "cut"}, data=tiny_data, model=_net(), progress=False,
-                         callbacks=[_StopAtStep()])
-    assert load_checkpoint(cut.run_dir / "checkpoints" / "last.pt")["global_step"] == 25
-    trainlab.resume(cut.run_dir, data=tiny_data, model=_net(), progress=False)
-    a = load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(cut.run_dir / "checkpoints" / "last.pt")["model"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from conftest import assert_resume_bitwise
+
+    assert_resume_bitwise(cfg, tmp_path / "again", 25, {"data": tiny_data, "model": _net},
+                          {"data": tiny_data, "model": _net})
 
 
 def test_an_importable_class_given_to_train_is_recorded_by_its_path(tiny_data, tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, make_images
+from conftest import TINY_RUN, assert_resume_bitwise, make_images
 
 pytest.importorskip("PIL", reason="image files need Pillow")
 
@@ -51,23 +51,8 @@ def test_the_real_mnist10k_as_png_files_and_a_csv_equals_its_idx_source(mnist_as
 
 def test_it_trains_and_resumes_bitwise(mnist_as_csv, tmp_path):
     path, _ = mnist_as_csv
-
-    class StopAt(trainlab.Callback):
-        def on_step_end(self, run):
-            if run.state.global_step == 150:
-                run.state.stopped = "test"
-
-    cfg = {**TINY_RUN, "dataset": f"csv:{path}", "val_size": 1000, "batch_size": 64, "epochs": 2,
-           "runs_dir": str(tmp_path)}
-    full = trainlab.train({**cfg, "name": "full"}, progress=False)
-    assert full.test_accuracy > 0.85
-    trainlab.train({**cfg, "name": "cut"}, progress=False, callbacks=[StopAt()])
-    trainlab.resume(tmp_path / "cut", progress=False)
-    from trainlab.store.checkpoint import load_checkpoint
-
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg = {**TINY_RUN, "dataset": f"csv:{path}", "val_size": 1000, "batch_size": 64, "epochs": 2}
+    assert assert_resume_bitwise(cfg, tmp_path, 150).test_accuracy > 0.85
 
 
 def test_named_columns_class_names_and_an_edited_label_reaches_the_data(tmp_path):

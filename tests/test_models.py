@@ -225,23 +225,12 @@ def test_a_users_constructor_from_the_cli_trains_resumes_evaluates_and_exports(n
 
 def test_a_users_function_trains_from_the_library_and_resumes_bitwise(nets, tmp_path, tiny_data):
     """make(num_classes) named by path from Python: trained, stopped mid-run, resumed bitwise
-    (the module allowed by the user-level list), evaluated."""
+    (the module allowed), evaluated."""
     import trainlab
-    from conftest import TINY_RUN
+    from conftest import TINY_RUN, assert_resume_bitwise
 
-    from trainlab.store.checkpoint import load_checkpoint
-
-    class StopAt(trainlab.Callback):
-        def on_step_end(self, run):
-            if run.state.global_step == 30:
-                run.state.stopped = "test"
-
-    cfg = {**TINY_RUN, "model": "usernets:make", "epochs": 3, "runs_dir": str(tmp_path)}
-    full = trainlab.train({**cfg, "name": "full"}, data=tiny_data, progress=False)
-    trainlab.train({**cfg, "name": "cut"}, data=tiny_data, progress=False, callbacks=[StopAt()])
-    trainlab.resume(tmp_path / "cut", data=tiny_data, progress=False, allow_import=("usernets",))
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
-    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    cfg = {**TINY_RUN, "model": "usernets:make", "epochs": 3}
+    full = assert_resume_bitwise(cfg, tmp_path, 30, {"data": tiny_data},
+                                 {"data": tiny_data, "allow_import": ("usernets",)})
     summary = trainlab.evaluate_run(full.run_dir, data=tiny_data, allow_import=("usernets",))
     assert summary["accuracy"] == pytest.approx(full.test_accuracy)
