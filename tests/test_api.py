@@ -105,10 +105,9 @@ def _net():
 def test_an_nn_module_instance_trains_resumes_bitwise_and_is_asked_for_again(tiny_data, tmp_path):
     """train(cfg, model=nn.Sequential(...)) was refused ("expected str"); now it trains, records
     instance:Sequential, and evaluate / load_model / resume take the model again as model=."""
-    from conftest import TINY_RUN
+    from conftest import TINY_RUN, assert_resume_bitwise
 
     from trainlab.inference import load_model
-    from trainlab.store.checkpoint import load_checkpoint
 
     cfg = {**TINY_RUN, "runs_dir": str(tmp_path), "epochs": 3}
     full = trainlab.train({**cfg, "name": "full"}, data=tiny_data, model=_net(), progress=False)
@@ -120,9 +119,6 @@ def test_an_nn_module_instance_trains_resumes_bitwise_and_is_asked_for_again(tin
     assert summary["accuracy"] == pytest.approx(full.test_accuracy)
     model, _ = load_model(full.run_dir, model=_net())
     assert isinstance(model, torch.nn.Sequential)
-
-    from conftest import assert_resume_bitwise
-
     assert_resume_bitwise(cfg, tmp_path / "again", 25, {"data": tiny_data, "model": _net},
                           {"data": tiny_data, "model": _net})
 
