@@ -162,6 +162,7 @@ def _k(text: str, n: int) -> int:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # a stalled client never holds up the stop
+    request_queue_size = 64  # socketserver's 5 drops connects in a burst (a 1 s SYN retry each)
 
     def __init__(self, model: ServedModel, host: str, port: int):
         self.model = model
