@@ -154,7 +154,7 @@ def trainlab_run(model_name: str, data, seed: int, epochs: int, threads, runs_di
     last = hist[-1]
     return {"seed": seed, "epochs": epochs, "train_s": sum(r["train_seconds"] for r in hist),
             "epoch_s": [r["train_seconds"] for r in hist], "wall_s": wall,
-            "val_acc": last.get("val_acc"), "test_acc": last["test_acc"],
+            "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc", result.test_accuracy),
             "final_test_acc": result.test_accuracy, "precision": result.results["precision"],
             "settings": {k: v for k, v in values.items() if k not in ("runs_dir", "quiet")}}
 

@@ -339,3 +339,62 @@ def test_fit_keeps_its_one_function_shorthand(tiny_data):
     state = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, epochs=3, progress=False,
                 on_epoch_end=lambda s: s.epoch == 2)
     assert state.epoch == 2 and state.stopped == "early-stop"
+
+
+# ---------------------------------------------------------------- the test split: reported once
+
+def _epoch_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+
+
+def test_by_default_no_epoch_evaluates_logs_or_prints_the_test_split(tmp_path, tiny_data, caplog, monkeypatch):
+    from trainlab.training import loop
+
+    passes = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a: passes.append(1) or real(*a))
+    caplog.set_level("INFO", logger="trainlab")
+    result = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "quiet": False}, data=tiny_data, progress=False)
+    assert passes == [1, 1]  # one pass per epoch: validation only
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and not [k for r in rows for k in r if k.startswith("test")]
+    assert not [k for r in load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["history"] for k in r
+                if k.startswith("test")]
+    lines = _epoch_lines(caplog)
+    assert len(lines) == 2 and not [line for line in lines if "test" in line]
+    assert 0 <= result.test_accuracy <= 1  # the one test figure, at the end
+
+
+def test_test_every_epoch_evaluates_it_and_labels_it_not_for_selection_everywhere(tmp_path, tiny_data, caplog):
+    caplog.set_level("INFO", logger="trainlab")
+    result = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "quiet": False, "test_every_epoch": True},
+                            data=tiny_data, progress=False)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_note"] for r in rows] == ["not for selection"] * 2
+    assert all(0 <= r["test_acc"] <= 1 and r["test_loss"] > 0 for r in rows)
+    lines = _epoch_lines(caplog)
+    assert len(lines) == 2 and all(f"test acc {r['test_acc']:.4f} (not for selection)" in line
+                                   for r, line in zip(rows, lines))
+
+
+def test_the_final_test_summary_is_one_evaluation_of_the_restored_best(tmp_path, tiny_data, monkeypatch):
+    from trainlab.training import session
+
+    class Valleys(Callback):
+        """Before the monitor: epoch 1 is the best by validation, so early stopping restores it."""
+        order = 5
+
+        def on_epoch_end(self, run, row):
+            row["val_loss"] = {1: 0.1}.get(row["epoch"], 0.5)
+
+    calls = []
+    real = session.summarize_model
+    monkeypatch.setattr(session, "summarize_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    result = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "epochs": 4, "patience": 1, "precision": "32"},
+                            data=tiny_data, progress=False, callbacks=[Valleys()])
+    assert calls == [1]  # the test split evaluated once in the whole run
+    assert result.results["epochs"] == 2 and result.results["tested"] == {
+        "weights": "best", "epoch": 1, "ema": False, "label": "epoch 1 (best val_loss)"}
+    ckpts = result.run_dir / "checkpoints"
+    assert result.test == trainlab.evaluate_run(ckpts / "best.pt", data=tiny_data)
+    assert load_checkpoint(ckpts / "best.pt")["epoch"] == 1 and load_checkpoint(ckpts / "last.pt")["epoch"] == 2

@@ -42,8 +42,8 @@ def test_only_differing_keys_and_seed_groups(three_runs):
     seed_row = rows[0]
     assert seed_row[0] == "s0 (+1 seeds)" and seed_row[headers.index("seed")] == "0,1"
     accs = [r.test_accuracy for r in three_runs[:2]]
-    assert seed_row[headers.index("final test acc")] == mean_std(accs, pct=True)
-    assert "±" in seed_row[headers.index("final test acc")]
+    assert seed_row[headers.index("test acc")] == mean_std(accs, pct=True)
+    assert "±" in seed_row[headers.index("test acc")]
     # per class side by side: one column per group
     h, pc_rows = comp.per_class_table()
     assert h == ["class", "s0 (+1 seeds)", "tb"] and [r[0] for r in pc_rows] == [f"c{i}" for i in range(10)]
@@ -51,7 +51,9 @@ def test_only_differing_keys_and_seed_groups(three_runs):
     assert "s0 (+1 seeds)" in text and "per-class test accuracy" in text
 
 
-def test_best_validation_epoch_gap_and_time(three_runs, tmp_path):
+def test_one_test_accuracy_per_run_of_the_model_it_kept_gap_and_time(three_runs, tmp_path):
+    """The run's one test evaluation (results.json), named by the model it saw; a per-epoch
+    test_acc in old rows is never shown as a second figure."""
     run = tmp_path / "crafted"
     shutil.copytree(three_runs[0].run_dir, run)
     rows = [{"epoch": 1, "train_acc": 0.70, "val_loss": 0.9, "test_acc": 0.68, "seconds": 1.0},
@@ -60,15 +62,50 @@ def test_best_validation_epoch_gap_and_time(three_runs, tmp_path):
             {"epoch": 3, "train_acc": 0.99, "val_loss": 0.7, "test_acc": 0.83, "seconds": 2.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results = json.loads((run / "results.json").read_text())
-    results["test"]["accuracy"], results["total_seconds"] = 0.83, 4.5
+    results["test"]["accuracy"], results["total_seconds"] = 0.84, 4.5
+    results["tested"] = {"weights": "best", "epoch": 2, "ema": False, "label": "epoch 2 (best val_loss)"}
     (run / "results.json").write_text(json.dumps(results))
     stats = load_run(run).stats()
-    assert stats["best_val_epoch"] == 2 and stats["test_acc_best_val"] == 0.85
-    assert stats["test_acc_final"] == 0.83 and stats["gap"] == pytest.approx(0.16)
+    assert stats["test_acc"] == 0.84 and stats["tested"] == "epoch 2 (best val_loss)"
+    assert stats["gap"] == pytest.approx(0.90 - 0.84)  # the tested epoch's train accuracy
     assert stats["epochs"] == 3 and stats["seconds"] == 4.5
     headers, table_rows = compare_runs([run, three_runs[2].run_dir]).summary_table()
-    assert table_rows[0][headers.index("test acc @best val (epoch)")] == "85.00% (2)"
-    assert table_rows[0][headers.index("train-test gap")] == "+16.00%"
+    assert [h for h in headers if "test acc" in h] == ["test acc"]
+    assert table_rows[0][headers.index("test acc")] == "84.00%"
+    assert table_rows[0][headers.index("tested model")] == "epoch 2 (best val_loss)"
+    assert table_rows[0][headers.index("train-test gap")] == "+6.00%"
+    assert "85.00" not in " ".join(table_rows[0]) and "83.00" not in " ".join(table_rows[0])
+
+
+def test_a_real_run_says_which_model_its_test_accuracy_is_of(tiny_data, tmp_path):
+    plain = train_tiny(tmp_path, tiny_data, name="plain", epochs=2)
+    stopped = train_tiny(tmp_path, tiny_data, name="es", epochs=2, patience=5, ema=0.9)
+    assert plain.results["tested"]["label"] == "epoch 2 (last)"
+    best = stopped.results["best"]["epoch"]
+    assert stopped.results["tested"] == {"weights": "best", "epoch": best, "ema": True,
+                                         "label": f"epoch {best} (best val_loss), EMA weights"}
+    # a run folder from before results.json said it: told from its config
+    del plain.results["tested"]
+    (plain.run_dir / "results.json").write_text(json.dumps(plain.results))
+    assert load_run(plain.run_dir).tested() == "epoch 2 (last)"
+
+
+def test_two_runs_of_one_seed_are_repeats_not_two_seeds(tiny_data, tmp_path):
+    a = train_tiny(tmp_path, tiny_data, name="a", batch_size=FAST_BATCH, seed=0)
+    b = train_tiny(tmp_path, tiny_data, name="b", batch_size=FAST_BATCH, seed=0)
+    c = train_tiny(tmp_path, tiny_data, name="c", batch_size=FAST_BATCH, seed=1)
+    comp = compare_runs([a.run_dir, b.run_dir])
+    headers, rows = comp.summary_table()
+    assert [g.name for g in comp.groups] == ["a (+1 runs, 1 seed)"]
+    assert "±" not in rows[0][headers.index("test acc")]  # one seed: no spread to show
+    assert any("a, b share seed 0" in n for n in comp.notes)
+    comp = compare_runs([a.run_dir, b.run_dir, c.run_dir])
+    assert [g.name for g in comp.groups] == ["a (+2 runs, 2 seeds)"]
+    headers, rows = comp.summary_table()
+    # the spread is over the two seeds (seed 0's repeats averaged first)
+    per_seed = [(a.test_accuracy + b.test_accuracy) / 2, c.test_accuracy]
+    assert rows[0][headers.index("test acc")] == mean_std(per_seed, pct=True)
+    assert "(+2 runs, 2 seeds)" in comp.text()
 
 
 def test_different_data_is_flagged_not_grouped(tiny_data, tmp_path):

@@ -52,9 +52,10 @@ def max_diff(a, b):
 
 def test_two_ranks_match_one_process_with_the_same_global_batch(idx_dir, tmp_path):
     """400 samples / global batch 40 = 10 SGD-momentum steps: 2 ranks x 20 == 1 x 40."""
-    two = run_cli(*common(idx_dir, tmp_path, "two", *SGD, "--batch-size", "40"), nproc=2)
+    # --test-every-epoch: the per-epoch test sums are all-reduced too (checked below)
+    two = run_cli(*common(idx_dir, tmp_path, "two", *SGD, "--batch-size", "40", "--test-every-epoch"), nproc=2)
     assert two.returncode == 0, two.stderr[-2000:]
-    one = run_cli(*common(idx_dir, tmp_path, "one", *SGD, "--batch-size", "40"))
+    one = run_cli(*common(idx_dir, tmp_path, "one", *SGD, "--batch-size", "40", "--test-every-epoch"))
     assert one.returncode == 0, one.stderr[-2000:]
     half = run_cli(*common(idx_dir, tmp_path, "half", *SGD, "--batch-size", "20"))
     assert half.returncode == 0, half.stderr[-2000:]

@@ -48,6 +48,7 @@ def test_fit_learns_and_records_history(tiny_data):
         assert row["epoch"] == i and row["global_step"] == i * len(train)
         assert row["lr"] == pytest.approx(1e-3)
         assert all(math.isfinite(row[k]) for k in HISTORY_KEYS)
+    assert all(row["test_note"] == "not for selection" for row in state.history)  # a test_loader given: labelled
     last = state.history[-1]
     assert last["test_acc"] > 0.8 and last["val_acc"] > 0.8  # chance is 0.1
     assert last["train_loss"] < state.history[0]["train_loss"]

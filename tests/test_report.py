@@ -234,9 +234,29 @@ def test_report_is_one_self_contained_file(report_file, idx_runs):
         assert base64.b64decode(b64)[:8] == b"\x89PNG\r\n\x1a\n"
     for run in idx_runs[1]:
         assert run.name in text
-    for heading in ("Comparison", "Per class", "Confusion matrix", "Highest-loss mistakes", "Train vs test"):
+    for heading in ("Comparison", "Per class", "Confusion matrix", "Highest-loss mistakes", "Train vs validation"):
         assert heading in text
     assert "shirt" in text and "(+1 seeds)" in text  # class names; the seed group
+
+
+def test_report_shows_one_test_accuracy_per_run_its_model_and_the_epochs_trained(tiny_data, tmp_path):
+    """One test figure per run, named by the model it is of; an extended run's real epoch count
+    (resume --epochs rewrites config.toml) and an early stop's trained-of-planned."""
+    from trainlab.analysis.report import write_report
+    from trainlab.training.resume import resume
+
+    plain = train_tiny(tmp_path, tiny_data, name="plain", epochs=1)
+    resume(plain.run_dir, epochs=2, data=tiny_data, progress=False)
+    assert "epochs = 2" in (plain.run_dir / "config.toml").read_text()
+    stopped = train_tiny(tmp_path, tiny_data, name="es", epochs=6, patience=1, lr=5.0, val_size=100)
+    text = write_report([plain.run_dir, stopped.run_dir], tmp_path / "r.html", data=tiny_data).read_text()
+    assert "test acc @best val" not in text and "final test acc" not in text
+    assert re.findall(r"<th>[^<]*test acc[^<]*</th>", text) == ["<th>test acc</th>"]
+    assert "2 epochs, optimizer" in text and "of the model at epoch 2 (last)" in text
+    trained, best = stopped.results["epochs"], stopped.results["best"]["epoch"]
+    assert trained < 6, "the premise: early stopping stopped it"
+    assert f"{trained} epochs (of 6 planned)" in text
+    assert f"of the model at epoch {best} (best val_loss)" in text
 
 
 def test_report_in_headless_chromium(chromium, report_file):

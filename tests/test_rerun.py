@@ -242,3 +242,22 @@ def test_the_same_command_with_more_epochs_is_refused_not_silently_extended(tmp_
     resume(first.run_dir, epochs=3, data=tiny_data, progress=False)
     assert load_toml(first.run_dir / "config.toml")["epochs"] == 3
     assert train_tiny(tmp_path, tiny_data, name="Y", epochs=3).results["epochs"] == 3  # finished at 3
+
+
+def test_test_every_epoch_is_free_old_folders_compare_equal_and_resume_may_turn_it_on(tmp_path, tiny_data):
+    """A run folder from before the key existed (config.toml without it) is the same run on a re-run;
+    the key changes no number, so a re-run or a resume may set it."""
+    from conftest import train_tiny
+
+    from trainlab.api import resume
+    from trainlab.config import load_toml, resolve
+
+    assert resolve({}).test_every_epoch is None and "test_every_epoch" not in resolve({}).to_dict()
+    first = train_tiny(tmp_path, tiny_data, name="old", epochs=2)
+    assert "test_every_epoch" not in load_toml(first.run_dir / "config.toml")  # as an older trainlab wrote it
+    again = train_tiny(tmp_path, tiny_data, name="old", epochs=2, test_every_epoch=True)  # finished: reported
+    assert len(again.history) == 2
+    resume(first.run_dir, epochs=3, data=tiny_data, progress=False, overrides={"test_every_epoch": True})
+    rows = epoch_rows(first.run_dir)
+    assert [("test_acc" in r, r.get("test_note")) for r in rows] == [(False, None), (False, None),
+                                                                      (True, "not for selection")]

@@ -416,3 +416,33 @@ def test_the_nan_advice_is_not_given_twice(idx_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "this run was already resumed from best.pt (epoch 1) at lr 10 and diverged again" in err, err
     assert "trainlab resume" not in err and "--lr 1 --grad-clip 1.0 --restart" in err, err
+
+
+# ---------------------------------------------------------------- one name for one resume point
+
+@pytest.mark.parametrize("mid_epoch", [True, False])
+def test_the_interrupt_the_resume_line_and_the_resume_event_name_one_point_alike(idx_dir, tmp_path, caplog, mid_epoch):
+    """Stopped by SIGTERM mid-epoch (or at an epoch's end): the message, the console's resume line
+    and metrics.jsonl's resume event say the same epoch; the event's `epoch` counts epochs complete."""
+    import signal
+
+    from trainlab.training.callbacks import Callback
+    from trainlab.training.signals import Interrupted
+
+    steps = 6  # (300 - 100) / 50 = 4 steps an epoch: the stop falls in epoch 2
+
+    class Term(Callback):
+        def on_step_end(self, run):
+            if run.state.global_step == (steps if mid_epoch else 8):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as e:
+        train(cfg(idx_dir, tmp_path, "t", epochs=3), progress=False, callbacks=[Term()])
+    words = "epoch 2, step 2" if mid_epoch else "the end of epoch 2"
+    assert f"stopped at {words} and saved" in str(e.value)
+    caplog.set_level("INFO", logger="trainlab")
+    resume(tmp_path / "t", progress=False)
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("resume: ")
+            ][-1].endswith(f"from last.pt at {words}")
+    event = [r for r in read_metrics(tmp_path / "t") if r.get("event") == "resume"][-1]
+    assert event["at"] == words and event["epoch"] == (1 if mid_epoch else 2)

@@ -78,6 +78,16 @@ def test_a_sweep_makes_each_trial_a_run_folder_and_selects_on_validation(tmp_pat
     assert saved["best"]["number"] == result.best["number"]
     assert set(saved["importances"]) == {"lr", "batch_size", "model_kwargs.dropout"}
     assert (tmp_path / "sw" / "sweep.png").stat().st_size > 1000  # parameter vs score, per parameter
+    # the study never sees a test figure: the winner's is read from its run folder, once
+    import optuna
+
+    from trainlab.analysis import sweep_storage
+
+    study = optuna.load_study(study_name="trainlab", storage=sweep_storage.open_storage(tmp_path / "sw", None))
+    assert study.trials and not [k for t in study.trials for k in t.user_attrs if "test" in k]
+    assert not [k for t in result.trials for k in t if "test" in k]
+    winner = json.loads((tmp_path / "sw" / "trials" / result.best["run"] / "results.json").read_text())
+    assert result.best["test_accuracy"] == winner["test"]["accuracy"] == saved["best"]["test_accuracy"]
 
 
 def test_kill_9_then_the_same_command_keeps_finished_trials_and_resumes_the_interrupted(tmp_path, idx_dir):

@@ -106,6 +106,16 @@ def test_run_summary_of_a_train_result():
     assert lines[-1] == "  most confused: Trouser -> T-shirt/top (1000); T-shirt/top -> Trouser (223)"
 
 
+def test_run_summary_says_which_model_the_one_test_accuracy_is_of():
+    result = SimpleNamespace(test=summary(), history=[{}] * 10, device="cpu",
+                             results={"seconds_per_epoch": 0.714, "test_split": "held-out 10k split",
+                                      "tested": {"weights": "best", "epoch": 7, "ema": False,
+                                                 "label": "epoch 7 (best val_loss)"}})
+    assert run_summary("r", result).splitlines()[1] == (
+        "  test accuracy 89.01% of the model at epoch 7 (best val_loss) on the held-out 10k split | "
+        "10 epochs | 0.71 s/epoch | device cpu")
+
+
 def test_predictions_table():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.15, 0.8]])
     classes = ["a", "b", "c"]

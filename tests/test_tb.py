@@ -20,27 +20,35 @@ def read_events(folder):
     return acc
 
 
-EPOCH_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "loss/test": "test_loss",
-              "acc/train": "train_acc", "acc/val": "val_acc", "acc/test": "test_acc", "lr": "lr",
-              "time/train_seconds": "train_seconds"}
+EPOCH_TAGS = {"loss/train": "train_loss", "loss/val": "val_loss", "acc/train": "train_acc", "acc/val": "val_acc",
+              "lr": "lr", "time/train_seconds": "train_seconds"}
+# only with test_every_epoch, and tagged for what they are
+TEST_TAGS = {"loss/test_not_for_selection": "test_loss", "acc/test_not_for_selection": "test_acc"}
 
 
-def test_a_tensorboard_run_writes_every_epoch_scalar_and_the_confusion_image(tiny_data, tmp_path):
+@pytest.mark.parametrize("every_epoch", [False, True])
+def test_a_tensorboard_run_writes_every_epoch_scalar_and_the_confusion_image(tiny_data, tmp_path, every_epoch):
     """`tensorboard = true` in a real run: the events in the run folder, read back with
-    TensorBoard's own reader, hold one value per epoch of each metric and the final matrix."""
+    TensorBoard's own reader, hold one value per epoch of each metric, the one final test
+    accuracy and the final matrix; per-epoch test scalars only when asked, tagged not for selection."""
     # float32: the last epoch's test accuracy is then exactly the final model's (below)
-    result = train_tiny(tmp_path, tiny_data, epochs=3, precision="32", tensorboard=True)
+    result = train_tiny(tmp_path, tiny_data, epochs=3, precision="32", tensorboard=True,
+                        **({"test_every_epoch": True} if every_epoch else {}))
     events = list(result.run_dir.glob("events.out.tfevents.*"))
     assert len(events) == 1, events  # in the run folder itself: `tensorboard --logdir runs` lists it
     acc = read_events(result.run_dir)
-    assert set(acc.Tags()["scalars"]) == set(EPOCH_TAGS)
+    tags = {**EPOCH_TAGS, **(TEST_TAGS if every_epoch else {})}
+    assert set(acc.Tags()["scalars"]) == set(tags) | {"acc/test_final"}
     history = result.history
     assert [r["epoch"] for r in history] == [1, 2, 3]
-    for tag, key in EPOCH_TAGS.items():
+    for tag, key in tags.items():
         scalars = acc.Scalars(tag)
         assert [e.step for e in scalars] == [1, 2, 3], tag
         assert [e.value for e in scalars] == pytest.approx([r[key] for r in history], rel=1e-6), tag
-    assert acc.Scalars("acc/test")[-1].value == pytest.approx(result.test_accuracy, abs=1e-6)
+    final = acc.Scalars("acc/test_final")
+    assert [e.step for e in final] == [3] and final[0].value == pytest.approx(result.test_accuracy, abs=1e-6)
+    if every_epoch:
+        assert acc.Scalars("acc/test_not_for_selection")[-1].value == pytest.approx(result.test_accuracy, abs=1e-6)
     images = acc.Images("confusion_matrix")
     assert [i.step for i in images] == [3]  # logged once, at the end, with the final epoch as step
     assert images[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n" and images[0].width > 100
@@ -54,7 +62,7 @@ def test_without_tensorboard_a_run_writes_no_events(tiny_data, tmp_path):
 def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
     from trainlab.training.tensorboard import TensorBoardLogger
 
-    result = train_tiny(tmp_path, tiny_data)
+    result = train_tiny(tmp_path, tiny_data, test_every_epoch=True)
     rows = runs.read_metrics(result.run_dir)
     rows.insert(1, {"event": "resume", "from": "last.pt", "epoch": 1, "step": 0})  # a marker: skipped
     with TensorBoardLogger(result.run_dir) as tb:
@@ -64,9 +72,10 @@ def test_epoch_scalars_and_confusion_image(tiny_data, tmp_path):
 
     acc = read_events(result.run_dir)
     tags = set(acc.Tags()["scalars"])
-    assert {"loss/train", "loss/val", "loss/test", "acc/train", "acc/val", "acc/test", "lr"} <= tags
+    assert {"loss/train", "loss/val", "loss/test_not_for_selection", "acc/train", "acc/val",
+            "acc/test_not_for_selection", "lr"} <= tags
     history = result.history
-    for tag, key in (("loss/train", "train_loss"), ("acc/test", "test_acc"), ("loss/val", "val_loss"),
+    for tag, key in (("loss/train", "train_loss"), ("acc/test_not_for_selection", "test_acc"), ("loss/val", "val_loss"),
                      ("lr", "lr")):
         events = acc.Scalars(tag)
         assert [e.step for e in events] == [1, 2]

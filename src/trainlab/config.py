@@ -63,6 +63,9 @@ class Config:
     save_every: int = 0  # also keep epoch-NNNN.pt every N epochs; 0 = off
     keep: int = 3  # how many epoch-NNNN.pt files to keep; 0 = all
     tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
+    # also evaluate the test split every epoch, labelled "not for selection" (None = off: the test
+    # split is evaluated once, at the end, on the model chosen by validation)
+    test_every_epoch: bool | None = None
     # speed options: same numbers up to float rounding (see benchmarks/RESULTS.md)
     compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
     channels_last: bool | None = None  # NHWC layout; None = on for models registered conv (measured 1.4x)

@@ -284,7 +284,7 @@ def resume_overlay(with_state: list[dict], without_state: list[dict], fork_epoch
 
 
 def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> Saved:
-    """Several runs' curves in one figure: loss (val solid, train dotted) and test accuracy."""
+    """Several runs' curves in one figure: loss and accuracy (val solid, train dotted)."""
     fig = _figure(11, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
     cmap = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
@@ -295,10 +295,13 @@ def compare_overlay(histories: dict[str, list[dict]], out, title: str = "") -> S
         val_key = "val_loss" if _series(rows, "val_loss")[0] else "test_loss"
         ax_loss.plot(*_series(rows, val_key), color=color, label=_label(f"{name} ({val_key.split('_')[0]})"))
         ax_loss.plot(*_series(rows, "train_loss"), color=color, ls=":", lw=1)
-        ax_acc.plot(*_series(rows, "test_acc"), color=color, marker="o", ms=2.5, label=_label(name))
+        # validation, as the loss panel: per-epoch test accuracy exists only when asked for, never to choose by
+        acc_key = "val_acc" if _series(rows, "val_acc")[0] else "test_acc"
+        ax_acc.plot(*_series(rows, acc_key), color=color, marker="o", ms=2.5,
+                    label=_label(f"{name} ({acc_key.split('_')[0]})"))
         ax_acc.plot(*_series(rows, "train_acc"), color=color, ls=":", lw=1)
     ax_loss.set_ylabel("loss (solid: val, dotted: train)")
-    ax_acc.set_ylabel("accuracy (solid: test, dotted: train)")
+    ax_acc.set_ylabel("accuracy (solid: val, dotted: train)")
     for ax in (ax_loss, ax_acc):
         _epoch_axis(ax)
     ax_acc.legend(fontsize=7)

@@ -1,9 +1,11 @@
 """Compare finished runs: what differs in their configs, and what that did to the results.
 
 `compare_runs(paths)` loads run folders and builds the tables `trainlab compare` prints
-and the report shows. Runs whose configs differ only by `seed` form one group, shown as
-mean ± std (sample std). Runs trained on different data (different split hashes, data
-set or validation split) are flagged in `warnings`, never averaged together.
+and the report shows. Each run has ONE test accuracy: its final evaluation (results.json), of
+the model it kept, named beside it. Runs whose configs differ only by `seed` form one group,
+shown as mean ± std (sample std) over distinct seeds (repeats of one seed are averaged first and
+named in a note). Runs trained on different data (different split hashes, data set or
+validation split) are flagged in `warnings`, never averaged together.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
 
 # Keys that name or place a run, or only change what it prints or saves: never a "difference".
-IGNORED_KEYS = ("name", "runs_dir", "quiet", "tensorboard", "save_every", "keep")
+IGNORED_KEYS = ("name", "runs_dir", "quiet", "tensorboard", "test_every_epoch", "save_every", "keep")
 
 
 @dataclass
@@ -35,32 +37,42 @@ class RunRecord:
     def test(self) -> dict | None:
         return self.results.get("test") if self.results else None
 
-    def best_val_row(self) -> dict | None:
-        """The epoch with the lowest validation loss (model selection never looks at test)."""
-        rows = [r for r in self.history if _finite(r.get("val_loss"))]
-        return min(rows, key=lambda r: r["val_loss"]) if rows else None
+    def tested(self) -> str:
+        """Which model the test accuracy is of: results.json says (runs before it did are told
+        from their config: early stopping restored the best, else the last epoch's weights)."""
+        if self.results is None:
+            return "none (unfinished)"
+        label = (self.results.get("tested") or {}).get("label")
+        if isinstance(label, str):
+            return label
+        best = self.results.get("best") if isinstance(self.results.get("best"), dict) else {}
+        if (self.config.get("patience") or 0) > 0 and isinstance(best.get("epoch"), int) and best["epoch"] > 0:
+            text = f"epoch {best['epoch']} (best {best.get('metric', 'val_loss')})"
+        else:
+            text = f"epoch {self.results.get('epochs', '?')} (last)"
+        return text + (", EMA weights" if (self.config.get("ema") or 0) > 0 else "")
 
-    def final_test_acc(self) -> float:
-        """Test accuracy after the last epoch trained (not of a restored best model)."""
-        if self.history and _finite(self.history[-1].get("test_acc")):
-            return self.history[-1]["test_acc"]
-        return self.test["accuracy"] if self.test else math.nan
+    def tested_epoch(self) -> int | None:
+        tested = (self.results or {}).get("tested") or {}
+        if isinstance(tested.get("epoch"), int):
+            return tested["epoch"]
+        text = self.tested()
+        return int(text.split()[1]) if text.startswith("epoch ") and text.split()[1].isdigit() else None
 
     def stats(self) -> dict:
-        best = self.best_val_row()
-        last = self.history[-1] if self.history else {}
-        final = self.final_test_acc()
+        test = self.test["accuracy"] if self.test and _finite(self.test.get("accuracy")) else math.nan
+        epoch = self.tested_epoch()
+        row = next((r for r in self.history if r.get("epoch") == epoch), {})
         seconds = (self.results or {}).get("total_seconds")
         if seconds is None:
             seconds = sum(r.get("seconds", 0.0) for r in self.history)
         return {
-            "best_val_epoch": best["epoch"] if best else None,
-            "test_acc_best_val": best.get("test_acc", math.nan) if best else math.nan,
-            "test_acc_final": final,
-            # train_acc is the running accuracy of the last epoch, measured with dropout and
-            # augmentation on: it understates the true train accuracy (so the gap too)
-            "gap": last.get("train_acc", math.nan) - final,
-            "epochs": last.get("epoch", 0),
+            "test_acc": test,
+            "tested": self.tested(),
+            # train_acc is the running accuracy of the tested model's epoch, measured with dropout
+            # and augmentation on: it understates the true train accuracy (so the gap too)
+            "gap": row.get("train_acc", math.nan) - test,
+            "epochs": self.history[-1].get("epoch", 0) if self.history else 0,
             "seconds": seconds,
         }
 
@@ -107,6 +119,10 @@ def _check_shape(path: Path, meta, results) -> None:
         return
     if not isinstance(results, dict):
         bad(runs.RESULTS_FILE, "not a JSON object")
+    tested = results.get("tested")
+    if tested is not None and not (isinstance(tested, dict) and isinstance(tested.get("label", ""), str)
+                                   and isinstance(tested.get("epoch", 0), int)):
+        bad(runs.RESULTS_FILE, "tested is not a table with a label and an epoch")
     for key in ("total_seconds", "seconds_per_epoch", "epochs"):
         if results.get(key) is not None and not isinstance(results[key], (int, float)):
             bad(runs.RESULTS_FILE, f"{key} is not a number")
@@ -150,9 +166,30 @@ class Group:
     data: str  # data group letter: A, B, ...
 
     @property
+    def seeds(self) -> dict:
+        """{seed: [runs]}: the distinct seeds of the group, in order of appearance."""
+        by_seed: dict = {}
+        for r in self.runs:
+            by_seed.setdefault(_show(r.config.get("seed", 0)), []).append(r)
+        return by_seed
+
+    @property
     def name(self) -> str:
-        first = self.runs[0].name
-        return first if len(self.runs) == 1 else f"{first} (+{len(self.runs) - 1} seeds)"
+        first, n, seeds = self.runs[0].name, len(self.runs), len(self.seeds)
+        if n == 1:
+            return first
+        if seeds == n:
+            return f"{first} (+{n - 1} seeds)"
+        return f"{first} (+{n - 1} runs, {seeds} seed{'s' if seeds > 1 else ''})"
+
+    def per_seed(self, values: list[float]) -> list[float]:
+        """One value per distinct seed (repeats of a seed averaged): the spread is the seeds'."""
+        index = {id(r): v for r, v in zip(self.runs, values)}
+        out = []
+        for members in self.seeds.values():
+            vals = [index[id(r)] for r in members if _finite(index[id(r)])]
+            out.append(statistics.fmean(vals) if vals else math.nan)
+        return out
 
 
 @dataclass
@@ -164,20 +201,16 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
 
     def summary_table(self) -> tuple[list[str], list[list[str]]]:
-        headers = ["run", *self.diff_keys, "data", "epochs", "test acc @best val (epoch)",
-                   "final test acc", "train-test gap", "time"]
+        headers = ["run", *self.diff_keys, "data", "epochs", "test acc", "tested model", "train-test gap", "time"]
         rows = []
         for g in self.groups:
             stats = [r.stats() for r in g.runs]
             col = lambda k: [s[k] for s in stats]  # noqa: E731
             cfg_cells = [_config_cell(g, k) for k in self.diff_keys]
-            best_epochs = sorted({s["best_val_epoch"] for s in stats if s["best_val_epoch"]})
-            best = mean_std(col("test_acc_best_val"), pct=True)
-            if best_epochs:
-                best += f" ({','.join(map(str, best_epochs))})"
-            rows.append([g.name, *cfg_cells, g.data, _epochs_cell(col("epochs")), best,
-                         mean_std(col("test_acc_final"), pct=True),
-                         mean_std(col("gap"), pct=True, signed=True), _time(statistics.fmean(col("seconds")))])
+            rows.append([g.name, *cfg_cells, g.data, _epochs_cell(col("epochs")),
+                         mean_std(g.per_seed(col("test_acc")), pct=True), "; ".join(dict.fromkeys(col("tested"))),
+                         mean_std(g.per_seed(col("gap")), pct=True, signed=True),
+                         _time(statistics.fmean(col("seconds")))])
         return headers, rows
 
     def per_class_table(self) -> tuple[list[str], list[list[str]]]:
@@ -185,7 +218,7 @@ class Comparison:
         for r in self.runs:
             classes += [c for c in r.per_class_acc() if c not in classes]
         headers = ["class", *[g.name for g in self.groups]]
-        rows = [[c, *[mean_std([r.per_class_acc().get(c, math.nan) for r in g.runs], pct=True)
+        rows = [[c, *[mean_std(g.per_seed([r.per_class_acc().get(c, math.nan) for r in g.runs]), pct=True)
                       for g in self.groups]] for c in classes]
         return headers, rows
 
@@ -269,8 +302,8 @@ def compare_runs(paths: list[str | Path]) -> Comparison:
                      "but the bytes are identical (same split hashes)")
     unfinished = [r.name for r in records if r.results is None]
     if unfinished:
-        warnings.append(f"UNFINISHED (no results.json): {', '.join(unfinished)}; their numbers come "
-                        "from the last recorded epoch")
+        warnings.append(f"UNFINISHED (no results.json): {', '.join(unfinished)}; they have no test "
+                        "accuracy yet (the test split is evaluated once, when a run finishes)")
 
     # seed groups: same data and the same config apart from the seed
     groups: dict[tuple, Group] = {}
@@ -281,6 +314,11 @@ def compare_runs(paths: list[str | Path]) -> Comparison:
             groups[key].runs.append(r)
         else:
             groups[key] = Group([r], letters[data_key(r)])
+    for g in groups.values():
+        for seed, members in g.seeds.items():
+            if len(members) > 1:
+                notes.append(f"{', '.join(r.name for r in members)} share seed {seed} and their config: "
+                             "repeats of one run, averaged as one seed (a spread needs distinct seeds)")
     return Comparison(records, list(groups.values()), diff, warnings, notes)
 
 

@@ -85,7 +85,7 @@ def _ensure_evaluated(run: RunRecord, data_dir, device, data, allow_import=()) -
         evaluate_run_full(run.path, data_dir=data_dir, device=device, data=data, plots_flag=True,
                           allow_import=allow_import)
     elif not (run.path / PLOTS_DIR / "curves.png").exists() and run.history:
-        plots.curves(run.history, run.path / PLOTS_DIR / "curves", f"{run.name}: train vs test")
+        plots.curves(run.history, run.path / PLOTS_DIR / "curves", f"{run.name}: train vs validation")
     return load_evaluation(run.path)
 
 
@@ -102,17 +102,21 @@ def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
     summary = (evaluation or {}).get("test") or run.test or {}
     cfg = run.config
     figs = run.path / PLOTS_DIR
+    # the epochs trained (results.json, else the rows), beside the plan when they differ
+    trained = (run.results or {}).get("epochs", run.history[-1]["epoch"] if run.history else 0)
+    epochs = f"{trained} epochs" + (f" (of {cfg.get('epochs')} planned)" if cfg.get("epochs") != trained else "")
     out = [f'<section id="run-{i}"><h2>{_esc(run.name)}</h2>',
            f'<p class="meta">model <code>{_esc(cfg.get("model"))}</code>, recipe '
-           f'<code>{_esc(cfg.get("recipe"))}</code>, {_esc(cfg.get("epochs"))} epochs, optimizer '
+           f'<code>{_esc(cfg.get("recipe"))}</code>, {_esc(epochs)}, optimizer '
            f'{_esc(cfg.get("optimizer"))} lr {_esc(cfg.get("lr"))}, batch {_esc(cfg.get("batch_size"))}, '
            f'seed {_esc(cfg.get("seed"))} | device {_esc((run.results or {}).get("device", "?"))} | '
            f'folder <code>{_esc(run.path)}</code></p>']
     if summary:
-        out.append(f"<p><b>test accuracy {percent(summary.get('accuracy'))}</b>, macro F1 "
+        out.append(f"<p><b>test accuracy {percent(summary.get('accuracy'))}</b> of the model at "
+                   f"{_esc(run.tested())}, macro F1 "
                    f"{percent((summary.get('macro') or {}).get('f1'))}; hardest classes: "
                    f"{_esc(hardest_classes(summary))}</p>")
-    out.append("<h3>Train vs test</h3>" + _img(figs / "curves.png", "train and test curves"))
+    out.append("<h3>Train vs validation</h3>" + _img(figs / "curves.png", "train and validation curves"))
     # train figures are running averages in training mode (dropout, augmentation on)
     note = "Train loss and accuracy are running averages over each epoch, in training mode"
     if (cfg.get("label_smoothing") or 0) > 0:
@@ -141,9 +145,10 @@ def _comparison_section(comp: Comparison, tmp: Path) -> str:
     out += [f'<p class="warn">{_esc(w)}</p>' for w in comp.warnings]
     out += [f'<p class="note">{_esc(n)}</p>' for n in comp.notes]
     out.append('<div class="scroll">' + _table(*comp.summary_table()) + "</div>")
-    out.append('<p class="meta">Best-validation epoch: lowest validation loss; the test accuracy '
-               "at that epoch is what selecting by validation would have given. Gap: final running "
-               "train accuracy minus final test accuracy. Seeds of one configuration: mean ± std.</p>")
+    out.append('<p class="meta">Test acc: each run\'s one test evaluation, at the end, of the model it kept '
+               "(tested model: the best by validation when early stopping restored it, else the last "
+               "epoch's; the EMA weights when EMA is on). Gap: that epoch's running train accuracy minus "
+               "the test accuracy. Seeds of one configuration: mean ± std over distinct seeds.</p>")
     if any(r.history for r in comp.runs):
         fig = plots.compare_overlay(comp.histories(), tmp / "overlay")
         out.append(_img(fig.png, "curves of all runs"))

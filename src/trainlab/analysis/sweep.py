@@ -172,7 +172,6 @@ def _objective(space: Space, out: Path, threads: int | None, data):
                 raise SameFailure(f"as trial {same.number}: {same.user_attrs.get('fail_reason', 'failed')}")
             if same.value is None:
                 raise optuna.TrialPruned()
-            trial.set_user_attr("test_accuracy", same.user_attrs.get("test_accuracy"))
             return same.value
         folder = out / TRIALS / name
         if folder.is_symlink():
@@ -181,8 +180,9 @@ def _objective(space: Space, out: Path, threads: int | None, data):
         values.update(name=name, runs_dir=str(out / TRIALS), quiet=True, **({"threads": threads} if threads else {}))
         cfg = resolve(values, origin=f"{space.source}: trial {trial.number} {draw}")
         report = ReportToOptuna(trial, cfg.monitor)
+        # the study sees validation only: no test figure enters a trial's attributes (the winner's
+        # is read from its run folder once, by summarize)
         result = train(cfg, data=data, progress=False, callbacks=[report])
-        trial.set_user_attr("test_accuracy", result.test["accuracy"])  # reported, never selected on
         if report.pruned or result.results.get("stopped") == "pruned":
             raise optuna.TrialPruned()
         return result.results["best"]["value"]
@@ -387,7 +387,7 @@ def summarize(out: str | Path, storage: str | None = None) -> SweepResult:
     study = optuna.load_study(study_name="trainlab", storage=sweep_storage.open_storage(out, storage))
     finished, skipped = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL), _not_counted(study)
     rows = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-             "run": t.user_attrs.get("run"), "test_accuracy": t.user_attrs.get("test_accuracy"),
+             "run": t.user_attrs.get("run"), **({"same_as": t.user_attrs["same_as"]} if "same_as" in t.user_attrs else {}),
              **({"reason": t.user_attrs["fail_reason"]} if "fail_reason" in t.user_attrs else {})}
             for t in study.get_trials(deepcopy=False, states=finished) if t.number not in skipped]
     complete = [r for r in rows if r["state"] == "COMPLETE"]
@@ -398,7 +398,8 @@ def summarize(out: str | Path, storage: str | None = None) -> SweepResult:
                             "the same command again to continue")
     maximize = study.direction.name == "MAXIMIZE"
     ranked = sorted(complete, key=lambda r: r["value"], reverse=maximize)
-    best, top = ranked[0], [r["value"] for r in ranked[:5]]
+    best, top = dict(ranked[0]), [r["value"] for r in ranked[:5]]
+    best["test_accuracy"] = _winner_test_accuracy(out, best, rows)  # the one test figure, after selection
     summary = {"trials": len(rows), "complete": len(complete), "failed": len(failed),
                "pruned": len(rows) - len(complete) - len(failed), "best": best, "direction": study.direction.name.lower(),
                # the winner's validation score is the best of many noisy draws: the spread of the
@@ -414,6 +415,21 @@ def summarize(out: str | Path, storage: str | None = None) -> SweepResult:
     summary["rows"] = rows
     runs.write_json(out / SUMMARY, summary)
     return SweepResult(out, rows, best, summary)
+
+
+def _winner_test_accuracy(out: Path, best: dict, rows: list[dict]) -> float | None:
+    """The winner's test accuracy from its run's results.json (a trial that repeated an earlier
+    draw has the earlier trial's folder); None when it cannot be read."""
+    run = best.get("run")
+    if "same_as" in best:
+        run = next((r["run"] for r in rows if r["number"] == best["same_as"]), run)
+    path = out / TRIALS / str(run) / runs.RESULTS_FILE
+    try:
+        acc = (runs.read_results(path).get("test") or {}).get("accuracy") if path.is_file() else None
+    except TrainlabError as e:
+        log.warning("sweep: the winner's test accuracy is unknown (%s)", e)
+        return None
+    return acc if isinstance(acc, (int, float)) and not isinstance(acc, bool) else None
 
 
 def _figure(rows: list[dict], maximize: bool, out: Path) -> str | None:

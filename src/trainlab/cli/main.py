@@ -59,6 +59,8 @@ RUN_HELP = {
     "save_every": "also keep epoch-NNNN.pt every N epochs (0 = off)",
     "keep": "how many epoch-NNNN.pt to keep (0 = all; default 3)",
     "tensorboard": "also write TensorBoard events",
+    "test_every_epoch": "also evaluate the test split every epoch (an evaluation pass each; labelled "
+                        "'not for selection'); off: the test split is evaluated once, at the end",
     "compile": "torch.compile the training forward",
     "channels_last": "NHWC memory layout for convolutional models",
     "tf32": "CUDA: allow TF32 matmuls and convolutions",

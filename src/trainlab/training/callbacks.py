@@ -230,6 +230,12 @@ class TensorBoardLog(Callback):
         if self.writer is not None:
             self.writer.log_confusion(confusion, classes, step=step)
 
+    def log_final_test(self, accuracy: float, step: int) -> None:
+        """The run's one test accuracy (of the model kept), once."""
+        if self.writer is not None:
+            self.writer.writer.add_scalar("acc/test_final", accuracy, step)
+            self.writer.writer.flush()
+
     def on_fit_end(self, run):
         if self.writer is not None:
             self.writer.writer.flush()
@@ -248,9 +254,11 @@ class Console(Callback):
         if not run.dist.is_main or run.cfg.quiet:
             return
         nan = float("nan")
-        log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | test acc %.4f | %.1fs%s",
+        # the test split shows only when it was evaluated on request, and says it is not for choosing
+        test = f" | test acc {row['test_acc']:.4f} (not for selection)" if "test_acc" in row else ""
+        log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.1fs%s",
                  row["epoch"], run.state.epochs, row["train_loss"], row["train_acc"], row.get("val_loss", nan),
-                 row.get("val_acc", nan), row.get("test_acc", nan), row["train_seconds"],
+                 row.get("val_acc", nan), test, row["train_seconds"],
                  "  *best" if run.monitor.improved else "")
 
 

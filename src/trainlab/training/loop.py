@@ -7,8 +7,8 @@ step): per-step losses stay in a device tensor and are read once per epoch, whic
 where a non-finite loss is found and reported with its epoch and step.
 
 The host syncs that remain, all at epoch ends: the losses and accuracy read once, the
-validation / test sums read once each, and under DDP their all-reduces; a stop signal is
-polled as a Python flag (under DDP an all-reduce every `StopOnSignal.every` steps).
+validation (and, only when asked, test) sums read once each, and under DDP their all-reduces; a
+stop signal is polled as a Python flag (under DDP an all-reduce every `StopOnSignal.every` steps).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ from trainlab.training.callbacks import Callback, CallbackList
 log = logging.getLogger("trainlab")
 
 _DROPOUT_SALT = 0x5EED_0003
+
+# A row that carries per-epoch test metrics says so: they are there to watch, never to choose by.
+TEST_NOTE_KEY, TEST_NOTE = "test_note", "not for selection"
 
 
 class NonFiniteLoss(TrainlabError):
@@ -175,9 +178,11 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
         ) -> FitState:
     """Train until `epochs` epochs are complete, continuing `state` when resuming.
 
-    Each epoch is evaluated on `val_loader` (for selection) and `test_loader` (reporting
-    only: nothing here chooses by test results), appended to `state.history`, then handed to
-    the callbacks' on_epoch_end; if any returns True, training stops (e.g. early stopping).
+    Each epoch is evaluated on `val_loader` (for selection), appended to `state.history`, then
+    handed to the callbacks' on_epoch_end; if any returns True, training stops (e.g. early
+    stopping). A `test_loader` is evaluated every epoch too, an extra pass each: its row keys
+    (test_loss, test_acc) come with test_note = "not for selection"; leave it out and evaluate
+    the test split once, on the model you chose, when training is done.
     `eval_model` (e.g. the EMA weights) is what gets evaluated. Callbacks are called with
     `run` (default: a FitContext of model, optimizer and state). `on_epoch_end(state)`, a
     plain function, is the one-hook shorthand of a callback.
@@ -225,6 +230,8 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
                     m = evaluate(eval_model, loader, tta_flip, parts.reduce, autocast)
                     if m["n"]:
                         row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+                        if split == "test":
+                            row[TEST_NOTE_KEY] = TEST_NOTE
             row["train_seconds"] = train_seconds
             row["seconds"] = time.perf_counter() - t0
             state.history.append(row)

@@ -20,7 +20,7 @@ from trainlab.training import distributed, memory, runtime
 from trainlab.training.callbacks import Callback
 from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint
 from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply
-from trainlab.training.session import Session, TrainResult
+from trainlab.training.session import Session, TrainResult, resume_point
 
 log = logging.getLogger("trainlab")
 
@@ -144,8 +144,7 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     _record(session, run_dir, ckpt, name, cfg, changes, lock, req)
     session.resumed = {"from": name, "epoch": ckpt["epoch"], "lr": cfg.train.lr}
     _record_extension(session, folder_cfg, ckpt, cfg, req)
-    where = f"epoch {ckpt['epoch']}" + (f", step {ckpt['step']}" if ckpt.get("step") else "")
-    log.info("resume: %s from %s (%s)%s", session.run_dir, name, where,
+    log.info("resume: %s from %s at %s%s", session.run_dir, name, resume_point(ckpt["epoch"], ckpt.get("step", 0)),
              " with a fresh optimizer" if req.reset_optimizer else "")
     try:
         return session.run()
@@ -203,7 +202,9 @@ def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config,
         session.lock = lock  # released by resume()
         if session.dist.is_main:
             runs.truncate_metrics(run_dir, ckpt["epoch"], {
+                # epoch: epochs complete, as every row counts; at: the words the console printed
                 "event": "resume", "from": name, "epoch": ckpt["epoch"], "step": ckpt.get("step", 0),
+                "at": resume_point(ckpt["epoch"], ckpt.get("step", 0)),
                 "global_step": ckpt["global_step"], "world_size": session.dist.world_size,
                 **({"by": req.reason} if req.reason != "resume" else {})})
             if changes:

@@ -52,6 +52,7 @@ class Session:
         self.weights_bound = weights_bound
         self.run_dir: Path | None = None
         self.resumed: dict | None = None  # {"from", "epoch", "lr"} when resumed (the divergence advice reads it)
+        self.tested: dict | None = None  # {"weights": "best", "epoch"} once early stopping restored the best
         self.dist = distributed.context()
         if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
             log.setLevel(logging.WARNING)
@@ -123,7 +124,9 @@ class Session:
             parts.partial_ok = False  # all ranks stop at the same step; a partial epoch is redone
         try:
             fit(self.train_model, self.optimizer, self.loaders["train"], epochs=self.cfg.train.epochs,
-                val_loader=self.loaders["val"], test_loader=self.loaders["test"], loss_fn=self.loss_fn,
+                val_loader=self.loaders["val"], loss_fn=self.loss_fn,
+                # the test split each epoch only when asked (an extra pass, never for selection)
+                test_loader=self.loaders["test"] if self.cfg.test_every_epoch else None,
                 parts=parts, state=self.state, callbacks=self.callbacks, progress=self.progress,
                 eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self)
         except NonFiniteLoss as e:
@@ -162,7 +165,7 @@ class Session:
                                       f"continue with: trainlab resume {again}")
         if st.step:  # mid-epoch: the epoch-end checkpoint is older, save this point
             self._save_partial()
-        where = f"epoch {st.epoch + 1}, step {st.step}" if st.step else f"the end of epoch {st.epoch}"
+        where = resume_point(st.epoch, st.step)
         raise Interrupted(signum, f"{name}: stopped at {where} and saved a checkpoint; "
                                   f"continue with: trainlab resume {again}")
 
@@ -179,6 +182,7 @@ class Session:
             return
         ckpt = load_checkpoint(best, map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
+        self.tested = {"weights": "best", "epoch": ckpt["epoch"]}
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
         log.info("restored the best weights from %s (epoch %d, %s %.4f)", best, ckpt["epoch"],
@@ -191,20 +195,25 @@ class Session:
             if not self.dist.is_main:
                 results = distributed.broadcast_object(None, self.dist)
                 return TrainResult(self.run_dir, self.cfg, self.state.history, results["test"], device, results)
-        # in float32, as `trainlab evaluate` and load_model() users will recompute it
+        # the one test evaluation of the run, of the model kept (chosen by validation when early
+        # stopping restored the best); in float32, as `trainlab evaluate` and load_model() recompute it
+        tested = tested_model(self.tested or {"weights": "last", "epoch": self.state.epoch},
+                              self.monitor.metric, self.ema is not None)
         test = summarize_model(self.eval_model, self.loaders["test_full"], self.data.classes, self.cfg.train.tta_flip)
         save_checkpoint(self.run_dir / runs.WEIGHTS_FILE, make_checkpoint(
             self.eval_model, model_spec=self.spec, classes=self.data.classes, mean=self.data.mean,
             std=self.data.std, config=self.cfg.to_dict(), epoch=self.state.epoch,
             global_step=self.state.global_step, fingerprint=self.data.fingerprint(), best=self.monitor.summary()))
         hist = self.state.history
-        results = {"test": test, "test_split": self.data.test_split, "epochs": self.state.epoch, "device": device,
+        results = {"test": test, "tested": tested, "test_split": self.data.test_split, "epochs": self.state.epoch,
+                   "device": device,
                    "precision": self.precision.name, "stopped": self.state.stopped, "best": self.monitor.summary(),
                    "seconds_per_epoch": sum(r["train_seconds"] for r in hist) / max(1, len(hist)),
                    "total_seconds": sum(r["seconds"] for r in hist)}
         runs.write_json(self.run_dir / runs.RESULTS_FILE, results)
         distributed.broadcast_object(results, self.dist)
         if self.tensorboard is not None:
+            self.tensorboard.log_final_test(test["accuracy"], step=self.state.epoch)
             self.tensorboard.log_confusion(test["confusion_matrix"], self.data.classes, step=self.state.epoch)
         return TrainResult(self.run_dir, self.cfg, hist, test, device, results)
 
@@ -214,6 +223,18 @@ class Session:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def resume_point(epoch: int, step: int) -> str:
+    """The one way a point of a run is named, in the interrupt message, the resume line and the
+    resume event: `epoch` epochs complete (the files' count), `step` steps into the next one."""
+    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
+
+
+def tested_model(tested: dict, metric: str, ema: bool) -> dict:
+    """Which weights the final test evaluation saw, with the words every report prints for it."""
+    which = f"best {metric}" if tested["weights"] == "best" else "last"
+    return {**tested, "ema": ema, "label": f"epoch {tested['epoch']} ({which})" + (", EMA weights" if ema else "")}
 
 
 @dataclass

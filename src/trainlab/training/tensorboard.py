@@ -17,8 +17,9 @@ from pathlib import Path
 from trainlab.errors import TrainlabError
 
 # metrics.jsonl key -> TensorBoard tag (grouped by the prefix before "/")
-SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test",
-           "train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test",
+# (per-epoch test metrics exist only with test_every_epoch, and their tags say what they are for)
+SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test_not_for_selection",
+           "train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test_not_for_selection",
            "lr": "lr", "train_seconds": "time/train_seconds"}
 
 
