@@ -86,8 +86,8 @@ def test_pngs(tiny_run) -> list[tuple[bytes, str]]:
     return [(png_bytes(x[i]), CLOTHES[int(y[i])]) for i in range(8)]
 
 
-def multipart(files: list[tuple[str, bytes]], field: str = "file") -> tuple[bytes, str]:
-    boundary = "trainlabTestBoundary7MA4YWxk"
+def multipart(files: list[tuple[str, bytes]], field: str = "file", boundary: str = "trainlabTestBoundary7MA4YWxk"
+              ) -> tuple[bytes, str]:
     out = b""
     for name, data in files:
         out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
@@ -175,6 +175,12 @@ HOSTILE = {
     "bell in a file name": (lambda t, g: multipart([("x\x07.png", g)]), None, 400, "control characters"),
     "bad k": (lambda t, g: (g, "image/png"), "?k=lots", 400, "whole number"),
     "no boundary": (lambda t, g: (g, "multipart/form-data"), None, 400, "boundary"),
+    # 10 MB of empty parts took the email parser 7 minutes: parts are counted first
+    "many parts": (lambda t, g: multipart([("x", b"")] * 2000, field="other"), None, 413, "at most 64"),
+    "no closing boundary": (lambda t, g: (multipart([("a.png", g)])[0][:-30], multipart([])[1]), None, 400,
+                            "closing boundary"),
+    "nested multipart": (lambda t, g: multipart([("n.png", multipart([("a.png", g)], boundary="inner")[0])]), None, 400,
+                         "n.png: not a PNG"),
 }
 
 
@@ -238,6 +244,10 @@ def test_hostile_class_and_file_names_are_escaped_on_the_page(served_model, test
         # an error on the page is escaped too
         assert "&lt;b&gt;" in page(served_model.card, error="<b>bad</b>") and "<b>bad" not in page(
             served_model.card, error="<b>bad</b>")
+        # a UTF-8 name, as browsers send it, is shown as written
+        body, content_type = multipart([("été.png", test_pngs[0][0])])
+        status, html_page = post(running, body, content_type, path="/")
+        assert status == 200 and "été.png" in html_page.decode()
         # the JSON answer carries the names as data
         status, answer = post(running, test_pngs[0][0], "image/png", path="/predict?name=%3Cb%3E.png")
         assert status == 200 and answer["predictions"][0]["file"] == "<b>.png"

@@ -130,6 +130,9 @@ class Handler(BaseHTTPRequestHandler):
         except (TimeoutError, OSError):
             self.close_connection = True  # the client stalled or left: nobody to answer
             return
+        except Exception as e:  # noqa: BLE001 - trainlab's own fault: still one sentence, and serving
+            log.error("serve: internal error: %s: %s", type(e).__name__, printable(e))
+            return self._refuse(url.path, 500, f"internal error ({type(e).__name__}): a bug in trainlab serve")
         if url.path == "/predict":
             return self._json(200, {"predictions": results})
         self._html(200, results=results, seen=[seen_png(x.numpy()) for x in images])
