@@ -42,6 +42,15 @@ def test_a_space_reads_into_fixed_keys_and_ranges(tmp_path, idx_dir):
     assert space.params["batch_size"]["step"] == 32 and space.params["model_kwargs.dropout"]["choices"] == [0.0, 0.3]
 
 
+def test_model_kwargs_dotted_without_quotes_reads_as_quoted(tmp_path, idx_dir):
+    """TOML reads model_kwargs.dropout = {..} unquoted as a table model_kwargs: it was refused as
+    'model_kwargs cannot be swept ... where a run goes', which it is not."""
+    space = load_space(space_file(tmp_path, idx_dir, "model_kwargs.dropout = { choices = [0.0, 0.3] }\n"
+                                                     "lr = { low = 1e-3, high = 1e-1 }"))
+    assert space.params["model_kwargs.dropout"] == {"choices": [0.0, 0.3]} and set(space.params) == {
+        "lr", "model_kwargs.dropout"}
+
+
 @pytest.mark.parametrize("line, words", [
     ("", "has no [space] table"),
     ("lrr = { low = 1, high = 2 }", "lrr is not a config or recipe key"),

@@ -43,6 +43,10 @@ def load_space(path: str | Path) -> Space:
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{where} has no [space] table: add one, e.g. [space] lr = {{ low = 1e-4, high = 1e-2, "
                           "log = true }")
+    nested = space.get("model_kwargs")
+    if isinstance(nested, dict):  # model_kwargs.NAME unquoted: TOML reads it as a table of tables
+        space = {**{k: v for k, v in space.items() if k != "model_kwargs"},
+                 **{f"model_kwargs.{k}": v for k, v in nested.items()}}
     resolve(raw, origin=where)  # the fixed part alone is a valid config
     params = {name: _param(name, spec, raw, where) for name, spec in space.items()}
     _check_draws(raw, params, where)
