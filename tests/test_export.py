@@ -38,13 +38,14 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 def test_export_writes_safetensors_equal_to_the_model_and_a_json(run_dir, tmp_path, capsys):
     out = tmp_path / "exported"
     assert main(["export", str(run_dir), "-o", str(out)]) == 0
-    assert f"wrote {out / 'model.safetensors'} and {out / 'model.json'}" in capsys.readouterr().out
+    assert f"wrote {out / 'model.safetensors'} and {out / 'model.safetensors.json'}" in capsys.readouterr().out
     model, ckpt = load_model(run_dir, map_location="cpu")
     tensors = safetensors_torch.load_file(str(out / "model.safetensors"))
     assert_same_tensors(tensors, model.state_dict())
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.safetensors.json").read_text())
+    assert meta["schema"] == 1 and meta["format"] == "safetensors" and meta["file"] == "model.safetensors"
     assert meta["model_spec"] == ckpt["model_spec"] and meta["model_spec"]["name"] == "mlp"
-    assert meta["classes"] == CLASSES and meta["mean"] == ckpt["mean"] and meta["std"] == ckpt["std"]
+    assert meta["classes"] == CLASSES and meta["preprocessing"]["mean"] == ckpt["mean"] and meta["preprocessing"]["std"] == ckpt["std"]
     assert meta["source"] == str(run_dir / "model.pt")
     # the weights load into the architecture rebuilt from the JSON alone
     from trainlab.models import build_from_spec as build_model
@@ -97,7 +98,9 @@ def images_npy(path: Path, n: int = 5, **kw) -> Path:
 
 
 def predicted_rows(out: str) -> list[list[str]]:
-    return [line.split() for line in out.splitlines() if re.match(r"\s*\d+\s", line)]
+    """Rows named by index (the test split) or by FILE[index] (an array file), the name as its index."""
+    return [[re.sub(r".*\[(\d+)\]$", r"\1", c) if i == 0 else c for i, c in enumerate(line.split())]
+            for line in out.splitlines() if re.match(r"\s*(\S*\[)?\d+\]?\s", line)]
 
 
 def test_predict_prints_class_names_and_probabilities(run_dir, tmp_path, capsys):

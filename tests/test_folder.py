@@ -431,7 +431,7 @@ def test_fifty_classes_train_predict_export_and_data_info_from_the_cli(tmp_path)
 
     r = run_cli("export", run)
     if r.returncode == 0:  # safetensors installed
-        policy = json.loads((run / "model.json").read_text())["input"]
+        policy = json.loads((run / "model.safetensors.json").read_text())["image_files"]
         assert policy["channels"] == 3 and policy["image_size"] == 32 and "centre crop" in policy["resize"]
 
     r = run_cli("data", "info", "--dataset", f"folder:{root}", "--image-size", "32")

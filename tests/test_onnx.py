@@ -37,7 +37,7 @@ def test_export_checks_parity_and_writes_a_self_contained_graph(runs, tmp_path):
     r = run_cli("export", runs["cnn"], "--format", "onnx", "-o", out)
     assert r.returncode == 0, r.stderr
     assert "parity on 200 test images: argmax agreement 100.00%, max probability difference" in r.stdout
-    meta = json.loads((out / "model.json").read_text())
+    meta = json.loads((out / "model.onnx.json").read_text())
     assert meta["input"] == {"name": "images", "dtype": "uint8", "shape": ["N", 1, 28, 28],
                              "layout": "N,C,H,W, pixel values 0-255"}
     assert meta["classes"] == [str(i) for i in range(10)] and meta["preprocessing"]["tta_flip"] is True
@@ -68,7 +68,7 @@ def test_a_broken_export_is_refused_and_nothing_is_written(runs, tmp_path, monke
     msg = str(e.value)
     assert msg.startswith("ONNX export refused: on 200 test images") and "agree on" in msg
     assert "differ by up to" in msg and "nothing was written" in msg
-    assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "model.json").exists()
+    assert not (tmp_path / "out" / "model.onnx").exists() and not (tmp_path / "out" / "model.onnx.json").exists()
 
 
 def test_predict_from_onnx_matches_the_checkpoint(runs, tmp_path):
@@ -237,7 +237,7 @@ def test_export_reads_the_data_as_the_run_did(tmp_path):
                      batch_size=8).run_dir
     r = run_cli("export", run, "--format", "onnx", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "out" / "model.json").read_text())["input"]["shape"] == ["N", 3, 12, 12]
+    assert json.loads((tmp_path / "out" / "model.onnx.json").read_text())["input"]["shape"] == ["N", 3, 12, 12]
 
 
 def test_every_builtin_export_passes_the_size_check_with_a_batch():

@@ -279,7 +279,7 @@ def test_a_user_conv_model_gets_its_recipe_and_channels_last_through_train_resum
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
 
     assert trainlab.cli.main(["export", str(run), "-o", str(tmp_path / "out")]) == 0
-    meta = json.loads((tmp_path / "out" / "model.json").read_text())
+    meta = json.loads((tmp_path / "out" / "model.safetensors.json").read_text())
     assert meta["model_spec"]["name"] == "registry-test-convnet" and meta["classes"] == ["a", "b", "c", "d"]
     model = small_convnet((1, 8, 8), 4)
     from safetensors.torch import load_file

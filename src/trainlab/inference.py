@@ -100,13 +100,22 @@ def kept_weights(ckpt: dict) -> dict:
 def load_model(path_or_run: str | Path, map_location=None, allow_import=(), model=None) -> tuple[nn.Module, dict]:
     """Rebuild a trained model from a checkpoint file or run folder, on the current device.
 
-    Returns (model in eval mode, checkpoint dict). Only registered model names are built;
+    Returns (model in eval mode, checkpoint dict). A model.safetensors export is rebuilt from
+    the metadata beside it (its checkpoint dict holds model_spec, classes, mean, std). Only registered model names are built;
     a `module:function` spec needs that module in `allow_import`. `model` (an nn.Module, or the
     class or function it was built by) receives the weights instead: what a run trained on a
     model given in memory (train(model=...)) needs.
     """
-    device = pick_device("auto") if map_location is None else pick_device(str(map_location))
     path = checkpoint_path(path_or_run)
+    if path.suffix == ".safetensors":  # an export: weights + model.safetensors.json (analysis/exported.py)
+        from trainlab.analysis.exported import load_safetensors
+
+        return load_safetensors(path, map_location, allow_import, model)
+    if path.suffix == ".onnx":
+        raise TrainlabError(f"{path} is an ONNX graph, run by ONNX Runtime, not a PyTorch model: use "
+                            "`trainlab predict` or trainlab.prediction.open_model, or load the "
+                            "model.safetensors export")
+    device = pick_device("auto") if map_location is None else pick_device(str(map_location))
     ckpt = check_fields(load_checkpoint(path, map_location=device), path)
     weights = kept_weights(ckpt)
     model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path), weights=weights, model=model)
@@ -143,8 +152,18 @@ def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None,
                         model=None) -> CheckpointEvaluation:
     """A trained model's predictions and per-class results on its data set's test split."""
     dev = pick_device(device)
-    model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import, model=model)
+    onnx = Path(path_or_run).suffix == ".onnx"
+    if onnx:  # run by ONNX Runtime in its child process: no nn.Module (model is None)
+        from trainlab.prediction import open_model
+
+        graph = open_model(path_or_run)
+        model, ckpt = None, graph.ckpt
+    else:
+        model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import, model=model)
     if data is None:
+        if not ckpt["config"].get("dataset"):
+            raise TrainlabError(f"{path_or_run} does not say which data set it was trained on (exported before "
+                                "trainlab wrote it): re-export it from its run")
         data = load_dataset(ckpt["config"]["dataset"], data_dir, **data_options(ckpt["config"]))
     check_data_fits(ckpt, data, path_or_run)
     matches = data_matches(data, ckpt.get("fingerprint"))
@@ -154,8 +173,11 @@ def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None,
     classes = list(data.classes)
     if ckpt.get("classes") and list(ckpt["classes"]) != classes:
         log.warning("%s: the checkpoint's class names differ from the data's; using the data's", what)
-    loader = DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, mean=ckpt["mean"], std=ckpt["std"], device=dev)
-    logits, labels = predict(model, loader, ckpt["config"].get("tta_flip", False))
+    if onnx:  # log-probabilities: the same argmax, loss and softmax as logits
+        logits, labels = graph.probabilities(data.test_x).clamp_min(1e-45).log(), data.test_y
+    else:
+        loader = DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, mean=ckpt["mean"], std=ckpt["std"], device=dev)
+        logits, labels = predict(model, loader, ckpt["config"].get("tta_flip", False))
     return CheckpointEvaluation(model, ckpt, data, logits, labels, summarize(logits, labels, classes), matches)
 
 

@@ -1,5 +1,6 @@
-"""Export a trained model as safetensors (weights only, no code, loadable anywhere) plus a
-small JSON with what is needed to use it: the model spec, class names, mean/std."""
+"""Export a trained model as safetensors (weights only, no code, loadable anywhere) plus its
+metadata beside it (model.safetensors.json, schema in analysis/exported.py): the model spec,
+class names, mean/std, what data it was trained on."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from trainlab.store.atomic import atomic_write_bytes, atomic_write_text, write_e
 
 def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=(), *,
                format: str = "safetensors", data=None, data_dir=None) -> tuple[Path, Path]:
-    """model.safetensors + model.json (default), or with format="onnx" model.onnx + model.json
-    after a parity check on the run's test split (`data=` for a run trained on arrays)."""
+    """model.safetensors + model.safetensors.json (default), or with format="onnx" model.onnx +
+    model.onnx.json after a parity check on the run's test split (`data=` for a run trained on arrays)."""
     if format not in ("safetensors", "onnx"):
         raise ConfigError(f"export format {format!r} is invalid: choose safetensors or onnx")
     save = None
@@ -48,15 +49,16 @@ def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow
 
 
 def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, Path]:
+    from trainlab.analysis.exported import export_metadata, sidecar
+
     # safetensors refuses non-contiguous views (e.g. channels_last): copy them contiguous first
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = out / "model.safetensors"
-    atomic_write_bytes(weights, save(tensors, metadata={"format": "trainlab", "model": ckpt["model_spec"]["name"]}))
-    meta = out / "model.json"
-    atomic_write_text(meta, json.dumps({"model_spec": ckpt["model_spec"], "classes": ckpt.get("classes"),
-                                "mean": ckpt.get("mean"), "std": ckpt.get("std"),
-                                "input": input_policy(ckpt),
-                                "trainlab_version": __version__, "source": str(src)}, indent=2) + "\n")
+    meta = sidecar(weights)
+    # the metadata first: weights without it cannot be used, metadata without weights is harmless
+    atomic_write_text(meta, json.dumps(export_metadata(ckpt, src, "safetensors", weights.name), indent=2) + "\n")
+    atomic_write_bytes(weights, save(tensors, metadata={"format": "trainlab", "model": ckpt["model_spec"]["name"],
+                                                        "trainlab_version": __version__}))
     return weights, meta
 
 

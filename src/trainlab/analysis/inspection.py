@@ -183,7 +183,12 @@ def describe_run(run_dir: str | Path) -> str:
 def describe(path: str | Path) -> str:
     """What `trainlab inspect` prints: each line escaped, as names in a checkpoint are the file's."""
     path = Path(path)
-    text = describe_run(path) if path.is_dir() else describe_file(path)
+    if path.suffix in (".safetensors", ".onnx") and path.is_file():  # trainlab's exports
+        from trainlab.analysis.exported import describe_export
+
+        text = "\n".join(describe_export(path))
+    else:
+        text = describe_run(path) if path.is_dir() else describe_file(path)
     return "\n".join(printable(line) for line in text.split("\n"))
 
 

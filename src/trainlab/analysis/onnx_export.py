@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainlab._version import __version__
 from trainlab.errors import ConfigError, TrainlabError
 
 OPSET = 17
@@ -71,19 +70,10 @@ def wrap(model: nn.Module, ckpt: dict) -> nn.Module:
 
 
 def metadata(ckpt: dict, src: Path) -> dict:
-    spec = ckpt["model_spec"]
-    classes = ckpt.get("classes") or [str(i) for i in range(spec["num_classes"])]
-    return {
-        "format": "onnx", "model_spec": spec, "classes": list(classes),
-        "input": {"name": INPUT, "dtype": "uint8", "shape": ["N", *spec["input_shape"]],
-                  "layout": "N,C,H,W, pixel values 0-255"},
-        "output": {"name": OUTPUT, "dtype": "float32", "shape": ["N", spec["num_classes"]],
-                   "meaning": "class probabilities (softmax), in the order of classes"},
-        "preprocessing": {"inside_the_graph": True, "formula": "(x / 255 - mean) / std",
-                          "mean": ckpt.get("mean"), "std": ckpt.get("std"),
-                          "tta_flip": bool((ckpt.get("config") or {}).get("tta_flip", False))},
-        "opset": OPSET, "trainlab_version": __version__, "source": str(src),
-    }
+    """The schema-1 table (analysis/exported.py), inside the graph and beside it as model.onnx.json."""
+    from trainlab.analysis.exported import export_metadata
+
+    return {**export_metadata(ckpt, src, "onnx", "model.onnx"), "opset": OPSET}
 
 
 def to_onnx(packaged: nn.Module, input_shape, meta: dict) -> bytes:
@@ -163,7 +153,7 @@ def readable(blob: bytes) -> int:
 
 
 def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:
-    """model.onnx + model.json in `out`, written only after the parity check passes."""
+    """model.onnx + model.onnx.json in `out`, written only after the parity check passes."""
     from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
 
     meta = metadata(ckpt, src)
@@ -172,7 +162,7 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
     p = parity(blob, model, ckpt, images, batch=readable(blob))
     check_parity(p)
     meta["parity"] = {**p, "split": "test", "max_prob_diff_allowed": MAX_PROB_DIFF}
-    path, meta_path = out / "model.onnx", out / "model.json"
+    path, meta_path = out / "model.onnx", out / "model.onnx.json"
     atomic_write_bytes(path, blob)
     atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     return path, meta_path, p

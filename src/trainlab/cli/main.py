@@ -296,60 +296,25 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _predict_onnx(args) -> int:
-    """`trainlab predict MODEL.onnx FILES...`: ONNX Runtime, no PyTorch model built."""
-    import torch
-
-    from trainlab.analysis.export import read_images
-    from trainlab.analysis.onnx_export import predict_onnx
-    from trainlab.analysis.tables import predictions_table
-
-    files = [*(getattr(args, "files", None) or []), *([args.input] if args.input else [])]
-    if not files:
-        raise ConfigError(f"predict {args.checkpoint}: name the image files (.npy or IDX) to classify")
-    images, names = [], []
-    for f in files:
-        x = read_images(f)
-        images.append(x)
-        names += [f"{f}[{i}]" if len(x) > 1 else str(f) for i in range(len(x))]
-    if len({tuple(x.shape[1:]) for x in images}) > 1:
-        raise ConfigError("the files hold images of different shapes: predict them one at a time")
-    images = torch.cat(images)[: args.n]
-    probs, classes = predict_onnx(args.checkpoint, images, timeout=args.timeout)
-    print(predictions_table(probs, classes, names=names[: args.n]))
-    return 0
-
-
 def cmd_predict(args) -> int:
-    from trainlab.analysis.export import read_images
-    from trainlab.analysis.tables import predictions_table
-    from trainlab.inference import load_model, predict_images
+    """Any model form, any input (prediction.py); rows stream out as chunks are classified."""
+    from trainlab.analysis.predict_output import PredictionWriter
+    from trainlab.prediction import Tally, chunks, open_model, predict_stream, test_split_chunks
 
-    if str(args.checkpoint).endswith(".onnx"):  # an exported model.onnx: ONNX Runtime
-        return _predict_onnx(args)
-    model, ckpt = load_model(args.checkpoint, map_location=args.device if args.device != "auto" else None,
-                             allow_import=_allowed(args))
-    classes = ckpt.get("classes") or [str(i) for i in range(ckpt["model_spec"]["num_classes"])]
-    truth = None
-    if args.files:  # image files: the training's channel count and size policy (the model's input)
-        from trainlab.data.folder import image_files
-        from trainlab.data.folder import read_images as read_image_files
-
-        paths = image_files(args.files)
-        c, h, w = ckpt["model_spec"]["input_shape"]
-        images = read_image_files(paths, c, w, h)
-        print(predictions_table(predict_images(model, ckpt, images), classes, names=[str(p) for p in paths]))
-        return 0
-    if args.input:
-        images = read_images(args.input)[: args.n]
-    else:
-        from trainlab.data import data_options, load_dataset
-        from trainlab.inference import check_data_fits
-
-        data = load_dataset(ckpt["config"]["dataset"], args.data_dir, **data_options(ckpt["config"]))
-        check_data_fits(ckpt, data, args.checkpoint)
-        images, truth = data.test_x[: args.n], data.test_y[: args.n]
-    print(predictions_table(predict_images(model, ckpt, images), classes, truth))
+    model = open_model(args.checkpoint, device=args.device, allow_import=_allowed(args), timeout=args.timeout)
+    inputs = [*(args.files or []), *([args.input] if args.input else [])]
+    # -n: how many images (the test split: 10 unless told; named inputs: all of them)
+    source = chunks(inputs, model, args.n) if inputs else test_split_chunks(model, args.n or 10, args.data_dir)
+    tally = writer = None
+    for chunk, probs in predict_stream(model, source):
+        if writer is None:
+            tally = Tally(model.classes) if chunk.labels is not None else None
+            writer = PredictionWriter(args.output, model.classes, args.top, tally is not None,
+                                      printable(args.checkpoint), name_header="file" if inputs else "#")
+        writer.write([printable(n) for n in chunk.names], probs, chunk.labels)
+        if tally is not None:
+            tally.add(probs, chunk.labels)
+    writer.finish(tally.summary() if tally is not None else None, full=bool(inputs))
     return 0
 
 
@@ -534,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.set_defaults(func=cmd_inspect)
 
-    x = sub.add_parser("export", help="write model.safetensors + model.json for a run or checkpoint")
+    x = sub.add_parser("export", help="write model.safetensors (or model.onnx) + its .json metadata for a run or checkpoint")
     x.add_argument("path")
     x.add_argument("-o", "--out", help="output folder (default: the run folder)")
     x.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
@@ -544,13 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_allow_import(x)
     x.set_defaults(func=cmd_export)
 
-    pr = sub.add_parser("predict", help="classify test images (or an IDX / .npy file) with a checkpoint")
-    pr.add_argument("checkpoint", help="checkpoint file or run folder")
+    pr = sub.add_parser("predict", help="classify image files, folders or IDX / .npy arrays with any trained "
+                        "model form (run folder, checkpoint, model.safetensors, model.onnx)")
+    pr.add_argument("checkpoint", help="run folder, checkpoint, model.pt, model.safetensors or model.onnx")
     pr.add_argument("files", nargs="*", metavar="FILES_OR_FOLDERS",
-                    help="image files (png, jpg, bmp, gif, webp) or folders of them, read with the "
-                         "training's channel count and size policy")
-    pr.add_argument("--input", help="IDX (.gz) or .npy file of images; default: the data set's test images")
-    pr.add_argument("-n", type=_positive_int, default=10, help="how many images (default 10)")
+                    help="image files (png, jpg, bmp, gif, webp), folders of them (a folder of class "
+                         "subfolders is labelled: accuracy, per class, confusion matrix), or IDX / .npy "
+                         "arrays; default: the data set's test images")
+    pr.add_argument("--input", help="an IDX (.gz) or .npy file of images (the same as naming it)")
+    pr.add_argument("-n", "--limit", dest="n", type=_positive_int, metavar="N",
+                    help="classify at most N images (default: all named; 10 from the test split)")
+    pr.add_argument("-k", "--top", type=_positive_int, default=3, metavar="K",
+                    help="the K most likely classes per image (default 3)")
+    pr.add_argument("--output", choices=("table", "csv", "json"), default="table",
+                    help="table (default), csv or json (one document) on stdout")
     pr.add_argument("--data-dir")
     pr.add_argument("--device", default="auto")
     pr.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
