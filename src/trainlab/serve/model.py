@@ -18,7 +18,10 @@ from trainlab.serve.uploads import UploadError
 
 log = logging.getLogger("trainlab")
 
-DECODERS = 2  # files decoded at once: each may hold a raster up to Pillow's bomb limit
+# Files decoded at once. One: each may hold a raster up to Pillow's bomb limit, and decode.py
+# turns the bomb warning into an error with warnings.catch_warnings, which is process-wide
+# state: two threads in it at once could undo each other's filter and let a bomb through.
+DECODERS = 1
 
 
 @dataclass
