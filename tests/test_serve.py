@@ -274,6 +274,30 @@ def test_the_page_shows_errors_and_unknown_paths_answer_404(server, test_pngs):
     assert_still_serving(server, *test_pngs[0])
 
 
+def test_connections_are_bounded_and_one_more_is_told_so(server, test_pngs):
+    import time
+
+    from trainlab.serve.server import CONNECTIONS
+
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(CONNECTIONS)]
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as extra:
+            answer = extra.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:100]
+        assert "connections open" in one_sentence(json.loads(answer.split(b"\r\n\r\n", 1)[1]))
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 30  # the idle connections' threads end as their sockets close
+    while True:
+        try:
+            return assert_still_serving(server, *test_pngs[0])
+        except (AssertionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 # ---------------------------------------------------------------- load
 
 def test_bounded_load_200_requests_from_8_clients(server, test_pngs):

@@ -28,6 +28,7 @@ BUSY = 8  # requests reading or classifying uploads at once: their bodies are wh
 BUSY_WAIT = 30.0  # seconds a request waits for a turn before "busy"
 DRAIN = 64 * 1024 * 1024  # a refused body up to this size is read and dropped, so the client sees why
 TIMEOUT = 30  # seconds a connection may stall
+CONNECTIONS = 64  # open connections (a thread each); one more is answered 503 at once and closed
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -163,6 +164,11 @@ def _k(text: str, n: int) -> int:
     return min(k, n)
 
 
+_FULL_BODY = json.dumps({"error": f"the server has {CONNECTIONS} connections open: try again in a moment"}).encode()
+_FULL = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Content-Length: " + str(len(_FULL_BODY)).encode() + b"\r\n\r\n" + _FULL_BODY)
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # a stalled client never holds up the stop
     request_queue_size = 64  # socketserver's 5 drops connects in a burst (a 1 s SYN retry each)
@@ -172,7 +178,29 @@ class Server(ThreadingHTTPServer):
         self.busy = threading.BoundedSemaphore(BUSY)
         if ":" in host:
             self.address_family = socket.AF_INET6
+        self.slots = threading.BoundedSemaphore(CONNECTIONS)
         super().__init__((host, port), Handler)
+
+    def process_request(self, request, client_address) -> None:
+        # a thread per connection, but not without end: idle or slow clients cannot pile up threads
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.sendall(_FULL)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer's own would look the host name up (getfqdn): slow, and not needed
