@@ -214,6 +214,22 @@ def test_a_50_mb_body_is_refused_unread_and_the_server_keeps_serving(server, tes
     assert_still_serving(server, good, truth)
 
 
+def test_a_refused_request_leaves_its_connection_clean_for_the_next(server, test_pngs):
+    """A refusal after the headers (a bad k) must still consume the body: on a keep-alive
+    connection, the unread PNG would otherwise be read as the next request."""
+    good, truth = test_pngs[0]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/predict?k=lots", good, {"Content-Type": "image/png"})
+        resp = conn.getresponse()
+        assert resp.status == 400 and "whole number" in one_sentence(json.loads(resp.read()))
+        conn.request("POST", "/predict", good, {"Content-Type": "image/png"})  # the same connection
+        resp = conn.getresponse()
+        assert resp.status == 200 and json.loads(resp.read())["predictions"][0]["top"][0]["class"] == truth
+    finally:
+        conn.close()
+
+
 def test_a_body_shorter_than_its_length_and_a_chunked_body_are_refused(server, test_pngs):
     good, truth = test_pngs[0]
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:

@@ -114,11 +114,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def _answer(self, url, length: int) -> None:
         try:
-            k = _k(parse_qs(url.query).get("k", ["5"])[-1], len(self.server.model.card.classes))
-            body = self.rfile.read(length)
+            body = self.rfile.read(length)  # first: an unread body would be read as the next request
             if len(body) < length:
+                self.close_connection = True
                 raise UploadError(400, f"the body ended after {len(body)} of {length} bytes: send it again")
-            name = parse_qs(url.query).get("name", ["(body)"])[-1]
+            query = parse_qs(url.query)
+            k = _k(query.get("k", ["5"])[-1], len(self.server.model.card.classes))
+            name = query.get("name", ["(body)"])[-1]
             files = files_of(self.headers.get("Content-Type", ""), body, name)
             images = self.server.model.decode_all(files)
             results = self.server.model.top_k(images, [n for n, _ in files], k)
