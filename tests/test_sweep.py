@@ -360,3 +360,17 @@ def test_a_fifo_planted_as_storage_url_is_refused_without_waiting(tmp_path, idx_
                    "--storage", f"sqlite:///{tmp_path / 'x.db'}", timeout=60)
     assert done.returncode == 1 and "is not a regular file" in done.stderr and len(done.stderr.splitlines()) == 1
     assert not (tmp_path / "x.db").exists()  # refused before the URL was tried
+
+
+@pytest.mark.parametrize("text", [b"garbage\x00\xff\n", b'{"op_code": 99}\n', b'{"op_code": 0}\n', b"[1, 2]\n",
+                                  b"[" * 100000 + b"\n"])
+def test_a_journal_optuna_cannot_replay_is_one_sentence(tmp_path, idx_dir, text):
+    """Bytes that are not UTF-8 JSON, or records Optuna never writes, in study.journal: an internal
+    error (UnicodeDecodeError, AssertionError, KeyError ...) before; the file is left as it was."""
+    out = tmp_path / "sw"
+    out.mkdir()
+    (out / "study.journal").write_bytes(text)
+    done = run_cli("sweep", space_file(tmp_path, idx_dir, SPACE, epochs=1), "--trials", "1", "--out", out)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1 and "is not an Optuna journal" in lines[0], done.stderr[-2000:]
+    assert (out / "study.journal").read_bytes() == text and not list(out.glob("trials/trial-*"))

@@ -235,3 +235,8 @@ def journal(out: Path):
         return JournalStorage(JournalFileBackend(str(path), lock_obj=_JournalFlock(out / JOURNAL_LOCK)))
     except OSError as e:
         raise write_error(path, e) from None
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError, AssertionError) as e:
+        # (Optuna replays every line when it opens the journal: bytes that are not UTF-8 JSON, or
+        # records it never writes, fail there with these)
+        raise StoreError(f"{path} is not an Optuna journal Optuna can replay ({type(e).__name__}); move it "
+                         "aside (the trials' folders stay usable) or choose another --out") from None
