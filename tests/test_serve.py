@@ -230,6 +230,15 @@ def test_a_refused_request_leaves_its_connection_clean_for_the_next(server, test
         conn.close()
 
 
+def test_a_get_with_a_body_closes_its_connection(server, test_pngs):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+        smuggled = b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled) + smuggled)
+        answer = s.makefile("rb").read()  # returns: the server closed the connection
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1, answer
+    assert_still_serving(server, *test_pngs[0])
+
+
 def test_a_body_shorter_than_its_length_and_a_chunked_body_are_refused(server, test_pngs):
     good, truth = test_pngs[0]
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
