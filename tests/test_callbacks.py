@@ -398,3 +398,17 @@ def test_the_final_test_summary_is_one_evaluation_of_the_restored_best(tmp_path,
     ckpts = result.run_dir / "checkpoints"
     assert result.test == trainlab.evaluate_run(ckpts / "best.pt", data=tiny_data)
     assert load_checkpoint(ckpts / "best.pt")["epoch"] == 1 and load_checkpoint(ckpts / "last.pt")["epoch"] == 2
+
+
+def test_test_every_epoch_changes_no_number_of_the_run(tmp_path, tiny_data):
+    """The per-epoch test pass reads the weights only: the same weights, rows and final test
+    figure either way (why a resume or a re-run may switch it)."""
+    off = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "name": "off", "epochs": 3}, data=tiny_data,
+                         progress=False)
+    on = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "name": "on", "epochs": 3, "test_every_epoch": True},
+                        data=tiny_data, progress=False)
+    a, b = (load_checkpoint(r.run_dir / "model.pt")["model"] for r in (off, on))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "global_step")
+    assert [[r[k] for k in keys] for r in off.history] == [[r[k] for k in keys] for r in on.history]
+    assert off.test == on.test

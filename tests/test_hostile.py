@@ -327,7 +327,10 @@ def test_hostile_run_metadata_through_compare_and_report(corpus, tmp_path):
                 "meta-parent": ("meta.json", '{"parent": {"run": 5}}'), "results-a-string": ("results.json", '"x"'),
                 "results-test": ("results.json", '{"test": "x"}'),
                 "results-per-class": ("results.json", '{"test": {"per_class": [1, 2]}}'),
-                "results-seconds": ("results.json", '{"total_seconds": "x"}')}
+                "results-seconds": ("results.json", '{"total_seconds": "x"}'),
+                "results-tested": ("results.json", '{"tested": "x"}'),
+                "results-tested-label": ("results.json", '{"tested": {"label": 5, "epoch": 1}}'),
+                "results-tested-epoch": ("results.json", '{"tested": {"label": "x", "epoch": true}}')}
     cases = []
     for name, (file, text) in variants.items():
         d = tmp_path / name

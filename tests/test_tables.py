@@ -116,6 +116,13 @@ def test_run_summary_says_which_model_the_one_test_accuracy_is_of():
         "10 epochs | 0.71 s/epoch | device cpu")
 
 
+@pytest.mark.parametrize("tested", ["x", [1], {"label": 5}, None])
+def test_run_summary_of_a_finished_runs_file_with_a_damaged_tested_leaves_it_out(tested):
+    result = SimpleNamespace(test=summary(), history=[{}], device="cpu",
+                             results={"seconds_per_epoch": 1.0, "tested": tested})
+    assert run_summary("r", result).splitlines()[1].startswith("  test accuracy 89.01% on the test split |")
+
+
 def test_predictions_table():
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.05, 0.15, 0.8]])
     classes = ["a", "b", "c"]

@@ -121,7 +121,8 @@ def _check_shape(path: Path, meta, results) -> None:
         bad(runs.RESULTS_FILE, "not a JSON object")
     tested = results.get("tested")
     if tested is not None and not (isinstance(tested, dict) and isinstance(tested.get("label", ""), str)
-                                   and isinstance(tested.get("epoch", 0), int)):
+                                   and len(tested.get("label", "")) <= 200 and isinstance(tested.get("epoch", 0), int)
+                                   and not isinstance(tested.get("epoch", 0), bool)):
         bad(runs.RESULTS_FILE, "tested is not a table with a label and an epoch")
     for key in ("total_seconds", "seconds_per_epoch", "epochs"):
         if results.get(key) is not None and not isinstance(results[key], (int, float)):

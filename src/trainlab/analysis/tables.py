@@ -107,9 +107,10 @@ def confused_rows(summary: dict) -> list[list]:
 def run_summary(title: str, result) -> str:
     """What `trainlab train` and `make demo` print after a run (`result`: a TrainResult)."""
     summary, results = result.test, result.results
-    tested = (results.get("tested") or {}).get("label")  # which model the one test evaluation saw
+    tested = results.get("tested")  # which model the one test evaluation saw (a finished run's file: checked)
+    tested = tested.get("label") if isinstance(tested, dict) else None
     head = (f"{printable(title)}\n  test accuracy {percent(summary['accuracy'])}"
-            f"{f' of the model at {tested}' if tested else ''} on the "
+            f"{f' of the model at {printable(tested[:200])}' if isinstance(tested, str) else ''} on the "
             f"{results.get('test_split', 'test split')} | {len(result.history)} epochs | "
             f"{results['seconds_per_epoch']:.2f} s/epoch | device {result.device}")
     confused = summary.get("most_confused") or []
