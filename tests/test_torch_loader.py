@@ -79,3 +79,34 @@ def test_train_given_a_dataloader_says_what_to_do(tmp_path):
 
     with pytest.raises(ConfigError, match="takes a trainlab Dataset, not a torch DataLoader.*trainlab.fit"):
         trainlab.train({"runs_dir": str(tmp_path)}, data=DataLoader(_data(), batch_size=16))
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, item, n=32):
+        self.item, self.n = item, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.item(i)
+
+
+class _NoLength(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from ((torch.zeros(1, 28, 28), 0) for _ in range(32))
+
+
+@pytest.mark.parametrize("dataset,phrase", [
+    (_NoLength(), "has no length"),  # was TypeError: object of type ... has no len()
+    (_Items(lambda i: (torch.zeros(1, 28, 28), 0), n=0), "holds no batches"),  # was trained on nothing, loss NaN
+    (_Items(lambda i: ([0.0] * 784, 0)), "images are a list"),  # was AttributeError: 'list' ... 'to'
+    (_Items(lambda i: ("a.png", 0)), "images are a tuple"),
+    (_Items(lambda i: (torch.zeros(1, 28, 28), 0.5)), "labels are a torch.float64"),  # was a RuntimeError
+    (_Items(lambda i: (torch.zeros(1, 28, 28), -1)), "negative label -1"),
+])
+def test_a_dataloader_giving_something_else_is_one_sentence(dataset, phrase):
+    model = _model()
+    with pytest.raises(DataError, match=phrase):
+        fit(model, torch.optim.SGD(model.parameters(), 0.1), DataLoader(dataset, batch_size=8), epochs=1,
+            progress=False)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from trainlab.data.loader import derive_seed
+from trainlab.errors import DataError
 
 log = logging.getLogger("trainlab")
 
@@ -51,22 +52,51 @@ class TorchLoader:
         return None
 
     def __len__(self) -> int:
-        return len(self.loader)
+        try:
+            n = len(self.loader)
+        except TypeError:  # an IterableDataset without __len__
+            raise DataError("the DataLoader's dataset has no length (an IterableDataset without __len__): give "
+                            "it a __len__ returning its number of samples; trainlab needs the batches per epoch "
+                            "for the schedule and to resume inside an epoch") from None
+        if n == 0:
+            raise DataError("the DataLoader holds no batches: its dataset is empty (or drop_last drops them all)")
+        return n
 
     def __iter__(self):
         start, self._start = self._start, 0
+        given = 0
         for i, batch in enumerate(self.loader):
+            given += 1
             if i < start:  # a resumed epoch: these batches were trained before the interruption
                 continue
-            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                from trainlab.errors import DataError
-
-                raise DataError(f"the DataLoader gave a {type(batch).__name__}, not (images, labels): make its "
-                                "Dataset return (image tensor, class index) pairs")
-            x = batch[0].to(self.device, non_blocking=True)
+            x, y = _checked(batch)
+            x = x.to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, batch[1].to(self.device, non_blocking=True)
+            yield x, y.to(self.device, non_blocking=True)
+        if not given:
+            raise DataError("the DataLoader gave no batches this epoch (an iterable dataset that ran out?)")
+
+
+def _checked(batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of one batch, or one sentence saying what the Dataset gives instead
+    (checked on the host, before the batch moves: no device sync)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise DataError(f"the DataLoader gave a {type(batch).__name__}, not (images, labels): make its "
+                        "Dataset return (image tensor, class index) pairs")
+    x, y = batch[0], batch[1]
+    if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype == torch.uint8) or x.dim() < 2:
+        what = f"{x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"the DataLoader's images are a {what}, not a float or uint8 batch tensor: make its "
+                        "Dataset return an image tensor (e.g. transforms.ToTensor())")
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool \
+            or y.dim() != 1 or len(y) != len(x):
+        what = f"{y.dtype} tensor of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise DataError(f"the DataLoader's labels are a {what}, not {len(x)} integer class indices: make its "
+                        "Dataset return an int class index per image")
+    if y.device.type == "cpu" and len(y) and int(y.min()) < 0:
+        raise DataError(f"the DataLoader gave a negative label {int(y.min())}: labels are class indices 0..K-1")
+    return x, y
 
 
 def as_loader(loader, device, seed: int = 0):
