@@ -157,6 +157,7 @@ def test_every_command_applies_each_run_option_it_accepts_or_refuses_it(tmp_path
     applied_elsewhere = {  # command -> the run options it takes, each applied by that command
         "export": {"--data-dir"}, "predict": {"--data-dir", "--device"}, "evaluate": {"--data-dir", "--device"},
         "report": {"--data-dir", "--device"}, "bench-device": {"--model", "--threads"},
+        "serve": {"--device"},  # tests/test_serve.py
         "data info": {"--data-dir", "--dataset", "--image-size"},
         "experiment fashion": {"--data-dir", "--dataset", "--device", "--name", "--quiet", "--runs-dir", "--seed",
                                "--threads", "--val-size"},

@@ -369,6 +369,7 @@ def test_command_serves_then_sigterm_stops_it_in_one_line_and_a_busy_port_is_one
     (["--port", "70000"], "a port is 0 to 65535"),
     (["--port", "http"], "expected a port number"),
     (["--host", "no.such.host.invalid"], "--host no.such.host.invalid: not a name or address"),
+    (["--device", "tpu"], "device 'tpu' is invalid"),  # --device reaches load_model
 ])
 def test_bad_port_or_host_is_a_usage_error(tiny_run, args, phrase):
     r = subprocess.run([sys.executable, "-m", "trainlab", "serve", str(tiny_run[0]), *args],
