@@ -112,7 +112,9 @@ WRITERS_ALLOWED = {
     "store/atomic.py": "the writer itself",
     "data/sources.py": "downloads stream into a fresh temporary folder, renamed into the cache whole",
     "data/npm.py": "unpacks into a fresh temporary folder, renamed into the cache whole",
-    "data/folder.py": "the decode cache is written into a fresh temporary folder, renamed whole",
+    "data/folder/cache.py": "the decode cache is written into a fresh temporary folder, renamed whole",
+    "data/folder/decode.py": "decodes into that fresh temporary folder (the cache's), renamed whole",
+    "training/launcher.py": "a rank's error line, into the launcher's private temporary folder (0700)",
     "training/tensorboard.py": "TensorBoard's own event writer, into the run folder the lock protects",
 }
 

@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "trainlab"
 
 # module (or folder) -> layer; a module may import only from lower layers or its own folder
 LAYERS = {
-    "trainlab._version": 1, "trainlab.errors": 1,
+    "trainlab._version": 1, "trainlab.errors": 1, "trainlab.text": 1,
     "trainlab.recipes": 2, "trainlab.metrics": 2, "trainlab.devices": 2,
     "trainlab.data.catalog": 2,  # the known data sets and what names one: constants, no I/O
     "trainlab.models": 3,
@@ -20,7 +20,7 @@ LAYERS = {
     "trainlab.inference": 7,
     "trainlab.training": 8,
     "trainlab.analysis": 9,
-    "trainlab.api": 10,
+    "trainlab.api": 10, "trainlab.serve": 10,
     "trainlab.cli": 11, "trainlab": 11,
     "trainlab.__main__": 12,
 }

@@ -66,10 +66,14 @@ def test_a_presets_flips_are_on_only_where_mirroring_keeps_the_label(dataset, fl
     assert asked.train.hflip and asked.train.tta_flip  # named by the user: kept
 
 
-def test_a_registered_format_can_say_its_images_may_be_flipped():
+def test_a_registered_format_can_say_its_images_may_be_flipped(monkeypatch):
     from trainlab.config import resolve
-    from trainlab.data import formats
+    from trainlab.data import catalog, formats
 
+    # the registries as they were afterwards: other tests list the registered formats
+    monkeypatch.setattr(formats, "_READERS", dict(formats._READERS))
+    monkeypatch.setattr(catalog, "FLIP_SAFE_SCHEMES", set(catalog.FLIP_SAFE_SCHEMES))
+    monkeypatch.setattr(formats, "FLIP_SAFE_SCHEMES", catalog.FLIP_SAFE_SCHEMES)
     formats.register_format("mirrorsafe", lambda arg, data_dir: None, flips_keep_labels=True)
     assert resolve({"model": "cnn-fast", "dataset": "mirrorsafe:x"}).train.hflip
     assert not resolve({"model": "cnn-fast", "dataset": "otherfmt:x"}).train.hflip

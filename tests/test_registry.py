@@ -191,7 +191,7 @@ def test_an_unknown_scheme_names_the_registered_ones_and_how_to_add_one(registry
     with pytest.raises(ConfigError) as e:
         trainlab.load_dataset("later:thing")
     msg = str(e.value)
-    assert "no data format 'later' is registered in this process (registered: cifar10, cifar100, folder, idx, npz)" in msg
+    assert "no data format 'later' is registered in this process (registered: cifar10, cifar100, csv, folder, hf, idx, npz)" in msg
     assert "trainlab.data.register_format" in msg and "--allow-import" in msg and "\n" not in msg
 
 
@@ -205,7 +205,7 @@ def test_an_unknown_scheme_names_the_registered_ones_and_how_to_add_one(registry
 def test_bad_format_registrations(registry, call, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         call()
-    assert formats.schemes() == ["cifar10", "cifar100", "folder", "idx"]  # the built-in ones
+    assert formats.schemes() == ["cifar10", "cifar100", "csv", "folder", "hf", "idx"]  # the built-in ones
 
 
 def test_config_accepts_any_scheme_and_refuses_junk_naming_the_choices(registry):

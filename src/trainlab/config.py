@@ -313,8 +313,6 @@ def _check_finetune(cfg: Config) -> None:
         raise ConfigError("init_map and reinit_head act on init_from's weights, and init_from is not set: name the "
                           "weights to start from")
     if cfg.init_map:
-        from trainlab.training.init_keys import parse_init_map
-
         parse_init_map(cfg.init_map)
     if cfg.init_from is not None and not cfg.init_from.strip():
         raise ConfigError("init_from = '' is invalid: name a run folder or a weights file")
@@ -379,3 +377,28 @@ def dumps_toml(d: dict) -> str:
 
 
 __all__ = ["Config", "resolve", "load_toml", "validate", "with_overrides", "dumps_toml", "replace"]
+
+
+def parse_init_map(text: str | None) -> list[tuple[str, str]]:
+    """ "model.backbone.=,fc.=head." -> [("model.backbone.", ""), ("fc.", "head.")]."""
+    if not text:
+        return []
+    pairs = []
+    for part in text.split(","):
+        old, eq, new = part.strip().partition("=")
+        if not eq or not old:
+            raise ConfigError(f"init_map = {text!r} is invalid: give OLD=NEW prefix renames separated by commas, "
+                              "e.g. model.backbone.=,fc.=head. (NEW may be empty)")
+        pairs.append((old, new))
+    return pairs
+
+
+def _by_prefix(keys) -> dict[str, list[str]]:
+    """prefix -> the keys under it, for prefixes of up to MAX_DEPTH dotted segments (each key
+    under at most MAX_DEPTH of them: the index holds at most MAX_DEPTH refs a key)."""
+    under: dict[str, list[str]] = {}
+    for k in keys:
+        parts = k.split(".")
+        for depth in range(1, min(MAX_DEPTH, len(parts) - 1) + 1):
+            under.setdefault(".".join(parts[:depth]) + ".", []).append(k)
+    return under

@@ -30,7 +30,7 @@ def _label(text) -> str:
     """A class, run or file name as figure text: escaped like the terminal's (a control
     character would reach stderr in matplotlib's missing-glyph warning) and with `$` literal
     (matplotlib reads $...$ as math, and fails on a malformed one)."""
-    from trainlab.analysis.tables import printable
+    from trainlab.text import printable
 
     return printable(text).replace("$", r"\$")
 

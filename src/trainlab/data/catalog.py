@@ -112,21 +112,19 @@ def absolute(spec: str) -> str:
     return spec
 
 
-# Built-in formats whose images keep their class when mirrored (CIFAR's photos); a registered
-# format says so itself (formats.register_format(..., flips_keep_labels=True)).
+# Formats whose images keep their class when mirrored: CIFAR's photos, and any format registered
+# with formats.register_format(..., flips_keep_labels=True), which adds its scheme here.
 FLIP_SAFE_SCHEMES = {"cifar10", "cifar100"}
 
 
 def flips_keep_labels(spec: str) -> tuple[bool, str]:
     """Whether mirroring an image of data set `spec` keeps its label, and why it is known (or
     not: unknown counts as no, since a wrong yes costs accuracy silently: 2.9 points on digits)."""
-    from trainlab.data import formats
-
     if spec in CATALOG:
         keep = CATALOG[spec].flips_keep_labels
         return keep, f"{spec}: {'mirrored images keep their class' if keep else 'a mirrored digit is not a digit'}"
     scheme = spec.partition(":")[0]
-    if scheme in FLIP_SAFE_SCHEMES or formats.flips_keep_labels(scheme):
+    if scheme in FLIP_SAFE_SCHEMES:
         return True, f"{scheme}: mirrored images keep their class"
     return False, f"{scheme}: not known whether a mirrored image keeps its class"
 

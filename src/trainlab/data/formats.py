@@ -14,7 +14,7 @@ import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trainlab.data.catalog import SCHEME, problem  # noqa: F401  (problem: re-exported)
+from trainlab.data.catalog import FLIP_SAFE_SCHEMES, SCHEME, problem  # noqa: F401  (problem: re-exported)
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,16 +47,9 @@ def register_format(scheme: str, reader: Reader | None = None, *, flips_keep_lab
                               f"{getattr(known, '__module__', '?')}) with another reader: choose another scheme")
         _READERS[scheme] = reader
         if flips_keep_labels is True:
-            _FLIP_SAFE.add(scheme)
+            FLIP_SAFE_SCHEMES.add(scheme)
         return reader
     return deco if reader is None else deco(reader)
-
-
-_FLIP_SAFE: set[str] = set()
-
-
-def flips_keep_labels(scheme: str) -> bool:
-    return scheme in _FLIP_SAFE
 
 
 def schemes() -> list[str]:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from trainlab import models
-from trainlab.analysis.tables import printable
+from trainlab.text import printable
 from trainlab.data.loader import derive_seed
 from trainlab.errors import ConfigError
 from trainlab.inference import checkpoint_path, kept_weights

@@ -10,35 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trainlab.errors import ConfigError
+from trainlab.config import parse_init_map  # noqa: F401  (parsed where the config is checked)
 
 MAX_DEPTH = 3  # prefixes of up to three dotted segments ("model.model.encoder.")
 MAX_CANDIDATES = 200
-
-
-def parse_init_map(text: str | None) -> list[tuple[str, str]]:
-    """ "model.backbone.=,fc.=head." -> [("model.backbone.", ""), ("fc.", "head.")]."""
-    if not text:
-        return []
-    pairs = []
-    for part in text.split(","):
-        old, eq, new = part.strip().partition("=")
-        if not eq or not old:
-            raise ConfigError(f"init_map = {text!r} is invalid: give OLD=NEW prefix renames separated by commas, "
-                              "e.g. model.backbone.=,fc.=head. (NEW may be empty)")
-        pairs.append((old, new))
-    return pairs
-
-
-def _by_prefix(keys) -> dict[str, list[str]]:
-    """prefix -> the keys under it, for prefixes of up to MAX_DEPTH dotted segments (each key
-    under at most MAX_DEPTH of them: the index holds at most MAX_DEPTH refs a key)."""
-    under: dict[str, list[str]] = {}
-    for k in keys:
-        parts = k.split(".")
-        for depth in range(1, min(MAX_DEPTH, len(parts) - 1) + 1):
-            under.setdefault(".".join(parts[:depth]) + ".", []).append(k)
-    return under
 
 
 def _prefixes(keys) -> list[str]:

@@ -212,7 +212,7 @@ def _every_class_in_both(root: Path, classes: list[str], labels: np.ndarray, tra
                          test_idx: np.ndarray, carved: bool) -> None:
     """A class with no training image cannot be learnt, and one with no test image has no
     accuracy: `compare` and `report` refuse such a run, so it is refused here, before training."""
-    from trainlab.analysis.tables import printable
+    from trainlab.text import printable
 
     n = len(classes)
     for idx, split in ((train_idx, "training"), (test_idx, "test")):

@@ -38,7 +38,7 @@ class Scan:
 
 
 def _shown(name: str) -> str:
-    from trainlab.analysis.tables import printable
+    from trainlab.text import printable
 
     return printable(name)
 
