@@ -38,6 +38,8 @@ def test_export_checks_parity_and_writes_a_self_contained_graph(runs, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "parity on 200 test images: argmax agreement 100.00%, max probability difference" in r.stdout
     meta = json.loads((out / "model.onnx.json").read_text())
+    assert "exporter dynamo (opset 18)" in r.stdout and "fallback" not in meta
+    assert meta["exporter"] == "dynamo" and meta["opset"] == 18 and meta["schema"] == 1
     assert meta["input"] == {"name": "images", "dtype": "uint8", "shape": ["N", 1, 28, 28],
                              "layout": "N,C,H,W, pixel values 0-255"}
     assert meta["classes"] == [str(i) for i in range(10)] and meta["preprocessing"]["tta_flip"] is True
@@ -147,11 +149,13 @@ def test_the_operator_allow_list_is_what_trainlab_exports():
     assert {"mlp", "cnn", "resnet"} <= set(builtin)
     for name in builtin:
         for shape in ((1, 28, 28), (3, 32, 32)):
-            for flip in (False, True):
+            # both exporters (dynamo first, TorchScript its fallback); flip TTA adds to what a
+            # graph without it emits, so the slower dynamo exporter is asked with it only
+            for exporter, flip in (("torchscript", False), ("torchscript", True), ("dynamo", True)):
                 ckpt = {"model_spec": {"name": name, "kwargs": {}, "input_shape": list(shape), "num_classes": 10},
                         "mean": [0.5] * shape[0], "std": [0.25] * shape[0], "config": {"tta_flip": flip}}
                 packaged = onnx_export.wrap(models.build(name, shape, 10).eval(), ckpt)
-                proto = onnx.load_from_string(onnx_export.to_onnx(packaged, shape, {}))
+                proto = onnx.load_from_string(onnx_export.to_onnx(packaged, shape, {}, exporter))
                 emitted |= {n.op_type for n in proto.graph.node}
                 opsets |= {(o.domain, o.version) for o in proto.opset_import}
     assert emitted == set(TRAINLAB_OPS) and ALLOWED_OPS == TRAINLAB_OPS | USER_MODEL_OPS
@@ -252,5 +256,38 @@ def test_every_builtin_export_passes_the_size_check_with_a_batch():
         for shape in ((1, 28, 28), (3, 32, 32)):
             ckpt = {"model_spec": {"name": name, "kwargs": {}, "input_shape": list(shape), "num_classes": 10},
                     "mean": [0.5] * shape[0], "std": [0.25] * shape[0], "config": {"tta_flip": True}}
-            blob = onnx_export.to_onnx(onnx_export.wrap(models.build(name, shape, 10).eval(), ckpt), shape, {})
-            assert check_sizes(onnx.load_from_string(blob), name, len(blob)) > 1, (name, shape)
+            for exporter in ("torchscript", "dynamo"):
+                blob = onnx_export.to_onnx(onnx_export.wrap(models.build(name, shape, 10).eval(), ckpt), shape, {},
+                                           exporter)
+                assert check_sizes(onnx.load_from_string(blob), name, len(blob)) > 1, (name, shape, exporter)
+
+
+@pytest.mark.parametrize("failure", ["raises", "unguarded", "parity"])
+def test_the_torchscript_exporter_is_the_fallback_and_says_why(runs, tmp_path, monkeypatch, caplog, failure):
+    """The dynamo exporter failing, emitting a graph onnx_guard refuses, or failing the parity
+    check: the TorchScript exporter writes the file, and the metadata and a warning say why."""
+    real_graph, real_parity = onnx_export._graph, onnx_export.parity
+
+    def graph(packaged, shape, exporter):
+        if exporter == "dynamo" and failure == "raises":
+            raise RuntimeError("an operator it cannot export")
+        proto = real_graph(packaged, shape, exporter)
+        if exporter == "dynamo" and failure == "unguarded":
+            proto.graph.node[0].op_type = "Loop"
+        return proto
+
+    def parity(blob, *a, **kw):
+        p = real_parity(blob, *a, **kw)
+        props = onnx_export._need("onnx").load_from_string(blob).metadata_props
+        exporter = json.loads(next(e.value for e in props if e.key == "trainlab"))["exporter"]
+        return {**p, "max_prob_diff": 1.0} if failure == "parity" and exporter == "dynamo" else p
+
+    monkeypatch.setattr(onnx_export, "_graph", graph)
+    monkeypatch.setattr(onnx_export, "parity", parity)
+    path, meta_path = export_run(runs["mlp"], tmp_path / "out", format="onnx")
+    meta = json.loads(meta_path.read_text())
+    assert meta["exporter"] == "torchscript" and meta["opset"] == 17
+    assert meta["fallback"].startswith("the dynamo exporter failed: ")
+    assert {"raises": "an operator it cannot export", "unguarded": "Loop", "parity": "agree"}[failure] in meta["fallback"]
+    assert "using the TorchScript exporter" in caplog.text
+    assert meta["parity"]["argmax_agreement"] == 1.0

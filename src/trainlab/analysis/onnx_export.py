@@ -4,15 +4,19 @@ augmentation, when the run used it) inside, so a user needs no trainlab and no p
 
 The export is checked before a file is written: ONNX Runtime and PyTorch classify the run's
 test split and must agree on every argmax, with probabilities within 1e-4; otherwise it is
-refused and nothing is written. The exporter is torch.onnx's TorchScript one (dynamo=False):
-it needs only the `onnx` package and works offline. onnx and onnxruntime are imported here
-only (pip install 'trainlab[onnx]'); importing trainlab never needs them.
+refused and nothing is written. The exporter is torch.onnx's current one (dynamo=True, opset
+18, needs `onnxscript`); when it fails, or its graph fails onnx_guard or the parity check, the
+TorchScript exporter (dynamo=False, opset 17) is used instead, and the metadata says so
+("exporter", "fallback": why). onnx, onnxscript and onnxruntime are imported here only
+(pip install 'trainlab[onnx]'); importing trainlab never needs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,7 +26,10 @@ from torch import nn
 
 from trainlab.errors import ConfigError, TrainlabError
 
-OPSET = 17
+OPSET = 17  # the TorchScript exporter's
+DYNAMO_OPSET = 18  # torch.onnx's current exporter's
+EXPORTERS = (("dynamo", DYNAMO_OPSET), ("torchscript", OPSET))  # tried in this order
+log = logging.getLogger("trainlab")
 INPUT, OUTPUT = "images", "probabilities"
 MAX_ARGMAX_DISAGREEMENT = 0.0  # every test image classified the same
 MAX_PROB_DIFF = 1e-4
@@ -76,15 +83,36 @@ def metadata(ckpt: dict, src: Path) -> dict:
     return {**export_metadata(ckpt, src, "onnx", "model.onnx"), "opset": OPSET}
 
 
-def to_onnx(packaged: nn.Module, input_shape, meta: dict) -> bytes:
+def _graph(packaged: nn.Module, input_shape, exporter: str):
+    """The ONNX ModelProto of `packaged`, batch dimension "N", by torch.onnx's `exporter`."""
     onnx = _need("onnx")
     example = torch.zeros((2, *input_shape), dtype=torch.uint8)
-    buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(packaged, (example,), buf, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}}, opset_version=OPSET)
-    proto = onnx.load_from_string(buf.getvalue())
+        if exporter == "torchscript":
+            buf = io.BytesIO()
+            torch.onnx.export(packaged, (example,), buf, dynamo=False, input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "N"}, OUTPUT: {0: "N"}}, opset_version=OPSET)
+            return onnx.load_from_string(buf.getvalue())
+        try:
+            import onnxscript  # noqa: F401 -- what dynamo=True needs
+        except ImportError:
+            raise TrainlabError("onnxscript is not installed (pip install 'trainlab[onnx]')") from None
+        quiet = logging.getLogger("torch.onnx")
+        level, quiet.level = quiet.level, logging.ERROR  # its notes on torchvision ops, progress lines
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                program = torch.onnx.export(packaged, (example,), dynamo=True, input_names=[INPUT],
+                                            output_names=[OUTPUT], opset_version=DYNAMO_OPSET, verbose=False,
+                                            dynamic_shapes=({0: torch.export.Dim("N")},))
+        finally:
+            quiet.level = level
+        return onnx.load_from_string(program.model_proto.SerializeToString())
+
+
+def to_onnx(packaged: nn.Module, input_shape, meta: dict, exporter: str = "torchscript") -> bytes:
+    onnx = _need("onnx")
+    proto = _graph(packaged, input_shape, exporter)
     entry = proto.metadata_props.add()
     entry.key, entry.value = "trainlab", json.dumps(meta)
     onnx.checker.check_model(proto)
@@ -156,11 +184,21 @@ def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, d
     """model.onnx + model.onnx.json in `out`, written only after the parity check passes."""
     from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
 
-    meta = metadata(ckpt, src)
     images = _test_split(ckpt, src, data, data_dir)
-    blob = to_onnx(wrap(model, ckpt), ckpt["model_spec"]["input_shape"], meta)
-    p = parity(blob, model, ckpt, images, batch=readable(blob))
-    check_parity(p)
+    fallback = None
+    for exporter, opset in EXPORTERS:
+        meta = {**metadata(ckpt, src), "opset": opset, "exporter": exporter,
+                **({"fallback": fallback} if fallback else {})}
+        try:
+            blob = to_onnx(wrap(model, ckpt), ckpt["model_spec"]["input_shape"], meta, exporter)
+            p = parity(blob, model, ckpt, images, batch=readable(blob))
+            check_parity(p)
+            break
+        except Exception as e:  # noqa: BLE001 -- any failure of the newer exporter: the older one, said
+            if exporter == EXPORTERS[-1][0]:
+                raise
+            fallback = f"the {exporter} exporter failed: {(str(e).splitlines() or [type(e).__name__])[0][:300]}"
+            log.warning("ONNX export: %s; using the TorchScript exporter", fallback)
     meta["parity"] = {**p, "split": "test", "max_prob_diff_allowed": MAX_PROB_DIFF}
     path, meta_path = out / "model.onnx", out / "model.onnx.json"
     atomic_write_bytes(path, blob)

@@ -20,7 +20,10 @@ from trainlab.errors import TrainlabError
 
 # what onnx_export.to_onnx emits for every registered model (with and without flip TTA, 1 and 3 channels)
 TRAINLAB_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
-                          "GlobalAveragePool", "Identity", "MaxPool", "Mul", "Relu", "Slice", "Softmax"})
+                          "GlobalAveragePool", "Identity", "MaxPool", "Mul", "Relu", "Slice", "Softmax",
+                          # the dynamo exporter's flatten and global average pool (constant shape
+                          # and axes; check_sizes bounds what they output)
+                          "Reshape", "ReduceMean"})
 # and what a user's own model (trainlab exports those too) may add: standard operators without
 # subgraphs whose output is no bigger than their inputs allow. Left out: control flow (Loop, Scan,
 # If) and every operator that takes its output size from data (Tile, Expand, ConstantOfShape,
@@ -29,12 +32,12 @@ USER_MODEL_OPS = frozenset({
     "Abs", "AveragePool", "Clip", "Concat", "ConvTranspose", "Dropout", "Elu", "Erf", "Exp", "Gelu",
     "GlobalMaxPool", "GroupNormalization", "HardSigmoid", "HardSwish", "InstanceNormalization",
     "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "Mean", "Min", "Mish", "Neg",
-    "PRelu", "Pow", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceSum", "Reshape", "Selu",
+    "PRelu", "Pow", "Reciprocal", "ReduceMax", "ReduceMin", "ReduceSum", "Selu",
     "Shape", "Sigmoid", "Softplus", "Softsign", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose",
     "Unsqueeze", "Gather", "Equal", "Where", "Less", "Greater", "Not", "And", "Or",
 })
 ALLOWED_OPS = TRAINLAB_OPS | USER_MODEL_OPS
-OPSETS = range(17, 18)  # the default-domain opsets trainlab has exported (onnx_export.OPSET)
+OPSETS = range(17, 19)  # the default-domain opsets trainlab exports (onnx_export.EXPORTERS)
 MAX_BYTES = 2**31 - 1  # protobuf's own limit for one message: a bigger model.onnx is not a whole one
 MAX_META_CHARS = 64 << 20  # the "trainlab" metadata entry (class names dominate)
 # what one batch's node outputs may hold together (the runtime frees most of them sooner; the

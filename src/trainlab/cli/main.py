@@ -289,7 +289,10 @@ def cmd_export(args) -> int:
 
         weights, meta = export_run(args.path, args.out, allow_import=_allowed(args), format="onnx",
                                    data_dir=args.data_dir)
-        print(PARITY_CHECK_LINE.format(**json.loads(meta.read_text())["parity"]))
+        table = json.loads(meta.read_text())
+        print(PARITY_CHECK_LINE.format(**table["parity"]))
+        print(printable(f"exporter {table['exporter']} (opset {table['opset']})"
+                        + (f"; fell back: {table['fallback']}" if table.get("fallback") else "")))
     else:
         weights, meta = export_run(args.path, args.out, allow_import=_allowed(args))
     print(printable(f"wrote {weights} and {meta}"))  # paths the user typed: escaped, never raw
