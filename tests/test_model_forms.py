@@ -121,7 +121,7 @@ def test_table_csv_and_limits(forms, cli):
 
 def test_a_folder_streams_in_chunks(forms, cli, monkeypatch):
     """Never all images decoded at once: chunks of CHUNK_BYTES (here 5 images' worth)."""
-    from trainlab import prediction
+    from trainlab.analysis import prediction
     from trainlab.data import folder as folder_mod
 
     seen = []
@@ -172,14 +172,18 @@ def test_an_export_before_schema_1_is_still_read(forms, cli, tmp_path):
         assert cli("inspect", tmp_path / "model.safetensors").returncode == 0
 
 
-@pytest.mark.parametrize("damage", ["missing", "not-json", "bad-spec", "few-classes", "other-weights"])
+@pytest.mark.parametrize("damage", ["missing", "not-json", "bad-spec", "few-classes", "other-weights",
+                                    "junk-weights"])
 def test_a_damaged_or_missing_metadata_is_one_sentence(forms, cli, tmp_path, damage):
     import shutil
 
     shutil.copy(forms["out"] / "model.safetensors", tmp_path / "model.safetensors")
     meta = json.loads((forms["out"] / "model.safetensors.json").read_text())
     side = tmp_path / "model.safetensors.json"
-    if damage == "not-json":
+    if damage == "junk-weights":
+        side.write_text(json.dumps(meta))
+        (tmp_path / "model.safetensors").write_bytes(b"\xff" * 8 + b"{" * 100)
+    elif damage == "not-json":
         side.write_text("{")
     elif damage == "bad-spec":
         side.write_text(json.dumps({**meta, "model_spec": {"name": "os:system"}}))

@@ -108,12 +108,12 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=(), mode
     """
     path = checkpoint_path(path_or_run)
     if path.suffix == ".safetensors":  # an export: weights + model.safetensors.json (analysis/exported.py)
-        from trainlab.analysis.exported import load_safetensors
+        from trainlab.store.exported import load_safetensors
 
         return load_safetensors(path, map_location, allow_import, model)
     if path.suffix == ".onnx":
         raise TrainlabError(f"{path} is an ONNX graph, run by ONNX Runtime, not a PyTorch model: use "
-                            "`trainlab predict` or trainlab.prediction.open_model, or load the "
+                            "`trainlab predict` or trainlab.analysis.prediction.open_model, or load the "
                             "model.safetensors export")
     device = pick_device("auto") if map_location is None else pick_device(str(map_location))
     ckpt = check_fields(load_checkpoint(path, map_location=device), path)
@@ -149,14 +149,16 @@ class CheckpointEvaluation:
 
 def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None, data_dir=None,
                         device: str = "auto", allow_import=(), what: str = "evaluate",
-                        model=None) -> CheckpointEvaluation:
-    """A trained model's predictions and per-class results on its data set's test split."""
-    dev = pick_device(device)
-    onnx = Path(path_or_run).suffix == ".onnx"
-    if onnx:  # run by ONNX Runtime in its child process: no nn.Module (model is None)
-        from trainlab.prediction import open_model
+                        model=None, open_graph=None) -> CheckpointEvaluation:
+    """A trained model's predictions and per-class results on its data set's test split.
 
-        graph = open_model(path_or_run)
+    `open_graph` (analysis.prediction.open_model) opens a model.onnx: analysis lives above here."""
+    dev = pick_device(device)
+    graph = None
+    if Path(path_or_run).suffix == ".onnx":  # run by ONNX Runtime in its child process: no nn.Module
+        if open_graph is None:
+            raise TrainlabError(f"{path_or_run}: evaluate a model.onnx with trainlab.analysis.evaluation")
+        graph = open_graph(path_or_run)
         model, ckpt = None, graph.ckpt
     else:
         model, ckpt = load_model(path_or_run, map_location=dev, allow_import=allow_import, model=model)
@@ -173,7 +175,7 @@ def evaluate_checkpoint(path_or_run: str | Path, *, data: Dataset | None = None,
     classes = list(data.classes)
     if ckpt.get("classes") and list(ckpt["classes"]) != classes:
         log.warning("%s: the checkpoint's class names differ from the data's; using the data's", what)
-    if onnx:  # log-probabilities: the same argmax, loss and softmax as logits
+    if graph is not None:  # log-probabilities: the same argmax, loss and softmax as logits
         logits, labels = graph.probabilities(data.test_x).clamp_min(1e-45).log(), data.test_y
     else:
         loader = DeviceLoader(data.test_x, data.test_y, EVAL_BATCH, mean=ckpt["mean"], std=ckpt["std"], device=dev)

@@ -94,7 +94,10 @@ def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_impor
     out_dir = path if path.is_dir() else path.parent
     if run_dir is None and path.name == runs.WEIGHTS_FILE and (path.parent / runs.METRICS_FILE).exists():
         run_dir = path.parent  # runs/x/model.pt is the run itself: give it its curves too
-    result = evaluate_checkpoint(path, data=data, data_dir=data_dir, device=device, allow_import=allow_import)
+    from trainlab.analysis.prediction import open_model
+
+    result = evaluate_checkpoint(path, data=data, data_dir=data_dir, device=device, allow_import=allow_import,
+                                 open_graph=open_model)
     ckpt, data, logits, labels = result.ckpt, result.data, result.logits, result.labels
     summary, matches, classes = result.summary, result.data_matches, list(result.data.classes)
     top = highest_loss(logits, labels, top_k)

@@ -302,7 +302,7 @@ def cmd_export(args) -> int:
 def cmd_predict(args) -> int:
     """Any model form, any input (prediction.py); rows stream out as chunks are classified."""
     from trainlab.analysis.predict_output import PredictionWriter
-    from trainlab.prediction import Tally, chunks, open_model, predict_stream, test_split_chunks
+    from trainlab.analysis.prediction import Tally, chunks, open_model, predict_stream, test_split_chunks
 
     model = open_model(args.checkpoint, device=args.device, allow_import=_allowed(args), timeout=args.timeout)
     inputs = [*(args.files or []), *([args.input] if args.input else [])]
@@ -317,6 +317,8 @@ def cmd_predict(args) -> int:
         writer.write([printable(n) for n in chunk.names], probs, chunk.labels)
         if tally is not None:
             tally.add(probs, chunk.labels)
+    if writer is None:  # every reader refuses an empty input first; this is the last word
+        raise TrainlabError("no images to predict")
     writer.finish(tally.summary() if tally is not None else None, full=bool(inputs))
     return 0
 
