@@ -218,3 +218,18 @@ def test_the_readme_plain_pytorch_snippet_rebuilds_the_export(forms, monkeypatch
     ref = predict_images(model, ckpt, images)
     assert torch.equal(scope["probs"].argmax(1), ref.argmax(1))
     assert (scope["probs"] - ref).abs().max() <= TOL
+
+
+def test_a_folder_is_labelled_only_by_the_models_class_names(forms, cli, tmp_path, monkeypatch):
+    """~ is expanded as for image files; a subfolder that is not a class leaves it unlabelled."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(forms["folder"], tmp_path / "digits")
+    doc = json.loads(cli("predict", forms["forms"]["onnx"], "~/digits", "--output", "json").stdout)
+    assert doc["summary"]["n"] == 24
+    (tmp_path / "digits" / "cats").mkdir()
+    shutil.copy(next(forms["folder"].rglob("*.png")), tmp_path / "digits" / "cats" / "x.png")
+    r = cli("predict", forms["forms"]["onnx"], tmp_path / "digits", "--output", "json")
+    doc = json.loads(r.stdout)
+    assert doc["summary"] is None and len(doc["predictions"]) == 25 and "true" not in doc["predictions"][0]

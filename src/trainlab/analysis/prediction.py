@@ -104,8 +104,8 @@ def labelled_folder(inputs: list[Path], files: list[Path], classes: list[str]) -
     index = {c: i for i, c in enumerate(classes)}
     labels = []
     for f in files:
-        root = next(p for p in inputs if f.is_relative_to(p))
-        parts = f.relative_to(root).parts
+        root = next((p for p in inputs if f.is_relative_to(p)), None)
+        parts = f.relative_to(root).parts if root is not None else ()
         if len(parts) < 2 or parts[0] not in index:
             return None
         labels.append(index[parts[0]])
@@ -121,7 +121,7 @@ def chunks(inputs, model: TrainedModel, limit: int | None = None) -> Iterator[Ch
     c, h, w = model.input_shape
     size = _chunk_size(model.input_shape)
     left = limit if limit is not None else float("inf")
-    items = [Path(p) for p in inputs]
+    items = [Path(p).expanduser() for p in inputs]  # as image_files names them
     arrays = [p for p in items if _is_array(p)]
     pictures = [p for p in items if p not in arrays]
     files = image_files(pictures) if pictures else []  # paths only: nothing decoded yet
