@@ -193,3 +193,10 @@ def test_best_mapping_scores_as_building_every_candidate_would(file_prefix, own_
     chosen, what, n = best_mapping(own, state)
     assert (what, n) == (want, 4)
     assert {k for k in chosen if k in own and chosen[k].shape == own[k].shape} == {own_prefix + k for k in names[:4]}
+
+
+def test_an_init_map_of_thousands_of_renames_is_refused():
+    """Each rename passes over every key: 5,000 renames on 20,000 keys took 19 s."""
+    with pytest.raises(ConfigError, match="more than 64"):
+        parse_init_map(",".join(f"x{i}.=y{i}." for i in range(5000)))
+    assert len(parse_init_map(",".join(f"x{i}.=y{i}." for i in range(64)))) == 64

@@ -379,26 +379,22 @@ def dumps_toml(d: dict) -> str:
 __all__ = ["Config", "resolve", "load_toml", "validate", "with_overrides", "dumps_toml", "replace"]
 
 
+MAX_INIT_RENAMES = 64
+
+
 def parse_init_map(text: str | None) -> list[tuple[str, str]]:
     """ "model.backbone.=,fc.=head." -> [("model.backbone.", ""), ("fc.", "head.")]."""
     if not text:
         return []
+    parts = text.split(",")
+    if len(parts) > MAX_INIT_RENAMES:  # each rename passes over every key of the file
+        raise ConfigError(f"init_map gives {len(parts):,} renames, more than {MAX_INIT_RENAMES}: map the common "
+                          "prefixes (OLD=NEW renames every key that starts with OLD)")
     pairs = []
-    for part in text.split(","):
+    for part in parts:
         old, eq, new = part.strip().partition("=")
         if not eq or not old:
             raise ConfigError(f"init_map = {text!r} is invalid: give OLD=NEW prefix renames separated by commas, "
                               "e.g. model.backbone.=,fc.=head. (NEW may be empty)")
         pairs.append((old, new))
     return pairs
-
-
-def _by_prefix(keys) -> dict[str, list[str]]:
-    """prefix -> the keys under it, for prefixes of up to MAX_DEPTH dotted segments (each key
-    under at most MAX_DEPTH of them: the index holds at most MAX_DEPTH refs a key)."""
-    under: dict[str, list[str]] = {}
-    for k in keys:
-        parts = k.split(".")
-        for depth in range(1, min(MAX_DEPTH, len(parts) - 1) + 1):
-            under.setdefault(".".join(parts[:depth]) + ".", []).append(k)
-    return under

@@ -16,6 +16,17 @@ MAX_DEPTH = 3  # prefixes of up to three dotted segments ("model.model.encoder."
 MAX_CANDIDATES = 200
 
 
+def _by_prefix(keys) -> dict[str, list[str]]:
+    """prefix -> the keys under it, for prefixes of up to MAX_DEPTH dotted segments (each key
+    under at most MAX_DEPTH of them: the index holds at most MAX_DEPTH refs a key)."""
+    under: dict[str, list[str]] = {}
+    for k in keys:
+        parts = k.split(".")
+        for depth in range(1, min(MAX_DEPTH, len(parts) - 1) + 1):
+            under.setdefault(".".join(parts[:depth]) + ".", []).append(k)
+    return under
+
+
 def _prefixes(keys) -> list[str]:
     counts = Counter({p: len(ks) for p, ks in _by_prefix(keys).items()})
     return [p for p, _ in counts.most_common(MAX_CANDIDATES)]
