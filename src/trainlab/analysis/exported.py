@@ -115,7 +115,11 @@ def _fit(ckpt: dict, weights: dict, path: Path) -> str:
     from trainlab.store.checkpoint import check_compatible
 
     try:
-        check_compatible(build_from_spec(ckpt["model_spec"], (), str(path), weights=weights), weights, str(path))
+        net = build_from_spec(ckpt["model_spec"], (), str(path), weights=weights)
+    except TrainlabError as e:  # e.g. a user's model, not registered in this process
+        return f"not checked against the model ({e})"
+    try:
+        check_compatible(net, weights, str(path))
     except TrainlabError as e:
         return f"DO NOT FIT the metadata's model: {e}"
     return "fit the metadata's model"
