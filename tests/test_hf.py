@@ -94,3 +94,18 @@ def test_odd_and_hostile_folders_are_one_sentence(tmp_path):
         load_dataset(f"hf:{folder}")
     data = load_dataset(f"hf:{folder}", skip_bad=True)
     assert len(data.train_y) + len(data.test_y) == 38
+
+
+def test_a_parquet_folder_splits_by_the_hubs_file_names(tmp_path):
+    """test.parquet and test-00000-of-00001.parquet are the test split; contest.parquet is not."""
+    x, y = make_images(60, seed=3)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list("abcdefghij"))})
+
+    def part(lo, hi, name):
+        datasets.Dataset.from_dict({"image": [{"bytes": _png(a), "path": None} for a in x[lo:hi, 0]],
+                                    "label": [int(v) for v in y[lo:hi]]}, features=feats).to_parquet(tmp_path / name)
+    part(0, 30, "contest.parquet")
+    part(30, 40, "train-00000-of-00001.parquet")
+    part(40, 60, "test-00000-of-00001.parquet")
+    data = load_dataset(f"hf:{tmp_path}")
+    assert len(data.test_y) == 20 and len(data.train_y) == 40

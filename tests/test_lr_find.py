@@ -178,7 +178,7 @@ def test_every_command_applies_each_run_option_it_accepts_or_refuses_it(tmp_path
               "keep": "2", "name": "x", "rerun": "refuse"}
     for key in NOT_USED:
         flag = f"--{key.replace('_', '-')}"
-        argv = [flag] if key in ("tta_flip", "tensorboard") else [flag, values[key]]
+        argv = [flag] if key in ("tta_flip", "tensorboard", "test_every_epoch") else [flag, values[key]]
         done = cli("lr-find", *argv, "--out", tmp_path / "never")
         assert done.returncode == 2, (key, done.stderr)
         assert f"lr-find does not use {flag}" in done.stderr and len(done.stderr.strip().splitlines()) == 1

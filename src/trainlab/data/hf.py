@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -108,8 +109,9 @@ def _load(root: Path):
         _check_saved(root, f"hf:{root}")
     try:
         if parquet:
-            splits = {"train": [p for p in parquet if "test" not in p.stem], "test": [p for p in parquet
-                                                                                    if "test" in p.stem]}
+            # the Hub's names: test.parquet, test-00000-of-00001.parquet, data_test.parquet (not contest.parquet)
+            tested = [p for p in parquet if "test" in re.split(r"[-_.]", p.stem.lower())]
+            splits = {"train": [p for p in parquet if p not in tested], "test": tested}
             return {k: datasets.Dataset.from_parquet([str(p) for p in v]) if v else None for k, v in splits.items()}
         d = datasets.load_from_disk(str(root))
     except FileNotFoundError as e:

@@ -36,7 +36,7 @@ CHECK_EVERY = 10  # steps between the host reads of the loss (divergence is noti
 NOT_USED = {
     "epochs": "it runs --steps steps", "schedule": "it sets the rate itself, step by step",
     "warmup_epochs": "it sets the rate itself, step by step", "ema": "it evaluates nothing",
-    "tta_flip": "it evaluates nothing", "patience": "it evaluates nothing", "min_delta": "it evaluates nothing",
+    "tta_flip": "it evaluates nothing", "test_every_epoch": "it evaluates nothing", "patience": "it evaluates nothing", "min_delta": "it evaluates nothing",
     "monitor": "it evaluates nothing", "mode": "it evaluates nothing", "unfreeze_at": "it is the first epoch",
     "save_every": "it keeps no checkpoint", "keep": "it keeps no checkpoint", "name": "it makes no run folder",
     "rerun": "it makes no run folder", "tensorboard": "it writes the curve's figure, not events",
