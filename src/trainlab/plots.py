@@ -105,11 +105,14 @@ def curves(history: list[dict], out, title: str = "") -> Saved:
             xs, ys = _series(rows, f"{split}_{metric}")
             if xs:
                 ax.plot(xs, ys, marker="o", ms=3, label=split, **style)
-        # the shaded band is the train-test gap: the overfitting the picture is about
+        # the shaded band is the gap between training and held-out data: the overfitting the
+        # picture is about (validation: the test split is evaluated per epoch only on request)
         xs_tr, tr = _series(rows, f"train_{metric}")
-        xs_te, te = _series(rows, f"test_{metric}")
-        if xs_tr and xs_tr == xs_te:
-            ax.fill_between(xs_tr, tr, te, color="tab:red", alpha=0.08, label="train-test gap")
+        for held in ("val", "test"):
+            xs_he, he = _series(rows, f"{held}_{metric}")
+            if xs_tr and xs_tr == xs_he:
+                ax.fill_between(xs_tr, tr, he, color="tab:red", alpha=0.08, label=f"train-{held} gap")
+                break
         _epoch_axis(ax)
         ax.set_ylabel(name)
     best = _best_val_epoch(rows)
@@ -117,7 +120,7 @@ def curves(history: list[dict], out, title: str = "") -> Saved:
         for ax in (ax_loss, ax_acc):
             ax.axvline(best, color="grey", lw=0.8, ls=":", label=f"best val (epoch {best})")
     ax_loss.legend(fontsize=8)
-    fig.suptitle(_label(title or "train vs test"))
+    fig.suptitle(_label(title or "train vs validation"))
     return _save(fig, out)
 
 

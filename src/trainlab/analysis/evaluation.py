@@ -132,7 +132,7 @@ def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_impor
                                                   pdir / "samples", title=f"{data.name}: test samples by class").png
         history = runs.read_metrics(run_dir) if run_dir else []
         if any("epoch" in r for r in history):
-            files["curves_plot"] = plots.curves(history, pdir / "curves", f"{title}: train vs test").png
+            files["curves_plot"] = plots.curves(history, pdir / "curves", f"{title}: train vs validation").png
     return Evaluation(out_dir, summary, rows, matches, files)
 
 
