@@ -224,8 +224,20 @@ def run_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, timeout: f
                           capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def _terminal_signals() -> None:
+    """In the child: SIGINT, SIGHUP and SIGTERM as a terminal gives them. A test suite started in
+    the background (`cmd &` ignores SIGINT) or under nohup (SIGHUP) passes its ignored signals on,
+    and trainlab rightly keeps an ignored signal ignored."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def start_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, **popen) -> subprocess.Popen:
-    """`python -m trainlab ARGS` started in the background (Popen keywords pass through: stdout=...)."""
+    """`python -m trainlab ARGS` started in the background (Popen keywords pass through: stdout=...),
+    with the signal dispositions of a terminal (see _terminal_signals)."""
+    popen.setdefault("preexec_fn", _terminal_signals)
     return subprocess.Popen(cli_command(*args, nproc=nproc), cwd=cwd, env=cli_env() if env is None else env,
                             **popen)
 

@@ -27,7 +27,7 @@ def test_the_gpu_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     assert (out / "gpu_check.log").is_file()
     speed = {(r["model"], r["variant"]) for r in rows if r["step"] == "speed"}
     assert {("mlp", v) for v in ("fp32", "tf32", "bf16", "fp16", "bf16-compile")} <= speed
-    assert {("cnn-fast", "fp32"), ("resnet", "fp32")} <= speed
+    assert {("cnn-fast", "bf16-channels-last"), ("resnet", "bf16-channels-last")} <= speed
     assert all(r["samples_per_s"] > 0 for r in rows if r["step"] == "speed")
     assert all(r["bitwise"] for r in rows if r["step"] == "resume_bitwise")
 
