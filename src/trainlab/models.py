@@ -262,8 +262,7 @@ def build_from_spec(spec: dict, allow_import: tuple[str, ...] = (), source: str 
     check_spec(spec, source)
     name = spec["name"]
     if model is not None:  # the caller's own model (train(model=...) runs): theirs, checked against the weights
-        return build_given(model if isinstance(model, nn.Module) else given_model(model)[1] or model, name,
-                           spec["input_shape"], spec["num_classes"], **spec.get("kwargs", {}))
+        return build_given(model, name, spec["input_shape"], spec["num_classes"], **spec.get("kwargs", {}))
     if ":" not in name and name not in _REGISTRY:  # registered by a module the user trusts everywhere?
         for module in user_allowed():
             try:

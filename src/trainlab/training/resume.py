@@ -137,7 +137,7 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
                     "to an uninterrupted run", threads, ckpt.get("threads"))
     session = Session(cfg, req.data, progress=req.progress, schedule_epochs=ckpt["schedule"]["epochs"],
                       allow_import=req.allow_import, callbacks=req.callbacks, weights_bound=ckpt["model"],
-                      model=_given(req.model))
+                      model=req.model)
     _check_continues(session, ckpt, path, name, req)
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
@@ -150,14 +150,6 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
         return session.run()
     finally:
         session.release()  # in place, the lock is resume()'s: releasing twice is harmless
-
-
-def _given(model):
-    """model= on resume: an instance or a factory (the run's recorded name is kept)."""
-    from trainlab import models
-
-    return None if model is None else (model if isinstance(model, torch.nn.Module) else
-                                       models.given_model(model)[1] or model)
 
 
 def _check_continues(session: Session, ckpt: dict, path: Path, name: str, req: _Request) -> None:
@@ -236,7 +228,7 @@ def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
     changes = changes_to_apply(saved, cfg, req.allow_changes, "resume")
     # built first: missing data or a bad model ends here, before any file is moved
     session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks,
-                      model=_given(req.model))
+                      model=req.model)
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session.run_dir = run_dir
     if session.dist.is_main:  # rank 0 alone moves files
