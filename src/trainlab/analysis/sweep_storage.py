@@ -170,14 +170,25 @@ def try_rdb(url: str):
     if parsed.get_backend_name() == "sqlite" and not os.path.isabs(parsed.database):
         raise ConfigError(f"--storage {_masked(url)!r} is a relative path: every command must reach the same file, "
                           "so give it absolutely, e.g. sqlite:////abs/path/sweep.db (four slashes)")
+    import time
+
     from optuna.storages import RDBStorage
 
-    try:
-        return RDBStorage(url)
-    except Exception as e:  # noqa: BLE001 - a missing driver, a refused connection, a bad path: the URL's fault
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{named} cannot be opened ({reason}): check the URL, the server "
-                          "and the driver, then run again") from None
+    for attempt in range(20):
+        try:
+            return RDBStorage(url)
+        except Exception as e:  # noqa: BLE001 - a missing driver, a refused connection, a bad path: the URL's fault
+            text = str(e)
+            # two copies creating one new database at once: the loser sees the winner's lock, its
+            # tables half-made or its schema version row (measured: 7 of 16 racing opens); that is
+            # the other copy at work, not a bad URL
+            if attempt < 19 and any(w in text for w in ("database is locked", "already exists",
+                                                         "UNIQUE constraint failed: alembic_version")):
+                time.sleep(0.25 * (attempt + 1))
+                continue
+            reason = text.strip().splitlines()[0][:200] if text.strip() else type(e).__name__
+            raise ConfigError(f"{named} cannot be opened ({reason}): check the URL, the server "
+                              "and the driver, then run again") from None
 
 
 def open_storage(out: Path, storage: str | None, record: bool = True):
