@@ -17,7 +17,8 @@ import torch
 
 from trainlab.config import resolve
 from trainlab.data import load_dataset
-from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import environment
 from trainlab.training.session import Session
 

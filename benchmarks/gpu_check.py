@@ -161,7 +161,7 @@ class Check:
     def resume_bitwise(self) -> None:
         import torch
 
-        from trainlab.store.checkpoint import load_checkpoint
+        from trainlab.store.schema import load_checkpoint
 
         deterministic = ("import os, torch; os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8'); "
                          "torch.use_deterministic_algorithms(True)")

@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import trainlab  # noqa: E402
-from trainlab.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from trainlab.store.checkpoint import save_checkpoint  # noqa: E402
 from trainlab.store.runs import cpu_model  # noqa: E402
+from trainlab.store.schema import load_checkpoint  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -174,7 +174,7 @@ def assert_resume_bitwise(cfg: dict, runs_dir: Path, step: int, train_kw=None, r
     import torch
 
     import trainlab
-    from trainlab.store.checkpoint import load_checkpoint
+    from trainlab.store.schema import load_checkpoint
 
     class StopAt(trainlab.Callback):
         def on_step_end(self, run):

@@ -12,7 +12,7 @@ import torch
 from conftest import make_images, tiny_dataset, train_tiny
 
 import trainlab
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 
 # A low rate and 3 short epochs: a model that is right on some classes and wrong on others
 # (so agreeing per class means something), in float32 (the per-epoch figures are then those a

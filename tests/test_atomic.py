@@ -114,7 +114,7 @@ WRITERS_ALLOWED = {
     "data/npm.py": "unpacks into a fresh temporary folder, renamed into the cache whole",
     "data/folder/cache.py": "the decode cache is written into a fresh temporary folder, renamed whole",
     "data/folder/decode.py": "decodes into that fresh temporary folder (the cache's), renamed whole",
-    "training/launcher.py": "a rank's error line, into the launcher's private temporary folder (0700)",
+    "cli/launch.py": "a rank's error line, into the launcher's private temporary folder (0700)",
     "training/tensorboard.py": "TensorBoard's own event writer, into the run folder the lock protects",
 }
 
@@ -122,7 +122,7 @@ WRITERS_ALLOWED = {
 # Files allowed to rename (never to write) inside a locked run folder, and why.
 RENAMES_ALLOWED = {
     "training/resume.py": "metrics kept aside on restart",
-    "store/checkpoint.py": "recovery sets unusable files aside",
+    "store/manifest.py": "recovery sets unusable files aside",
 }
 
 

@@ -19,7 +19,7 @@ from conftest import SRC, TINY_RUN, cli_env
 
 import trainlab
 from trainlab.errors import ConfigError
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 from trainlab.training.callbacks import Callback, CallbackList
 
 

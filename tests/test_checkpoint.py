@@ -26,17 +26,10 @@ import trainlab.store.atomic as atomic
 from trainlab.cli.main import main
 from trainlab.config import resolve
 from trainlab.errors import StoreError
-from trainlab.store.checkpoint import (
-    CheckpointDir,
-    CheckpointError,
-    load_checkpoint,
-    load_weights,
-    make_checkpoint,
-    safe_load,
-    save_checkpoint,
-    save_weights,
-    sha256_file,
-)
+from trainlab.store.checkpoint import load_weights, make_checkpoint, save_checkpoint, save_weights, sha256_file
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.safeload import CheckpointError, safe_load
+from trainlab.store.schema import load_checkpoint
 
 SPEC = {"name": "test", "kwargs": {}, "input_shape": [1, 4, 4], "num_classes": 3}
 

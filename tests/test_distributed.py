@@ -24,7 +24,7 @@ from conftest import (
     write_idx_folder,
 )
 
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def test_an_error_after_the_launch_is_one_line_with_its_own_exit_code(idx_dir, t
 
 
 def test_the_launcher_picks_the_cause_over_a_rank_that_lost_its_peer(tmp_path):
-    from trainlab.training import launcher
+    from trainlab.cli import launch as launcher
 
     def leave(rnd, rank, line, code, secondary=False):
         (tmp_path / f"round-{rnd}-rank-{rank}.json").write_text(json.dumps(

@@ -58,7 +58,7 @@ def test_export_writes_safetensors_equal_to_the_model_and_a_json(run_dir, tmp_pa
 def test_export_a_checkpoint_file(run_dir, tmp_path):
     weights, meta = export_run(run_dir / "checkpoints" / "last.pt", tmp_path)
     tensors = safetensors_torch.load_file(str(weights))
-    from trainlab.store.checkpoint import load_checkpoint
+    from trainlab.store.schema import load_checkpoint
 
     assert_same_tensors(tensors, load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
 

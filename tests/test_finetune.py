@@ -18,7 +18,7 @@ from conftest import SRC, TINY_RUN, cli_env, make_images, run_cli, tiny_dataset,
 import trainlab
 from trainlab.data import from_arrays
 from trainlab.errors import ConfigError
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 from trainlab.training.finetune import frozen_names, head_prefix
 
 

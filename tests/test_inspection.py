@@ -15,7 +15,8 @@ from torch import nn
 from trainlab import __version__
 from trainlab.analysis.inspection import describe
 from trainlab.cli.main import main
-from trainlab.store.checkpoint import load_checkpoint, save_checkpoint
+from trainlab.store.checkpoint import save_checkpoint
+from trainlab.store.schema import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,9 @@ def test_inspect_a_run_folder_without_checkpoints(tmp_path):
 def test_inspect_a_run_killed_mid_save_shows_the_old_files_epoch(tmp_path, monkeypatch):
     """Killed after the manifest recorded both hashes, before the rename: last.pt is still
     epoch 1's file and inspect says so, as resume uses it (not the pending epoch 2's entry)."""
-    import trainlab.store.checkpoint as ckmod
-    from trainlab.store.checkpoint import CheckpointDir, make_checkpoint
+    import trainlab.store.manifest as mfmod
+    from trainlab.store.checkpoint import make_checkpoint
+    from trainlab.store.manifest import CheckpointDir
 
     def ck(epoch):
         spec = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
@@ -188,7 +190,7 @@ def test_inspect_a_run_killed_mid_save_shows_the_old_files_epoch(tmp_path, monke
 
     folder = CheckpointDir(tmp_path / "checkpoints")
     folder.save("last.pt", ck(1), epoch=1, global_step=10)
-    monkeypatch.setattr(ckmod, "commit", killed)
+    monkeypatch.setattr(mfmod, "commit", killed)
     with pytest.raises(KeyboardInterrupt):
         folder.save("last.pt", ck(2), epoch=2, global_step=20)
     assert folder.newest_good()[1]["epoch"] == 1  # what resume continues from

@@ -11,16 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-import trainlab.store.checkpoint as ckmod
-from trainlab.errors import TrainlabError
-from trainlab.store.checkpoint import (
-    CheckpointDir,
-    CheckpointError,
-    check_fields,
-    make_checkpoint,
-    safe_load,
-    sha256_file,
-)
+import trainlab.store.manifest as mfmod
+from trainlab.errors import StoreError, TrainlabError
+from trainlab.store.checkpoint import make_checkpoint, sha256_file
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.safeload import CheckpointError, safe_load
+from trainlab.store.schema import check_fields, load_checkpoint
 
 SPEC = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
 
@@ -145,7 +141,7 @@ def test_a_kill_after_the_manifest_records_both_hashes_keeps_the_old_file_verifi
     def killed(tmp, path):
         raise Killed
 
-    monkeypatch.setattr(ckmod, "commit", killed)
+    monkeypatch.setattr(mfmod, "commit", killed)
     with pytest.raises(Killed):
         folder.save("last.pt", ckpt(epoch=2), epoch=2, global_step=20)
     name, entry = folder.newest_good()
@@ -291,9 +287,9 @@ def test_prop_any_manifest_parses_to_valid_entries_or_nothing(prop_dir, doc):
     try:
         prop_dir.manifest_path.write_text(json.dumps(doc, allow_nan=True))
         files, problem, dropped = prop_dir.read_manifest()
-        assert all(ckmod.valid_name(n) and ckmod._valid_entry(e) for n, e in files.items())
+        assert all(mfmod.valid_name(n) and mfmod._valid_entry(e) for n, e in files.items())
         found = prop_dir.newest_good()
-        assert found is None or (ckmod.valid_name(found[0]) and found[0] == "last.pt")
+        assert found is None or (mfmod.valid_name(found[0]) and found[0] == "last.pt")
     finally:
         prop_dir.manifest_path.write_bytes(good)
 
@@ -337,7 +333,7 @@ def test_prop_mutated_checkpoints_load_or_raise_one_sentence(tmp_path_factory, v
     path = tmp_path_factory.mktemp("mut") / "c.pt"
     path.write_bytes(bytes(raw))
     try:
-        obj = ckmod.load_checkpoint(path)
+        obj = load_checkpoint(path)
     except TrainlabError as e:
         assert "\n" not in str(e)
         return
@@ -356,7 +352,7 @@ def test_two_kills_in_the_same_window_still_leave_a_verified_file(tmp_path, monk
     def killed(tmp, path):
         raise Killed
 
-    monkeypatch.setattr(ckmod, "commit", killed)
+    monkeypatch.setattr(mfmod, "commit", killed)
     for epoch in (2, 3):
         with pytest.raises(Killed):
             folder.save("last.pt", ckpt(epoch=epoch), epoch=epoch, global_step=10 * epoch)
@@ -394,6 +390,6 @@ def test_a_linked_checkpoints_folder_is_refused(tmp_path):
     real = tmp_path / "elsewhere"
     real.mkdir()
     (tmp_path / "checkpoints").symlink_to(real)
-    with pytest.raises(ckmod.StoreError, match="symbolic link"):
+    with pytest.raises(StoreError, match="symbolic link"):
         CheckpointDir(tmp_path / "checkpoints").save("last.pt", ckpt(), epoch=1, global_step=10)
     assert not list(real.iterdir())

@@ -95,7 +95,7 @@ def test_mixed_precision_training_learns_on_cpu(tiny_data, tmp_path, precision):
 def test_scaler_state_round_trips_through_a_checkpoint(tiny_data, tmp_path, monkeypatch):
     """The float16 loss scaler's state is saved in last.pt and restored by resume."""
     from trainlab import resume
-    from trainlab.store.checkpoint import load_checkpoint
+    from trainlab.store.schema import load_checkpoint
 
     train_tiny(tmp_path, tiny_data, precision="16-mixed", epochs=1, name="r")
     saved = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["scaler"]

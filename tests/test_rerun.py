@@ -20,7 +20,7 @@ import torch
 from conftest import TINY_RUN, child_pids, cli_env, run_cli, start_cli, write_idx_folder
 
 import trainlab
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ from conftest import cli_env, make_images, write_idx_folder
 from trainlab.cli.main import main as cli_main
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
-from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.schema import load_checkpoint
 from trainlab.training.resume import resume
 from trainlab.training.session import train
 

@@ -18,7 +18,8 @@ from conftest import SRC, write_idx_folder
 from trainlab.cli.main import main
 from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError
-from trainlab.store.checkpoint import load_checkpoint, sha256_file
+from trainlab.store.checkpoint import sha256_file
+from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import read_metrics
 from trainlab.training.resume import resume
 from trainlab.training.session import train
@@ -363,7 +364,7 @@ def test_a_config_file_never_imports_code_by_itself(tmp_path, capsys, monkeypatc
 def _poison(run_dir: Path, name: str, part: str) -> None:
     """`name` re-saved through the manifest (so it verifies) with a NaN in its weights or its
     optimizer state: a checkpoint that diverged yet was saved."""
-    from trainlab.store.checkpoint import CheckpointDir
+    from trainlab.store.manifest import CheckpointDir
 
     ckpts = CheckpointDir(run_dir / "checkpoints")
     ckpt = load_checkpoint(ckpts.folder / name)

@@ -15,7 +15,8 @@ import pytest
 from conftest import SRC, cli_env, run_cli, start_cli, write_idx_folder
 
 from trainlab.errors import StoreError, TrainlabError
-from trainlab.store.checkpoint import CheckpointDir, load_checkpoint
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import RunLock, read_metrics
 
 

@@ -18,7 +18,9 @@ from trainlab.devices import check_same_device, pick_device
 from trainlab.errors import TrainlabError
 from trainlab.metrics import summarize
 from trainlab.models import build_from_spec
-from trainlab.store.checkpoint import CheckpointError, check_compatible, check_fields, load_checkpoint
+from trainlab.store.checkpoint import check_compatible
+from trainlab.store.safeload import CheckpointError
+from trainlab.store.schema import check_fields, load_checkpoint
 from trainlab.store.runs import CHECKPOINTS, WEIGHTS_FILE
 
 log = logging.getLogger("trainlab")

@@ -11,7 +11,9 @@ import torch
 from trainlab.analysis.tables import printable, table
 from trainlab.errors import TrainlabError
 from trainlab.store import runs
-from trainlab.store.checkpoint import FORMAT, MANIFEST, CheckpointDir, check_fields, safe_load
+from trainlab.store.manifest import MANIFEST, CheckpointDir
+from trainlab.store.safeload import safe_load
+from trainlab.store.schema import FORMAT, check_fields
 
 
 def _norm(t) -> str:

@@ -261,7 +261,7 @@ def _string(v, limit=100_000) -> bool:
 
 def check_meta(proto, path) -> dict:
     """trainlab's metadata entry, every field checked as a model.pt's are (check_fields)."""
-    from trainlab.store.checkpoint import check_fields
+    from trainlab.store.schema import check_fields
 
     entries = [p.value for p in proto.metadata_props if p.key == "trainlab"]
     meta = None

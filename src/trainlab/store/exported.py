@@ -9,8 +9,12 @@ from pathlib import Path
 
 import torch
 
+from trainlab.devices import pick_device
 from trainlab.errors import TrainlabError
-from trainlab.store.checkpoint import CheckpointError, check_fields
+from trainlab.models import build_from_spec
+from trainlab.store.checkpoint import check_compatible
+from trainlab.store.safeload import CheckpointError
+from trainlab.store.schema import check_fields
 
 SCHEMA = 1
 LEGACY_META = "model.json"
@@ -82,10 +86,6 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_safetensors(path: str | Path, map_location=None, allow_import=(), model=None):
     """(model in eval mode, checkpoint-like dict) of an exported model.safetensors and its metadata."""
-    from trainlab.devices import pick_device
-    from trainlab.models import build_from_spec
-    from trainlab.store.checkpoint import check_compatible
-
     path = Path(path)
     meta, where = safetensors_meta(path)
     ckpt = as_checkpoint(meta, where)

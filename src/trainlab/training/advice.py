@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from trainlab.store.checkpoint import CheckpointDir, CheckpointError, load_checkpoint
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.safeload import CheckpointError
+from trainlab.store.schema import load_checkpoint
 
 
 def _tensors(obj, prefix: str = ""):

@@ -11,7 +11,8 @@ from trainlab.config import load_toml, resolve
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
 from trainlab.store.atomic import remove_stale_temps
-from trainlab.store.checkpoint import CheckpointDir, check_fields, load_checkpoint, valid_name
+from trainlab.store.manifest import CheckpointDir, valid_name
+from trainlab.store.schema import check_fields, load_checkpoint
 from trainlab.training.overrides import fixed_differences
 
 log = logging.getLogger("trainlab")

@@ -38,7 +38,9 @@ from trainlab.data.loader import derive_seed
 from trainlab.errors import ConfigError
 from trainlab.inference import checkpoint_path, kept_weights
 from trainlab.store import runs
-from trainlab.store.checkpoint import FORMAT, CheckpointError, safe_load, sha256_file, strip_prefixes, unwrap
+from trainlab.store.checkpoint import sha256_file, strip_prefixes, unwrap
+from trainlab.store.safeload import CheckpointError, safe_load
+from trainlab.store.schema import FORMAT
 from trainlab.training.callbacks import Callback
 from trainlab.training.init_keys import best_mapping, no_match_hint, parse_init_map, rename
 

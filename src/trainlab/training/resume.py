@@ -15,7 +15,7 @@ from trainlab.config import Config, resolve
 from trainlab.data import Dataset, fingerprint_changes
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
-from trainlab.store.checkpoint import CheckpointDir
+from trainlab.store.manifest import CheckpointDir
 from trainlab.training import distributed, memory, runtime
 from trainlab.training.callbacks import Callback
 from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint

@@ -19,7 +19,9 @@ from trainlab.errors import ConfigError
 from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
-from trainlab.store.checkpoint import CheckpointDir, load_checkpoint, make_checkpoint, save_checkpoint
+from trainlab.store.checkpoint import make_checkpoint, save_checkpoint
+from trainlab.store.manifest import CheckpointDir
+from trainlab.store.schema import load_checkpoint
 from trainlab.training import build, distributed, finetune, memory, rerun, runtime
 from trainlab.training.advice import divergence_advice
 from trainlab.training.callbacks import (

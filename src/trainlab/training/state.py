@@ -10,7 +10,8 @@ import random
 import numpy as np
 import torch
 
-from trainlab.store.checkpoint import CheckpointError, make_checkpoint, to_plain
+from trainlab.store.checkpoint import make_checkpoint, to_plain
+from trainlab.store.safeload import CheckpointError
 from trainlab.training.loop import FitState
 
 log = logging.getLogger("trainlab")
