@@ -13,8 +13,8 @@ from trainlab.errors import ConfigError
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so test registrations don't leak."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
-    return models._REGISTRY
+    monkeypatch.setattr(models.registry, "_REGISTRY", dict(models.registry._REGISTRY))
+    return models.registry._REGISTRY
 
 
 @pytest.mark.parametrize("name", ["mlp", "mlp-reg", "cnn"])

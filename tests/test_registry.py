@@ -31,7 +31,7 @@ else:  # pragma: no cover
 @pytest.fixture
 def registry(monkeypatch):
     """Private copies of both registries, so test registrations don't leak."""
-    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(models.registry, "_REGISTRY", dict(models.registry._REGISTRY))
     monkeypatch.setattr(formats, "_READERS", dict(formats._READERS))
 
 
@@ -100,7 +100,7 @@ def test_register_as_a_decorator_or_a_call(registry):
     (lambda: trainlab.register("", tiny_net), "model name '' is invalid"),
     (lambda: trainlab.register("r", 42), "the factory 42 is not callable"),
     (lambda: trainlab.register("mlp", tiny_net), "model name 'mlp' is already registered"),
-    (lambda: trainlab.register("mlp", models.mlp, conv=True), "already registered (by trainlab.models) with other settings"),
+    (lambda: trainlab.register("mlp", models.mlp, conv=True), "already registered (by trainlab.models.architectures.mlp) with other settings"),
 ])
 def test_bad_registrations_are_one_sentence_config_errors(registry, call, message):
     with pytest.raises(ConfigError) as e:
