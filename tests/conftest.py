@@ -46,7 +46,7 @@ def isolated_home(tmp_path_factory, monkeypatch):
 def _find_real_data() -> Path:
     """../shared (or TRAINLAB_TEST_DATA) when present, else trainlab's own chain run in the
     user's real environment (TRAINLAB_DATA, the user cache, the mirrors, npm)."""
-    from trainlab.data.catalog import FASHION_MNIST
+    from trainlab.catalog import FASHION_MNIST
     from trainlab.data.sources import locate, missing_files
     from trainlab.errors import DataError
 
@@ -76,7 +76,7 @@ def real_mnist10k_dir() -> Path:
     folder = REAL_DATA.parent / "mnist-10k"
     if (folder / "train-images-idx3-ubyte.gz").is_file():
         return folder
-    from trainlab.data.catalog import get_info
+    from trainlab.catalog import get_info
     from trainlab.data.sources import locate
 
     with pytest.MonkeyPatch.context() as m:

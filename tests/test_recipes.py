@@ -68,7 +68,8 @@ def test_a_presets_flips_are_on_only_where_mirroring_keeps_the_label(dataset, fl
 
 def test_a_registered_format_can_say_its_images_may_be_flipped(monkeypatch):
     from trainlab.config import resolve
-    from trainlab.data import catalog, formats
+    from trainlab import catalog
+    from trainlab.data import formats
 
     # the registries as they were afterwards: other tests list the registered formats
     monkeypatch.setattr(formats, "_READERS", dict(formats._READERS))

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_images
 
 from trainlab.data import npm as npm_mod
-from trainlab.data.catalog import FASHION_MNIST, SPLIT_FILES, DatasetInfo
+from trainlab.catalog import FASHION_MNIST, SPLIT_FILES, DatasetInfo
 from trainlab.data.idx import encode_idx, payload_sha256, read_idx
 from trainlab.data.sources import cache_root, check_recorded_hashes, locate, mirrors
 from trainlab.errors import DataError

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from trainlab import models
-from trainlab.data.catalog import absolute as absolute_dataset
-from trainlab.data.catalog import flips_keep_labels
-from trainlab.data.catalog import problem as dataset_problem
+from trainlab.catalog import absolute as absolute_dataset
+from trainlab.catalog import flips_keep_labels
+from trainlab.catalog import problem as dataset_problem
 from trainlab.errors import ConfigError
 from trainlab.recipes import (
     DEFAULT_RECIPE,

@@ -1,8 +1,9 @@
 """Data: where it comes from (sources), how it is read (idx, and the formats registered by
-scheme: formats), what it is (catalog, dataset), and how it is served to the model (loader)."""
+scheme: formats), what it is (dataset; the known sets are trainlab.catalog), and how it is
+served to the model (loader)."""
 
+from trainlab.catalog import CATALOG, DatasetInfo, get_info
 from trainlab.data import cifar, folder, hf  # noqa: F401  (they register folder:, cifar10:, cifar100:, hf:)
-from trainlab.data.catalog import CATALOG, DatasetInfo, get_info
 from trainlab.data.dataset import (
                                     Dataset,
                                     data_matches,

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainlab.catalog import CATALOG, SPLIT_FILES
 from trainlab.data import formats
-from trainlab.data.catalog import CATALOG, SPLIT_FILES
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.data.loader import stratified_split
 from trainlab.data.sources import Source, check_recorded_hashes, locate, missing_files, split_file

@@ -14,7 +14,7 @@ import reprlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from trainlab.data.catalog import FLIP_SAFE_SCHEMES, SCHEME, problem  # noqa: F401  (problem: re-exported)
+from trainlab.catalog import FLIP_SAFE_SCHEMES, SCHEME, problem  # noqa: F401  (problem: re-exported)
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:

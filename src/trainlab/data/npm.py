@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from trainlab.data.catalog import SPLIT_FILES
+from trainlab.catalog import SPLIT_FILES
 from trainlab.data.idx import payload_sha256, write_idx
 from trainlab.errors import DataError
 

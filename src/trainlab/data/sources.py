@@ -35,7 +35,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainlab.data.catalog import SPLIT_FILES, DatasetInfo
+from trainlab.catalog import SPLIT_FILES, DatasetInfo
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.errors import DataError
 

@@ -68,7 +68,7 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
 def _say_flips(cfg: Config) -> None:
     """Where the recipe would flip images, the run says whether the data allows it (config.resolve
     decided; a flag given by name is the user's choice and is kept)."""
-    from trainlab.data.catalog import flips_keep_labels
+    from trainlab.catalog import flips_keep_labels
     from trainlab.recipes import PRESETS
 
     preset = PRESETS.get(cfg.recipe)
