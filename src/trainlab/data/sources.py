@@ -38,6 +38,7 @@ from pathlib import Path
 from trainlab.catalog import SPLIT_FILES, DatasetInfo
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.errors import DataError
+from trainlab.store.atomic import install_folder
 
 log = logging.getLogger("trainlab.data")
 
@@ -365,21 +366,12 @@ def _write_record(folder: Path, record: dict) -> None:
 
 
 def _install(tmp: Path, cache: Path) -> None:
-    """Move the checked folder `tmp` to `cache` with one rename.
-
-    An incomplete earlier `cache` folder is moved aside and removed first, since a rename
-    cannot replace a non-empty folder. If another process installed a complete copy in the
-    meantime, that copy is kept.
-    """
-    if cache.exists():
-        if not missing_files(cache):
-            return  # someone else finished first; ours is discarded with the staging folder
+    """Move the checked folder `tmp` to `cache` whole (store.atomic.install_folder): an
+    incomplete earlier `cache` is replaced; a complete copy another process installed in the
+    meantime is kept (ours is discarded with the staging folder)."""
+    if cache.exists() and missing_files(cache):
         log.info("data: replacing the incomplete cache folder %s", cache)
-        trash = Path(tempfile.mkdtemp(prefix=f".{cache.name}.old-", dir=cache.parent))
-        os.replace(cache, trash / cache.name)
-        shutil.rmtree(trash, ignore_errors=True)
     try:
-        os.replace(tmp, cache)
+        install_folder(tmp, cache, complete=lambda folder: not missing_files(folder))
     except OSError as e:
-        if missing_files(cache):
-            raise DataError(f"cannot move the fetched files into {cache} ({e})") from None
+        raise DataError(f"cannot move the fetched files into {cache} ({e})") from None

@@ -5,7 +5,8 @@ reports, exports) goes through `atomic_write_bytes`: a fresh temporary name in t
 folder, created with O_EXCL | O_NOFOLLOW (a symlink or file planted at that name makes the
 open fail instead of redirecting the write), flushed and fsynced, then renamed over the
 target (rename replaces a link at the target itself, never what it points to). Appends
-(metrics.jsonl) open with O_NOFOLLOW too.
+(metrics.jsonl) open with O_NOFOLLOW too. A folder (a data cache) is written into a fresh
+temporary folder beside its place and installed whole by `install_folder`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from trainlab.errors import StoreError
@@ -134,6 +138,32 @@ def append_line(path: str | os.PathLike, line: str) -> None:
             os.fsync(f.fileno())
     except OSError as e:
         raise write_error(path, e) from None
+
+
+def install_folder(staged: Path, final: Path, complete: Callable[[Path], bool] = Path.is_dir) -> bool:
+    """Rename the finished folder `staged` to `final` whole, so a reader sees no folder or a
+    complete one. True when ours is installed; False when another process installed a
+    complete one first: the loser keeps the winner's and removes `staged` itself.
+
+    Something at `final` that `complete` rejects (an interrupted older install) is moved
+    aside and removed first, since a rename cannot replace a non-empty folder. Raises
+    OSError when the rename fails and no complete folder stands at `final`."""
+    if (final.exists() or final.is_symlink()) and not complete(final):
+        trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        try:
+            os.replace(final, trash / final.name)
+        except FileNotFoundError:
+            pass  # another process moved it aside first
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(staged, final)
+    except OSError:
+        if not complete(final):
+            raise
+        return False  # another process won the race: its copy is as good
+    fsync_dir(final.parent)
+    return True
 
 
 # the temporary names of trainlab before this module (never a user's own *.tmp file)

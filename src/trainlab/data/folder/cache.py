@@ -34,6 +34,7 @@ from trainlab.data.folder.decode import MAX_SIDE, _new_npy, _pillow, decode_fold
 from trainlab.data.folder.scanner import Scan, scan
 from trainlab.data.sources import cache_root
 from trainlab.errors import DataError
+from trainlab.store.atomic import install_folder
 
 try:
     import fcntl
@@ -292,14 +293,9 @@ def _new_cache(s: Scan, image_size: int | None, workers: int | None, base: Path,
                     sums_sha256=_sha256(sums))
         del images  # the mapping is reopened from the final place
         _write_meta(tmp / "meta.json", meta)
-        try:
-            os.rename(tmp, final)
-            if fd is not None:
-                _held[str(final)] = fd
-                fd = None
-        except OSError:
-            if not final.is_dir():  # another process won the race: its copy is as good
-                raise
+        if install_folder(tmp, final) and fd is not None:  # False: another process won, its copy is kept
+            _held[str(final)] = fd
+            fd = None
     except OSError as e:  # a full or read-only disk, mostly: nothing half-written is kept
         raise DataError(f"folder:{s.root}: decoding into the cache {base} failed ({e.strerror or e}); "
                         "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
@@ -398,11 +394,7 @@ def _write_splits(final: Path, images: np.ndarray, parts: dict[str, np.ndarray])
             del out
         with open(tmp / "hashes.json", "w", encoding="utf-8") as f:
             json.dump(hashes, f)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # another process won the race: its copy is as good
-                raise
+        install_folder(tmp, final)  # False when another process won the race: its copy is kept
     except OSError as e:
         raise DataError(f"the memory-mapped splits cannot be written in {final.parent} ({e.strerror or e}); "
                         "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
