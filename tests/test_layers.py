@@ -19,8 +19,10 @@ LAYERS = {
     "trainlab.data": 6, "trainlab.plots": 6,
     "trainlab.inference": 7,
     "trainlab.training": 8,
+    "trainlab.tune": 8.5,  # sweeps train (training) and analysis' report reads them: between the two
     "trainlab.analysis": 9,
     "trainlab.api": 10, "trainlab.serve": 10,
+    "trainlab.tune.experiment": 10,  # trains the ladder, then writes analysis' report
     "trainlab.cli": 11, "trainlab": 11,
     "trainlab.__main__": 12,
 }

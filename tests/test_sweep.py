@@ -1,4 +1,4 @@
-"""Sweeps on Optuna (trainlab.analysis.sweep): the space file's checks, trials as run folders,
+"""Sweeps on Optuna (trainlab.tune.sweep): the space file's checks, trials as run folders,
 kill -9 and the same command again (finished trials kept, the interrupted one resumed from its
 checkpoint, N in total), and two workers never running the same trial."""
 
@@ -15,7 +15,7 @@ from conftest import run_cli, start_cli, write_idx_folder
 
 pytest.importorskip("optuna")
 
-from trainlab.analysis.sweep import load_space, summarize, sweep  # noqa: E402
+from trainlab.tune.sweep import load_space, summarize, sweep  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def test_a_sweep_makes_each_trial_a_run_folder_and_selects_on_validation(tmp_pat
     # the study never sees a test figure: the winner's is read from its run folder, once
     import optuna
 
-    from trainlab.analysis import sweep_storage
+    from trainlab.tune import sweep_storage
 
     study = optuna.load_study(study_name="trainlab", storage=sweep_storage.open_storage(tmp_path / "sw", None))
     assert study.trials and not [k for t in study.trials for k in t.user_attrs if "test" in k]
@@ -377,7 +377,7 @@ def test_a_journal_optuna_cannot_replay_is_one_sentence(tmp_path, idx_dir, text)
 
 
 def _open_rdb(url, q):
-    from trainlab.analysis.sweep_storage import try_rdb
+    from trainlab.tune.sweep_storage import try_rdb
 
     try:
         try_rdb(url)

@@ -188,7 +188,7 @@ def _expand(paths) -> tuple[list[Path], list[Path], list[Path]]:
 
 
 def _sweep_trials(folder: Path) -> list[dict]:
-    from trainlab.analysis.sweep import summarize
+    from trainlab.tune.sweep_summary import summarize
 
     return summarize(folder).trials
 

@@ -413,7 +413,7 @@ def _writable_folder(path, flag: str) -> None:
 
 
 def cmd_sweep(args) -> int:
-    from trainlab.analysis.sweep import confirm, sweep
+    from trainlab.tune.sweep import confirm, sweep
     from trainlab.metrics import percent
 
     result = sweep(args.space, trials=args.trials, out=args.out, workers=args.workers, storage=args.storage)

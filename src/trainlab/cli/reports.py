@@ -76,7 +76,7 @@ def cmd_report(args) -> int:
 
 def cmd_experiment(args) -> int:
     from trainlab.analysis.compare import compare_runs
-    from trainlab.analysis.experiment import QUICK_SCALE, run_ladder
+    from trainlab.tune.experiment import QUICK_SCALE, run_ladder
     from trainlab.analysis.tables import printable
 
     scale = QUICK_SCALE if args.quick else args.epochs_scale

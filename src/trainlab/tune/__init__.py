@@ -1,0 +1,1 @@
+"""Tuning: sweeps (trials as ordinary runs, the study beside them) and ready-made experiments."""
