@@ -7,7 +7,7 @@ import pytest
 from conftest import make_images, write_idx_folder
 
 from trainlab.catalog import SPLIT_FILES
-from trainlab.data.dataset import read_idx_folder
+from trainlab.data.idx_folder import read_idx_folder
 from trainlab.data.idx import encode_idx, payload_sha256, read_idx, write_idx
 from trainlab.errors import DataError
 

@@ -10,10 +10,9 @@ from trainlab.data.dataset import (
                                     data_options,
                                     fingerprint_changes,
                                     from_arrays,
-                                    load_dataset,
                                     measure_mean_std,
 )
-from trainlab.data.formats import register_format
+from trainlab.data.formats import load_dataset, register_format
 from trainlab.data.loader import DeviceLoader, derive_seed, stratified_split
 
 __all__ = ["CATALOG", "DatasetInfo", "get_info", "Dataset", "from_arrays", "load_dataset", "register_format",

@@ -2,30 +2,22 @@
 
 Images are kept as stored (uint8 for IDX files: 4x smaller than float32) in NCHW layout;
 normalization happens per batch in the DeviceLoader. The same object comes from a known
-data set, a folder of IDX files (`idx:DIR`), a registered format (`SCHEME:ARG`, see
-trainlab.data.formats), or the user's own tensors / NumPy arrays.
+data set, a folder of IDX files (`idx:DIR`), a registered format (`SCHEME:ARG`; both read
+through trainlab.data.formats.load_dataset), or the user's own tensors / NumPy arrays
+(from_arrays, which every reader ends in).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import reprlib
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from trainlab.catalog import CATALOG, SPLIT_FILES
-from trainlab.data import formats
-from trainlab.data.idx import payload_sha256, read_idx
+from trainlab.data.idx import payload_sha256
 from trainlab.data.loader import stratified_split
-from trainlab.data.sources import Source, check_recorded_hashes, locate, missing_files, split_file
 from trainlab.errors import ConfigError, DataError
-
-log = logging.getLogger("trainlab.data")
 
 
 @dataclass
@@ -99,14 +91,6 @@ def data_matches(data: "Dataset", fingerprint: dict | None) -> bool | None:
     if not _content(fingerprint) or not data.hashes:
         return None
     return not fingerprint_changes(fingerprint, data.fingerprint())
-
-
-def _to_nchw(images: np.ndarray, name: str) -> np.ndarray:
-    if images.ndim == 3:  # N,H,W grayscale (the IDX convention)
-        return images[:, None]
-    if images.ndim == 4:  # N,H,W,C (IDX stores channels last)
-        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    raise DataError(f"{name}: images must have 3 (N,H,W) or 4 (N,H,W,C) dimensions, got shape {images.shape}")
 
 
 def measure_mean_std(images: torch.Tensor, scale: float) -> tuple[list[float], list[float]]:
@@ -239,55 +223,6 @@ def from_arrays(train_x, train_y, test_x, test_y, *, classes=None, name="arrays"
     return ds
 
 
-MAX_CLASSES_FILE = 1 << 20  # bytes of classes.txt: plenty for names, bounded for memory
-
-
-def _read_classes(folder: Path) -> list[str] | None:
-    path = folder / "classes.txt"
-    if not path.is_file():
-        return None
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CLASSES_FILE + 1)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror or e})") from None
-    if len(raw) > MAX_CLASSES_FILE:
-        raise DataError(f"{path}: larger than {MAX_CLASSES_FILE >> 20} MiB, too large for class names; "
-                        "it should hold one class name per line")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
-                        "save it as UTF-8, one class name per line") from None
-    names = [line.strip() for line in text.splitlines() if line.strip()]
-    return names or None
-
-
-def read_idx_folder(folder: Path, name: str, classes=None, mean=None, std=None,
-                    source: Source | None = None) -> Dataset:
-    """Read the four split files of `folder` into a Dataset, checking they fit together."""
-    missing = missing_files(folder)
-    if missing:
-        raise DataError(f"{folder} lacks {', '.join(missing)}")
-    arrays = {}
-    for split in SPLIT_FILES:
-        arrays[split] = read_idx(split_file(folder, split))
-    for split in ("train_images", "test_images"):
-        arrays[split] = _to_nchw(arrays[split], str(split_file(folder, split)))
-    classes = classes or _read_classes(folder)
-    if classes is not None:
-        for split in ("train_labels", "test_labels"):
-            lab = arrays[split]
-            if len(lab) and lab.max() >= len(classes):
-                raise DataError(f"{split_file(folder, split)}: label {lab.max()} is out of range "
-                                f"for the {len(classes)} class names given")
-    ds = from_arrays(arrays["train_images"], arrays["train_labels"], arrays["test_images"],
-                     arrays["test_labels"], classes=classes, name=name, mean=mean, std=std,
-                     source=(source.to_dict() if source else {"kind": "folder", "path": str(folder)}))
-    check_recorded_hashes(folder, ds.hashes)  # a cached copy altered since it was fetched
-    return ds
-
-
 # Config keys a built-in reader may take (a reader lists those it takes in `reader.options`).
 DATA_OPTIONS = ("image_size", "skip_bad", "seed", "memory_budget")
 
@@ -296,46 +231,3 @@ def data_options(config: dict) -> dict:
     """The data keys of a config dict (a Config's to_dict(), a checkpoint's config): what a
     reader such as folder: needs to read the data as the run did."""
     return {k: config[k] for k in DATA_OPTIONS if config.get(k) is not None}
-
-
-def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
-                 **options) -> Dataset:
-    """A catalog data set by name (found via trainlab.data.sources), or `SCHEME:ARG` read by the
-    format registered for SCHEME (built in: `idx:DIR`, `folder:DIR`, `cifar10:DIR`,
-    `cifar100:DIR`); `data_dir` is for the readers that use it, `options` (image_size,
-    skip_bad, seed: see data_options) go to the readers that list them. The Dataset's `spec`
-    is the string that loads it again."""
-    if spec in CATALOG:
-        info = CATALOG[spec]
-        source = locate(info, data_dir)
-        ds = read_idx_folder(source.path, info.name, classes=list(info.classes),
-                             mean=info.mean, std=info.std, source=source)
-        ds.spec = info.name
-        return ds
-    problem = formats.problem(spec) if isinstance(spec, str) else "name it by a string"
-    if problem:
-        raise ConfigError(f"unknown dataset {reprlib.repr(spec)}: {problem}")
-    scheme, _, arg = spec.partition(":")
-    read = formats.reader(spec)
-    accepted = getattr(read, "options", ())
-    ds = read(arg, data_dir, **{k: v for k, v in options.items() if k in accepted and v is not None})
-    if not isinstance(ds, Dataset):
-        raise DataError(f"dataset {spec!r}: the {scheme!r} reader returned {type(ds).__name__}, not a "
-                        "trainlab Dataset (make one with trainlab.from_arrays)")
-    if ds.spec is None:
-        ds.spec = spec
-    return ds
-
-
-def _read_idx_dir(arg: str, data_dir=None) -> Dataset:
-    """`idx:DIR`: a folder holding the four IDX files (the name is kept as given, the spec absolute)."""
-    folder = Path(arg).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"idx:{arg}: {folder} is not a folder; idx:DIR needs a folder holding the four IDX files")
-    log.info("data: reading IDX folder %s", folder)
-    ds = read_idx_folder(folder, name=f"idx:{folder}", source=Source("folder", folder))
-    ds.spec = f"idx:{os.path.abspath(folder)}"
-    return ds
-
-
-formats.register_format("idx", _read_idx_dir)

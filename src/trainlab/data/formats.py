@@ -1,10 +1,13 @@
-"""Data formats: a data set named `SCHEME:ARG` is read by the reader registered for SCHEME.
+"""Data formats: the registry of readers by scheme, and load_dataset, the one dispatch.
 
-`idx:DIR` is the built-in one (trainlab.data.dataset registers it); your own format is one
-call, `register_format("myformat", reader)` with `reader(arg, data_dir) -> Dataset`, in a
-module the command line imports by name (`--allow-import mymodule`). A name without a colon
-is a catalog data set (fashion-mnist, mnist). Nothing here imports code: a run's stored
-`dataset` only names a scheme, and an unregistered one is refused in one sentence.
+A data set is a catalog name (fashion-mnist, mnist) or `SCHEME:ARG`, read by the reader
+registered for SCHEME. The built-in readers register themselves on import like any other:
+`folder:` and `csv:` (trainlab.data.folder), `cifar10:` and `cifar100:` (cifar), `hf:` (hf);
+`idx:` is registered here, since the catalog's sets are IDX folders read by the same module.
+Your own format is one call, `register_format("myformat", reader)` with `reader(arg, data_dir)
+-> Dataset`, in a module the command line imports by name (`--allow-import mymodule`). Nothing
+here imports code: a run's stored `dataset` only names a scheme, and an unregistered one is
+refused in one sentence.
 """
 
 from __future__ import annotations
@@ -12,13 +15,11 @@ from __future__ import annotations
 import os
 import reprlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
-from trainlab.catalog import FLIP_SAFE_SCHEMES, SCHEME, problem  # noqa: F401  (problem: re-exported)
-from trainlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from trainlab.data.dataset import Dataset
+from trainlab.catalog import CATALOG, FLIP_SAFE_SCHEMES, SCHEME, problem
+from trainlab.data.dataset import Dataset
+from trainlab.data.idx_folder import read_catalog, read_idx_dir
+from trainlab.errors import ConfigError, DataError
 
 Reader = Callable[[str, "str | os.PathLike | None"], "Dataset"]
 
@@ -72,3 +73,28 @@ def reader(spec: str) -> Reader:
     return _READERS[scheme]
 
 
+def load_dataset(spec: str = "fashion-mnist", data_dir: str | os.PathLike | None = None,
+                 **options) -> Dataset:
+    """A catalog data set by name (found via trainlab.data.sources), or `SCHEME:ARG` read by the
+    format registered for SCHEME (built in: `idx:DIR`, `folder:DIR`, `cifar10:DIR`,
+    `cifar100:DIR`); `data_dir` is for the readers that use it, `options` (image_size,
+    skip_bad, seed: see data_options) go to the readers that list them. The Dataset's `spec`
+    is the string that loads it again."""
+    if spec in CATALOG:
+        return read_catalog(CATALOG[spec], data_dir)
+    why = problem(spec) if isinstance(spec, str) else "name it by a string"
+    if why:
+        raise ConfigError(f"unknown dataset {reprlib.repr(spec)}: {why}")
+    scheme, _, arg = spec.partition(":")
+    read = reader(spec)
+    accepted = getattr(read, "options", ())
+    ds = read(arg, data_dir, **{k: v for k, v in options.items() if k in accepted and v is not None})
+    if not isinstance(ds, Dataset):
+        raise DataError(f"dataset {spec!r}: the {scheme!r} reader returned {type(ds).__name__}, not a "
+                        "trainlab Dataset (make one with trainlab.from_arrays)")
+    if ds.spec is None:
+        ds.spec = spec
+    return ds
+
+
+register_format("idx", read_idx_dir)
