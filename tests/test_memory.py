@@ -113,11 +113,12 @@ def test_out_of_memory_outside_training_is_one_sentence_not_an_internal_error(mo
     import importlib
 
     cli_main = importlib.import_module("trainlab.cli.main")
+    files = importlib.import_module("trainlab.cli.files")
 
     def boom(args):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: "
                            "you tried to allocate 123456789 bytes.")
-    monkeypatch.setattr(cli_main, "cmd_inspect", boom)
+    monkeypatch.setattr(files, "cmd_inspect", boom)
     code = cli_main.main(["inspect", "whatever"])
     err = capsys.readouterr().err
     assert code == 1 and "out of memory: use a smaller batch size" in err and "internal error" not in err

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from trainlab.cli.args import add_allow_import
+
 log = logging.getLogger("trainlab")
 
 
@@ -92,8 +94,6 @@ def cmd_experiment(args) -> int:
 # ---------------------------------------------------------------- registration
 
 def add_commands(sub) -> None:
-    from trainlab.cli.main import add_allow_import
-
     e = sub.add_parser("evaluate", help="per-class test results of a run folder or checkpoint, "
                        "written as JSON/CSV and figures")
     e.add_argument("path", help="run folder or checkpoint file")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from trainlab.cli.args import add_allow_import
+
 
 def _port(text: str) -> int:
     try:
@@ -37,8 +39,6 @@ def cmd_serve(args) -> int:
 
 
 def add_command(sub) -> None:
-    from trainlab.cli.main import add_allow_import
-
     s = sub.add_parser("serve", help="a local page and JSON endpoint that classify uploaded images")
     s.add_argument("path", metavar="RUN|MODEL", help="run folder, checkpoint or model.pt")
     s.add_argument("--port", type=_port, default=8000, help="port to listen on (default 8000; 0: any free one)")

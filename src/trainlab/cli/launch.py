@@ -1,5 +1,5 @@
-"""`trainlab train --nproc N`: the launcher that runs the same command under torchrun, and
-the ranks' side of its error hand-off.
+"""`trainlab train --nproc N`: the launcher that runs the same command under torchrun, the
+ranks' side of its error hand-off, and the checks of --nproc and --max-restarts.
 
 The launcher owns its torchrun: a signal it gets (SIGTERM from kill or a supervisor, SIGINT,
 SIGHUP) goes to torchrun once, which passes it to every rank (they save as one process
@@ -11,7 +11,7 @@ rank when torchrun is gone (stop_when_parent_ends): a kill -9 anywhere orphans n
 A rank that fails writes its one error line into a file in a folder the launcher made
 (ERRORS_ENV) instead of printing it; the launcher prints one of them, once, and exits with
 that rank's code (2 for usage errors). torchrun's own logs and traceback are silenced
-(`python -m trainlab.training.launcher` is torchrun without them).
+(`python -m trainlab.cli.launch` is torchrun without them).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from trainlab.errors import TrainlabError
+from trainlab.errors import ConfigError, TrainlabError
 
 ERRORS_ENV = "TRAINLAB_LAUNCH_ERRORS"  # the folder where ranks leave their error line
 GRACE_S = 90.0  # after a signal, before SIGKILL (torchrun itself gives its ranks 30 s, then kills them)
@@ -46,7 +46,7 @@ def launch(nproc: int, argv: list[str], max_restarts: int = 0) -> int:
     with tempfile.TemporaryDirectory(prefix="trainlab-launch-") as errors:
         # OMP_NUM_THREADS=1 is torchrun's own default for its workers, set here without its banner
         env = {**os.environ, ERRORS_ENV: errors, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        return _supervise([sys.executable, "-m", "trainlab.training.launcher", *args], env, Path(errors))
+        return _supervise([sys.executable, "-m", "trainlab.cli.launch", *args], env, Path(errors))
 
 
 def _supervise(cmd: list[str], env: dict, errors: Path) -> int:
@@ -130,6 +130,38 @@ def read_errors(errors: Path) -> dict | None:
                 type(e.get("round")) is int and type(e.get("rank")) is int:
             found.append(((-e["round"], bool(e.get("secondary")), e["rank"]), e))
     return min(found, key=lambda f: f[0])[1] if found else None
+
+
+# ---------------------------------------------------------------- the flags
+
+def check_nproc_batch(nproc: int, batch_size: int) -> None:
+    if batch_size % nproc:
+        raise ConfigError(f"batch_size = {batch_size} is the global batch and must divide evenly "
+                          f"across --nproc {nproc} processes: choose a multiple of {nproc}")
+
+
+def check_max_restarts(args) -> None:
+    if args.max_restarts and not args.nproc and "TORCHELASTIC_RUN_ID" not in os.environ:
+        raise ConfigError("--max-restarts needs --nproc N: torchrun restarts the processes it launched "
+                          "(or run under torchrun --max-restarts yourself)")
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line the ranks run: this one less --nproc N."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def relaunch(args) -> int:
+    """This command again under torchrun, with --nproc processes."""
+    return launch(args.nproc, without_nproc(sys.argv[1:] if args.argv is None else args.argv), args.max_restarts)
 
 
 # ---------------------------------------------------------------- the ranks' side
