@@ -1,7 +1,9 @@
 """notebooks/CONCEPTS.md (linked from notebooks/README.md) maps the course module's 27 concepts, its analogies and its checks to notebook
-cells (issue 16): every cell id named there exists, holds the phrase of its row, and the cells named as
-exercising a concept are checks (a check cell, or a cell with asserts) or questions (markdown with the
-answer folded in <details>)."""
+cells (issue 16): every cell id named there exists and holds the phrase of its row. The cells named as
+exercising a concept are check cells of a learner-written exercise or questions (markdown with the answer
+folded in <details>), and each concept has at least one such check whose exercise has wrong solutions
+(mutants) in tests/test_notebook_checks.py that it must fail (issue 30: a demo cell that asserts on code
+the notebook gives exercises nothing)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import re
 
 import nbformat
 import pytest
-from notebook_runner import NOTEBOOK_DIR, notebooks, tags
+from notebook_runner import NOTEBOOK_DIR, exercise_of, notebooks, tags
+from test_notebook_checks import MUTANTS
 
 README = NOTEBOOK_DIR / "CONCEPTS.md"  # linked from notebooks/README.md
 CELL_ID = re.compile(r"`(s23[123]-[0-9a-z]+)`")
@@ -43,9 +46,20 @@ DEVICES = table_rows(re.compile(r"analogy|negative example|question"))
 
 
 def exercises(cell) -> bool:
+    """A check cell of an exercise (the learner's code is what it checks), or a question answered in words."""
     if cell.cell_type == "code":
-        return "check" in tags(cell) or "assert " in cell.source
+        return "check" in tags(cell) and exercise_of(cell) is not None
     return "<details>" in cell.source
+
+
+def checks_with_mutants() -> set[str]:
+    """Ids of the check cells whose exercise has wrong solutions in tests/test_notebook_checks.py."""
+    out = set()
+    for path in notebooks():
+        for cell in nbformat.read(path, as_version=4).cells:
+            if "check" in tags(cell) and MUTANTS.get(path.name, {}).get(exercise_of(cell)):
+                out.add(cell.id)
+    return out
 
 
 def test_all_27_concepts_are_mapped():
@@ -63,7 +77,9 @@ def test_concept_row(row):
     text = " ".join(" ".join(cells[i].source.split()) for i in taught_ids).lower()
     assert phrase_of(phrase).lower() in text, f"concept {concept}: {phrase} is not in {taught_ids}"
     not_checks = [i for i in exercised_ids if not exercises(cells[i])]
-    assert not not_checks, f"concept {concept}: {not_checks} are neither checks nor questions"
+    assert not not_checks, f"concept {concept}: {not_checks} are neither exercise checks nor questions"
+    assert set(exercised_ids) & checks_with_mutants(), \
+        f"concept {concept}: none of {exercised_ids} is the check of an exercise with wrong solutions (mutants)"
 
 
 @pytest.mark.parametrize("row", DEVICES, ids=lambda r: phrase_of(r[2]))
