@@ -19,6 +19,7 @@ pytest.importorskip("PIL")
 
 from trainlab.data import load_dataset
 from trainlab.data.folder import cache as cache_mod
+from trainlab.data.folder import cache_locks
 
 
 def load(root, **kw):
@@ -191,11 +192,11 @@ def test_a_lock_held_exclusively_for_ever_is_not_waited_on(tmp_path, monkeypatch
     root = write_image_folder(tmp_path / "d", classes=("a", "b"), per_class=5)
     first = load(root)
     (cache,) = caches()
-    os.close(cache_mod._held.pop(str(cache)))  # as a fresh process would be
+    os.close(cache_locks._held.pop(str(cache)))  # as a fresh process would be
     fd = os.open(cache / "lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a process that never lets go
-        monkeypatch.setattr(cache_mod, "LOCK_TRIES", 2)
+        monkeypatch.setattr(cache_locks, "LOCK_TRIES", 2)
         with caplog.at_level(logging.INFO, "trainlab.data"):
             again = load(root)
         assert "held exclusively" in caplog.text and "data: decoded" in caplog.text

@@ -54,10 +54,10 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.data import formats
-from trainlab.data.folder.cache import CACHE_VERSION, STALE_SECONDS, cache_key, load_decoded  # noqa: F401
-from trainlab.data.folder.cache import _mapped_splits, _sha256
+from trainlab.data.folder.cache import CACHE_VERSION, _sha256, cache_key, load_decoded  # noqa: F401
 from trainlab.data.folder.decode import (GREY_MODES, MAX_SIDE, SHOWN_BAD, _bad_sentence, _decode,  # noqa: F401
                                          _pillow, convert, decode_folder, fit, prepare)
+from trainlab.data.folder.mapped_splits import _mapped_splits
 from trainlab.data.folder.scanner import EXTENSIONS, MAX_FILES, SPLITS, Scan, scan  # noqa: F401
 from trainlab.errors import ConfigError, DataError
 

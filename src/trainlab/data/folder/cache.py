@@ -13,9 +13,8 @@ hash (sha256) to what meta.json recorded when they were written (once per proces
 state). A cache that fails is set aside with one warning line and decoded again.
 
 Superseded copies (the same folder and policy, an older key) are removed once a newer one is
-in place, but never while another process maps them: each reader holds a shared lock
-(flock) on the cache's `lock` file for as long as it lives, and a remover takes it exclusive
-without waiting (a held copy is left for a later run)."""
+in place, but never while another process maps them (cache_locks); the splits of a data set
+larger than memory are mapped beside the cache (mapped_splits)."""
 
 from __future__ import annotations
 
@@ -25,30 +24,29 @@ import logging
 import os
 import secrets
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
-from trainlab.data.folder.decode import MAX_SIDE, _new_npy, _pillow, decode_folder
+from trainlab.data.folder.cache_locks import (
+    LOCK,
+    hold_new,
+    hold_shared,
+    keep_hold,
+    remove_stale,
+    remove_superseded,
+    set_aside,
+)
+from trainlab.data.folder.decode import MAX_SIDE, _pillow, decode_folder
 from trainlab.data.folder.scanner import Scan, scan
 from trainlab.data.sources import cache_root
 from trainlab.errors import DataError
 from trainlab.store.atomic import install_folder
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; superseded copies are then kept (never removed under a reader)
-    fcntl = None
-
 log = logging.getLogger("trainlab.data")
 
 CACHE_VERSION = 3
 _MAX_META = 1 << 28  # bytes of a cache's meta.json
-STALE_SECONDS = 24 * 3600  # a temporary folder this old was left by a killed process
-LOCK = "lock"
-LOCK_TRIES = 50  # x 0.1 s
-_held: dict[str, int] = {}  # cache folder -> the fd of its shared lock, held while this process lives
 _verified: set[tuple] = set()  # (path, dev, ino, size, mtime_ns, ctime_ns) of arrays hashed here
 
 
@@ -84,112 +82,6 @@ def _sha256(arr: np.ndarray) -> str:
     for a in range(0, len(flat), 64 << 20):
         h.update(memoryview(np.ascontiguousarray(flat[a:a + (64 << 20)])))
     return h.hexdigest()
-
-
-# ---------------------------------------------------------------- locks
-
-def _lock_held(folder: Path) -> bool:
-    """Take (or keep) a shared lock on the cache folder for this process's life; False when
-    the folder is not (any more) at its name or has no lock file."""
-    if fcntl is None:
-        return (folder / LOCK).is_file()
-    fd = _held.get(str(folder))
-    if fd is not None:
-        try:
-            if os.path.samestat(os.fstat(fd), os.stat(folder / LOCK)):
-                return True
-        except OSError:
-            pass
-        os.close(_held.pop(str(folder)))
-    try:
-        fd = os.open(folder / LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        for _ in range(LOCK_TRIES):  # a remover holds it only to rename the folder away
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                time.sleep(0.1)
-        else:  # held for seconds: not a remover; the cache is set aside, never waited on for ever
-            os.close(fd)
-            return False
-        if os.path.samestat(os.fstat(fd), os.stat(folder / LOCK)):
-            _held[str(folder)] = fd
-            return True
-    except OSError:
-        pass
-    os.close(fd)
-    return False
-
-
-def _remove_unheld(path: Path) -> bool:
-    """Rename `path` aside and remove it, unless a process holds its lock: True when removed."""
-    fd = None
-    if fcntl is not None:
-        try:
-            fd = os.open(path / LOCK, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            fd = None  # no lock file: a damaged or half-removed folder, nobody maps it
-        if fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-    elif (path / LOCK).exists():
-        return False
-    try:
-        stale = path
-        if not path.name.startswith(".stale-"):
-            stale = path.parent / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(path, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-        return True
-    except OSError:
-        return False
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def _set_aside(path: Path) -> None:
-    """Move a damaged cache folder out of the way whole (a reader never sees it half-removed),
-    then remove it unless a process still maps it (then a later run does)."""
-    stale = path.parent / f".stale-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        os.rename(path, stale)
-    except OSError:
-        return
-    _remove_unheld(stale)
-
-
-def _remove_superseded(base: Path, final: Path) -> None:
-    """The same folder's and policy's older copies: each is a full decoded copy."""
-    group = final.name.split("-")[0]
-    for p in base.glob(f"{group}-*"):
-        if p != final and p.is_dir() and not p.is_symlink():
-            if str(p) in _held:  # this process's own hold: its mappings outlive the unlink (POSIX)
-                os.close(_held.pop(str(p)))
-            if _remove_unheld(p):
-                log.info("data: removed the superseded decode cache %s", p)
-
-
-def _remove_stale(base: Path) -> None:
-    """Temporary folders (.decode-*, .splits-*, .stale-*) a killed process left a day ago or more."""
-    now = time.time()
-    for tag in (".decode-", ".splits-", ".stale-"):
-        for p in base.glob(f"{tag}*"):
-            try:
-                if not p.is_dir() or p.is_symlink():
-                    continue
-                if tag == ".stale-":  # set aside: gone as soon as no process maps it
-                    _remove_unheld(p)
-                elif now - p.lstat().st_mtime > STALE_SECONDS:
-                    shutil.rmtree(p, ignore_errors=True)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------- reading and checking
@@ -229,8 +121,6 @@ def _meta_describes(meta, s: Scan, image_size: int | None) -> bool:
     return meta.get("labels") == [s.labels[i] for i in rows] and meta.get("splits") == [s.splits[i] for i in rows]
 
 
-
-
 def _arrays_verified(folder: Path, images: np.ndarray, sums: np.ndarray, meta: dict) -> bool:
     """The pixels and sums hash to what meta.json recorded when they were written (skipped
     for a file state this process has already hashed)."""
@@ -256,7 +146,7 @@ def _read_cache(folder: Path, s: Scan, image_size: int | None) -> tuple[np.ndarr
     does not describe this scan): the caller then decodes again."""
     meta_path, images_path, sums_path = folder / "meta.json", folder / "images.npy", folder / "sums.npy"
     try:
-        if not _lock_held(folder):
+        if not hold_shared(folder):
             return "its lock file is missing or held exclusively by another process"
         if meta_path.stat().st_size > _MAX_META:
             return "meta.json is too large"
@@ -286,7 +176,7 @@ def _new_cache(s: Scan, image_size: int | None, workers: int | None, base: Path,
     try:
         tmp.mkdir()  # fresh: fails if anything stands at the name
         (tmp / LOCK).touch()
-        fd = _hold_new(tmp / LOCK)  # held before the rename: no remover can take it from under us
+        fd = hold_new(tmp / LOCK)  # held before the rename: no remover can take it from under us
         images, meta = decode_folder(s, image_size, workers, tmp)
         sums = np.load(tmp / "sums.npy", allow_pickle=False)
         meta.update(version=CACHE_VERSION, key=final.name, images_sha256=_sha256(images),
@@ -294,7 +184,7 @@ def _new_cache(s: Scan, image_size: int | None, workers: int | None, base: Path,
         del images  # the mapping is reopened from the final place
         _write_meta(tmp / "meta.json", meta)
         if install_folder(tmp, final) and fd is not None:  # False: another process won, its copy is kept
-            _held[str(final)] = fd
+            keep_hold(final, fd)
             fd = None
     except OSError as e:  # a full or read-only disk, mostly: nothing half-written is kept
         raise DataError(f"folder:{s.root}: decoding into the cache {base} failed ({e.strerror or e}); "
@@ -304,14 +194,6 @@ def _new_cache(s: Scan, image_size: int | None, workers: int | None, base: Path,
             os.close(fd)
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _hold_new(path: Path) -> int | None:
-    if fcntl is None:
-        return None
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    return fd
 
 
 def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers: int | None = None,
@@ -329,19 +211,19 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
                 log.info("data: read the decoded cache %s (%d images)", final, len(hit[1]["files"]))
             else:
                 log.info("data: decoded %d images of %s into the cache %s", len(hit[1]["files"]), s.root, final)
-            _remove_superseded(base, final)
+            remove_superseded(base, final)
             return hit[0], hit[1], s
         if attempt:
             break
         if hit is not None:  # damaged, or from an older trainlab: set aside whole, then removed
             log.warning("data: the decode cache %s is damaged (%s); decoding the folder again", final, hit)
-            _set_aside(final)
+            set_aside(final)
         try:
             base.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise DataError(f"the cache folder {base} cannot be created ({e.strerror or e}); "
                             "set XDG_CACHE_HOME to a writable folder") from None
-        _remove_stale(base)
+        remove_stale(base)
         _new_cache(s, image_size, workers, base, final)
     raise DataError(f"the decode cache {final} cannot be read back; remove it and try again")
 
@@ -349,55 +231,3 @@ def load_decoded(root: str | os.PathLike, image_size: int | None = None, workers
 def _write_meta(path: Path, meta: dict) -> None:
     with open(path, "w", encoding="utf-8") as f:  # inside the fresh temporary folder
         json.dump(meta, f)
-
-
-# ---------------------------------------------------------------- larger than memory: mapped splits
-
-def _mapped_splits(cache: Path, images: np.ndarray, parts: dict[str, np.ndarray]
-                   ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Each split's rows as its own .npy beside the decode cache (written once, in a fresh
-    temporary folder renamed whole), memory-mapped copy-on-write: nothing is read into memory;
-    and each one's sha256, checked against the one recorded when it was written. A folder whose
-    files do not open as the expected arrays, or hash otherwise, is set aside and written again."""
-    key = hashlib.sha256(b"".join(np.asarray(parts[k], np.int64).tobytes() + b"|" for k in sorted(parts)))
-    final = cache / f"splits-{key.hexdigest()[:32]}"
-    _remove_stale(cache)
-    for _ in range(2):
-        if not final.is_dir():
-            _write_splits(final, images, parts)
-        try:
-            split = {name: np.load(final / f"{name}.npy", mmap_mode="c", allow_pickle=False) for name in parts}
-            recorded = json.loads((final / "hashes.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeError):
-            split = recorded = None
-        if split is not None and all(a.dtype == np.uint8 and a.shape == (len(parts[n]),) + images.shape[1:]
-                                     for n, a in split.items()):
-            hashes = {name: _sha256(a) for name, a in split.items()}  # the data set's hashes: one pass
-            if recorded == hashes:
-                return split, hashes
-        log.warning("data: the memory-mapped splits in %s are damaged; writing them again", final)
-        _set_aside(final)
-    raise DataError(f"the memory-mapped splits in {final} cannot be read back; remove {cache} and try again")
-
-
-def _write_splits(final: Path, images: np.ndarray, parts: dict[str, np.ndarray]) -> None:
-    tmp = final.parent / f".splits-{os.getpid()}-{secrets.token_hex(4)}"
-    hashes = {}
-    try:
-        tmp.mkdir()
-        for name, idx in parts.items():
-            out = _new_npy(tmp / f"{name}.npy", (len(idx),) + images.shape[1:])
-            for a in range(0, len(idx), 4096):
-                out[a:a + 4096] = images[idx[a:a + 4096]]
-            out.flush()
-            hashes[name] = _sha256(out)
-            del out
-        with open(tmp / "hashes.json", "w", encoding="utf-8") as f:
-            json.dump(hashes, f)
-        install_folder(tmp, final)  # False when another process won the race: its copy is kept
-    except OSError as e:
-        raise DataError(f"the memory-mapped splits cannot be written in {final.parent} ({e.strerror or e}); "
-                        "free some space or set XDG_CACHE_HOME to a writable disk with room") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
