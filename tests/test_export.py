@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_images, run_cli, tiny_dataset, train_tiny, write_idx_folder
 
-from trainlab.analysis.export import export_run
+from trainlab.export.export import export_run
 from trainlab.api import load_model, predict_images
 from trainlab.cli.main import main
 
@@ -73,7 +73,7 @@ def test_export_a_channels_last_cnn(tmp_path, tiny_data):
 
 def test_export_copies_channels_last_tensors_contiguous(run_dir, tmp_path, monkeypatch):
     """A model still in channels_last when exported: safetensors refuses its views as they are."""
-    import trainlab.analysis.export as export
+    import trainlab.export.export as export
     from trainlab.models import build_from_spec as build_model
 
     spec = {"name": "cnn", "kwargs": {"channels": [4, 8], "fc": 16}, "input_shape": [1, 28, 28],

@@ -19,6 +19,7 @@ LAYERS = {
     "trainlab.data": 6, "trainlab.plots": 6,
     "trainlab.inference": 7,
     "trainlab.training": 8,
+    "trainlab.export": 8,  # a trained model out (uses inference, data, store); analysis' predict and inspect read it
     "trainlab.tune": 8.5,  # sweeps train (training) and analysis' report reads them: between the two
     "trainlab.analysis": 9,
     "trainlab.api": 10, "trainlab.serve": 10,

@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("safetensors")
 pytest.importorskip("PIL")
 
-from trainlab.analysis.export import export_run  # noqa: E402
+from trainlab.export.export import export_run  # noqa: E402
 from trainlab.data import load_dataset  # noqa: E402
 
 TOL = 1e-4

@@ -15,8 +15,8 @@ from conftest import cli_env, run_cli, train_tiny, write_idx_folder
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from trainlab.analysis import onnx_export  # noqa: E402
-from trainlab.analysis.export import export_run  # noqa: E402
+from trainlab.export import onnx_export  # noqa: E402
+from trainlab.export.export import export_run  # noqa: E402
 from trainlab.data import load_dataset  # noqa: E402
 from trainlab.errors import TrainlabError  # noqa: E402
 from trainlab.inference import load_model, predict_images  # noqa: E402
@@ -116,7 +116,7 @@ def test_predict_refuses_a_foreign_onnx_file_and_other_shapes(runs, tmp_path):
 def test_trainlab_imports_and_says_so_without_onnx(runs, tmp_path):
     code = (
         "import sys; sys.modules['onnx'] = None; sys.modules['onnxruntime'] = None\n"
-        "import trainlab, trainlab.analysis.export\n"
+        "import trainlab, trainlab.export.export\n"
         "from trainlab.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
@@ -142,7 +142,7 @@ def test_the_operator_allow_list_is_what_trainlab_exports():
     import onnx
 
     from trainlab import models
-    from trainlab.analysis.onnx_guard import ALLOWED_OPS, OPSETS, TRAINLAB_OPS, USER_MODEL_OPS
+    from trainlab.export.onnx_guard import ALLOWED_OPS, OPSETS, TRAINLAB_OPS, USER_MODEL_OPS
 
     emitted, opsets = set(), set()
     builtin = [n for n in models.available() if models.info(n).factory.__module__.startswith("trainlab.models.")]
@@ -250,7 +250,7 @@ def test_every_builtin_export_passes_the_size_check_with_a_batch():
     import onnx
 
     from trainlab import models
-    from trainlab.analysis.onnx_guard import check_sizes
+    from trainlab.export.onnx_guard import check_sizes
 
     for name in [n for n in models.available() if models.info(n).factory.__module__.startswith("trainlab.models.")]:
         for shape in ((1, 28, 28), (3, 32, 32)):

@@ -109,7 +109,7 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=(), mode
     model given in memory (train(model=...)) needs.
     """
     path = checkpoint_path(path_or_run)
-    if path.suffix == ".safetensors":  # an export: weights + model.safetensors.json (analysis/exported.py)
+    if path.suffix == ".safetensors":  # an export: weights + model.safetensors.json (export/exported.py)
         from trainlab.store.exported import load_safetensors
 
         return load_safetensors(path, map_location, allow_import, model)

@@ -186,7 +186,7 @@ def describe(path: str | Path) -> str:
     """What `trainlab inspect` prints: each line escaped, as names in a checkpoint are the file's."""
     path = Path(path)
     if path.suffix in (".safetensors", ".onnx") and path.is_file():  # trainlab's exports
-        from trainlab.analysis.exported import describe_export
+        from trainlab.analysis.inspect_export import describe_export
 
         text = "\n".join(describe_export(path))
     else:

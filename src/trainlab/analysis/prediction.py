@@ -47,8 +47,8 @@ class TrainedModel:
                                 f"{self.input_shape} (C,H,W)")
         if self.onnx is None:
             return predict_images(self.net, self.ckpt, images)
-        from trainlab.analysis.onnx_export import run_graph
-        from trainlab.analysis.onnx_run import DEFAULT_TIMEOUT
+        from trainlab.export.onnx_export import run_graph
+        from trainlab.export.onnx_run import DEFAULT_TIMEOUT
 
         if images.dtype != torch.uint8:
             raise TrainlabError("the ONNX model takes uint8 images (0-255); these are float")
@@ -64,8 +64,8 @@ def open_model(path: str | Path, device: str = "auto", allow_import=(), timeout:
 
     path = Path(path)  # a missing file: each form's own reader says so
     if path.suffix == ".onnx":
-        from trainlab.analysis.exported import as_checkpoint
-        from trainlab.analysis.onnx_export import _checked
+        from trainlab.export.onnx_export import _checked
+        from trainlab.store.exported import as_checkpoint
 
         blob, meta, batch = _checked(path)
         ckpt = as_checkpoint(meta, path)
@@ -114,7 +114,7 @@ def labelled_folder(inputs: list[Path], files: list[Path], classes: list[str]) -
 
 def chunks(inputs, model: TrainedModel, limit: int | None = None) -> Iterator[Chunk]:
     """The named inputs as chunks of images, in order, at most `limit` images in all."""
-    from trainlab.analysis.export import read_images as read_array
+    from trainlab.export.export import read_images as read_array
     from trainlab.data.folder import image_files
     from trainlab.data.folder import read_images as read_image_files
 

@@ -1,5 +1,5 @@
 """Reading an export back (layer: store): a model.safetensors and its metadata
-(model.safetensors.json, schema in trainlab.analysis.exported), or the folder's model.json
+(model.safetensors.json, schema in trainlab.export.exported), or the folder's model.json
 of an export made before schema 1, checked as a checkpoint's fields are."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ test split and must agree on every argmax, with probabilities within 1e-4; other
 refused and nothing is written. The exporter is torch.onnx's current one (dynamo=True, opset
 18, needs `onnxscript`); when it fails, or its graph fails onnx_guard or the parity check, the
 TorchScript exporter (dynamo=False, opset 17) is used instead, and the metadata says so
-("exporter", "fallback": why). onnx, onnxscript and onnxruntime are imported here only
-(pip install 'trainlab[onnx]'); importing trainlab never needs them.
+("exporter", "fallback": why). onnx, onnxscript and onnxruntime are imported only when
+used (onnx_guard._need; pip install 'trainlab[onnx]'); importing trainlab never needs them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainlab.data import data_options, load_dataset
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.export import onnx_guard
+from trainlab.export.exported import export_metadata
+from trainlab.export.onnx_guard import _need, check_file
+from trainlab.export.onnx_run import BATCH, DEFAULT_TIMEOUT, run
+from trainlab.inference import check_data_fits, predict_images
+from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
 
 OPSET = 17  # the TorchScript exporter's
 DYNAMO_OPSET = 18  # torch.onnx's current exporter's
@@ -35,18 +42,6 @@ MAX_ARGMAX_DISAGREEMENT = 0.0  # every test image classified the same
 MAX_PROB_DIFF = 1e-4
 PARITY_CHECK_LINE = ("parity on {images} test images: argmax agreement {argmax_agreement:.2%}, "
                      "max probability difference {max_prob_diff:.2g} (ONNX Runtime vs PyTorch)")
-
-
-def _need(what: str):
-    try:
-        if what == "onnx":
-            import onnx
-            return onnx
-        import onnxruntime
-        return onnxruntime
-    except ImportError:
-        raise TrainlabError(f"ONNX export and predict need {what}: pip install 'trainlab[onnx]' "
-                            "(onnx and onnxruntime)") from None
 
 
 class Packaged(nn.Module):
@@ -77,9 +72,7 @@ def wrap(model: nn.Module, ckpt: dict) -> nn.Module:
 
 
 def metadata(ckpt: dict, src: Path) -> dict:
-    """The schema-1 table (analysis/exported.py), inside the graph and beside it as model.onnx.json."""
-    from trainlab.analysis.exported import export_metadata
-
+    """The schema-1 table (export/exported.py), inside the graph and beside it as model.onnx.json."""
     return {**export_metadata(ckpt, src, "onnx", "model.onnx"), "opset": OPSET}
 
 
@@ -123,8 +116,6 @@ def run_graph(blob: bytes, images: torch.Tensor, num_classes: int, timeout=None,
               batch: int | None = None) -> np.ndarray:
     """Probabilities from ONNX Runtime, run in a child process (onnx_run.py), `batch` images at a
     time (onnx_guard.check_sizes)."""
-    from trainlab.analysis.onnx_run import BATCH, run
-
     _need("onnxruntime")
     return run(blob, images.numpy(), num_classes, timeout=timeout, name=name, batch=batch or BATCH)
 
@@ -132,8 +123,6 @@ def run_graph(blob: bytes, images: torch.Tensor, num_classes: int, timeout=None,
 def parity(model_bytes: bytes, model: nn.Module, ckpt: dict, images: torch.Tensor, batch: int | None = None
            ) -> dict:
     """ONNX Runtime vs PyTorch (trainlab's own predict path) on `images`."""
-    from trainlab.inference import predict_images
-
     theirs = run_graph(model_bytes, images, ckpt["model_spec"]["num_classes"], batch=batch)
     ours = predict_images(model, ckpt, images).numpy()
     agree = float((theirs.argmax(1) == ours.argmax(1)).mean())
@@ -149,9 +138,6 @@ def check_parity(p: dict) -> None:
 
 
 def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor:
-    from trainlab.data import data_options, load_dataset
-    from trainlab.inference import check_data_fits
-
     if data is None:
         config = ckpt.get("config") or {}
         try:  # read as the run read it (image_size, skip_bad, seed), as evaluate does
@@ -169,8 +155,6 @@ def _test_split(ckpt: dict, src: Path, data=None, data_dir=None) -> torch.Tensor
 def readable(blob: bytes) -> int:
     """An export predict would refuse (a registered model emitting an operator outside
     onnx_guard.ALLOWED_OPS) is refused now, before anything is written; the batch it runs with."""
-    from trainlab.analysis import onnx_guard
-
     name = "ONNX export refused: the exported graph"
     proto = onnx_guard.parse(blob, name)
     onnx_guard.check_graph(proto, name, len(blob))
@@ -182,8 +166,6 @@ def readable(blob: bytes) -> int:
 
 def export_onnx(model: nn.Module, ckpt: dict, src: Path, out: Path, data=None, data_dir=None) -> tuple[Path, Path, dict]:
     """model.onnx + model.onnx.json in `out`, written only after the parity check passes."""
-    from trainlab.store.atomic import atomic_write_bytes, atomic_write_text
-
     images = _test_split(ckpt, src, data, data_dir)
     fallback = None
     for exporter, opset in EXPORTERS:
@@ -213,8 +195,6 @@ def load_onnx(path: str | Path) -> tuple[bytes, dict]:
 
 
 def _checked(path) -> tuple[bytes, dict, int]:
-    from trainlab.analysis.onnx_guard import check_file
-
     _need("onnx")
     return check_file(path)
 
@@ -223,8 +203,6 @@ def predict_onnx(path: str | Path, images: torch.Tensor, timeout: float | None =
                  ) -> tuple[torch.Tensor, list[str]]:
     """Class probabilities of N,C,H,W uint8 images from model.onnx, and its class names;
     ONNX Runtime is stopped after `timeout` seconds (default onnx_run.DEFAULT_TIMEOUT)."""
-    from trainlab.analysis.onnx_run import DEFAULT_TIMEOUT
-
     blob, meta, batch = _checked(path)
     expected = tuple(meta["input"]["shape"][1:])
     if tuple(images.shape[1:]) != expected:

@@ -1,5 +1,5 @@
 """Export a trained model as safetensors (weights only, no code, loadable anywhere) plus its
-metadata beside it (model.safetensors.json, schema in analysis/exported.py): the model spec,
+metadata beside it (model.safetensors.json, schema in export/exported.py): the model spec,
 class names, mean/std, what data it was trained on."""
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ import numpy as np
 import torch
 
 from trainlab._version import __version__
+from trainlab.data.idx import read_idx
+from trainlab.data.npy import read_npy
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.export.exported import export_metadata
+from trainlab.export.onnx_export import export_onnx
 from trainlab.inference import checkpoint_path, load_model
 from trainlab.store import runs
 from trainlab.store.atomic import atomic_write_bytes, atomic_write_text, write_error
+from trainlab.store.exported import sidecar
 
 
 def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow_import=(), *,
@@ -41,16 +46,12 @@ def export_run(path_or_run: str | Path, out_dir: str | Path | None = None, allow
         raise write_error(out, e) from None
     owner = runs.owning_run(out)
     with (runs.RunLock(owner) if owner is not None else contextlib.nullcontext()):
-        if format == "onnx":  # analysis/onnx_export.py: onnx and onnxruntime imported there only
-            from trainlab.analysis.onnx_export import export_onnx
-
+        if format == "onnx":  # onnx and onnxruntime are imported only now (onnx_guard._need)
             return export_onnx(model, ckpt, src, out, data, data_dir)[:2]
         return _write_export(model, ckpt, src, out, save)
 
 
 def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, Path]:
-    from trainlab.analysis.exported import export_metadata, sidecar
-
     # safetensors refuses non-contiguous views (e.g. channels_last): copy them contiguous first
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     weights = out / "model.safetensors"
@@ -62,25 +63,10 @@ def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, 
     return weights, meta
 
 
-def input_policy(ckpt: dict) -> dict:
-    """How an image file becomes the model's input, as training read it (trainlab.data.folder)."""
-    c, h, w = ckpt["model_spec"]["input_shape"]
-    size = (ckpt.get("config") or {}).get("image_size")
-    return {"channels": c, "height": h, "width": w, "image_size": size,
-            "color": "grey (L)" if c == 1 else "RGB" if c == 3 else f"{c} channels",
-            "resize": (f"shorter side to {size}, centre crop {size}x{size}" if size else
-                       f"scale to cover {w}x{h} (shorter side first), centre crop") + ", bilinear",
-            "scale": "uint8 pixel / 255, then (x - mean) / std per channel", "layout": "N,C,H,W"}
-
-
 def read_images(path: str | Path) -> torch.Tensor:
     """Images from an IDX (.gz or raw) or .npy file as N,C,H,W (uint8 or float32)."""
-    from trainlab.data.idx import read_idx
-
     path = Path(path)
     if path.suffix == ".npy":
-        from trainlab.data.npy import read_npy
-
         arr = read_npy(path)  # header checked against the file first; never a pickle
     else:
         arr = read_idx(path)

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 
 from trainlab.errors import TrainlabError
+from trainlab.export.onnx_run import BATCH
+from trainlab.store.schema import check_fields
 
 # what onnx_export.to_onnx emits for every registered model (with and without flip TTA, 1 and 3 channels)
 TRAINLAB_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
@@ -48,6 +50,19 @@ CONSTANT_SLACK = 64 << 20
 INPUT, OUTPUT = "images", "probabilities"
 
 
+def _need(what: str):
+    """onnx or onnxruntime, imported here only (importing trainlab never needs them), or one sentence."""
+    try:
+        if what == "onnx":
+            import onnx
+            return onnx
+        import onnxruntime
+        return onnxruntime
+    except ImportError:
+        raise TrainlabError(f"ONNX export and predict need {what}: pip install 'trainlab[onnx]' "
+                            "(onnx and onnxruntime)") from None
+
+
 def _bad(path, what: str):
     raise TrainlabError(f"{path}: {what}: trainlab never writes such a graph, so it is refused unrun")
 
@@ -72,8 +87,6 @@ def read_bounded(path: Path) -> bytes:
 
 def parse(blob: bytes, path):
     """The ModelProto of `blob`; nothing outside the bytes is read (no external data)."""
-    from trainlab.analysis.onnx_export import _need
-
     onnx = _need("onnx")
     try:
         return onnx.load_model_from_string(blob)  # never follows external_data (no base folder)
@@ -124,7 +137,7 @@ def check_graph(proto, path, file_size: int) -> None:
             _bad(path, f"its operator {node.op_type[:100]!r} is from the custom domain {node.domain[:100]!r}")
         if node.op_type not in ALLOWED_OPS:
             _bad(path, f"its operator {node.op_type[:100]!r} is not one trainlab exports (control flow, "
-                       "sizes taken from data and randomness are refused; see trainlab.analysis.onnx_guard)")
+                       "sizes taken from data and randomness are refused; see trainlab.export.onnx_guard)")
         for a in node.attribute:
             if a.HasField("g") or a.graphs or a.HasField("sparse_tensor") or a.sparse_tensors:
                 _bad(path, f"its {node.op_type} node holds a subgraph or sparse tensor")
@@ -250,8 +263,6 @@ def check_sizes(proto, path, file_size: int) -> int:
                    f"{file_size:,} bytes of the file")
     if per_image > ACTIVATION_BUDGET:
         _bad(path, f"its nodes output {per_image:,} bytes for a single image (at most {ACTIVATION_BUDGET:,})")
-    from trainlab.analysis.onnx_run import BATCH
-
     return max(1, min(BATCH, ACTIVATION_BUDGET // max(per_image, 1)))
 
 
@@ -261,8 +272,6 @@ def _string(v, limit=100_000) -> bool:
 
 def check_meta(proto, path) -> dict:
     """trainlab's metadata entry, every field checked as a model.pt's are (check_fields)."""
-    from trainlab.store.schema import check_fields
-
     entries = [p.value for p in proto.metadata_props if p.key == "trainlab"]
     meta = None
     if len(entries) == 1 and len(entries[0]) <= MAX_META_CHARS:
@@ -309,8 +318,6 @@ def check_meta(proto, path) -> dict:
 def check_file(path) -> tuple[bytes, dict, int]:
     """(the model's bytes, its trainlab metadata, the batch it may run with), or one sentence
     saying why not."""
-    from trainlab.analysis.onnx_export import _need
-
     path = Path(path)
     blob = read_bounded(path)
     proto = parse(blob, path)
