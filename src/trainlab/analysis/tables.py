@@ -7,39 +7,8 @@ cells. Percentages go through `trainlab.metrics.percent`, the one percent format
 
 from __future__ import annotations
 
-import logging
-
 from trainlab.metrics import percent
 from trainlab.text import printable  # noqa: F401  (its home is layer 1; re-exported for callers here)
-
-
-class PrintableArgs(logging.Filter):
-    """On the trainlab logger: each argument of a log line (a run folder, a class or file name)
-    made `printable`, so none forges a line or runs an escape sequence; the message's own text
-    stays as written."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, dict):
-            record.args = {k: _safe_arg(v) for k, v in record.args.items()}
-        elif record.args:
-            record.args = tuple(_safe_arg(a) for a in record.args)
-        return True
-
-
-def _safe_arg(a):
-    """`a` itself when its text is printable (so %d, %.4f and %r format it as before), else its
-    escaped text."""
-    if a is None or isinstance(a, (int, float)):
-        return a
-    text = str(a)
-    return a if text.isprintable() else printable(text)
-
-
-def protect_log(logger: logging.Logger | None = None) -> None:
-    """Install PrintableArgs on the trainlab logger once (importing trainlab does)."""
-    logger = logger or logging.getLogger("trainlab")
-    if not any(isinstance(f, PrintableArgs) for f in logger.filters):
-        logger.addFilter(PrintableArgs())
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:

@@ -98,10 +98,16 @@ def measure_mean_std(images: torch.Tensor, scale: float) -> tuple[list[float], l
     c = images.shape[1]
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
-    for chunk in images.split(4096):
-        x = chunk.to(torch.float64).div_(scale).transpose(0, 1).reshape(c, -1)
-        total += x.sum(1)
-        total_sq += (x * x).sum(1)
+    if images.dtype == torch.uint8:  # 256 values: count them (a channel's uint8 copy at most; ~10x faster)
+        values = torch.arange(256, dtype=torch.float64) / scale
+        for i in range(c):
+            counts = torch.bincount(images[:, i].reshape(-1), minlength=256).to(torch.float64)
+            total[i], total_sq[i] = counts @ values, counts @ (values * values)
+    else:
+        for chunk in images.split(4096):
+            x = chunk.to(torch.float64).div_(scale).transpose(0, 1).reshape(c, -1)
+            total += x.sum(1)
+            total_sq += (x * x).sum(1)
     n = images.numel() // c
     mean = total / n
     std = (total_sq / n - mean * mean).clamp_min(0).sqrt()
