@@ -18,7 +18,6 @@ import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from trainlab import models
 from trainlab.catalog import absolute as absolute_dataset
 from trainlab.catalog import flips_keep_labels
 from trainlab.catalog import problem as dataset_problem
@@ -30,6 +29,7 @@ from trainlab.recipes import (
     Recipe,
     check_fields,
     get_recipe,
+    option,
 )
 
 if sys.version_info >= (3, 11):
@@ -37,56 +37,78 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+# trainlab.models is imported where it is used (resolve, _model_spec_ok): it imports torch, and
+# the CLI reads Config's fields for every --help, which must answer without torch.
+
 MONITORABLE = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
 @dataclass
 class Config:
-    dataset: str = "fashion-mnist"
-    data_dir: str | None = None
-    model: str = "mlp"
-    model_kwargs: dict = field(default_factory=dict)
-    recipe: str = "auto"  # auto = the preset registered with the model (models.register), else fast
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None  # CPU threads; None = torch's default (all cores)
-    val_size: int = 5000  # carved from the training split, stratified, for model selection
-    name: str | None = None  # run folder name; None = <model>-<recipe>-<time>
-    runs_dir: str = "runs"
-    rerun: str = "resume"  # the same command again on a named run: resume it, or refuse (training.rerun)
-    quiet: bool = False
-    # model selection, early stopping and saving (see trainlab.training.callbacks)
-    monitor: str = "val_loss"  # the metric best.pt and early stopping follow; never a test metric
-    mode: str = "auto"  # min | max | auto (min for losses, max for accuracies)
-    patience: int = 0  # epochs without improvement before stopping; 0 = never stop early
-    min_delta: float = 0.0  # the least change that counts as an improvement
-    save_every: int = 0  # also keep epoch-NNNN.pt every N epochs; 0 = off
-    keep: int = 3  # how many epoch-NNNN.pt files to keep; 0 = all
-    tensorboard: bool = False  # also write TensorBoard events (pip install trainlab[tensorboard])
-    # also evaluate the test split every epoch, labelled "not for selection" (None = off: the test
-    # split is evaluated once, at the end, on the model chosen by validation)
-    test_every_epoch: bool | None = None
+    # each field's help is its flag's help in `trainlab train --help` (cli/args.py)
+    dataset: str = option("fashion-mnist", "fashion-mnist (default), mnist, idx:DIR, folder:DIR (image files), "
+                          "cifar10:DIR, cifar100:DIR, or SCHEME:ARG of a format registered by a module named "
+                          "with --allow-import")
+    data_dir: str | None = option(None, "folder with the four IDX files (else TRAINLAB_DATA, the cache, download)")
+    model: str = option("mlp", "mlp (default), mlp-reg, cnn, ... or module:function")
+    model_kwargs: dict = field(default_factory=dict, metadata={"help": "the model factory's keyword arguments"})
+    recipe: str = option("auto", "auto (default: the preset registered with the model, else fast), textbook, "
+                         "fast, fast-cnn or resnet; the recipe fields below override it")
+    seed: int = option(0, "seeds every random draw: initialization, split, data order, augmentation (default 0)")
+    device: str = option("auto", "auto (default: cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    threads: int | None = option(None, "CPU threads for torch (default: all cores)")
+    val_size: int = option(5000, "validation samples carved from train (default 5000)")  # stratified
+    name: str | None = option(None, "run folder name under --runs-dir (default: generated)")  # <model>-<recipe>-<time>
+    runs_dir: str = option("runs", "where run folders go (default runs)")
+    rerun: str = option("resume", "the same command again on a named run: resume (default) continues it, "
+                        "refuse stops with an error")  # training.rerun
+    quiet: bool = option(False, "no progress bar or per-epoch lines")
+    # model selection, early stopping and saving (see trainlab.training.callbacks); never a test metric
+    monitor: str = option("val_loss", "metric for best.pt and early stopping: val_loss (default), val_acc, "
+                          "train_loss, train_acc")
+    mode: str = option("auto", "min, max or auto (default: from the metric's name)")
+    patience: int = option(0, "stop after this many epochs without improvement (0 = off); restores the best weights")
+    min_delta: float = option(0.0, "the least change that counts as an improvement")
+    save_every: int = option(0, "also keep epoch-NNNN.pt every N epochs (0 = off)")
+    keep: int = option(3, "how many epoch-NNNN.pt to keep (0 = all; default 3)")
+    tensorboard: bool = option(False, "also write TensorBoard events")  # pip install trainlab[tensorboard]
+    # None = off: the test split is evaluated once, at the end, on the model chosen by validation
+    test_every_epoch: bool | None = option(None, "also evaluate the test split every epoch (an evaluation pass "
+                                           "each; labelled 'not for selection'); off: the test split is "
+                                           "evaluated once, at the end")
     # speed options: same numbers up to float rounding (see benchmarks/RESULTS.md)
-    compile: bool = False  # torch.compile the training forward (CPU: needs gcc, tens of seconds)
-    channels_last: bool | None = None  # NHWC layout; None = on for models registered conv (measured 1.4x)
-    tf32: bool = False  # CUDA only: TF32 tensor-core matmuls and convolutions
-    sync_bn: bool = False  # DDP on CUDA: synchronize BatchNorm statistics across GPUs
-    malloc_tuning: bool = True  # CPU: keep freed activation memory instead of returning it to the OS
+    compile: bool = option(False, "torch.compile the training forward")  # CPU: needs gcc, tens of seconds
+    # None = on for models registered conv (measured 1.4x)
+    channels_last: bool | None = option(None, "NHWC memory layout for convolutional models")
+    tf32: bool = option(False, "CUDA: allow TF32 matmuls and convolutions")
+    sync_bn: bool = option(False, "DDP on CUDA: synchronize BatchNorm statistics across GPUs")
+    malloc_tuning: bool = option(True, "CPU: keep freed activation memory instead of returning it to the OS "
+                                 "(default on)")
     # image folders (folder:DIR, trainlab.data.folder)
-    image_size: int | None = None  # shorter side resized to N, centre-cropped NxN; None = most common size
-    skip_bad: bool = False  # leave out files that cannot be decoded (counted) instead of stopping
-    # a split larger than this (bytes, or e.g. "2GiB") is streamed to the device in chunks, same
-    # numbers; None = half the memory free now (CPU) or half the free GPU memory (CUDA)
-    memory_budget: str | None = None
+    image_size: int | None = option(None, "folder: images: resize the shorter side to N and centre-crop NxN "
+                                    "(default: the most common size)")
+    skip_bad: bool = option(False, "folder: images: leave out files that cannot be decoded (counted) instead "
+                            "of stopping")
+    # None = half the memory free now (CPU) or half the free GPU memory (CUDA)
+    memory_budget: str | None = option(None, "stream a split larger than this to the device in chunks (bytes, "
+                                       "or e.g. 2GiB; default: half the free memory); same results")
     # weights in: fine-tuning from another run or file (see trainlab.training.finetune)
-    init_from: str | None = None  # a run folder, trainlab checkpoint, state_dict .pt/.pth or .safetensors
-    init_strict: bool = False  # any key or shape mismatch with init_from is an error
-    init_map: str | None = None  # OLD=NEW[,OLD=NEW]: tensor-name prefix renames applied to init_from's keys
-    reinit_head: bool | None = None  # with init_from: the head keeps its fresh initialization (None = off)
-    freeze: str | None = None  # "body" (all but the head) or PREFIX[,PREFIX]: parameters not trained
-    unfreeze_at: int = 0  # the frozen parameters train from this epoch on (1-based); 0 = stay frozen
-    body_lr_mult: float = 1.0  # learning rate of everything but the head, as a multiple of lr
-    train_per_class: int = 0  # a seeded stratified subset: at most N training images per class; 0 = all
+    init_from: str | None = option(None, "start from these weights: a run folder, trainlab checkpoint, "
+                                   "state_dict .pt/.pth or .safetensors (matched by name; a head of another "
+                                   "class count is re-initialized)")
+    init_strict: bool = option(False, "with --init-from: any missing, unexpected or mis-shaped tensor is an error")
+    init_map: str | None = option(None, "with --init-from: OLD=NEW[,OLD=NEW] renames of its tensor-name "
+                                  "prefixes, applied before trainlab's own matching (which strips or adds "
+                                  "prefixes such as model., module., net.)")
+    reinit_head: bool | None = option(None, "with --init-from: the head (the last Linear) keeps its fresh "
+                                      "initialization even when the class counts agree")
+    freeze: str | None = option(None, "body (everything but the head: the last Linear) or PREFIX[,PREFIX]: "
+                                "parameters not trained")
+    unfreeze_at: int = option(0, "with --freeze: the frozen parameters train from this epoch on (1-based; "
+                              "0 = never)")
+    body_lr_mult: float = option(1.0, "learning rate of everything but the head, as a multiple of --lr "
+                                 "(default 1)")
+    train_per_class: int = option(0, "train on at most N images per class (seeded, stratified; 0 = all)")
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 
@@ -186,6 +208,8 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
         merged["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in merged["model_kwargs"].items()}
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
     recipe_overrides = {k: v for k, v in merged.items() if k in RECIPE_FIELDS}
+    from trainlab import models
+
     cfg = Config(**run)
     model = models.info(cfg.model)  # an import path (module:function) has the defaults
     if cfg.recipe == "auto":  # the preset registered with the model: the measured best for it
@@ -270,6 +294,8 @@ def _path_problem(path: str) -> str | None:
 
 def _model_spec_ok(spec: str) -> bool:
     """A registered name (checked when the model is built) or module.path:function."""
+    from trainlab import models
+
     if len(spec) > 100:
         return False
     if ":" not in spec:

@@ -9,7 +9,7 @@ written into the run folder and the checkpoint.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from trainlab.errors import ConfigError
 
@@ -18,26 +18,34 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "onecycle", "cosine")
 
 
+def option(default, help: str):
+    """A config or recipe field with its help: the flag's help in `trainlab train --help`."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class Recipe:
-    epochs: int = 10
-    batch_size: int = 64  # the global batch: split across ranks under DDP
-    optimizer: str = "adam"
-    lr: float = 1e-3  # the peak rate when a schedule is on
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    nesterov: bool = False  # sgd only
-    schedule: str = "none"
-    warmup_epochs: float = 0.0  # cosine only; onecycle warms up over its first 25% of steps
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    epochs: int = option(10, "epochs to train")
+    batch_size: int = option(64, "samples per step: the global batch, split across the processes under --nproc")
+    optimizer: str = option("adam", "adam, adamw or sgd")
+    lr: float = option(1e-3, "learning rate: the peak rate when a schedule is on")
+    weight_decay: float = option(0.0, "weight decay (0 = off)")
+    momentum: float = option(0.9, "sgd only: momentum")
+    nesterov: bool = option(False, "sgd only: Nesterov momentum")
+    schedule: str = option("none", "the learning-rate schedule: none, onecycle or cosine")
+    warmup_epochs: float = option(0.0, "cosine only: epochs of warm-up (onecycle warms up over its first 25% "
+                                  "of steps)")
+    label_smoothing: float = option(0.0, "label smoothing of the loss (0 = off)")
+    grad_clip: float = option(0.0, "clip the global gradient norm to this (0 = off)")
     # batched on-device augmentation (see trainlab.augment)
-    translate: int = 0  # random shift of up to this many pixels (pad + crop)
-    hflip: bool = False
-    erase: float = 0.0  # probability of random erasing per image
-    ema: float = 0.0  # weight EMA decay; 0 = off
-    tta_flip: bool = False  # average predictions over the image and its mirror at test time
-    precision: str = "auto"  # auto | 32 | 16-mixed | bf16-mixed (see trainlab.precision)
+    translate: int = option(0, "augmentation: random shift of up to this many pixels (pad + crop)")
+    hflip: bool = option(False, "augmentation: random horizontal flips (a preset's are left out for data "
+                         "whose labels a mirror may change)")
+    erase: float = option(0.0, "augmentation: probability of random erasing per image")
+    ema: float = option(0.0, "decay of an exponential moving average of the weights, which is evaluated "
+                        "(0 = off)")
+    tta_flip: bool = option(False, "average predictions over the image and its mirror at test time")
+    precision: str = option("auto", "auto, 32, 16-mixed or bf16-mixed")  # see trainlab.training.precision
 
     def validate(self) -> "Recipe":
         check_fields(self, RECIPE_LIMITS)

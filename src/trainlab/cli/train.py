@@ -18,6 +18,7 @@ from trainlab.cli.args import (
     config_from_args,
     positive_int,
 )
+from trainlab.config import RUN_FIELDS
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.recipes import RECIPE_FIELDS
 from trainlab.text import printable
@@ -35,8 +36,6 @@ def _print_result(result) -> int:
 
 def _resume_overrides(args) -> dict:
     """`train --resume RUN --lr X ...`: every flag given counts, as with `resume`."""
-    from trainlab.config import RUN_FIELDS
-
     if args.config:
         raise ConfigError("--config cannot be combined with --resume: the run's own config is used; "
                           "give the values to change as flags")
@@ -223,8 +222,8 @@ def add_search_commands(sub) -> None:
     lf = sub.add_parser("lr-find", help="the learning-rate range test: a suggested rate, and its curve")
     add_run_options(lf)
     lf.add_argument("--steps", type=positive_int, default=200, help="steps of the test (default 200)")
-    lf.add_argument("--start-lr", type=float, default=1e-6)
-    lf.add_argument("--end-lr", type=float, default=1.0)
+    lf.add_argument("--start-lr", type=float, default=1e-6, help="the rate the test starts at (default 1e-6)")
+    lf.add_argument("--end-lr", type=float, default=1.0, help="the rate the test ends at (default 1)")
     lf.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2 (a band)")
     lf.add_argument("--out", metavar="DIR", help="where the curve goes (default RUNS_DIR/lr-find/<model>-<time>)")
     add_allow_import(lf)
