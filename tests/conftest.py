@@ -208,9 +208,15 @@ def cli_env(**extra) -> dict:
     return env
 
 
-def cli_command(*args, nproc: int = 1) -> list[str]:
-    """`python -m trainlab ARGS`, under torchrun (`--standalone`, gloo on the CPU) when nproc > 1."""
+def cli_command(*args, nproc: int = 1, faults: dict | None = None) -> list[str]:
+    """`python -m trainlab ARGS`, under torchrun (`--standalone`, gloo on the CPU) when nproc > 1;
+    with `faults` (log=FILE, delay=SECONDS) through tests/fault_worker.py, which installs them
+    at trainlab.store.faults in the child."""
     args = [str(a) for a in args]
+    if faults is not None:
+        from fault_worker import command
+
+        return command(*args, **faults)
     if nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                 "-m", "trainlab", *args]
@@ -234,12 +240,13 @@ def _terminal_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def start_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, **popen) -> subprocess.Popen:
+def start_cli(*args, cwd=None, env: dict | None = None, nproc: int = 1, faults: dict | None = None,
+              **popen) -> subprocess.Popen:
     """`python -m trainlab ARGS` started in the background (Popen keywords pass through: stdout=...),
-    with the signal dispositions of a terminal (see _terminal_signals)."""
+    with the signal dispositions of a terminal (see _terminal_signals); `faults` as cli_command's."""
     popen.setdefault("preexec_fn", _terminal_signals)
-    return subprocess.Popen(cli_command(*args, nproc=nproc), cwd=cwd, env=cli_env() if env is None else env,
-                            **popen)
+    return subprocess.Popen(cli_command(*args, nproc=nproc, faults=faults), cwd=cwd,
+                            env=cli_env() if env is None else env, **popen)
 
 
 @pytest.fixture

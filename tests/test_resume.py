@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_env, make_images, write_idx_folder
+from conftest import cli_command, cli_env, make_images, write_idx_folder
 
 from trainlab.cli.main import main as cli_main
 from trainlab.config import resolve
@@ -116,11 +116,9 @@ def _kill_trial(idx_dir, tmp_path, trial: int) -> tuple[str, int | None]:
     target = ("tmp-partial", "pending", "renamed", "time")[trial % 4]
     nth = rng.randint(1, 5)
     log = tmp_path / f"writes-{trial}.log"
-    e = cli_env()
-    e.update(TRAINLAB_TEST_WRITE_DELAY="0.15", TRAINLAB_TEST_WRITE_LOG=str(log))
     run = f"k{trial}"
-    cmd = [sys.executable, "-m", "trainlab", "train", *_cli_args(idx_dir, tmp_path, run)]
-    proc = subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = cli_command("train", *_cli_args(idx_dir, tmp_path, run), faults=dict(log=log, delay=0.15))
+    proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     start, landed = None, None
     kill_after = rng.uniform(0.0, 3.0)  # seconds into training (start-up is not the point)
     deadline = time.time() + 90

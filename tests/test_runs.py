@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SRC, cli_env, run_cli, start_cli, write_idx_folder
+from conftest import SRC, run_cli, start_cli, write_idx_folder
 
 from trainlab.errors import StoreError, TrainlabError
 from trainlab.store.manifest import CheckpointDir
@@ -33,9 +33,8 @@ def train_args(idx_dir, runs, name, epochs=3):
 
 def start_slow(idx_dir, runs, name, *args):
     """A training process slowed at every write (0.3 s), so another can meet it mid-run."""
-    proc = start_cli(*(args or train_args(idx_dir, runs, name, epochs=4)),
-                     env=cli_env(TRAINLAB_TEST_WRITE_DELAY="0.3"), stdout=subprocess.PIPE,
-                     stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*(args or train_args(idx_dir, runs, name, epochs=4)), faults=dict(delay=0.3),
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = runs / name / ".lock"
     deadline = time.time() + 60
     # the lock file may hold an earlier process's PID: wait until this one owns it

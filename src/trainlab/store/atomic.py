@@ -17,30 +17,17 @@ import secrets
 import shutil
 import stat
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from trainlab.errors import StoreError
+from trainlab.store import faults
 
 TMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>-<random>"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC | _BINARY
-
-
-def _test_hook(phase: str, name: str, step=None) -> None:
-    """Test-only: widen the write window and record where a kill landed (env-driven)."""
-    logfile = os.environ.get("TRAINLAB_TEST_WRITE_LOG")
-    if logfile:
-        with open(logfile, "a") as f:
-            f.write(f"{phase} {name}" + ("" if step is None else f" {step}") + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-    delay = float(os.environ.get("TRAINLAB_TEST_WRITE_DELAY", "0") or 0)
-    if delay:
-        time.sleep(delay)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -88,7 +75,7 @@ def write_temp(path: str | os.PathLike, data: bytes) -> Path:
             half = len(data) // 2
             _write_all(f, data[:half])
             f.flush()
-            _test_hook("tmp-partial", path.name)  # a kill here leaves a half-written temp file
+            faults.at("tmp-partial", path.name)  # a kill here leaves a half-written temp file
             _write_all(f, data[half:])
             f.flush()
             os.fsync(f.fileno())

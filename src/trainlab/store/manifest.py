@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from trainlab.errors import StoreError, TrainlabError
+from trainlab.store import faults
 from trainlab.store.atomic import (
-    _test_hook,
     atomic_write_bytes,
     commit,
     discard,
@@ -123,15 +123,15 @@ class CheckpointDir:
         tmp = write_temp(self.folder / name, data)  # a full disk fails here, nothing changed yet
         try:
             self._write_manifest(files)  # 1: both hashes accepted
-            _test_hook("pending", name, info.get("global_step"))
+            faults.at("pending", name, info.get("global_step"))
             commit(tmp, self.folder / name)  # 2: the new file in place
         except BaseException:
             discard(tmp)
             raise
-        _test_hook("renamed", name, info.get("global_step"))
+        faults.at("renamed", name, info.get("global_step"))
         files[name] = entry
         self._write_manifest(files)  # 3: only the new hash
-        _test_hook("manifest-done", name, info.get("global_step"))
+        faults.at("manifest-done", name, info.get("global_step"))
 
     def _match(self, name: str, files: dict) -> tuple[dict | None, str | None]:
         path = self.folder / name
