@@ -115,6 +115,8 @@ WRITERS_ALLOWED = {
     "data/sources.py": "downloads stream into a staged folder, installed whole by atomic.install_folder",
     "data/folder/cache.py": "the decode cache is written into a staged folder, installed by install_folder",
     "data/folder/decode.py": "decodes into that fresh temporary folder (the cache's), renamed whole",
+    "data/folder/cache_locks.py": "a damaged or superseded cache folder renamed aside whole before it is removed",
+    "data/folder/mapped_splits.py": "the mapped splits are written into a staged folder, installed by install_folder",
     "cli/launch.py": "a rank's error line, into the launcher's private temporary folder (0700)",
 }
 
