@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,29 @@ def write_idx_folder(folder: Path, n_train: int = 600, n_test: int = 200, seed: 
     if classes is not None:
         (folder / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     return folder
+
+
+def idx_folder(n_train: int = 600, n_test: int = 200):
+    """A module-scoped fixture giving tiny synthetic data as an IDX folder (write_idx_folder), so
+    `idx:DIR` runs and subprocesses read it: in a test module, `idx_dir = idx_folder(400, 100)`."""
+
+    @pytest.fixture(scope="module")
+    def idx_folder_fixture(tmp_path_factory) -> Path:
+        """Tiny synthetic data as an IDX folder, made once per test module."""
+        return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=n_train, n_test=n_test)
+
+    return idx_folder_fixture
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02):
+    """Poll `predicate` until it returns a true value, or `timeout` seconds pass on the monotonic
+    clock; returns its last value (the caller asserts on it, or goes on either way)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(interval)
 
 
 TINY_RUN = {"model": "mlp", "epochs": 2, "batch_size": 32, "val_size": 100, "quiet": True, "threads": 1}

@@ -17,20 +17,17 @@ from conftest import (
     child_pids,
     cli_env,
     descendant_pids,
+    idx_folder,
     is_alive,
     run_cli,
     start_cli,
     wait_for_epochs,
-    write_idx_folder,
 )
 
 from trainlab.store.schema import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    # 101 test images (odd): ranks evaluate unequal shards, the sums stay exact
-    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=440, n_test=101)
+idx_dir = idx_folder(440, 101)  # 101 test images (odd): ranks evaluate unequal shards, the sums stay exact
 
 
 def common(idx_dir, tmp_path, name, *extra):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_images, run_cli, tiny_dataset, train_tiny, write_idx_folder
+from conftest import idx_folder, make_images, run_cli, tiny_dataset, train_tiny
 
 from trainlab.export.export import export_run
 from trainlab.api import load_model, predict_images
@@ -163,9 +163,7 @@ def test_predict_refuses_a_file_that_is_not_an_npy_array(run_dir, tmp_path, caps
     assert "not a readable .npy array" in capsys.readouterr().err
 
 
-@pytest.fixture
-def idx_dir(tmp_path) -> Path:
-    return write_idx_folder(tmp_path / "idx")
+idx_dir = idx_folder()
 
 
 def test_predict_on_the_runs_own_test_images_and_an_idx_file(idx_dir, tmp_path, capsys):

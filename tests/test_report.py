@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLOTHES, train_tiny, write_idx_folder
+from conftest import CLOTHES, train_tiny, wait_until, write_idx_folder
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                   "--no-first-run", "--disable-background-networking",
@@ -175,8 +175,11 @@ def check_in_browser(exe: str, page: Path) -> dict:
         images = json.loads(browser.evaluate(IMAGES_JS))
         title = browser.evaluate("document.title")
         shot = browser.screenshot()
-        time.sleep(0.2)  # late console messages
-        browser.send("Runtime.evaluate", {"expression": "1"})
+        # late console messages: all the page had queued has run once a marker set two tasks
+        # later is seen (its events reach us before the answer that reads the marker)
+        browser.evaluate("window.__settled = false; "
+                         "setTimeout(() => setTimeout(() => { window.__settled = true }, 0), 0); 1")
+        assert wait_until(lambda: browser.evaluate("window.__settled"), timeout=30), "the page never settled"
         return {"errors": browser.errors(), "images": images, "title": title, "screenshot": shot,
                 "requests": browser.requested_urls()}
     finally:

@@ -17,15 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN, child_pids, cli_env, run_cli, start_cli, write_idx_folder
+from conftest import TINY_RUN, child_pids, cli_env, idx_folder, run_cli, start_cli
 
 import trainlab
 from trainlab.store.schema import load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=2000, n_test=200)
+idx_dir = idx_folder(2000, 200)
 
 
 def args(idx_dir, runs, name, *extra):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import cli_command, cli_env, make_images, write_idx_folder
+from conftest import cli_command, cli_env, idx_folder, make_images, wait_until
 
 from trainlab.cli.main import main as cli_main
 from trainlab.config import resolve
@@ -27,10 +27,7 @@ from trainlab.training.session import train
 WORKER = Path(__file__).with_name("resume_worker.py")
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    """600 train / 200 test tiny images as an IDX folder, so subprocesses can load it."""
-    return write_idx_folder(tmp_path_factory.mktemp("idx"))
+idx_dir = idx_folder(600, 200)  # subprocesses load it too
 
 
 def config(idx_dir, tmp_path, name, **kw) -> dict:
@@ -96,9 +93,7 @@ def test_a_signal_on_the_cli_saves_and_prints_the_resume_command(idx_dir, tmp_pa
            "--epochs", "200", "--model", "mlp", "--quiet"]
     proc = subprocess.Popen(cmd, env=cli_env(), stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "r" / "metrics.jsonl"
-    deadline = time.time() + 60
-    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.05)
+    assert wait_until(lambda: metrics.exists() and metrics.read_text().strip(), timeout=60), "no epoch in 60 s"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + sig, err
@@ -119,24 +114,27 @@ def _kill_trial(idx_dir, tmp_path, trial: int) -> tuple[str, int | None]:
     run = f"k{trial}"
     cmd = cli_command("train", *_cli_args(idx_dir, tmp_path, run), faults=dict(log=log, delay=0.15))
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    start, landed = None, None
     kill_after = rng.uniform(0.0, 3.0)  # seconds into training (start-up is not the point)
-    deadline = time.time() + 90
-    while proc.poll() is None and time.time() < deadline:
-        if start is None and (tmp_path / run / "config.toml").exists():
-            start = time.time()
+    start = []
+
+    def kill_point() -> str | None:
+        """Where the kill lands, once it is due (None while it is not)."""
+        if proc.poll() is not None:
+            return "after the run finished"
+        if not start and (tmp_path / run / "config.toml").exists():
+            start.append(time.monotonic())
         lines = log.read_text().splitlines() if log.exists() else []
         hits = [x for x in lines if x.startswith(target) and x.split()[1].endswith(".pt")]
-        timed_out = target == "time" and start is not None and time.time() - start > kill_after
-        if timed_out or len(hits) >= nth:
-            proc.kill()
-            landed = lines[-1] if lines else "before the first save"
-            break
-        time.sleep(0.005)
+        if len(hits) >= nth or (target == "time" and start and time.monotonic() - start[0] > kill_after):
+            return lines[-1] if lines else "before the first save"
+        return None
+
+    landed = wait_until(kill_point, timeout=90, interval=0.005)
+    proc.kill()  # a finished process is not touched
     proc.wait()
     lines = log.read_text().splitlines() if log.exists() else []
     renamed = [int(x.split()[2]) for x in lines if x.startswith("renamed ") and x.split()[1].endswith(".pt")]
-    return landed or "after the run finished", max(renamed, default=None)
+    return landed or "not due within 90 s", max(renamed, default=None)
 
 
 def _cli_args(idx_dir, tmp_path, name):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SRC, write_idx_folder
+from conftest import SRC, idx_folder, write_idx_folder
 
 from trainlab.cli.main import main
 from trainlab.config import resolve
@@ -34,9 +34,7 @@ def make(input_shape, num_classes):
 '''
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=300, n_test=100)
+idx_dir = idx_folder(300, 100)
 
 
 def cfg(idx_dir, tmp_path, name, **kw):

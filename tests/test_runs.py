@@ -8,11 +8,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import SRC, run_cli, start_cli, write_idx_folder
+from conftest import SRC, idx_folder, run_cli, start_cli, wait_until
 
 from trainlab.errors import StoreError, TrainlabError
 from trainlab.store.manifest import CheckpointDir
@@ -20,9 +19,7 @@ from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import RunLock, read_metrics
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=400, n_test=100)
+idx_dir = idx_folder(400, 100)
 
 
 def train_args(idx_dir, runs, name, epochs=3):
@@ -36,11 +33,9 @@ def start_slow(idx_dir, runs, name, *args):
     proc = start_cli(*(args or train_args(idx_dir, runs, name, epochs=4)), faults=dict(delay=0.3),
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = runs / name / ".lock"
-    deadline = time.time() + 60
     # the lock file may hold an earlier process's PID: wait until this one owns it
-    while time.time() < deadline and not (lock.exists() and lock.read_text().strip() == str(proc.pid)):
-        time.sleep(0.02)
-    assert lock.read_text().strip() == str(proc.pid), proc.communicate()[1]
+    owned = wait_until(lambda: lock.exists() and lock.read_text().strip() == str(proc.pid), timeout=60)
+    assert owned, proc.communicate()[1]
     return proc
 
 

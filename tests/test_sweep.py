@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, start_cli, write_idx_folder
+from conftest import idx_folder, run_cli, start_cli
 
 pytest.importorskip("optuna")
 
@@ -19,9 +19,7 @@ from trainlab.tune.sweep import load_space, summarize, sweep  # noqa: E402
 from trainlab.errors import ConfigError  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def idx_dir(tmp_path_factory) -> Path:
-    return write_idx_folder(tmp_path_factory.mktemp("idx"), n_train=600, n_test=100)
+idx_dir = idx_folder(600, 100)
 
 
 def space_file(tmp_path, idx_dir, space: str, epochs: int = 2) -> Path:
