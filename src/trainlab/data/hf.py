@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.data import formats
+from trainlab.data.dataset import from_arrays
+from trainlab.data.folder.decode import _open, _pillow, _reason, decode_one
+from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
 
 log = logging.getLogger("trainlab")
@@ -175,8 +178,6 @@ def _labels(ds, label_col: str, where: str) -> np.ndarray:
 
 def _decode_rows(ds, image_col: str, size, channels: int, where: str, skip_bad: bool):
     """uint8 N,C,H,W of the column's images through folder:'s decoder, and the rows kept."""
-    from trainlab.data.folder.decode import _pillow, _reason, decode_one
-
     Image = _pillow()
     raw = _raw_images(ds, image_col, where)[image_col]
     out = np.zeros((len(raw), channels, size[1], size[0]), dtype=np.uint8)
@@ -201,8 +202,6 @@ def _decode_rows(ds, image_col: str, size, channels: int, where: str, skip_bad: 
 
 def _policy(ds, image_col: str, image_size: int | None) -> tuple[tuple[int, int], int]:
     """(width, height) and channels: the most common size and mode of the first 1000 images, as folder: does."""
-    from trainlab.data.folder.decode import _open, _pillow
-
     Image = _pillow()
     sizes, modes = Counter(), Counter()
     for item in _raw_images(ds, image_col, "the data set").select(range(min(1000, len(ds))))[image_col]:
@@ -225,7 +224,6 @@ def _fits(rows: int, size, channels: int, where: str, memory_budget) -> None:
     import torch
 
     from trainlab.config import format_bytes, parse_bytes
-    from trainlab.data.loader import default_memory_budget
 
     need = rows * channels * size[0] * size[1]
     budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))
@@ -238,9 +236,6 @@ def _fits(rows: int, size, channels: int, where: str, memory_budget) -> None:
 def read_hf(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False, seed: int = 0,
             memory_budget=None):
     import torch
-
-    from trainlab.data.dataset import from_arrays
-    from trainlab.data.loader import derive_seed, stratified_split
 
     root, chosen = _options(arg)
     where = f"hf:{root}"

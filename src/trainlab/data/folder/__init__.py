@@ -54,11 +54,15 @@ from pathlib import Path
 import numpy as np
 
 from trainlab.data import formats
-from trainlab.data.folder.cache import CACHE_VERSION, _sha256, cache_key, load_decoded  # noqa: F401
+from trainlab.data.dataset import Dataset, from_arrays
+from trainlab.data.folder.cache import CACHE_VERSION, cache_key, load_decoded  # noqa: F401
+from trainlab.data.folder.csv_scan import parse_spec, scan_csv
 from trainlab.data.folder.decode import (GREY_MODES, MAX_SIDE, SHOWN_BAD, _bad_sentence, _decode,  # noqa: F401
                                          _pillow, convert, decode_folder, fit, prepare)
 from trainlab.data.folder.mapped_splits import _mapped_splits
 from trainlab.data.folder.scanner import EXTENSIONS, MAX_FILES, SPLITS, Scan, scan  # noqa: F401
+from trainlab.data.idx import payload_sha256
+from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
 
 log = logging.getLogger("trainlab.data")
@@ -97,8 +101,6 @@ def read_folder(arg: str, data_dir=None, *, image_size: int | None = None, skip_
 def read_csv(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad: bool = False,
              seed: int = 0, memory_budget: str | None = None):
     """`csv:FILE[#path=COL,label=COL,split=COL]` as a Dataset (trainlab.data.folder.csv_scan)."""
-    from trainlab.data.folder.csv_scan import parse_spec, scan_csv
-
     if image_size is not None and not 1 <= image_size <= MAX_IMAGE_SIZE:
         raise ConfigError(f"image_size = {image_size} is invalid: must be at least 1 and at most {MAX_IMAGE_SIZE} "
                           "(pixels a side)")
@@ -111,9 +113,6 @@ def read_csv(arg: str, data_dir=None, *, image_size: int | None = None, skip_bad
 def _from_scan(root: Path, name: str, scanned, image_size, skip_bad, seed, memory_budget, spec: str | None = None):
     """The Dataset of a scanned folder or CSV: decoded (cached), bad files, the test carve, val/."""
     import torch
-
-    from trainlab.data.dataset import from_arrays
-    from trainlab.data.loader import derive_seed, stratified_split
 
     images, meta, _ = load_decoded(root, image_size, scanned=scanned)
     bad = [tuple(b) for b in meta["bad"]]
@@ -161,12 +160,9 @@ def _from_scan(root: Path, name: str, scanned, image_size, skip_bad, seed, memor
     fit_rows = train_idx[~is_val]  # statistics of what the model trains on
     mean, std = mean_std_from_sums(meta["sums"][fit_rows], meta["height"] * meta["width"])
     from trainlab.config import format_bytes, parse_bytes
-    from trainlab.data.loader import default_memory_budget
 
     budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))
     if budget is not None and images.nbytes > budget:  # larger than memory: splits stay mapped
-        from trainlab.data.dataset import Dataset
-        from trainlab.data.idx import payload_sha256
 
         log.info("data: %s of images is over the memory budget (%s): the splits stay "
                  "memory-mapped and batches are streamed", format_bytes(images.nbytes), format_bytes(budget))
@@ -203,8 +199,6 @@ def _one_test_image_each(test_mask: np.ndarray, pool: np.ndarray, labels: np.nda
 
 
 def derive_seed_np(seed: int) -> int:
-    from trainlab.data.loader import derive_seed
-
     return derive_seed(seed, _TEST_SALT + 1)
 
 
