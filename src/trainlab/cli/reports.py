@@ -1,7 +1,8 @@
 """Commands that look at finished runs: evaluate, compare, report, experiment.
 
-cli.build_parser calls `add_commands(sub)`; each handler returns an exit code and raises
-TrainlabError subclasses for failures the user can act on.
+cli.main.build_parser calls `add_commands(sub)`; each handler returns an exit code and raises
+TrainlabError subclasses for failures the user can act on. The library is imported inside the
+handlers: it imports torch, and every command's `--help` answers without it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""`trainlab serve RUN|MODEL`: the model behind a local page and a JSON endpoint (trainlab.serve)."""
+"""`trainlab serve RUN|MODEL`: the model behind a local page and a JSON endpoint (trainlab.serve).
+
+trainlab.serve is imported inside the handler: it imports torch, and `--help` answers without it."""
 
 from __future__ import annotations
 
