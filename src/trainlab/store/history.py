@@ -13,7 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from trainlab.errors import TrainlabError
+from trainlab.config import load_toml
+from trainlab.errors import ConfigError, TrainlabError
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
@@ -39,9 +40,6 @@ def _no_constant(name: str):
 
 def config_epochs(run_dir: Path) -> int:
     """The epochs the run's config.toml allows (the upper bound when it is unreadable)."""
-    from trainlab.config import load_toml
-    from trainlab.errors import ConfigError
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():  # absent, or a FIFO that would block the read
         return MAX_EPOCHS

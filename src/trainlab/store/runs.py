@@ -21,6 +21,7 @@ import torch
 from trainlab._version import __version__
 from trainlab.config import Config, dumps_toml
 from trainlab.errors import ConfigError, StoreError, TrainlabError
+from trainlab.metrics import json_safe  # strict JSON: NaN becomes null, as the readers want
 from trainlab.store.atomic import append_line, atomic_write_text, write_error
 from trainlab.store.history import read_json, read_metrics, read_results  # noqa: F401 (the run folder's readers)
 
@@ -166,8 +167,6 @@ def environment() -> dict:
 
 
 def write_json(path: Path, obj) -> None:
-    from trainlab.metrics import json_safe  # strict JSON: NaN becomes null
-
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
@@ -183,15 +182,11 @@ def write_run_header(run_dir: Path, cfg: Config, extra_meta: dict) -> None:
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    from trainlab.metrics import json_safe  # strict JSON: NaN becomes null, as the reader wants
-
     append_line(Path(run_dir) / METRICS_FILE, json.dumps(json_safe(row)))
 
 
 def truncate_metrics(run_dir: Path, epoch: int, marker: dict) -> None:
     """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume."""
-    from trainlab.metrics import json_safe
-
     rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
     atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in rows + [marker]))
 
