@@ -86,6 +86,25 @@ def test_factory_must_return_a_module(registry):
         models.build("not-a-module")
 
 
+def test_every_factory_is_sized_on_meta_then_built_once(registry):
+    """The one size check, for a user's factory as for a built-in: a call on the meta device (no
+    memory), then the one real build; a factory that builds no module is refused after one call."""
+    devices = []
+
+    def net(input_shape, num_classes):
+        devices.append(torch.empty(0).device.type)
+        return nn.Linear(4, num_classes)
+
+    models.register("counted", net)
+    models.build("counted", (1, 2, 2), 3)
+    assert devices == ["meta", "cpu"]
+    calls = []
+    models.register("nothing", lambda input_shape, num_classes: calls.append(1))
+    with pytest.raises(ConfigError, match="returned NoneType, not an nn.Module"):
+        models.build("nothing")
+    assert calls == [1]
+
+
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     """A user's module on sys.path: mynets_for_tests:make_net."""

@@ -92,7 +92,8 @@ def _sized(make: Callable[[], nn.Module]) -> nn.Module:
     factory's own initialization and its draws from the seeded generator."""
     try:
         with torch.device("meta"):
-            n = count_parameters(make())
+            made = make()
+            n = count_parameters(made) if isinstance(made, nn.Module) else None
     except ConfigError:
         raise
     except Exception:  # noqa: BLE001 - a factory that cannot run on meta: counted once built
@@ -100,6 +101,8 @@ def _sized(make: Callable[[], nn.Module]) -> nn.Module:
         n = count_parameters(model) if isinstance(model, nn.Module) else 0
         _refuse_size(n)
         return model
+    if n is None:
+        return made  # no module at all: the caller refuses it, without calling the factory again
     _refuse_size(n)
     return make()
 
