@@ -203,7 +203,7 @@ def assert_resume_bitwise(cfg: dict, runs_dir: Path, step: int, train_kw=None, r
     class StopAt(trainlab.Callback):
         def on_step_end(self, run):
             if run.state.global_step == step:
-                run.state.stopped = "test"
+                return "test"
 
     def kw(d):
         return {k: (v() if callable(v) and k == "model" else v) for k, v in (d or {}).items()}

@@ -85,7 +85,8 @@ def test_a_callbacks_state_rides_in_every_checkpoint_and_comes_back_on_resume(tm
                          progress=False, callbacks=[Smooth()]).run_dir
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["callbacks"]["Smooth"]["n"] == 2
-    assert ckpt["callbacks"]["early_stopping"] == ckpt["early_stopping"]
+    # the monitor's state is stored once, at the top level (format 1's key)
+    assert "early_stopping" not in ckpt["callbacks"] and ckpt["early_stopping"]["best_epoch"] in (1, 2)
     again = Smooth()
     trainlab.resume(run, epochs=3, data=tiny_data, progress=False, callbacks=[again])
     assert again.n == 3  # 2 restored + 1 new epoch
@@ -306,7 +307,7 @@ def test_a_callback_stopping_mid_epoch_leaves_that_point_in_last_pt(tmp_path, ti
     class Budget(Callback):
         def on_step_end(self, run):
             if run.state.global_step == 20:
-                run.state.stopped = "budget"
+                return "budget"
 
     result = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path)}, data=tiny_data, progress=False,
                             callbacks=[Budget()])

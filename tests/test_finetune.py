@@ -19,7 +19,8 @@ import trainlab
 from trainlab.data import from_arrays
 from trainlab.errors import ConfigError
 from trainlab.store.schema import load_checkpoint
-from trainlab.training.finetune import frozen_names, head_prefix
+from trainlab.training.finetune import frozen_names
+from trainlab.training.init_weights import head_prefix
 
 
 def _error_line(r) -> str:

@@ -13,7 +13,7 @@ from conftest import make_images, run_cli, train_tiny, write_idx_folder
 from trainlab import models
 from trainlab.errors import ConfigError
 from trainlab.store.safeload import CheckpointError
-from trainlab.training.finetune import init_weights
+from trainlab.training.init_weights import init_weights
 from trainlab.training.init_keys import best_mapping, parse_init_map
 
 

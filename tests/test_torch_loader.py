@@ -30,7 +30,7 @@ class StopAt(Callback):
 
     def on_step_end(self, run):
         if run.state.global_step == self.step:
-            run.state.stopped = "test"
+            return "test"
 
 
 def _fit(model, loader, state=None, callbacks=(), val=None):

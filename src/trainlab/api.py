@@ -19,7 +19,9 @@ from trainlab.inference import (
 from trainlab.training.build import make_loaders
 from trainlab.training.callbacks import Callback
 from trainlab.training.resume import resume
-from trainlab.training.session import Session, TrainResult, train
+from trainlab.training.result import TrainResult
+from trainlab.training.session import Session
+from trainlab.training.start import train
 from trainlab.training.state import seed_everything
 
 

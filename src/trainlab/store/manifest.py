@@ -105,13 +105,14 @@ class CheckpointDir:
     def _write_manifest(self, files: dict) -> None:
         atomic_write_bytes(self.manifest_path, (json.dumps({"files": files}, indent=1) + "\n").encode())
 
-    def save(self, name: str, ckpt: dict, **info) -> None:
-        """Write `name` and record it (sha256 + info) in the manifest, crash-safe at every instant."""
+    def save(self, name: str, ckpt: dict | bytes, **info) -> None:
+        """Write `name` and record it (sha256 + info) in the manifest, crash-safe at every instant.
+        `ckpt`: a checkpoint, or its serialize()d bytes (one serialization for several names)."""
         if not valid_name(name):
             raise ValueError(f"checkpoint name {name!r} is not a plain file name")
         self._refuse_link()
         self.folder.mkdir(parents=True, exist_ok=True)
-        data = serialize(ckpt)
+        data = ckpt if isinstance(ckpt, bytes) else serialize(ckpt)
         check_free_space(self.folder, len(data))
         files = self.read_manifest()[0]
         entry = {"sha256": sha256_bytes(data), "bytes": len(data),

@@ -1,22 +1,27 @@
 """Building a run's parts from its config: every cross-field check first (one function, before
-any side effect), then the loaders, the model, and its optimizer, schedule, precision and EMA."""
+any side effect), then the loaders, and the parts (`RunParts`: the model, its optimizer,
+schedule, precision, scaler, EMA and loss), returned, never written into a session."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from trainlab import models
+from trainlab.catalog import flips_keep_labels
 from trainlab.config import Config, parse_bytes
 from trainlab.data import Dataset, DeviceLoader
+from trainlab.data.augment import Augment
 from trainlab.errors import ConfigError
 from trainlab.inference import EVAL_BATCH
-from trainlab.training import distributed
+from trainlab.recipes import PRESETS
+from trainlab.training import distributed, finetune
 from trainlab.training.ema import make_ema
 from trainlab.training.optim import build_optimizer, lr_multiplier
-from trainlab.training.precision import resolve_precision
+from trainlab.training.precision import Precision, resolve_precision
 
 log = logging.getLogger("trainlab")
 
@@ -38,9 +43,7 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
     else:
         n_fit = n_train - cfg.val_size
     if cfg.train_per_class:  # a per-class subset of what validation leaves (training.finetune)
-        from trainlab.training.finetune import train_indices
-
-        n_fit = len(train_indices(data, cfg))
+        n_fit = len(finetune.train_indices(data, cfg))
     if cfg.train.batch_size > n_fit:
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is invalid: larger than the "
                           f"{n_fit} training samples" + (f" (train_per_class = {cfg.train_per_class})"
@@ -68,9 +71,6 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
 def _say_flips(cfg: Config) -> None:
     """Where the recipe would flip images, the run says whether the data allows it (config.resolve
     decided; a flag given by name is the user's choice and is kept)."""
-    from trainlab.catalog import flips_keep_labels
-    from trainlab.recipes import PRESETS
-
     preset = PRESETS.get(cfg.recipe)
     if preset is None or not (preset.hflip or preset.tta_flip):
         return
@@ -96,8 +96,6 @@ def build_augment(cfg: Config):
     t = cfg.train
     if not (t.translate or t.hflip or t.erase):
         return None
-    from trainlab.data.augment import Augment
-
     return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase)
 
 
@@ -110,9 +108,7 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     rank::world so the ranks evaluate disjoint parts whose sums are all-reduced."""
     train_idx, val_idx = data.train_val_indices(cfg.val_size, cfg.seed)
     if cfg.train_per_class:  # at most N per class of what validation leaves, seeded
-        from trainlab.training.finetune import per_class_subset
-
-        train_idx = per_class_subset(data.train_y, train_idx, cfg.train_per_class, cfg.seed)
+        train_idx = finetune.per_class_subset(data.train_y, train_idx, cfg.train_per_class, cfg.seed)
     common = dict(mean=data.mean, std=data.std, device=device, memory_budget=parse_bytes(cfg.memory_budget))
     r, w = ctx.rank, ctx.world_size
     loaders = {
@@ -127,45 +123,60 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     return loaders
 
 
-def build_model(s, allow_import) -> None:
-    """Session `s` gets model (the weights kept), train_model (what the step runs: DDP- and
-    compile-wrapped) and its loaders switched to channels_last when asked."""
-    cfg = s.cfg
-    if s.given is not None:  # train(model=...): the caller's instance, or a factory no file can name
-        s.model = models.build_given(s.given, cfg.model, s.spec["input_shape"], s.spec["num_classes"],
-                                     **s.spec["kwargs"])
+@dataclass
+class RunParts:
+    """What a run trains with, as built from its config (a Session holds them)."""
+    model: nn.Module  # the weights kept: what checkpoints hold
+    train_model: nn.Module  # what the step runs: the model, DDP- and compile-wrapped when asked
+    precision: Precision
+    optimizer: torch.optim.Optimizer
+    schedule: dict  # {"epochs", "steps_per_epoch"}: planned once; extending a run keeps the plan
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: nn.Module | None
+    loss_fn: nn.Module
+
+
+def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, dist: distributed.DistContext,
+                steps_per_epoch: int, *, schedule_epochs: int | None = None, given=None,
+                allow_import: tuple[str, ...] | None = None, weights_bound: dict | None = None
+                ) -> tuple[RunParts, finetune.Finetune | None]:
+    """The run's parts, and its fine-tuning callback when a fine-tuning key is set. init_from
+    loads on a fresh run only (a resume passes `schedule_epochs` and takes the weights from its
+    checkpoint); freezing happens before the optimizer and EMA are built."""
+    model, train_model = build_model(cfg, spec, device, dist, given, allow_import, weights_bound)
+    tuning = finetune.setup(cfg, model, data, dist, fresh=schedule_epochs is None)
+    precision = resolve_precision(cfg.train.precision, device, cfg.model)
+    optimizer = build_optimizer(model, cfg.train, **finetune.optimizer_layout(cfg, model))
+    schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": steps_per_epoch}
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(cfg.train, schedule["steps_per_epoch"], schedule["epochs"]))
+    ema = make_ema(model, cfg.train.ema) if cfg.train.ema > 0 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    return RunParts(model, train_model, precision, optimizer, schedule, scheduler, precision.scaler(device),
+                    ema, loss_fn), tuning
+
+
+def build_model(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,
+                allow_import: tuple[str, ...] | None = None, weights_bound: dict | None = None
+                ) -> tuple[nn.Module, nn.Module]:
+    """(model, train_model): the weights kept, and what the step runs (DDP- and compile-wrapped)."""
+    shape, classes = spec["input_shape"], spec["num_classes"]
+    if given is not None:  # train(model=...): the caller's instance, or a factory no file can name
+        model = models.build_given(given, cfg.model, shape, classes, **spec["kwargs"])
     elif allow_import is None:  # a spec the user wrote now: it may import what it names
-        s.model = models.build(cfg.model, s.spec["input_shape"], s.spec["num_classes"], **s.spec["kwargs"])
+        model = models.build(cfg.model, shape, classes, **spec["kwargs"])
     else:  # a spec read from a run's files: through the one trust check
-        s.model = models.build_from_spec(s.spec, allow_import, "the run's config", weights=s.weights_bound)
-    s.model = s.model.to(s.device)
+        model = models.build_from_spec(spec, allow_import, "the run's config", weights=weights_bound)
+    model = model.to(device)
     if cfg.channels_last:
-        s.model = s.model.to(memory_format=torch.channels_last)
-        for loader in s.loaders.values():
-            loader.channels_last = True
+        model = model.to(memory_format=torch.channels_last)
     if cfg.sync_bn:
-        s.model = nn.SyncBatchNorm.convert_sync_batchnorm(s.model)
-    s.train_model = s.model
-    if s.dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        s.train_model = DistributedDataParallel(
-            s.model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
-    if cfg.compile:  # only the training forward is compiled; checkpoints hold s.model's keys
-        s.train_model = torch.compile(s.train_model)
-
-
-def build_optimization(s, schedule_epochs: int | None) -> None:
-    """Session `s` gets precision, optimizer, scheduler (planned once: extending a run keeps the
-    plan and the final rate continues), scaler, EMA and the loss."""
-    cfg = s.cfg
-    s.precision = resolve_precision(cfg.train.precision, s.device, cfg.model)
-    from trainlab.training.finetune import optimizer_layout  # head / body groups when fine-tuning asks
-
-    s.optimizer = build_optimizer(s.model, cfg.train, **optimizer_layout(s))
-    s.schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": len(s.loaders["train"])}
-    s.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        s.optimizer, lr_multiplier(cfg.train, s.schedule["steps_per_epoch"], s.schedule["epochs"]))
-    s.scaler = s.precision.scaler(s.device)
-    s.ema = make_ema(s.model, cfg.train.ema) if cfg.train.ema > 0 else None
-    s.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    train_model = model
+    if dist.enabled:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # only the training forward is compiled; checkpoints hold the model's keys
+        train_model = torch.compile(train_model)
+    return model, train_model

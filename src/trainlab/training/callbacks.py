@@ -1,32 +1,41 @@
 """Callbacks: what happens around the heartbeat, in a declared order.
 
-Five hooks, each called with `run` (the training Session, or fit()'s FitContext):
+Five hooks, each called with `run` (a `training.run.Run`: its `model`, `optimizer` and `state`,
+nothing else; a callback takes whatever more it needs in its __init__):
 
     on_fit_start(run)             once, before the first step (also on resume)
-    on_step_end(run)              after every optimizer step: the step path (see below)
-    on_epoch_end(run, row) -> bool | None   after each epoch's evaluation; True = stop
+    on_step_end(run) -> reason    after every optimizer step: the step path (see below)
+    on_epoch_end(run, row) -> reason   after each epoch's evaluation
     on_fit_end(run)               once, when fit() returns or raises (like `finally`)
     state_dict() / load_state_dict(d)       the callback's own state, saved in every
                                   checkpoint under `state_key` and restored on resume
 
-`on_step_end` runs on the step path: it must not read device values (no `.item()`, no
-`float(tensor)`, no printing a tensor): each would stall the device once per step. It gets
-host counters only (`run.state.step`, `.global_step`, `.epoch`); to stop, set
-`run.state.stopped` to a word. `on_epoch_end` may read anything: `row` holds the epoch's
-metrics as Python floats, and a key it adds is logged with them (callbacks run before the
-metrics log and the checkpoint writer, so their state and their keys are in that epoch's
-checkpoint). Order: lower `order` first; the built-ins use 10 (best + early stop), 70
-(metrics log), 75 (TensorBoard), 80 (checkpoints), 90 (console), 95 (signals); a user's
-callback defaults to 50, and one with state must stay below 80, or its epoch's change would
-miss that epoch's checkpoint (CallbackList refuses it).
+One way to stop: a hook returns a reason (a word, or True for "early-stop"); None goes on.
+fit() records the first reason in `run.state.stopped` (in callback order: early stopping's,
+at order 10, wins over a signal's at the same epoch end). `on_step_end` runs on the step
+path: it must not read device values (no `.item()`, no `float(tensor)`, no printing a
+tensor): each would stall the device once per step. It gets host counters only
+(`run.state.step`, `.global_step`, `.epoch`). `on_epoch_end` may read anything: `row` holds
+the epoch's metrics as Python floats, and a key it adds is logged with them (callbacks run
+before the metrics log and the checkpoint writer, so their state and their keys are in that
+epoch's checkpoint). Order: lower `order` first; the built-ins use 5 (fine-tuning), 10 (best
++ early stop), 70 (metrics log), 75 (TensorBoard), 80 (checkpoints), 90 (console), 95
+(signals); a user's callback defaults to 50, and one with state must stay below 80, or its
+epoch's change would miss that epoch's checkpoint (CallbackList refuses it).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
+from typing import Callable
 
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.store import runs
+from trainlab.store.checkpoint import make_checkpoint, serialize
+from trainlab.store.manifest import CheckpointDir
+from trainlab.training.run import Run, stop_reason
 
 log = logging.getLogger("trainlab")
 
@@ -35,13 +44,13 @@ class Callback:
     order = 50
     state_key: str | None = None  # default: the class name; must be unique in a run
 
-    def on_fit_start(self, run) -> None: ...
+    def on_fit_start(self, run: Run) -> None: ...
 
-    def on_step_end(self, run) -> None: ...
+    def on_step_end(self, run: Run) -> bool | str | None: ...
 
-    def on_epoch_end(self, run, row: dict) -> bool | None: ...
+    def on_epoch_end(self, run: Run, row: dict) -> bool | str | None: ...
 
-    def on_fit_end(self, run) -> None: ...
+    def on_fit_end(self, run: Run) -> None: ...
 
     def state_dict(self) -> dict:
         return {}
@@ -79,15 +88,19 @@ class CallbackList:
         for cb in self.callbacks:
             cb.on_fit_start(run)
 
-    def on_step_end(self, run) -> None:
-        for cb in self._step:
-            cb.on_step_end(run)
+    def on_step_end(self, run) -> str | None:
+        reason = None
+        for cb in self._step:  # every callback sees every step, even after a stop vote
+            vote = stop_reason(cb.on_step_end(run), "early-stop")
+            reason = reason or vote
+        return reason
 
-    def on_epoch_end(self, run, row: dict) -> bool:
-        stop = False
+    def on_epoch_end(self, run, row: dict) -> str | None:
+        reason = None
         for cb in self.callbacks:  # every callback sees every epoch, even after a stop vote
-            stop = bool(cb.on_epoch_end(run, row)) or stop
-        return stop
+            vote = stop_reason(cb.on_epoch_end(run, row), "early-stop")
+            reason = reason or vote
+        return reason
 
     def on_fit_end(self, run) -> None:
         errors = []
@@ -99,14 +112,17 @@ class CallbackList:
         if errors:
             raise errors[0]
 
-    def state_dict(self) -> dict:
-        return {self.key(cb): cb.state_dict() for cb in self.callbacks}
+    def state_dict(self, skip: tuple[str, ...] = ()) -> dict:
+        """Each callback's state by key; `skip`: keys the checkpoint holds elsewhere."""
+        return {self.key(cb): cb.state_dict() for cb in self.callbacks if self.key(cb) not in skip}
 
-    def load_state_dict(self, states: dict) -> None:
+    def load_state_dict(self, states: dict, skip: tuple[str, ...] = ()) -> None:
         """Each callback gets its own saved state; one the checkpoint does not know (added
-        on this resume) starts fresh, with a warning."""
+        on this resume) starts fresh, with a warning. `skip`: keys restored elsewhere."""
         for cb in self.callbacks:
             key = self.key(cb)
+            if key in skip:
+                continue
             if key in states:
                 cb.load_state_dict(states[key])
             elif cb.state_dict():
@@ -156,11 +172,11 @@ class BestAndEarlyStop(Callback):
                                 f"{row['epoch']} (the weights diverged): {self._advice()}")
         # Every rank sees the same all-reduced metrics, so all take the same decision here.
         self.update(value, row["epoch"])
-        if self.should_stop:
-            run.state.stopped = "early-stop"  # wins over a signal at the same epoch end: the run is done
+        if self.should_stop:  # (order 10: wins over a signal at the same epoch end: the run is done)
             log.info("early stopping: %s has not improved by more than %g for %d epochs (best %.4f at "
                      "epoch %d)", self.metric, self.min_delta, self.patience, self.best, self.best_epoch)
-        return self.should_stop
+            return "early-stop"
+        return None
 
     def summary(self) -> dict:
         return {"metric": self.metric, "value": self.best, "epoch": self.best_epoch}
@@ -175,52 +191,65 @@ class BestAndEarlyStop(Callback):
 
 
 class MetricsLog(Callback):
-    """Each epoch's row appended to runs/<name>/metrics.jsonl (rank 0)."""
+    """Each epoch's row appended to `folder`/metrics.jsonl (on rank 0 only: `is_main`)."""
     order = 70
 
-    def on_epoch_end(self, run, row):
-        if run.dist.is_main:
-            from trainlab.store import runs
+    def __init__(self, folder: str | Path, is_main: bool = True):
+        self.folder, self.is_main = Path(folder), is_main
 
-            runs.append_metrics(run.run_dir, row)
+    def on_epoch_end(self, run, row):
+        if self.is_main:
+            runs.append_metrics(self.folder, row)
+
+
+def fit_checkpoint(run: Run) -> dict:
+    """What a checkpoint holds when fit() runs without a Session: the model, the optimizer and
+    where the loop stands (a Session's own checkpoint holds every part of the run)."""
+    return make_checkpoint(run.model, model_spec=None, optimizer=run.optimizer.state_dict(), **run.state.state_dict())
 
 
 class CheckpointWriter(Callback):
-    """best.pt when the monitored metric improved, last.pt every epoch, epoch-NNNN.pt every
-    `save_every` epochs (the newest `keep` kept). Best first: if a crash lands inside the
-    last.pt write, a verified best.pt of this same epoch is there to resume from."""
+    """best.pt when `monitor` says the epoch improved, last.pt every epoch, epoch-NNNN.pt every
+    `save_every` epochs (the newest `keep` kept), in `folder` with its manifest. Best first: if
+    a crash lands inside the last.pt write, a verified best.pt of this same epoch is there to
+    resume from. The checkpoint is `snapshot()` (default: fit_checkpoint), serialized once per
+    epoch and written to each name."""
     order = 80
 
-    def __init__(self, save_every: int = 0, keep: int = 0):
-        self.save_every, self.keep = save_every, keep
+    def __init__(self, folder: str | Path | CheckpointDir, monitor: "BestAndEarlyStop", save_every: int = 0,
+                 keep: int = 0, is_main: bool = True, snapshot: Callable[[], dict] | None = None):
+        self.checkpoints = folder if isinstance(folder, CheckpointDir) else CheckpointDir(Path(folder))
+        self.monitor, self.save_every, self.keep, self.is_main = monitor, save_every, keep, is_main
+        self.snapshot = snapshot
 
     def on_epoch_end(self, run, row):
-        if not run.dist.is_main:
+        if not self.is_main:
             return
-        monitor = run.monitor
-        info = {"epoch": row["epoch"], "global_step": row["global_step"], "metric": monitor.metric,
-                "value": row.get(monitor.metric)}
-        ckpt = run.state_dict()
-        if monitor.improved:
-            run.checkpoints.save("best.pt", ckpt, **info)
-        run.checkpoints.save("last.pt", ckpt, **info)
+        info = {"epoch": row["epoch"], "global_step": row["global_step"], "metric": self.monitor.metric,
+                "value": row.get(self.monitor.metric)}
+        data = serialize(self.snapshot() if self.snapshot is not None else fit_checkpoint(run))
+        if self.monitor.improved:
+            self.checkpoints.save("best.pt", data, **info)
+        self.checkpoints.save("last.pt", data, **info)
         if self.save_every and row["epoch"] % self.save_every == 0:
-            run.checkpoints.save(f"epoch-{row['epoch']:04d}.pt", ckpt, **info)
-            run.checkpoints.prune_periodic(self.keep)
+            self.checkpoints.save(f"epoch-{row['epoch']:04d}.pt", data, **info)
+            self.checkpoints.prune_periodic(self.keep)
 
 
 class TensorBoardLog(Callback):
-    """Per-epoch scalars, and the final confusion matrix as an image (rank 0)."""
+    """Per-epoch scalars, and the final confusion matrix as an image, in `folder` (rank 0)."""
     order = 75
 
-    def __init__(self):
+    def __init__(self, folder: str | Path, is_main: bool = True):
+        self.folder, self.is_main = Path(folder), is_main
         self.writer = None
 
     def on_fit_start(self, run):
-        if run.dist.is_main and self.writer is None:
+        if self.is_main and self.writer is None:
+            # (tensorboard is an optional package, imported only when a run asks for it)
             from trainlab.training.tensorboard import TensorBoardLogger
 
-            self.writer = TensorBoardLogger(run.run_dir)
+            self.writer = TensorBoardLogger(self.folder)
 
     def on_epoch_end(self, run, row):
         if self.writer is not None:
@@ -247,11 +276,15 @@ class TensorBoardLog(Callback):
 
 
 class Console(Callback):
-    """One line per epoch unless the config says quiet (the progress bar itself is the loop's)."""
+    """One line per epoch, on rank 0 (the progress bar itself is the loop's); `monitor` marks the
+    best epochs."""
     order = 90
 
+    def __init__(self, monitor: "BestAndEarlyStop | None" = None, is_main: bool = True):
+        self.monitor, self.is_main = monitor, is_main
+
     def on_epoch_end(self, run, row):
-        if not run.dist.is_main or run.cfg.quiet:
+        if not self.is_main:
             return
         nan = float("nan")
         # the test split shows only when it was evaluated on request, and says it is not for choosing
@@ -259,7 +292,7 @@ class Console(Callback):
         log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.1fs%s",
                  row["epoch"], run.state.epochs, row["train_loss"], row["train_acc"], row.get("val_loss", nan),
                  row.get("val_acc", nan), test, row["train_seconds"],
-                 "  *best" if run.monitor.improved else "")
+                 "  *best" if self.monitor is not None and self.monitor.improved else "")
 
 
 _BUILTIN = (BestAndEarlyStop, MetricsLog, CheckpointWriter, TensorBoardLog, Console)

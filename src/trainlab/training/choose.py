@@ -32,16 +32,18 @@ def read_run_config(run_dir: Path) -> dict:
 
 
 def choose_checkpoint(run_dir, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, into, from_checkpoint) -> dict:
-    """{"name": the checkpoint to resume from} or {"name": None}: start over (no checkpoint
-    verifies). Only the lock holder cleans temporaries and repairs the manifest."""
+    """{"name": the checkpoint to resume from, "ckpt": it, loaded and checked} or {"name": None}:
+    start over (no checkpoint verifies). Only the lock holder cleans temporaries and repairs the
+    manifest."""
     if lock is not None:
         for folder in (run_dir, ckpt_dir.folder):
             remove_stale_temps(folder)  # left by a process killed mid-write
         ckpt_dir.recover()  # entries lost or malformed: rebuilt from the files that load
     if from_checkpoint is not None:
+        loaded = {}
         name, _ = _rewind(ckpt_dir, from_checkpoint, in_place=into is None,
-                          validate=lambda p: usable_checkpoint(p, run_dir, folder_cfg))
-        return {"name": name}
+                          validate=lambda p: loaded.update(ckpt=usable_checkpoint(p, run_dir, folder_cfg)))
+        return {"name": name, **loaded}
     candidates = ckpt_dir.verified()
     if not candidates:
         if into is not None:
@@ -50,8 +52,7 @@ def choose_checkpoint(run_dir, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, 
     problems = []
     for name, _ in candidates:  # the newest that loads, passes the schema and belongs here
         try:
-            usable_checkpoint(run_dir / CHECKPOINTS / name, run_dir, folder_cfg)
-            return {"name": name}
+            return {"name": name, "ckpt": usable_checkpoint(run_dir / CHECKPOINTS / name, run_dir, folder_cfg)}
         except TrainlabError as e:
             problems.append(str(e))
             log.warning("resume: %s", e)

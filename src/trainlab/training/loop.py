@@ -26,9 +26,10 @@ from torch import nn
 from trainlab.data.loader import derive_seed
 from trainlab.data.torch_loader import as_loader
 from trainlab.devices import check_same_device
-from trainlab.errors import TrainlabError
+from trainlab.errors import ConfigError, TrainlabError
 from trainlab.inference import evaluate
 from trainlab.training.callbacks import Callback, CallbackList
+from trainlab.training.run import FitContext, FitState
 
 log = logging.getLogger("trainlab")
 
@@ -47,19 +48,6 @@ class NonFiniteLoss(TrainlabError):
 
 
 @dataclass
-class FitState:
-    """Where a run stands: saved in every checkpoint, so fit() can continue it exactly.
-    Host values only (ints, lists of floats): a callback may read it on the step path."""
-    epoch: int = 0  # epochs completed
-    global_step: int = 0
-    history: list[dict] = field(default_factory=list)
-    step: int = 0  # steps done in the current (unfinished) epoch; 0 at epoch boundaries
-    partial: dict | None = None  # that epoch's accumulators when stopped mid-way
-    stopped: str | None = None  # why fit() returned early: "interrupt", "early-stop", or a callback's word
-    epochs: int = 0  # the epochs this fit() runs to
-
-
-@dataclass
 class StepParts:
     """The numeric parts of a step besides model, optimizer and loss. A disabled GradScaler
     is a pass-through (scale by 1, step, no-op update), so there is one step path."""
@@ -75,21 +63,24 @@ class StepParts:
     partial_ok: bool = True  # whether a stop may save mid-epoch state (not under DDP)
 
 
-@dataclass
-class FitContext:
-    """What callbacks see when fit() is called on its own; a training Session passes itself
-    (the same attributes, plus cfg, run_dir, data, monitor, checkpoints)."""
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    state: FitState
-
-
 class _EpochFunction(Callback):
     def __init__(self, fn):
         self.fn = fn
 
     def on_epoch_end(self, run, row):
         return self.fn(run.state)
+
+
+def _hook(state: FitState, call: Callable[[], str | None]) -> None:
+    """The one stop channel: the reason a hook returns (the first one stands). A callback that
+    writes run.state.stopped itself is refused in words, not silently obeyed or ignored."""
+    before = state.stopped
+    reason = call()
+    if state.stopped != before:
+        raise ConfigError(f"a callback set run.state.stopped = {state.stopped!r}; return the reason from "
+                          "the hook instead (e.g. return 'my-reason' from on_step_end or on_epoch_end)")
+    if reason is not None and state.stopped is None:
+        state.stopped = reason
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -142,7 +133,7 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
             parts.scheduler.step()
         if parts.ema is not None:
             parts.ema.update_parameters(model)
-        losses[i] = loss.detach()
+        losses[i] = state.last_loss = loss.detach()
         correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
         i += 1
@@ -150,7 +141,7 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
         state.step = i
         if bar is not None:
             bar.update(1)
-        callbacks.on_step_end(run)
+        _hook(state, lambda: callbacks.on_step_end(run))
         if state.stopped and i < steps:
             state.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
                              "aug_state": loader.aug_state()} if parts.partial_ok else None
@@ -184,8 +175,9 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
     (test_loss, test_acc) come with test_note = "not for selection"; leave it out and evaluate
     the test split once, on the model you chose, when training is done.
     `eval_model` (e.g. the EMA weights) is what gets evaluated. Callbacks are called with
-    `run` (default: a FitContext of model, optimizer and state). `on_epoch_end(state)`, a
-    plain function, is the one-hook shorthand of a callback.
+    `run` (a training.run.Run; default: a FitContext of model, optimizer and state); a hook
+    stops the run by returning a reason. `on_epoch_end(state)`, a plain function, is the
+    one-hook shorthand of a callback.
     """
     state = state or FitState()
     state.epochs = epochs
@@ -235,8 +227,7 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             row["train_seconds"] = train_seconds
             row["seconds"] = time.perf_counter() - t0
             state.history.append(row)
-            if cbs.on_epoch_end(run, row) and not state.stopped:
-                state.stopped = "early-stop"
+            _hook(state, lambda: cbs.on_epoch_end(run, row))
     except BaseException:
         try:  # handlers restored, files closed; the original error is the one that propagates
             cbs.on_fit_end(run)

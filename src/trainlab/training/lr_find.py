@@ -22,11 +22,13 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
-
 from trainlab.config import Config, resolve
 from trainlab.data import Dataset, data_options, load_dataset
 from trainlab.errors import ConfigError
+from trainlab.training.callbacks import Callback
+from trainlab.training.loop import NonFiniteLoss, StepParts, fit
+from trainlab.training.run import FitContext, FitState
+from trainlab.training.session import Session
 from trainlab.training.state import capture_rng, restore_rng
 
 log = logging.getLogger("trainlab")
@@ -102,42 +104,62 @@ def lr_find(config: Config | dict | None = None, *, data: Dataset | None = None,
     return result
 
 
-def _one_seed(cfg: Config, data: Dataset, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
-    from trainlab.training.session import Session  # the run's own builder (session imports the loop)
+class RangeTest(Callback):
+    """The range test as a callback on fit() (fastai's way): it sets each step's rate, keeps each
+    step's loss on the device, reads them every CHECK_EVERY steps, and stops the run once the
+    smoothed loss diverges or the last rate is done."""
 
+    def __init__(self, lrs: list[float], shares: list[float], smoothing: float, diverge: float):
+        self.lrs, self.shares, self.smoothing, self.diverge = lrs, shares, smoothing, diverge
+        self.raw: torch.Tensor | None = None
+        self.done = 0  # steps taken
+        self.smoothed: list[float] = []
+        self.avg, self.best = 0.0, math.inf
+        self.why: str | None = None
+
+    def _set_rate(self, optimizer, i: int) -> None:
+        for g, share in zip(optimizer.param_groups, self.shares):  # each group keeps its share
+            g["lr"] = self.lrs[i] * share
+
+    def on_fit_start(self, run):
+        self.raw = torch.zeros(len(self.lrs), device=next(run.model.parameters()).device)
+        self._set_rate(run.optimizer, 0)
+
+    def on_step_end(self, run):
+        self.raw[self.done] = run.state.last_loss  # a device copy: no host read on the step path
+        self.done += 1
+        if self.done % CHECK_EVERY == 0 or self.done == len(self.lrs):
+            if self.read():
+                return "diverged"
+        if self.done == len(self.lrs):
+            return "done"
+        self._set_rate(run.optimizer, self.done)
+        return None
+
+    def read(self) -> bool:
+        """Smooth the losses not read yet (one host read); True once the curve has diverged."""
+        for value in self.raw[len(self.smoothed):self.done].tolist():
+            self.avg = self.smoothing * self.avg + (1 - self.smoothing) * value
+            self.smoothed.append(self.avg / (1 - self.smoothing ** (len(self.smoothed) + 1)))
+            self.best = min(self.best, self.smoothed[-1])
+            if not math.isfinite(self.smoothed[-1]) or self.smoothed[-1] > self.diverge * self.best:
+                self.why = f"diverged at lr {self.lrs[len(self.smoothed) - 1]:.3g}"
+                return True
+        return False
+
+
+def _one_seed(cfg: Config, data: Dataset, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
+    """One seed's curve, trained by fit() with the run's own parts (clipping, precision,
+    channels_last, the fine-tuning layout and freezing, the data options)."""
     s = Session(cfg, data, progress=False)
-    model, optimizer, scaler, precision, loss_fn = s.train_model, s.optimizer, s.scaler, s.precision, s.loss_fn
-    # each group keeps its share of the rate (fine-tuning's body at body_lr_mult x the head's)
-    shares = [g["initial_lr"] / cfg.train.lr if cfg.train.lr else 1.0 for g in optimizer.param_groups]
-    clip, device = cfg.train.grad_clip, s.device
-    raw = torch.zeros(len(lrs), device=device)
-    loader, epoch, i = s.loaders["train"], 0, 0
-    smoothed, avg, best = [], 0.0, math.inf
-    model.train()
-    while i < len(lrs):
-        loader.set_epoch(epoch)
-        for x, y in loader:
-            for g, share in zip(optimizer.param_groups, shares):
-                g["lr"] = lrs[i] * share
-            with precision.autocast(device):
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip > 0:  # as the training step does: clip the true gradients
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), clip)
-            scaler.step(optimizer)
-            scaler.update()
-            raw[i] = loss.detach()
-            i += 1
-            if i % CHECK_EVERY == 0 or i == len(lrs):  # one host read per CHECK_EVERY steps
-                for value in raw[len(smoothed):i].tolist():
-                    avg = smoothing * avg + (1 - smoothing) * value
-                    smoothed.append(avg / (1 - smoothing ** (len(smoothed) + 1)))
-                    best = min(best, smoothed[-1])
-                    if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge * best:
-                        return smoothed, f"diverged at lr {lrs[len(smoothed) - 1]:.3g}"
-            if i == len(lrs):
-                break
-        epoch += 1
-    return smoothed, None
+    shares = [g["initial_lr"] / cfg.train.lr if cfg.train.lr else 1.0 for g in s.optimizer.param_groups]
+    test = RangeTest(lrs, shares, smoothing, diverge)
+    parts = StepParts(precision=s.precision, scaler=s.scaler, grad_clip=cfg.train.grad_clip, seed=cfg.seed)
+    epochs = -(-len(lrs) // len(s.loaders["train"]))
+    try:
+        fit(s.train_model, s.optimizer, s.loaders["train"], epochs=epochs, loss_fn=s.loss_fn, parts=parts,
+            callbacks=[*([s.finetune] if s.finetune else []), test], progress=False,
+            run=FitContext(s.model, s.optimizer, FitState()))
+    except NonFiniteLoss:  # the loss went to inf/nan between two reads: the curve ends there
+        test.read()
+    return test.smoothed, test.why

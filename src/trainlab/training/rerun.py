@@ -17,6 +17,7 @@ from trainlab.store import runs
 from trainlab.training import distributed
 from trainlab.training.choose import read_run_config
 from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, fixed_differences
+from trainlab.training.result import TrainResult
 
 log = logging.getLogger("trainlab")
 
@@ -104,8 +105,6 @@ def _set_aside(path: Path) -> Path:
 
 def finished_result(cfg: Config, decision: dict):
     """The TrainResult of a run that is already done, read from its folder."""
-    from trainlab.training.session import TrainResult
-
     path = Path(cfg.runs_dir) / cfg.name
     results = decision["results"]
     history = runs.epoch_rows(runs.read_metrics(path))

@@ -20,7 +20,8 @@ from trainlab.training import distributed, memory, runtime
 from trainlab.training.callbacks import Callback
 from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint
 from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply
-from trainlab.training.session import Session, TrainResult, resume_point
+from trainlab.training.result import TrainResult, resume_point
+from trainlab.training.session import Session
 
 log = logging.getLogger("trainlab")
 
@@ -97,22 +98,29 @@ def _quiet(run_dir: Path) -> bool:
         return False
 
 
-def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> str | None:
-    """Rank 0 alone cleans, repairs and chooses; the other ranks follow its choice (under DDP a
-    rank deciding on its own could restart over checkpoints rank 0 is recovering)."""
-    return distributed.rank0_decides(
-        lambda: choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, req.into, req.from_checkpoint),
-        distributed.context())["name"]
+def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> tuple[str | None, dict | None]:
+    """(name, checkpoint): rank 0 alone cleans, repairs, chooses and loads (once); the other ranks
+    follow its choice by name (under DDP a rank deciding on its own could restart over
+    checkpoints rank 0 is recovering) and load it themselves (None)."""
+    chosen: dict = {}
+
+    def choose() -> dict:
+        chosen.update(choose_checkpoint(run_dir, ckpt_dir, folder_cfg, lock, req.into, req.from_checkpoint))
+        return {"name": chosen["name"]}  # the name alone crosses to the other ranks
+
+    name = distributed.rank0_decides(choose, distributed.context())["name"]
+    return name, chosen.get("ckpt")
 
 
 def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
     folder_cfg = read_run_config(run_dir)
-    name = _decide(run_dir, ckpt_dir, folder_cfg, lock, req)
+    name, ckpt = _decide(run_dir, ckpt_dir, folder_cfg, lock, req)
     if name is None:
         return _restart(run_dir, folder_cfg, req)
     path = run_dir / CHECKPOINTS / name
-    ckpt = usable_checkpoint(path, run_dir, folder_cfg)
+    if ckpt is None:  # a rank other than 0
+        ckpt = usable_checkpoint(path, run_dir, folder_cfg)
     saved_cfg = ckpt["config"]
     overrides, allow_changes = req.overrides, req.allow_changes
     # an override recorded in config.toml whose first save never came (a kill): applied again
@@ -141,8 +149,8 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     _check_continues(session, ckpt, path, name, req)
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
-    _record(session, run_dir, ckpt, name, cfg, changes, lock, req)
-    session.resumed = {"from": name, "epoch": ckpt["epoch"], "lr": cfg.train.lr}
+    _record(session, run_dir, ckpt, name, cfg, changes, lock, req,
+            resumed={"from": name, "epoch": ckpt["epoch"], "lr": cfg.train.lr})
     _record_extension(session, folder_cfg, ckpt, cfg, req)
     log.info("resume: %s from %s at %s%s", session.run_dir, name, resume_point(ckpt["epoch"], ckpt.get("step", 0)),
              " with a fresh optimizer" if req.reset_optimizer else "")
@@ -184,14 +192,13 @@ def _record_extension(session: Session, folder_cfg: dict, ckpt: dict, cfg: Confi
 
 
 def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config, changes: dict, lock,
-            req: _Request) -> None:
+            req: _Request, resumed: dict) -> None:
     """metrics.jsonl (and config.toml when something changed) say what happened: in place, the
     rows after the checkpoint go and a resume event is appended; a fork starts a new folder."""
     event = {"event": "override", "epoch": ckpt["epoch"],
              "changes": {k: [a, b] for k, (a, b) in changes.items()}} if changes else None
     if req.into is None:
-        session.run_dir = run_dir
-        session.lock = lock  # released by resume()
+        session.attach(run_dir, lock, resumed)  # the lock is resume()'s: it releases it
         if session.dist.is_main:
             runs.truncate_metrics(run_dir, ckpt["epoch"], {
                 # epoch: epochs complete, as every row counts; at: the words the console printed
@@ -204,7 +211,7 @@ def _record(session: Session, run_dir: Path, ckpt: dict, name: str, cfg: Config,
                 runs.append_metrics(run_dir, event)
         return
     session.start_run_dir({"parent": {"run": str(run_dir), "checkpoint": name, "epoch": ckpt["epoch"],
-                                      "reset_optimizer": req.reset_optimizer}})
+                                      "reset_optimizer": req.reset_optimizer}}, resumed=resumed)
     if session.dist.is_main:
         for row in session.state.history:
             runs.append_metrics(session.run_dir, row)
@@ -230,7 +237,7 @@ def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
     session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks,
                       model=req.model)
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
-    session.run_dir = run_dir
+    session.attach(run_dir)  # the lock stays resume()'s
     if session.dist.is_main:  # rank 0 alone moves files
         CheckpointDir(run_dir / CHECKPOINTS).set_aside_unusable()
         old = run_dir / runs.METRICS_FILE

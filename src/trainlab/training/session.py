@@ -1,28 +1,28 @@
 """A training session: one run's parts built from its config, its callbacks, and its run
-folder; train() starts one. Building is in build.py, state in state.py, resuming in
-resume.py, signals in signals.py."""
+folder. Builders return the parts (training.build); this module assigns them, and nothing
+outside it assigns a session's attributes. The checkpoint is composed from the stateful parts
+(training.state); training.start starts a run, training.resume continues one."""
 
 from __future__ import annotations
 
 import logging
 import shlex
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from trainlab import models
-from trainlab.config import Config, resolve
+from trainlab.config import Config
 from trainlab.data import Dataset, data_options, load_dataset
-from trainlab.errors import ConfigError
 from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
 from trainlab.store.checkpoint import make_checkpoint, save_checkpoint
 from trainlab.store.manifest import CheckpointDir
 from trainlab.store.schema import load_checkpoint
-from trainlab.training import build, distributed, finetune, memory, rerun, runtime
+from trainlab.training import build, distributed, runtime
 from trainlab.training.advice import divergence_advice
 from trainlab.training.callbacks import (
     BestAndEarlyStop,
@@ -33,86 +33,142 @@ from trainlab.training.callbacks import (
     MetricsLog,
     TensorBoardLog,
 )
-from trainlab.training.loop import FitState, NonFiniteLoss, StepParts, fit
+from trainlab.training.loop import NonFiniteLoss, StepParts, fit
+from trainlab.training.result import TrainResult, resume_point, tested_model
+from trainlab.training.run import FitState
 from trainlab.training.signals import Interrupted, StopOnSignal
-from trainlab.training.state import load_session_state, seed_everything, session_checkpoint
+from trainlab.training.state import (
+    LOOP,
+    OPTIMIZATION,
+    CallbackStates,
+    RandomState,
+    ScalerState,
+    compose,
+    continue_schedule,
+    param_names,
+    restore,
+    seed_everything,
+)
 
 log = logging.getLogger("trainlab")
 
 DDP_SIGNAL_POLL = 25  # steps between the all-reduces that tell every rank about a signal
+MONITOR_KEY = BestAndEarlyStop.state_key  # the monitor's state: a checkpoint part of its own
 
 
 class Session:
-    """One run: its model, optimizer, schedule, precision, EMA, loaders and callbacks."""
+    """One run: its model, optimizer, schedule, precision, EMA, loaders and callbacks.
+
+    `schedule_epochs` (a resume): the epochs the schedule was planned for, from the checkpoint;
+    `weights_bound` (a resume): the checkpoint's weights, so a spec larger than they are is
+    refused unbuilt; `model`: train(model=...)'s module or factory, given in memory."""
 
     def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
                  schedule_epochs: int | None = None, allow_import: tuple[str, ...] | None = None,
                  callbacks: list[Callback] = (), weights_bound: dict | None = None, model=None):
-        self.lock: runs.RunLock | None = None
-        self.given = model  # train(model=...): an nn.Module or a factory given in memory
-        # resume: the checkpoint's weights, so a spec larger than they are is refused unbuilt
-        self.weights_bound = weights_bound
-        self.run_dir: Path | None = None
-        self.resumed: dict | None = None  # {"from", "epoch", "lr"} when resumed (the divergence advice reads it)
-        self.tested: dict | None = None  # {"weights": "best", "epoch"} once early stopping restored the best
+        self.cfg = cfg
         self.dist = distributed.context()
         if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
             log.setLevel(logging.WARNING)
             progress = False
+        self.progress = not cfg.quiet and progress is not False
         self.device = pick_device(distributed.device_for(self.dist, cfg.device))
         self.data = data if data is not None else load_dataset(cfg.dataset, cfg.data_dir, **data_options(cfg.to_dict()))
-        self.cfg = cfg
         build.check_run(cfg, self.data, self.dist, self.device)  # before any side effect
         runtime.apply_process_settings(cfg, self.device)
         seed_everything(cfg.seed)
         self.loaders = build.make_loaders(self.data, cfg, self.device, build.build_augment(cfg), self.dist)
         self.spec = build.model_spec(cfg, self.data)
-        build.build_model(self, allow_import)
-        # fine-tuning (issue 15): init_from on a fresh run only (a resume passes schedule_epochs and
-        # takes the weights from its checkpoint), freeze, and the Finetune callback when configured
-        callbacks = finetune.setup(self, callbacks, fresh=schedule_epochs is None)
-        build.build_optimization(self, schedule_epochs)
+        parts, self.finetune = build.build_parts(
+            cfg, self.spec, self.data, self.device, self.dist, len(self.loaders["train"]),
+            schedule_epochs=schedule_epochs, given=model, allow_import=allow_import, weights_bound=weights_bound)
+        self.model, self.train_model, self.precision = parts.model, parts.train_model, parts.precision
+        self.optimizer, self.schedule, self.scheduler = parts.optimizer, parts.schedule, parts.scheduler
+        self.scaler, self.ema, self.loss_fn = parts.scaler, parts.ema, parts.loss_fn
+        if cfg.channels_last:  # the batches in the model's memory format
+            for loader in self.loaders.values():
+                loader.channels_last = True
         self.state = FitState()
         self.monitor = BestAndEarlyStop(cfg.monitor, build.resolve_mode(cfg), cfg.patience, cfg.min_delta,
                                         advice=self._divergence_advice)
         self.signals = StopOnSignal(every=DDP_SIGNAL_POLL if self.dist.enabled else 1, ctx=self.dist,
                                     device=self.device)
-        self.tensorboard = TensorBoardLog() if cfg.tensorboard else None
-        builtin = [self.monitor, MetricsLog(), CheckpointWriter(cfg.save_every, cfg.keep), Console(), self.signals]
-        self.callbacks = CallbackList(builtin + ([self.tensorboard] if self.tensorboard else []) + list(callbacks))
-        self.progress = not cfg.quiet and progress is not False
+        # the callbacks with state now (a resume loads them before the run has its folder); the
+        # folder's writers join in attach()
+        self.user_callbacks = [*([self.finetune] if self.finetune else []), *callbacks]
+        self.callbacks = CallbackList([self.monitor, self.signals, *self.user_callbacks])
+        self.tensorboard: TensorBoardLog | None = None
+        self.run_dir: Path | None = None
+        self.lock: runs.RunLock | None = None
+        self.resumed: dict | None = None  # {"from", "epoch", "lr"} when resumed (the divergence advice reads it)
+        self.tested: dict | None = None  # {"weights": "best", "epoch"} once early stopping restored the best
 
     @property
     def eval_model(self) -> nn.Module:
         """The weights that are evaluated and kept: the EMA average when EMA is on."""
         return self.ema.module if self.ema is not None else self.model
 
-    @property
-    def checkpoints(self) -> CheckpointDir:
-        return CheckpointDir(self.run_dir / runs.CHECKPOINTS)
+    # -------------------------------------------------------- the checkpoint, composed
+
+    def _parts(self) -> dict:
+        """The run's stateful parts by checkpoint key, in the order a resume loads them."""
+        return {"ema": self.ema, "optimizer": self.optimizer, "scheduler": self.scheduler,
+                "scaler": ScalerState(self.scaler, self.precision.name), LOOP: self.state,
+                MONITOR_KEY: self.monitor, "callbacks": CallbackStates(self.callbacks, skip=(MONITOR_KEY,)),
+                "rng": RandomState()}
 
     def state_dict(self) -> dict:
-        return session_checkpoint(self)
+        """The checkpoint of the run as it stands now."""
+        return compose(self.model, self.spec, self._parts(), {
+            "optimizer_param_names": param_names(self.model, self.optimizer), "precision": self.precision.name,
+            "schedule": self.schedule, "best": self.monitor.summary(), "config": self.cfg.to_dict(),
+            "recipe": self.cfg.recipe, "threads": torch.get_num_threads(), "world_size": self.dist.world_size,
+            "fingerprint": self.data.fingerprint(), "classes": self.data.classes, "mean": self.data.mean,
+            "std": self.data.std})
 
     def load_state_dict(self, ckpt: dict, reset_optimizer: bool = False, source: str = "the checkpoint") -> None:
-        load_session_state(self, ckpt, reset_optimizer, source)
+        """Every part back from `ckpt`. `reset_optimizer`: a fresh optimizer, but the schedule
+        continues where it was (the "amnesia" fork)."""
+        restore(self.model, self._parts(), ckpt, source, skip=OPTIMIZATION if reset_optimizer else ())
+        if reset_optimizer:
+            continue_schedule(self.optimizer, self.scheduler, ckpt["scheduler"]["last_epoch"])
 
-    # -------------------------------------------------------- running
+    # -------------------------------------------------------- the run folder
 
-    def start_run_dir(self, extra_meta: dict | None = None) -> Path:
+    def attach(self, run_dir: Path, lock: runs.RunLock | None = None, resumed: dict | None = None) -> None:
+        """The run's folder (and its lock, when the caller holds it): the callbacks that write
+        into it join the run. `resumed`: where a resume continues from."""
+        self.run_dir, self.lock, self.resumed = Path(run_dir), lock, resumed
+        main, cfg = self.dist.is_main, self.cfg
+        self.checkpoints = CheckpointDir(self.run_dir / runs.CHECKPOINTS)
+        writers: list[Callback] = [MetricsLog(self.run_dir, main),
+                                   CheckpointWriter(self.checkpoints, self.monitor, cfg.save_every, cfg.keep, main,
+                                                    snapshot=self.state_dict)]
+        if not cfg.quiet:
+            writers.append(Console(self.monitor, main))
+        if cfg.tensorboard:
+            self.tensorboard = TensorBoardLog(self.run_dir, main)
+            writers.append(self.tensorboard)
+        if self.finetune is not None:
+            self.finetune.attach(self.run_dir, main)
+        self.callbacks = CallbackList([self.monitor, self.signals, *writers, *self.user_callbacks])
+
+    def start_run_dir(self, extra_meta: dict | None = None, resumed: dict | None = None) -> Path:
+        """A new run folder (rank 0 creates it and takes its lock; the others are told its path)."""
         if not self.dist.is_main:
-            self.run_dir = Path(distributed.broadcast_object(None, self.dist))
+            self.attach(Path(distributed.broadcast_object(None, self.dist)), resumed=resumed)
             return self.run_dir
-        self.run_dir = runs.create_run_dir(self.cfg)
-        self.lock = runs.RunLock(self.run_dir).acquire()  # before any file is written in it
-        distributed.broadcast_object(str(self.run_dir), self.dist)
-        runs.write_run_header(self.run_dir, self.cfg, {
+        run_dir = runs.create_run_dir(self.cfg)
+        lock = runs.RunLock(run_dir).acquire()  # before any file is written in it
+        self.attach(run_dir, lock, resumed)
+        distributed.broadcast_object(str(run_dir), self.dist)
+        runs.write_run_header(run_dir, self.cfg, {
             "world_size": self.dist.world_size, "malloc_tuning": runtime.malloc_tuning_state(),
             "device": describe_device(self.device), "precision": self.precision.name,
             "precision_reason": self.precision.reason, "data_source": self.data.source,
             "data_fingerprint": self.data.fingerprint(), "classes": self.data.classes,
             "model_spec": self.spec, "parameters": models.count_parameters(self.model), **(extra_meta or {})})
-        return self.run_dir
+        return run_dir
 
     def run(self) -> "TrainResult":
         log.info("run: %s | model %s (%s parameters) | recipe %s | precision %s (%s) | device %s",
@@ -227,96 +283,3 @@ class Session:
             self.lock = None
 
 
-def resume_point(epoch: int, step: int) -> str:
-    """The one way a point of a run is named, in the interrupt message, the resume line and the
-    resume event: `epoch` epochs complete (the files' count), `step` steps into the next one."""
-    return f"epoch {epoch + 1}, step {step}" if step else f"the end of epoch {epoch}"
-
-
-def tested_model(tested: dict, metric: str, ema: bool) -> dict:
-    """Which weights the final test evaluation saw, with the words every report prints for it."""
-    which = f"best {metric}" if tested["weights"] == "best" else "last"
-    return {**tested, "ema": ema, "label": f"epoch {tested['epoch']} ({which})" + (", EMA weights" if ema else "")}
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    config: Config
-    history: list[dict]
-    test: dict  # metrics.summarize() of the final model on the test split
-    device: str
-    results: dict
-
-    @property
-    def test_accuracy(self) -> float:
-        return self.test["accuracy"]
-
-
-def train(config: Config | dict | None = None, *, data: Dataset | None = None, progress: bool | None = None,
-          callbacks: list[Callback] = (), restart: bool = False, model=None) -> TrainResult:
-    """Train one run as configured; returns the history and the final test summary.
-
-    `callbacks` (trainlab.Callback subclasses) run around the loop and keep their state in
-    every checkpoint. progress=None shows a progress bar and one line per epoch (unless the
-    config says quiet); False shows nothing. A named run whose folder already holds this run
-    is continued (or reported finished) instead: see training.rerun; `restart` starts it over,
-    keeping the old folder aside.
-
-    `model`: your own nn.Module, or a class or function that returns one (called with what
-    trainlab knows: num_classes, in_chans / in_channels / input_shape when it takes them). An
-    importable class or function is recorded as module:function, so every later command rebuilds
-    it; an instance (or a local function) is recorded as instance:NAME, and evaluate_run /
-    load_model / resume then take it again as model=."""
-    if data is not None and not isinstance(data, Dataset):
-        from torch.utils.data import DataLoader
-
-        what = "a torch DataLoader" if isinstance(data, DataLoader) else type(data).__name__
-        raise ConfigError(f"train(data=...) takes a trainlab Dataset, not {what}: make one with "
-                          "trainlab.from_arrays(train_x, train_y, test_x, test_y), or train your DataLoader with "
-                          "trainlab.fit(model, optimizer, loader, ...), which takes it as it is")
-    values = config.to_dict() if isinstance(config, Config) else dict(config or {})
-    given = None
-    if model is not None:
-        values["model"], given = models.given_model(model)
-    cfg = resolve(values)  # validated either way
-    if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
-        cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
-    try:
-        return _train(cfg, data, progress, callbacks, restart, given)
-    except (RuntimeError, MemoryError) as e:
-        if not memory.is_out_of_memory(e):
-            raise
-        raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", "earlier files and checkpoints are intact") from None
-
-
-def _train(cfg: Config, data, progress, callbacks, restart, given=None) -> TrainResult:
-    with runtime.library_output(progress, cfg.quiet):
-        rerun.elastic_name(cfg)
-        decision = rerun.decide(cfg, restart)
-        if decision["action"] == "finished":
-            return rerun.finished_result(cfg, decision)
-        if decision["action"] == "resume":
-            from trainlab.training.resume import resume  # (resume builds on this module)
-
-            if distributed.context().is_main:
-                log.info("re-run: %s already holds this run: continuing it from its newest checkpoint "
-                         "(rerun = refuse, or --restart, to do otherwise)", decision["path"])
-            own = (cfg.model.partition(":")[0],) if ":" in cfg.model else ()  # named on this command
-            return resume(decision["path"], epochs=cfg.train.epochs, data=data, progress=progress,
-                          callbacks=callbacks, allow_import=own, reason="rerun", model=given)
-        session = Session(cfg, data, progress=progress, callbacks=callbacks, model=given)
-        session.start_run_dir()
-        try:
-            return session.run()
-        except (RuntimeError, MemoryError) as e:
-            if not memory.is_out_of_memory(e):
-                raise
-            session.release()  # the lock first: the folder may go with it
-            if session.dist.is_main and memory.discard_unstarted(session.run_dir):  # else it blocks a re-run
-                kept = "it had saved no checkpoint, so its run folder was removed"
-            else:
-                kept = f"the checkpoints in {session.run_dir} are intact"
-            raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", kept) from None
-        finally:
-            session.release()

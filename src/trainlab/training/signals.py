@@ -86,12 +86,12 @@ class StopOnSignal(Callback):
 
     def on_step_end(self, run):
         if run.state.global_step % self.every == 0 and self._seen():
-            run.state.stopped = "interrupt"
+            return "interrupt"
+        return None
 
     def on_epoch_end(self, run, row):
-        if self._seen() and not run.state.stopped:  # at an epoch boundary: the epoch's checkpoint is the resume point
-            run.state.stopped = "interrupt"
-            return True
+        # every rank polls here (an all-reduce under DDP), even when early stopping already voted
+        return "interrupt" if self._seen() else None  # at an epoch boundary: its checkpoint is the resume point
 
     def on_fit_end(self, run):
         for s, h in self._old.items():

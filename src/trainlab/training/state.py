@@ -1,6 +1,8 @@
-"""A run's state as one checkpoint dict, and back: model, optimizer, schedule, scaler, EMA,
-where the loop stands, every callback's own state, and one snapshot of every random
-generator, so that a resumed run is bitwise the uninterrupted one."""
+"""A run's state as one checkpoint dict, and back, composed from stateful parts (objects with
+state_dict / load_state_dict, named by their checkpoint key, as ignite's `to_save`): model,
+optimizer, schedule, scaler, EMA, where the loop stands, every callback's own state, and one
+snapshot of every random generator, so that a resumed run is bitwise the uninterrupted one.
+The keys are the checkpoint format's (unchanged since format 1)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import torch
 
 from trainlab.store.checkpoint import make_checkpoint, to_plain
 from trainlab.store.safeload import CheckpointError
-from trainlab.training.loop import FitState
+from trainlab.training.callbacks import CallbackList
 
 log = logging.getLogger("trainlab")
 
@@ -54,65 +56,95 @@ def param_names(model, optimizer) -> list[str]:
     return [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
 
 
-def session_checkpoint(s) -> dict:
-    """The checkpoint of Session `s` as it stands now."""
-    st = s.state
-    return make_checkpoint(
-        s.model, model_spec=s.spec,
-        optimizer=s.optimizer.state_dict(), scheduler=s.scheduler.state_dict(),
-        optimizer_param_names=param_names(s.model, s.optimizer),
-        scaler=s.scaler.state_dict() if s.scaler.is_enabled() else None,
-        ema=s.ema.state_dict() if s.ema is not None else None,
-        precision=s.precision.name, schedule=s.schedule,
-        epoch=st.epoch, global_step=st.global_step, step=st.step, partial=st.partial,
-        history=to_plain(st.history, "a metrics row"), best=s.monitor.summary(),
-        early_stopping=s.monitor.state_dict(), rng=capture_rng(),
-        callbacks={k: to_plain(v, f"callback {k}'s state_dict()") for k, v in s.callbacks.state_dict().items()},
-        config=s.cfg.to_dict(), recipe=s.cfg.recipe, threads=torch.get_num_threads(),
-        world_size=s.dist.world_size, fingerprint=s.data.fingerprint(), classes=s.data.classes,
-        mean=s.data.mean, std=s.data.std)
+# ---------------------------------------------------------------- the checkpoint as parts
+
+class RandomState:
+    """Every random generator of the process, as one checkpoint part."""
+
+    def state_dict(self) -> dict:
+        return capture_rng()
+
+    def load_state_dict(self, d: dict) -> None:
+        restore_rng(d)
 
 
-def load_session_state(s, ckpt: dict, reset_optimizer: bool = False, source: str = "the checkpoint") -> None:
-    """Restore Session `s` from `ckpt`; a field of the wrong inner shape (a forged or foreign
-    file) is one sentence, not a traceback."""
+class ScalerState:
+    """The float16 loss scaler: its state when enabled, else None; a change of precision across
+    a resume is said, never an error."""
+
+    def __init__(self, scaler, precision: str):
+        self.scaler, self.precision = scaler, precision
+
+    def state_dict(self) -> dict | None:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else None
+
+    def load_state_dict(self, saved: dict | None, saved_precision: str = "32") -> None:
+        if saved is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(saved)
+        elif saved is not None:
+            log.warning("resume: the checkpoint has float16 loss-scaler state but this run uses precision %s: "
+                        "the scaler state is dropped", self.precision)
+        elif self.scaler.is_enabled():
+            log.warning("resume: switching to 16-mixed from %s: the loss scaler starts fresh at 65536 (the first "
+                        "steps may be skipped while it calibrates)", saved_precision)
+
+
+class CallbackStates:
+    """Every callback's own state, by its key, as plain values; `skip`: keys that are parts of
+    their own (the monitor's state is the checkpoint's `early_stopping`, stored once)."""
+
+    def __init__(self, callbacks: CallbackList, skip: tuple[str, ...]):
+        self.callbacks, self.skip = callbacks, skip
+
+    def state_dict(self) -> dict:
+        return {k: to_plain(v, f"callback {k}'s state_dict()") for k, v in self.callbacks.state_dict(self.skip).items()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.callbacks.load_state_dict({k: v for k, v in d.items() if k not in self.skip}, skip=self.skip)
+
+
+LOOP = ""  # the part whose keys (epoch, global_step, step, partial, history) are the checkpoint's top level
+OPTIMIZATION = ("optimizer", "scheduler", "scaler")  # what a resume with a fresh optimizer leaves out
+
+
+def compose(model, spec: dict, parts: dict, record: dict) -> dict:
+    """One checkpoint: the model's weights, each stateful part's state_dict() under its name, and
+    `record` (plain values that describe the run). Parts that are None are stored as None."""
+    fields = {}
+    for name, part in parts.items():
+        state = part.state_dict() if part is not None else None
+        if name == LOOP:
+            fields.update(state, history=to_plain(state["history"], "a metrics row"))
+        else:
+            fields[name] = state
+    return make_checkpoint(model, model_spec=spec, **fields, **record)
+
+
+def restore(model, parts: dict, ckpt: dict, source: str, skip: tuple[str, ...] = ()) -> None:
+    """Load `ckpt` into the model and each part (in the order given; `skip`: names left as they
+    are). A field of the wrong inner shape (a forged or foreign file) is one sentence, not a
+    traceback."""
     try:
-        _load(s, ckpt, reset_optimizer)
+        model.load_state_dict(ckpt["model"])
+        for name, part in parts.items():
+            if name in skip or part is None:
+                continue
+            if name == LOOP:
+                part.load_state_dict(ckpt)
+            elif name == "scaler":
+                part.load_state_dict(ckpt.get("scaler"), ckpt.get("precision", "32"))
+            elif ckpt.get(name) is not None:  # e.g. no EMA state in a run saved without EMA
+                part.load_state_dict(ckpt[name])
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{source} does not fit this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); it was not used") from None
 
 
-def _load(s, ckpt: dict, reset_optimizer: bool) -> None:
-    s.model.load_state_dict(ckpt["model"])
-    if ckpt.get("ema") is not None and s.ema is not None:
-        s.ema.load_state_dict(ckpt["ema"])
-    if not reset_optimizer:
-        s.optimizer.load_state_dict(ckpt["optimizer"])
-        s.scheduler.load_state_dict(ckpt["scheduler"])
-        _load_scaler(s, ckpt)
-    else:  # the "amnesia" fork: fresh optimizer, but the schedule continues where it was
-        step = ckpt["scheduler"]["last_epoch"]
-        s.scheduler.last_epoch = step
-        # the rates of this config's schedule at that step (a changed --lr included)
-        rates = [base * fn(step) for base, fn in zip(s.scheduler.base_lrs, s.scheduler.lr_lambdas)]
-        for group, lr in zip(s.optimizer.param_groups, rates):
-            group["lr"] = lr
-        s.scheduler._last_lr = rates
-    s.state = FitState(epoch=ckpt["epoch"], global_step=ckpt["global_step"], history=list(ckpt["history"]),
-                       step=ckpt.get("step", 0), partial=ckpt.get("partial"))
-    # checkpoints from before callbacks kept only the monitor's state, at the top level
-    s.callbacks.load_state_dict({"early_stopping": ckpt["early_stopping"], **(ckpt.get("callbacks") or {})})
-    restore_rng(ckpt["rng"])
-
-
-def _load_scaler(s, ckpt: dict) -> None:
-    saved = ckpt.get("scaler")
-    if saved is not None and s.scaler.is_enabled():
-        s.scaler.load_state_dict(saved)
-    elif saved is not None:
-        log.warning("resume: the checkpoint has float16 loss-scaler state but this run uses precision %s: "
-                    "the scaler state is dropped", s.precision.name)
-    elif s.scaler.is_enabled():
-        log.warning("resume: switching to 16-mixed from %s: the loss scaler starts fresh at 65536 (the first "
-                    "steps may be skipped while it calibrates)", ckpt.get("precision", "32"))
+def continue_schedule(optimizer, scheduler, step: int) -> None:
+    """A fresh optimizer (the "amnesia" fork) whose schedule continues at `step`: the rates of this
+    config's schedule there (a changed --lr included)."""
+    scheduler.last_epoch = step
+    rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates

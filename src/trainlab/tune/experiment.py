@@ -15,7 +15,7 @@ from trainlab.config import resolve
 from trainlab.data import load_dataset
 from trainlab.errors import ConfigError
 from trainlab.recipes import PRESETS
-from trainlab.training.session import train
+from trainlab.training.start import train
 
 log = logging.getLogger("trainlab")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from trainlab.config import resolve
 from trainlab.errors import ConfigError
 from trainlab.store import runs
-from trainlab.training.session import train
+from trainlab.training.start import train
 from trainlab.tune import sweep_storage
 from trainlab.tune.sweep_space import Space, _values, load_space
 from trainlab.tune.sweep_storage import SUMMARY, TRIALS

@@ -15,7 +15,7 @@ from trainlab.config import resolve
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.training.callbacks import Callback
 from trainlab.training.loop import NonFiniteLoss
-from trainlab.training.session import train
+from trainlab.training.start import train
 from trainlab.training.signals import Interrupted
 from trainlab.tune import sweep_storage
 from trainlab.tune.sweep_space import Space, _suggest, _values
@@ -36,8 +36,7 @@ class ReportToOptuna(Callback):
         self.trial.report(row[self.metric], row["epoch"])
         if self.trial.should_prune():
             self.pruned = True
-            run.state.stopped = "pruned"
-            return True
+            return "pruned"
 
 
 class SameFailure(TrainlabError):
