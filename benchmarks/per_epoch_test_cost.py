@@ -25,7 +25,7 @@ import torch
 from trainlab.config import resolve
 from trainlab.data import load_dataset
 from trainlab.store.runs import environment
-from trainlab.training.session import train
+from trainlab.training.start import train
 
 
 def epoch_seconds(model: str, every_epoch: bool, epochs: int, data, runs_dir: str, name: str) -> list[float]:

@@ -58,7 +58,7 @@ from trainlab import models
 from trainlab.config import resolve
 from trainlab.data import from_arrays, load_dataset, stratified_split
 from trainlab.store.runs import cpu_model
-from trainlab.training.session import train
+from trainlab.training.start import train
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 

@@ -18,7 +18,7 @@ import torch
 def interrupt(step: int, config: dict) -> int:
     from trainlab.config import resolve
     from trainlab.data.loader import DeviceLoader
-    from trainlab.training.session import train
+    from trainlab.training.start import train
     from trainlab.training.signals import Interrupted
 
     original = DeviceLoader.__iter__

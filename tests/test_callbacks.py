@@ -413,3 +413,81 @@ def test_test_every_epoch_changes_no_number_of_the_run(tmp_path, tiny_data):
     keys = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "global_step")
     assert [[r[k] for k in keys] for r in off.history] == [[r[k] for k in keys] for r in on.history]
     assert off.test == on.test
+
+
+# ---------------------------------------------------------------- the built-ins without a Session
+
+def _toy_fit(callbacks, epochs=3):
+    """fit() alone (no Session, no config) on a fake loader: a linear model on 64 random rows."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainlab.training.loop import StepParts, fit
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 2, 2, generator=g), torch.randint(0, 3, (64,), generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = fit(model, opt, DataLoader(TensorDataset(x, y), batch_size=16), epochs=epochs,
+                val_loader=DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16), parts=StepParts(seed=1),
+                callbacks=callbacks, progress=False)
+    return model, state
+
+
+def test_checkpoint_writer_metrics_log_and_console_work_under_fit_alone(tmp_path, monkeypatch, caplog):
+    from trainlab.store.checkpoint import CheckpointDir
+    from trainlab.training import callbacks as cbs
+    from trainlab.training.callbacks import BestAndEarlyStop, CheckpointWriter, Console, MetricsLog
+
+    serialized = []
+    real = cbs.serialize
+    monkeypatch.setattr(cbs, "serialize", lambda ckpt: serialized.append(ckpt["epoch"]) or real(ckpt))
+    monitor = BestAndEarlyStop("val_loss", "min")
+    folder = tmp_path / "checkpoints"
+    with caplog.at_level("INFO", logger="trainlab"):
+        model, state = _toy_fit([monitor, CheckpointWriter(folder, monitor, save_every=1, keep=2),
+                                 MetricsLog(tmp_path), Console(monitor)])
+    # one serialization per epoch, written to best.pt, last.pt and epoch-NNNN.pt alike
+    assert serialized == [1, 2, 3]
+    ckpts = CheckpointDir(folder)
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["best.pt", "epoch-0002.pt", "epoch-0003.pt", "last.pt"]
+    assert all(ckpts.verify(n) is None for n in ("best.pt", "last.pt", "epoch-0003.pt"))
+    last = load_checkpoint(folder / "last.pt")
+    assert (last["epoch"], last["global_step"]) == (3, 12) and len(last["history"]) == 3
+    assert all(torch.equal(last["model"][k], v) for k, v in model.state_dict().items())
+    assert load_checkpoint(folder / "best.pt")["epoch"] == monitor.best_epoch
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("val_loss" in r for r in rows)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3 and lines[0].endswith("*best")
+
+
+def test_the_writers_on_another_rank_write_nothing(tmp_path):
+    from trainlab.training.callbacks import BestAndEarlyStop, CheckpointWriter, MetricsLog
+
+    monitor = BestAndEarlyStop()
+    _toy_fit([monitor, CheckpointWriter(tmp_path / "ck", monitor, is_main=False), MetricsLog(tmp_path, is_main=False)],
+             epochs=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_way_to_stop_a_hook_returns_its_reason(tmp_path):
+    class Stop(Callback):
+        def on_step_end(self, run):
+            return "budget" if run.state.global_step == 5 else None
+
+    _, state = _toy_fit([Stop()])
+    assert state.stopped == "budget" and (state.epoch, state.step) == (1, 1)
+
+    class Writes(Callback):  # the old second channel: refused in words, not silently obeyed
+        def on_step_end(self, run):
+            run.state.stopped = "mine"
+
+    with pytest.raises(ConfigError, match="return the reason from the hook"):
+        _toy_fit([Writes()])
+
+    class Odd(Callback):
+        def on_epoch_end(self, run, row):
+            return 5
+
+    with pytest.raises(ConfigError, match="returned 5"):
+        _toy_fit([Odd()])

@@ -1,9 +1,11 @@
 """Config: TOML file + command line, unknown keys, wrong types, invalid values, round trip."""
 
+import dataclasses
+
 import pytest
 
 from trainlab import api
-from trainlab.config import Config, dumps_toml, load_toml, resolve, with_overrides
+from trainlab.config import Config, dumps_toml, load_toml, resolve
 from trainlab.errors import ConfigError
 
 
@@ -135,8 +137,10 @@ def test_to_dict_round_trips_through_config_toml(tmp_path):
     assert isinstance(again, Config)
 
 
-def test_with_overrides_revalidates():
+def test_with_changes_revalidates_and_the_config_is_never_assigned_to():
     cfg = resolve({"recipe": "textbook"})
-    assert with_overrides(cfg, epochs=2).train.epochs == 2
+    assert cfg.with_changes(epochs=2).train.epochs == 2
     with pytest.raises(ConfigError, match="lr = -1.0 is invalid"):
-        with_overrides(cfg, lr=-1.0)
+        cfg.with_changes(lr=-1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.epochs = 3

@@ -95,3 +95,110 @@ def test_the_checker_sees_a_backward_arrow():
     found = [t for _, t in imports(where, code)]
     assert found == ["trainlab.training.session", "trainlab.analysis.report"]
     assert all(layer_of(t)[0] > layer_of(module_name(where))[0] for t in found)
+
+
+# ---------------------------------------------------------------- inside a folder: no cycle
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the trainlab modules it imports (module level or in a function), as files."""
+    modules = {module_name(p): p for p in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, target in imports(path):
+            while target and target not in modules:  # `from pkg import name`: the package itself
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _packages_face(name: str, path: Path) -> bool:
+    return path.name == "__init__.py"
+
+
+def test_no_import_cycle_anywhere_in_the_package():
+    """Inside a folder too, the modules have an order: no two import each other, directly or
+    round a circle (a package's __init__ re-exporting its modules is its face, not a cycle)."""
+    graph = import_graph()
+    faces = {module_name(p) for p in SRC.rglob("__init__.py")}
+    graph = {m: {t for t in ts if t not in faces} for m, ts in graph.items() if m not in faces}
+    found = cycles(graph)
+    assert not found, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_cycle_finder_sees_a_circle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def function_level_imports(path: Path, text: str | None = None) -> list[tuple[int, str, str]]:
+    """(line, target, the comment that explains it) for each import of trainlab's own modules
+    inside a function; the comment is on the import's line, or the line above it."""
+    source = path.read_text() if text is None else text
+    lines = source.splitlines()
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.ImportFrom):
+                target = node.module or ""
+                own = node.level > 0 or target.split(".")[0] == "trainlab"
+            elif isinstance(node, ast.Import):
+                target = ",".join(a.name for a in node.names)
+                own = any(a.name.split(".")[0] == "trainlab" for a in node.names)
+            else:
+                continue
+            if own:
+                here, above = lines[node.lineno - 1], lines[node.lineno - 2] if node.lineno > 1 else ""
+                note = here.partition("#")[2] or (above.strip()[1:] if above.strip().startswith("#") else "")
+                found.append((node.lineno, target, note.strip()))
+    return found
+
+
+def test_a_function_level_import_of_trainlab_says_why():
+    """Module-level imports are the rule; an import inside a function is kept only with a comment
+    naming the cycle or the cost (e.g. torch for --help) it avoids."""
+    silent = [f"{path.relative_to(SRC)}:{line} imports {target} inside a function without a comment saying why"
+              for path in sorted(SRC.rglob("*.py")) for line, target, note in function_level_imports(path)
+              if not note]
+    assert not silent, "\n".join(silent)
+
+
+def test_the_import_reader_sees_a_silent_function_level_import():
+    code = "def f():\n    from trainlab.store import runs\n\n\ndef g():\n    # (torch: not for --help)\n    import trainlab.data\n"
+    assert function_level_imports(SRC / "probe.py", code) == [(2, "trainlab.store", ""),
+                                                             (7, "trainlab.data", "(torch: not for --help)")]

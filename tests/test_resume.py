@@ -22,7 +22,7 @@ from trainlab.errors import ConfigError
 from trainlab.store.manifest import CheckpointDir
 from trainlab.store.schema import load_checkpoint
 from trainlab.training.resume import resume
-from trainlab.training.session import train
+from trainlab.training.start import train
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 

@@ -22,7 +22,7 @@ from trainlab.store.checkpoint import sha256_file
 from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import read_metrics
 from trainlab.training.resume import resume
-from trainlab.training.session import train
+from trainlab.training.start import train
 
 EVIL = '''import os, pathlib
 pathlib.Path(os.environ["EVIL_MARKER"]).write_text("imported")

@@ -43,8 +43,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 MONITORABLE = ("val_loss", "val_acc", "train_loss", "train_acc")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
+    """A run's settings: built only by `resolve` (validated), changed only through it
+    (`cfg.with_changes(...)`), never assigned to."""
+
     # each field's help is its flag's help in `trainlab train --help` (cli/args.py)
     dataset: str = option("fashion-mnist", "fashion-mnist (default), mnist, idx:DIR, folder:DIR (image files), "
                           "cifar10:DIR, cifar100:DIR, or SCHEME:ARG of a format registered by a module named "
@@ -111,6 +114,10 @@ class Config:
     train_per_class: int = option(0, "train on at most N images per class (seeded, stratified; 0 = all)")
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
+
+    def with_changes(self, **values) -> "Config":
+        """A copy with run or recipe fields changed, resolved and validated again."""
+        return resolve({**self.to_dict(), **values})
 
     def to_dict(self) -> dict:
         """Plain values only: written to config.toml and stored in checkpoints."""
@@ -208,25 +215,22 @@ def resolve(values: dict | None = None, *, base: dict | None = None, origin: str
         merged["model_kwargs"] = {k: list(v) if isinstance(v, tuple) else v for k, v in merged["model_kwargs"].items()}
     run = {k: v for k, v in merged.items() if k in RUN_FIELDS}
     recipe_overrides = {k: v for k, v in merged.items() if k in RECIPE_FIELDS}
-    from trainlab import models
+    from trainlab import models  # (torch: not imported for --help, which reads Config's fields)
 
-    cfg = Config(**run)
+    cfg = Config(**run)  # the types checked by the dataclass's fields; the values next
     model = models.info(cfg.model)  # an import path (module:function) has the defaults
-    if cfg.recipe == "auto":  # the preset registered with the model: the measured best for it
-        cfg.recipe = model.recipe or DEFAULT_RECIPE
-    if cfg.channels_last is None:
-        cfg.channels_last = model.conv
-    cfg.train = get_recipe(cfg.recipe, **recipe_overrides)
+    recipe = (model.recipe or DEFAULT_RECIPE) if cfg.recipe == "auto" else cfg.recipe  # auto: the model's measured best
+    train = get_recipe(recipe, **recipe_overrides)
     # a preset's flips only where mirroring keeps the label (unknown: off); asked for by name: kept
-    flips = [k for k in ("hflip", "tta_flip") if getattr(cfg.train, k) and k not in recipe_overrides]
+    flips = [k for k in ("hflip", "tta_flip") if getattr(train, k) and k not in recipe_overrides]
     if flips and not flips_keep_labels(absolute_dataset(cfg.dataset))[0]:
-        cfg.train = replace(cfg.train, **{k: False for k in flips})
-    cfg = validate(cfg)
+        train = replace(train, **{k: False for k in flips})
+    cfg = replace(cfg, recipe=recipe, train=train,
+                  channels_last=model.conv if cfg.channels_last is None else cfg.channels_last)
+    validate(cfg)
     # folders recorded absolute: a run trained from ./photos is evaluated from anywhere
-    cfg.dataset = absolute_dataset(cfg.dataset)
-    if cfg.data_dir is not None:
-        cfg.data_dir = os.path.abspath(os.path.expanduser(cfg.data_dir))
-    return cfg
+    return replace(cfg, dataset=absolute_dataset(cfg.dataset),
+                   data_dir=None if cfg.data_dir is None else os.path.abspath(os.path.expanduser(cfg.data_dir)))
 
 
 # Run settings checked by a table, like the recipe's fields (recipes.RECIPE_LIMITS): a test
@@ -388,11 +392,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def with_overrides(cfg: Config, **values) -> Config:
-    """A copy of `cfg` with run or recipe fields changed, validated again."""
-    d = cfg.to_dict()
-    d.update(values)
-    return resolve(d)
 
 
 def dumps_toml(d: dict) -> str:
@@ -402,7 +401,7 @@ def dumps_toml(d: dict) -> str:
     return tomli_w.dumps(d)
 
 
-__all__ = ["Config", "resolve", "load_toml", "validate", "with_overrides", "dumps_toml", "replace"]
+__all__ = ["Config", "resolve", "load_toml", "validate", "dumps_toml", "replace"]
 
 
 MAX_INIT_RENAMES = 64

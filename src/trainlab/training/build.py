@@ -145,7 +145,7 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     loads on a fresh run only (a resume passes `schedule_epochs` and takes the weights from its
     checkpoint); freezing happens before the optimizer and EMA are built."""
     model, train_model = build_model(cfg, spec, device, dist, given, allow_import, weights_bound)
-    tuning = finetune.setup(cfg, model, data, dist, fresh=schedule_epochs is None)
+    finetuning = finetune.setup(cfg, model, data, dist, fresh=schedule_epochs is None)
     precision = resolve_precision(cfg.train.precision, device, cfg.model)
     optimizer = build_optimizer(model, cfg.train, **finetune.optimizer_layout(cfg, model))
     schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": steps_per_epoch}
@@ -154,7 +154,7 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     ema = make_ema(model, cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     return RunParts(model, train_model, precision, optimizer, schedule, scheduler, precision.scaler(device),
-                    ema, loss_fn), tuning
+                    ema, loss_fn), finetuning
 
 
 def build_model(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,

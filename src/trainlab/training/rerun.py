@@ -22,13 +22,14 @@ from trainlab.training.result import TrainResult
 log = logging.getLogger("trainlab")
 
 
-def elastic_name(cfg: Config) -> None:
+def elastic_name(cfg: Config) -> Config:
     """Under torchrun with restarts, an unnamed run is named after the launch (the same id in
     every restart), so restarted workers find the run their predecessors began."""
     if cfg.name is None and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0) > 0:
         run_id = "".join(c for c in os.environ.get("TORCHELASTIC_RUN_ID", "") if c.isalnum())[:12]
         if run_id:
-            cfg.name = f"{cfg.model.replace(':', '-').replace('.', '-')}-{cfg.recipe}-{run_id}"
+            return cfg.with_changes(name=f"{cfg.model.replace(':', '-').replace('.', '-')}-{cfg.recipe}-{run_id}")
+    return cfg
 
 
 def decide(cfg: Config, restart: bool = False) -> dict:

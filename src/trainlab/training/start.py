@@ -46,7 +46,7 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
         values["model"], given = models.given_model(model)
     cfg = resolve(values)  # validated either way
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
-        cfg.dataset = data.spec or f"arrays:{data.name or 'arrays'}"
+        cfg = cfg.with_changes(dataset=data.spec or f"arrays:{data.name or 'arrays'}")
     try:
         return _train(cfg, data, progress, callbacks, restart, given)
     except (RuntimeError, MemoryError) as e:
@@ -57,7 +57,7 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
 
 def _train(cfg: Config, data, progress, callbacks, restart, given=None) -> TrainResult:
     with runtime.library_output(progress, cfg.quiet):
-        rerun.elastic_name(cfg)
+        cfg = rerun.elastic_name(cfg)
         decision = rerun.decide(cfg, restart)
         if decision["action"] == "finished":
             return rerun.finished_result(cfg, decision)
