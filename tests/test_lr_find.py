@@ -90,15 +90,15 @@ def test_lr_find_on_a_folder_uses_the_image_size_and_skip_bad(tmp_path, cli):
 
 
 def _spy_sessions(monkeypatch) -> list:
-    from trainlab.training import session as session_module
+    from trainlab.training import lr_find as lr_find_module
 
     made = []
 
-    class Spy(session_module.Session):
+    class Spy(lr_find_module.Session):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             made.append(self)
-    monkeypatch.setattr(session_module, "Session", Spy)
+    monkeypatch.setattr(lr_find_module, "Session", Spy)
     return made
 
 

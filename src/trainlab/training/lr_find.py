@@ -156,10 +156,10 @@ def _one_seed(cfg: Config, data: Dataset, lrs, smoothing, diverge) -> tuple[list
     test = RangeTest(lrs, shares, smoothing, diverge)
     parts = StepParts(precision=s.precision, scaler=s.scaler, grad_clip=cfg.train.grad_clip, seed=cfg.seed)
     epochs = -(-len(lrs) // len(s.loaders["train"]))
+    run = FitContext(s.model, s.optimizer, FitState())
     try:
         fit(s.train_model, s.optimizer, s.loaders["train"], epochs=epochs, loss_fn=s.loss_fn, parts=parts,
-            callbacks=[*([s.finetune] if s.finetune else []), test], progress=False,
-            run=FitContext(s.model, s.optimizer, FitState()))
+            state=run.state, callbacks=[*([s.finetune] if s.finetune else []), test], progress=False, run=run)
     except NonFiniteLoss:  # the loss went to inf/nan between two reads: the curve ends there
         test.read()
     return test.smoothed, test.why
