@@ -156,7 +156,8 @@ def test_the_guard_catches_a_step_hook_that_reads_the_device(tmp_path, tiny_data
 
 def test_fit_on_its_own_passes_a_fit_context_and_ends_hooks_on_error(tiny_data):
     from trainlab.data import DeviceLoader
-    from trainlab.training.loop import FitContext, fit
+    from trainlab.training.loop import fit
+    from trainlab.training.run import FitContext
 
     seen = []
 
@@ -434,7 +435,7 @@ def _toy_fit(callbacks, epochs=3):
 
 
 def test_checkpoint_writer_metrics_log_and_console_work_under_fit_alone(tmp_path, monkeypatch, caplog):
-    from trainlab.store.checkpoint import CheckpointDir
+    from trainlab.store.manifest import CheckpointDir
     from trainlab.training import callbacks as cbs
     from trainlab.training.callbacks import BestAndEarlyStop, CheckpointWriter, Console, MetricsLog
 

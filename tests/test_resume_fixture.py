@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_dataset
 
 import trainlab
-from trainlab.store.checkpoint import load_checkpoint
+from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import environment
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume-format1"

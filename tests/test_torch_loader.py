@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from trainlab.errors import DataError
 from trainlab.training.callbacks import Callback
-from trainlab.training.loop import FitState, StepParts, fit
+from trainlab.training.loop import StepParts, fit
+from trainlab.training.run import FitState
 
 
 def _data(n=96):
