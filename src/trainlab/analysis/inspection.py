@@ -7,13 +7,16 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from trainlab.analysis.tables import printable, table
 from trainlab.errors import TrainlabError
+from trainlab.models import build_from_spec
 from trainlab.store import runs
 from trainlab.store.manifest import MANIFEST, CheckpointDir
 from trainlab.store.safeload import safe_load
 from trainlab.store.schema import FORMAT, check_fields
+from trainlab.analysis.inspect_export import describe_export
 
 
 def _norm(t) -> str:
@@ -186,12 +189,113 @@ def describe(path: str | Path) -> str:
     """What `trainlab inspect` prints: each line escaped, as names in a checkpoint are the file's."""
     path = Path(path)
     if path.suffix in (".safetensors", ".onnx") and path.is_file():  # trainlab's exports
-        from trainlab.analysis.inspect_export import describe_export
-
         text = "\n".join(describe_export(path))
     else:
         text = describe_run(path) if path.is_dir() else describe_file(path)
     return "\n".join(printable(line) for line in text.split("\n"))
 
 
-__all__ = ["describe", "describe_file", "describe_run", "MANIFEST"]
+# ---------------------------------------------------------------- the model summary (--summary)
+
+MAX_LAYER_ROWS = 500  # a table longer than this says how many rows it left out
+
+
+def _counts_line(total: int, frozen: int) -> str:
+    return f"parameters {total:,}: {total - frozen:,} trainable, {frozen:,} frozen"
+
+
+def layer_table(model: nn.Module, frozen: set[str] | None = None) -> str:
+    """Any model's layers: each module that holds parameters of its own, its type, their shapes,
+    its parameter count and whether they train. `frozen`: the parameter names that do not (else
+    each parameter's requires_grad says)."""
+    rows, total, n_frozen = [], 0, 0
+    for name, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue
+        full = [(f"{name}.{n}" if name else n, p) for n, p in own]
+        still = [(frozen is not None and n in frozen) or (frozen is None and not p.requires_grad) for n, p in full]
+        count = sum(p.numel() for _, p in full)
+        total += count
+        n_frozen += sum(p.numel() for (_, p), f in zip(full, still) if f)
+        rows.append([name or "(model)", type(module).__name__,
+                     ", ".join(f"{n} {'x'.join(map(str, p.shape)) or 'scalar'}" for n, p in own), f"{count:,}",
+                     "no" if all(still) else "partly" if any(still) else "yes"])
+    return "\n".join([_counts_line(total, n_frozen), "", *_table(["layer", "type", "parameters", "count", "trainable"],
+                                                                rows, "lllrl")])
+
+
+def _table(headers, rows, align) -> list[str]:
+    more = len(rows) - MAX_LAYER_ROWS
+    out = [table(headers, rows[:MAX_LAYER_ROWS], align[:len(headers)])]
+    return out + ([f"... {more:,} more rows"] if more > 0 else [])
+
+
+def _state_table(state: dict, frozen: set[str]) -> str:
+    """The layer table from a file's tensors alone (the model not built): grouped by module
+    prefix; buffers (e.g. BatchNorm's running statistics) cannot be told apart here."""
+    groups: dict[str, list] = {}
+    for key, t in state.items():
+        if torch.is_tensor(t):
+            groups.setdefault(key.rpartition(".")[0], []).append((key, t))
+    rows, total, n_frozen = [], 0, 0
+    for prefix, items in groups.items():
+        count = sum(t.numel() for _, t in items)
+        still = [k in frozen for k, _ in items]
+        total += count
+        n_frozen += sum(t.numel() for (_, t), f in zip(items, still) if f)
+        rows.append([prefix or "(model)", ", ".join(f"{k.rpartition('.')[2]} {'x'.join(map(str, t.shape)) or 'scalar'}"
+                                                    for k, t in items), f"{count:,}",
+                     "no" if all(still) else "partly" if any(still) else "yes"])
+    return "\n".join([_counts_line(total, n_frozen) + " (tensors, buffers included)", "",
+                      *_table(["layer", "tensors", "count", "trainable"], rows, "llrl")])
+
+
+def _frozen_names(ft) -> set[str]:
+    """The parameters --freeze holds still now, from the fine-tuning record (checkpoint or meta.json)."""
+    if not isinstance(ft, dict) or not ft.get("frozen", True):
+        return set()
+    return {n for n in ft.get("frozen_names") or [] if isinstance(n, str)}
+
+
+def summarize(path: str | Path, allow_import: tuple[str, ...] = ()) -> str:
+    """What `--summary` prints: each line escaped (names in a file are the file's)."""
+    return "\n".join(printable(line) for line in _summary(path, allow_import).split("\n"))
+
+
+def _summary(path: str | Path, allow_import: tuple[str, ...] = ()) -> str:
+    """`trainlab inspect PATH --summary`: trainable vs frozen parameters and the layer table of a
+    run's newest verified checkpoint (else its model.pt) or of a checkpoint file. The model is
+    built from the file's spec (a registered model, or a module named with --allow-import);
+    when it cannot be, the table comes from the file's tensors and says why."""
+    path = Path(path)
+    ft = None
+    if path.is_dir():
+        good = CheckpointDir(path / runs.CHECKPOINTS).newest_good()
+        file = path / runs.CHECKPOINTS / good[0] if good else path / runs.WEIGHTS_FILE
+        if not file.is_file():
+            raise TrainlabError(f"{path} holds no verified checkpoint and no model.pt: nothing to summarize")
+        if not good:
+            try:
+                ft = runs.read_json(path / runs.META_FILE).get("finetune")
+            except Exception:  # noqa: BLE001 -- no or a damaged meta.json: no freeze record
+                ft = None
+    else:
+        file = path
+    obj = safe_load(file, map_location="cpu")
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        check_fields(obj, file)
+        state, ft = obj["model"], (obj.get("callbacks") or {}).get("finetune") or ft
+        try:
+            model = build_from_spec(obj["model_spec"], tuple(allow_import), str(file), weights=state)
+        except TrainlabError as e:
+            head = f"model     {obj['model_spec'].get('name')} (not built: {e})"
+            return "\n".join([f"file      {file}", head, _state_table(state, _frozen_names(ft))])
+        return "\n".join([f"file      {file}", f"model     {obj['model_spec'].get('name')}",
+                          layer_table(model, _frozen_names(ft))])
+    if isinstance(obj, dict) and obj and all(torch.is_tensor(v) for v in obj.values()):
+        return "\n".join([f"file      {file}", "model     (a plain state_dict: no model spec)", _state_table(obj, set())])
+    raise TrainlabError(f"{file} is not a trainlab checkpoint or a state_dict: nothing to summarize")
+
+
+__all__ = ["describe", "describe_file", "describe_run", "summarize", "layer_table", "MANIFEST"]

@@ -15,9 +15,9 @@ from trainlab.text import printable
 
 
 def cmd_inspect(args) -> int:
-    from trainlab.analysis.inspection import describe
+    from trainlab.analysis.inspection import describe, summarize
 
-    print(describe(args.path))
+    print(summarize(args.path, allowed(args)) if args.summary else describe(args.path))
     return 0
 
 
@@ -69,6 +69,10 @@ def cmd_predict(args) -> int:
 def add_commands(sub) -> None:
     i = sub.add_parser("inspect", help="what a checkpoint, state_dict or run folder holds")
     i.add_argument("path")
+    i.add_argument("--summary", action="store_true",
+                   help="the model instead: trainable vs frozen parameters and a table of its layers "
+                        "(names, shapes, parameter counts, trainable)")
+    add_allow_import(i)
     i.set_defaults(func=cmd_inspect)
 
     x = sub.add_parser("export", help="write model.safetensors (or model.onnx) + its .json metadata for a run or checkpoint")

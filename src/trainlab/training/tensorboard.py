@@ -1,10 +1,13 @@
 """Optional TensorBoard logging: `pip install trainlab[tensorboard]`.
 
 Event files go straight into the run folder, so `tensorboard --logdir runs` lists each
-run under its folder name. Steps are epochs: runs with different batch sizes line up.
+run under its folder name. Steps are epochs: runs with different batch sizes line up; the
+train loss every N optimizer steps (loss/train_step) has the global step as its step.
 
     tb = TensorBoardLogger(run_dir)
+    tb.log_hparams(config)                     # the HParams view: the run's config and metrics
     tb.log_epoch(row)                          # each metrics.jsonl row
+    tb.log_step(global_step, loss)             # the train loss every N steps
     tb.log_confusion(cm, classes, step=epoch)  # counts, or a matplotlib Figure
     tb.close()
 """
@@ -21,6 +24,9 @@ from trainlab.errors import TrainlabError
 SCALARS = {"train_loss": "loss/train", "val_loss": "loss/val", "test_loss": "loss/test_not_for_selection",
            "train_acc": "acc/train", "val_acc": "acc/val", "test_acc": "acc/test_not_for_selection",
            "lr": "lr", "train_seconds": "time/train_seconds"}
+
+STEP_TAG = "loss/train_step"
+HPARAM_METRICS = ("loss/val", "acc/val", "loss/train", "acc/train")  # scalars of the run the HParams view shows
 
 
 def _summary_writer():
@@ -44,6 +50,21 @@ class TensorBoardLogger:
             v = row.get(key)
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.writer.add_scalar(tag, v, row["epoch"])
+        self.writer.flush()
+
+    def log_step(self, step: int, loss: float) -> None:
+        """The mean train loss of the last N optimizer steps (no flush: the epoch's flushes)."""
+        if math.isfinite(loss):
+            self.writer.add_scalar(STEP_TAG, loss, step)
+
+    def log_hparams(self, config: dict) -> None:
+        """The run's config in TensorBoard's hyper-parameter view, in this run's own events, with
+        the epoch scalars as its metrics (torch's add_hparams would write a second run folder)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
+        for summary in hparams(values, {tag: 0.0 for tag in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
         self.writer.flush()
 
     def log_confusion(self, figure_or_cm, classes: list[str] | None = None, step: int = 0,

@@ -1,0 +1,31 @@
+"""The train loss every N optimizer steps, for the trackers (TensorBoard, MLflow): each
+step's loss is added on the device (no host read on the step path) and the window's mean is
+read to the host once, at every N-th step."""
+
+from __future__ import annotations
+
+import torch
+
+
+class StepLoss:
+    """`add(state)` after every optimizer step; at each global step that is a multiple of
+    `every` it returns (global_step, the mean loss of the steps since the last reading)."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self._sum: torch.Tensor | None = None
+        self._n = 0
+
+    def add(self, state) -> tuple[int, float] | None:
+        loss = state.last_loss
+        if not self.every or loss is None:
+            return None
+        loss = loss.detach().float()
+        # a device add, not a read: the step path stays free of host syncs
+        self._sum = loss.clone() if self._sum is None else self._sum.add_(loss)
+        self._n += 1
+        if state.global_step % self.every:
+            return None
+        value = float(self._sum) / self._n  # the window's one host read
+        self._sum, self._n = None, 0
+        return state.global_step, value
