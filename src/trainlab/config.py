@@ -74,6 +74,10 @@ class Config:
     min_delta: float = option(0.0, "the least change that counts as an improvement")
     save_every: int = option(0, "also keep epoch-NNNN.pt every N epochs (0 = off)")
     keep: int = option(3, "how many epoch-NNNN.pt to keep (0 = all; default 3)")
+    keep_top: int = option(0, "also keep the K best checkpoints by the monitored metric as top-epoch-NNNN.pt "
+                           "(top-step-NNNNNNNN.pt for mid-epoch validations; 0 = off)")
+    val_every: int = option(0, "also validate every N optimizer steps mid-epoch (0 = once per epoch); early "
+                            "stopping, plateau and best.pt can act there, and patience counts validations")
     tensorboard: bool = option(False, "also write TensorBoard events")  # pip install trainlab[tensorboard]
     # None = off: the test split is evaluated once, at the end, on the model chosen by validation
     test_every_epoch: bool | None = option(None, "also evaluate the test split every epoch (an evaluation pass "
@@ -144,6 +148,11 @@ def _type_ok(value, annotation) -> tuple[bool, object]:
             return True, float(value)
         if hint in (str, dict) and isinstance(value, hint):
             return True, value
+        if hint is list and isinstance(value, (list, tuple)):
+            return True, list(value)
+        if hint is list and isinstance(value, str):  # a flag's "10,20": its numbers (the limits check them)
+            parts = [p.strip() for p in value.split(",")] if value.strip() else []
+            return True, [int(p) if re.fullmatch(r"[0-9]{1,9}", p) else p for p in parts]
     return False, value
 
 
@@ -243,6 +252,8 @@ RUN_LIMITS = {
     "patience": (lambda v, c: 0 <= v <= 10**6, "must be 0 (off) or more, up to 1000000"),
     "save_every": (lambda v, c: 0 <= v <= 10**6, "must be 0 (off) or more, up to 1000000"),
     "keep": (lambda v, c: 0 <= v <= 10**6, "must be 0 (all) or more, up to 1000000"),
+    "keep_top": (lambda v, c: 0 <= v <= 10**4, "must be 0 (off) or more, up to 10000"),
+    "val_every": (lambda v, c: 0 <= v <= 10**9, "must be 0 (once per epoch) or a number of optimizer steps up to 10**9"),
     "min_delta": (lambda v, c: 0 <= v <= 1e6, "must be 0 or more, up to 1000000"),
     "device": (lambda v, c: re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]{1,3})?", v) is not None,
                "use auto, cpu, cuda, cuda:N or mps"),
@@ -363,6 +374,9 @@ def validate(cfg: Config) -> Config:
     if cfg.monitor.startswith("val") and cfg.val_size == 0:
         raise ConfigError(f"monitor = {cfg.monitor!r} needs a validation split, but val_size = 0; "
                           "set val_size > 0 or monitor train_loss")
+    if cfg.val_every and not cfg.monitor.startswith("val"):
+        raise ConfigError(f"val_every = {cfg.val_every} validates mid-epoch, where no {cfg.monitor} exists: "
+                          "monitor val_loss or val_acc, or leave val_every at 0")
     if not _model_spec_ok(cfg.model):
         raise ConfigError(f"model = {_short(cfg.model)} is invalid: name a registered model (e.g. mlp, "
                           "cnn-fast) or your own factory as package.module:function")

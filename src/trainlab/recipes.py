@@ -15,7 +15,7 @@ from trainlab.errors import ConfigError
 
 PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")  # see trainlab.training.precision
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "onecycle", "cosine")
+SCHEDULES = ("none", "onecycle", "cosine", "plateau", "step")
 
 
 def option(default, help: str):
@@ -32,9 +32,17 @@ class Recipe:
     weight_decay: float = option(0.0, "weight decay (0 = off)")
     momentum: float = option(0.9, "sgd only: momentum")
     nesterov: bool = option(False, "sgd only: Nesterov momentum")
-    schedule: str = option("none", "the learning-rate schedule: none, onecycle or cosine")
+    schedule: str = option("none", "the learning-rate schedule: none, onecycle, cosine, plateau (reduce on the "
+                           "monitored metric's plateau) or step (at step_milestones)")
+
     warmup_epochs: float = option(0.0, "cosine only: epochs of warm-up (onecycle warms up over its first 25% "
                                   "of steps)")
+    plateau_factor: float = option(0.1, "plateau only: multiply the rate by this when the monitored metric stalls")
+    plateau_patience: int = option(2, "plateau only: validations without improvement (by more than min_delta) "
+                                   "before the rate is reduced")
+    step_milestones: list = field(default_factory=list, metadata={
+        "help": "step only: epochs after which the rate is multiplied by step_gamma, e.g. [10, 20] (CLI: 10,20)"})
+    step_gamma: float = option(0.1, "step only: the factor applied at each milestone")
     label_smoothing: float = option(0.0, "label smoothing of the loss (0 = off)")
     grad_clip: float = option(0.0, "clip the global gradient norm to this (0 = off)")
     # batched on-device augmentation (see trainlab.augment)
@@ -70,6 +78,11 @@ RECIPE_LIMITS = {
     "momentum": (lambda v, r: 0 <= v < 1, "must be in [0, 1)"),
     "schedule": (lambda v, r: v in SCHEDULES, f"choose one of {', '.join(SCHEDULES)}"),
     "warmup_epochs": (lambda v, r: 0 <= v < r.epochs, "must be in [0, epochs)"),
+    "plateau_factor": (lambda v, r: 0 < v < 1, "must be in (0, 1)"),
+    "plateau_patience": (lambda v, r: 1 <= v <= 10**6, "must be at least 1 and at most 1000000"),
+    "step_milestones": (lambda v, r: _milestones_ok(v, r), "must be increasing epochs, each at least 1 and at most "
+                        "100000 (at most 100 of them), given when schedule = step and only then"),
+    "step_gamma": (lambda v, r: 0 < v <= 1, "must be in (0, 1]"),
     "label_smoothing": (lambda v, r: 0 <= v < 1, "must be in [0, 1)"),
     "grad_clip": (lambda v, r: 0 <= v <= 1e6, "must be 0 (off) or a max norm up to 1000000"),
     # pixels of shift (augment.random_translate pads by this much on each side): the images
@@ -79,6 +92,13 @@ RECIPE_LIMITS = {
     "ema": (lambda v, r: 0 <= v < 1, "must be 0 (off) or a decay in (0, 1)"),
     "precision": (lambda v, r: v in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
 }
+
+
+def _milestones_ok(v: list, r: "Recipe") -> bool:
+    if not all(isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= 100_000 for m in v):
+        return False
+    return (len(v) <= 100 and all(a < b for a, b in zip(v, v[1:]))
+            and bool(v) == (r.schedule == "step"))
 
 
 def check_fields(obj, limits: dict) -> None:
@@ -97,6 +117,8 @@ def check_fields(obj, limits: dict) -> None:
             kinds = int if annotation.startswith("int") else (int, float)
             ok = (isinstance(value, kinds) and not isinstance(value, bool)
                   and not (isinstance(value, float) and not math.isfinite(value)) and test(value, obj))
+        elif annotation.startswith("list"):
+            ok = isinstance(value, list) and test(value, obj)
         else:
             ok = isinstance(value, str) and test(value, obj)
         if not ok:

@@ -23,10 +23,11 @@ MAX_EPOCHS = 100_000  # the config's own limit on `epochs`
 MARKER_ROWS = 1_000  # resume / fork / restart / override markers a long-lived run may gather
 MAX_LINE_BYTES = 16 << 10  # a row is a few hundred bytes; an override marker a few more
 MEAN_ROW_BYTES = 2 << 10  # the file-size bound per allowed row (real rows are ~300 bytes)
-MAX_JSON_BYTES = 32 << 20  # meta.json / results.json: a confusion matrix of ~1,000 classes fits
+MAX_JSON_BYTES = 32 << 20
+MAX_VALIDATIONS_PER_EPOCH = 1_000  # mid-epoch validation rows (val_every): training.build refuses more  # meta.json / results.json: a confusion matrix of ~1,000 classes fits
 
 # metrics a row written by trainlab holds: a finite number or null, nothing else
-ROW_NUMBERS = ("global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+ROW_NUMBERS = ("step", "global_step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
                "test_acc", "seconds", "train_seconds")
 
 
@@ -50,6 +51,18 @@ def config_epochs(run_dir: Path) -> int:
     if isinstance(epochs, int) and not isinstance(epochs, bool) and 1 <= epochs <= MAX_EPOCHS:
         return epochs
     return MAX_EPOCHS
+
+
+def _validates_mid_epoch(run_dir: Path) -> bool:
+    """Whether the run's config.toml asks for mid-epoch validation rows (unreadable: assume so)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return True
+    try:
+        every = load_toml(path).get("val_every", 0)
+    except ConfigError:
+        return True
+    return every != 0
 
 
 def _is_number(x) -> bool:
@@ -102,7 +115,8 @@ def read_metrics(run_dir: str | Path, max_epochs: int | None = None) -> list[dic
     not what trainlab writes. A torn last line (a process killed mid-write) is left out."""
     path = Path(run_dir) / METRICS_FILE
     epochs = max_epochs if max_epochs is not None else config_epochs(Path(run_dir))
-    max_rows = epochs + MARKER_ROWS
+    per_epoch = 1 + MAX_VALIDATIONS_PER_EPOCH if max_epochs is None and _validates_mid_epoch(Path(run_dir)) else 1
+    max_rows = epochs * per_epoch + MARKER_ROWS
     max_bytes = max_rows * MEAN_ROW_BYTES
 
     def bad(why: str, line: int | None = None):

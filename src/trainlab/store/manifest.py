@@ -1,5 +1,5 @@
 """The checkpoint folder's manifest protocol: runs/<name>/checkpoints/ holds last.pt, best.pt,
-epoch-NNNN.pt and manifest.json (each file's sha256, epoch and step). A save records the new
+epoch-NNNN.pt, top-epoch-NNNN.pt (--keep-top) and manifest.json (each file's sha256, epoch and step). A save records the new
 hash beside the old, renames the file in, then drops the old hash, so a kill at any instant
 leaves a file that verifies; resume picks the newest verified file, and rebuilds a lost
 manifest from the files that load and pass the schema check."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -42,6 +43,7 @@ def _stamp() -> str:
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*\.pt")
 _SHA = re.compile(r"[0-9a-f]{64}")
 MAX_MANIFEST = 16 << 20
+_TOP = re.compile(r"top-(epoch-\d{4,}|step-\d{8,})\.pt")  # --keep-top's files
 
 
 def valid_name(name) -> bool:
@@ -261,6 +263,34 @@ class CheckpointDir:
     def remove_stale_temps(self) -> None:
         """Delete temporary files of interrupted writes (call only with the run's lock held)."""
         remove_stale_temps(self.folder)
+
+    def top_ranked(self, metric: str, mode: str) -> list[tuple[str, dict]]:
+        """The top-K files (top-epoch-NNNN.pt, top-step-NNNNNNNN.pt) ranked by `metric`, best
+        first; on a tie the earlier one ranks higher. A file whose entry has no finite value for
+        `metric` (a rebuilt manifest, another monitor) is not ranked: never pruned, never counted."""
+        ranked = []
+        for name, entry in self.read_manifest()[0].items():
+            value = entry.get("value")
+            if (_TOP.fullmatch(name) and entry.get("metric") == metric and isinstance(value, (int, float))
+                    and not isinstance(value, bool) and math.isfinite(value)):
+                ranked.append((value if mode == "min" else -value, entry.get("global_step", 0), name, entry))
+        return [r[2:] for r in sorted(ranked, key=lambda r: r[:3])]
+
+    def enters_top(self, keep: int, metric: str, mode: str, value: float) -> bool:
+        """Whether `value` would be among the `keep` best (a tie with the K-th does not enter)."""
+        ranked = self.top_ranked(metric, mode)
+        if len(ranked) < keep:
+            return True
+        worst = ranked[keep - 1][1]["value"]
+        return value < worst if mode == "min" else value > worst
+
+    def prune_top(self, keep: int, metric: str, mode: str, new: str | None = None) -> None:
+        """Keep the `keep` best top files by `metric`. `new`: the file just saved; nothing is
+        deleted unless it verifies (a crash leaves K+1 files, pruned at the next save)."""
+        if keep <= 0 or (new is not None and self.verify(new) is not None):
+            return
+        for name, _ in self.top_ranked(metric, mode)[keep:]:
+            self.remove(name)
 
     def prune_periodic(self, keep: int) -> None:
         """Keep the `keep` newest epoch-NNNN.pt files (0 = keep all)."""

@@ -186,18 +186,23 @@ def append_metrics(run_dir: Path, row: dict) -> None:
 
 
 def truncate_metrics(run_dir: Path, epoch: int, marker: dict) -> None:
-    """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume."""
-    rows = [r for r in read_metrics(run_dir) if r.get("epoch", 0) <= epoch]
+    """Cut metrics.jsonl back to `epoch` (rows a checkpoint does not cover) and mark the resume;
+    a mid-epoch validation row (its "step" key) stays when the checkpoint's global_step covers it."""
+    step = marker.get("global_step")
+    rows = [r for r in read_metrics(run_dir)
+            if ("step" in r and "event" not in r and step is not None and r.get("global_step", 0) <= step)
+            or ("step" not in r or "event" in r) and r.get("epoch", 0) <= epoch]
     atomic_write_text(Path(run_dir) / METRICS_FILE, "".join(json.dumps(json_safe(r)) + "\n" for r in rows + [marker]))
 
 
 def epoch_rows(history: list[dict]) -> list[dict]:
     """The per-epoch rows of a metrics history, one per epoch (the last wins after a resume).
 
-    Marker rows ({"event": "resume" | "fork" | "restart", "epoch": ...}) are not epochs.
+    Marker rows ({"event": "resume" | "fork" | "restart", "epoch": ...}) are not epochs, nor are
+    mid-epoch validation rows (val_every: they carry a "step" key).
     """
     by_epoch = {}
     for row in history:
-        if "epoch" in row and "event" not in row:
+        if "epoch" in row and "event" not in row and "step" not in row:
             by_epoch[row["epoch"]] = row
     return [by_epoch[e] for e in sorted(by_epoch)]

@@ -5,6 +5,7 @@ schedule, precision, scaler, EMA and loss), returned, never written into a sessi
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,10 +19,12 @@ from trainlab.data.augment import Augment
 from trainlab.errors import ConfigError
 from trainlab.inference import EVAL_BATCH
 from trainlab.recipes import PRESETS
+from trainlab.store import history
 from trainlab.training import distributed, finetune
 from trainlab.training.ema import make_ema
 from trainlab.training.optim import build_optimizer, lr_multiplier
 from trainlab.training.precision import Precision, resolve_precision
+from trainlab.training.schedules import Plateau
 
 log = logging.getLogger("trainlab")
 
@@ -51,6 +54,13 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
     if dist.enabled and cfg.train.batch_size % dist.world_size:
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is the global batch and must divide "
                           f"evenly across the {dist.world_size} processes")
+    # each mid-epoch validation is a metrics row: the run folder's readers bound the rows an epoch may add
+    if cfg.val_every and math.ceil(n_fit / cfg.train.batch_size) // cfg.val_every > history.MAX_VALIDATIONS_PER_EPOCH:
+        raise ConfigError(f"val_every = {cfg.val_every} would validate more than {history.MAX_VALIDATIONS_PER_EPOCH:,} "
+                          f"times an epoch ({math.ceil(n_fit / cfg.train.batch_size):,} batches); raise val_every")
+    if cfg.val_every and dist.enabled:
+        raise ConfigError(f"val_every = {cfg.val_every} is not available under DDP (a mid-epoch checkpoint would "
+                          "hold one rank's partial epoch); leave val_every at 0 with --nproc")
     if cfg.sync_bn and not (dist.enabled and device.type == "cuda"):
         raise ConfigError("sync_bn needs DDP on CUDA GPUs (torchrun with NCCL); on the CPU "
                           "each rank keeps its own BatchNorm statistics")
@@ -135,6 +145,7 @@ class RunParts:
     scaler: torch.amp.GradScaler
     ema: nn.Module | None
     loss_fn: nn.Module
+    plateau: Plateau | None = None  # schedule = plateau: the callback whose factor the scheduler reads
 
 
 def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, dist: distributed.DistContext,
@@ -149,12 +160,16 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     precision = resolve_precision(cfg.train.precision, device, cfg.model)
     optimizer = build_optimizer(model, cfg.train, **finetune.optimizer_layout(cfg, model))
     schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": steps_per_epoch}
+    plateau = Plateau(cfg.monitor, resolve_mode(cfg), cfg.train.plateau_factor, cfg.train.plateau_patience,
+                      cfg.min_delta) if cfg.train.schedule == "plateau" else None
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(cfg.train, schedule["steps_per_epoch"], schedule["epochs"]))
+        optimizer, lr_multiplier(cfg.train, schedule["steps_per_epoch"], schedule["epochs"], plateau))
+    if plateau is not None:
+        plateau.scheduler = scheduler
     ema = make_ema(model, cfg.train.ema) if cfg.train.ema > 0 else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
     return RunParts(model, train_model, precision, optimizer, schedule, scheduler, precision.scaler(device),
-                    ema, loss_fn), finetuning
+                    ema, loss_fn, plateau=plateau), finetuning
 
 
 def build_model(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,

@@ -6,6 +6,9 @@ nothing else; a callback takes whatever more it needs in its __init__):
     on_fit_start(run)             once, before the first step (also on resume)
     on_step_end(run) -> reason    after every optimizer step: the step path (see below)
     on_epoch_end(run, row) -> reason   after each epoch's evaluation
+    on_validation_end(run, row) -> reason   after a mid-epoch validation (--val-every): `row`
+                                  holds epoch (the one in progress), step, global_step, lr and
+                                  the val_* metrics only; run.state.partial holds that point
     on_fit_end(run)               once, when fit() returns or raises (like `finally`)
     state_dict() / load_state_dict(d)       the callback's own state, saved in every
                                   checkpoint under `state_key` and restored on resume
@@ -49,6 +52,8 @@ class Callback:
     def on_step_end(self, run: Run) -> bool | str | None: ...
 
     def on_epoch_end(self, run: Run, row: dict) -> bool | str | None: ...
+
+    def on_validation_end(self, run: Run, row: dict) -> bool | str | None: ...
 
     def on_fit_end(self, run: Run) -> None: ...
 
@@ -99,6 +104,13 @@ class CallbackList:
         reason = None
         for cb in self.callbacks:  # every callback sees every epoch, even after a stop vote
             vote = stop_reason(cb.on_epoch_end(run, row), "early-stop")
+            reason = reason or vote
+        return reason
+
+    def on_validation_end(self, run, row: dict) -> str | None:
+        reason = None
+        for cb in self.callbacks:
+            vote = stop_reason(cb.on_validation_end(run, row), "early-stop")
             reason = reason or vote
         return reason
 
@@ -167,6 +179,8 @@ class BestAndEarlyStop(Callback):
 
     def on_epoch_end(self, run, row):
         value = row.get(self.metric)
+        if value is None and "step" in row:  # a mid-epoch validation has no train_* metrics
+            raise TrainlabError(f"val_every needs a val_* monitor, not {self.metric}: monitor val_loss or val_acc")
         if value is None or not math.isfinite(value):
             raise TrainlabError(f"the monitored metric {self.metric} is missing or not finite at epoch "
                                 f"{row['epoch']} (the weights diverged): {self._advice()}")
@@ -177,6 +191,9 @@ class BestAndEarlyStop(Callback):
                      "epoch %d)", self.metric, self.min_delta, self.patience, self.best, self.best_epoch)
             return "early-stop"
         return None
+
+    def on_validation_end(self, run, row):  # patience counts validations: epoch ends and mid-epoch ones
+        return self.on_epoch_end(run, row)
 
     def summary(self) -> dict:
         return {"metric": self.metric, "value": self.best, "epoch": self.best_epoch}
@@ -201,6 +218,9 @@ class MetricsLog(Callback):
         if self.is_main:
             runs.append_metrics(self.folder, row)
 
+    def on_validation_end(self, run, row):  # marked by its "step" key; epoch_rows() leaves it out
+        self.on_epoch_end(run, row)
+
 
 def fit_checkpoint(run: Run) -> dict:
     """What a checkpoint holds when fit() runs without a Session: the model, the optimizer and
@@ -210,17 +230,20 @@ def fit_checkpoint(run: Run) -> dict:
 
 class CheckpointWriter(Callback):
     """best.pt when `monitor` says the epoch improved, last.pt every epoch, epoch-NNNN.pt every
-    `save_every` epochs (the newest `keep` kept), in `folder` with its manifest. Best first: if
-    a crash lands inside the last.pt write, a verified best.pt of this same epoch is there to
-    resume from. The checkpoint is `snapshot()` (default: fit_checkpoint), serialized once per
-    epoch and written to each name."""
+    `save_every` epochs (the newest `keep` kept), top-epoch-NNNN.pt for the `keep_top` best
+    epochs by the monitored metric, in `folder` with its manifest. Best first: if a crash lands
+    inside the last.pt write, a verified best.pt of this same epoch is there to resume from.
+    The checkpoint is `snapshot()` (default: fit_checkpoint), serialized once per epoch and
+    written to each name. A mid-epoch validation (--val-every) writes best.pt and
+    top-step-NNNNNNNN.pt only, holding the partial epoch, so a resume from either is exact."""
     order = 80
 
     def __init__(self, folder: str | Path | CheckpointDir, monitor: "BestAndEarlyStop", save_every: int = 0,
-                 keep: int = 0, is_main: bool = True, snapshot: Callable[[], dict] | None = None):
+                 keep: int = 0, is_main: bool = True, snapshot: Callable[[], dict] | None = None,
+                 keep_top: int = 0):
         self.checkpoints = folder if isinstance(folder, CheckpointDir) else CheckpointDir(Path(folder))
         self.monitor, self.save_every, self.keep, self.is_main = monitor, save_every, keep, is_main
-        self.snapshot = snapshot
+        self.snapshot, self.keep_top = snapshot, keep_top
 
     def on_epoch_end(self, run, row):
         if not self.is_main:
@@ -234,6 +257,33 @@ class CheckpointWriter(Callback):
         if self.save_every and row["epoch"] % self.save_every == 0:
             self.checkpoints.save(f"epoch-{row['epoch']:04d}.pt", data, **info)
             self.checkpoints.prune_periodic(self.keep)
+        self._top(f"top-epoch-{row['epoch']:04d}.pt", data, info)
+
+    def on_validation_end(self, run, row):
+        if not self.is_main or not (self.monitor.improved or self.keep_top):
+            return
+        # epoch: the epochs complete (as every checkpoint counts them); the state holds the step
+        info = {"epoch": run.state.epoch, "global_step": row["global_step"], "metric": self.monitor.metric,
+                "value": row.get(self.monitor.metric), "partial_epoch": True}
+        data = None
+        if self.monitor.improved:
+            data = serialize(self.snapshot() if self.snapshot is not None else fit_checkpoint(run))
+            self.checkpoints.save("best.pt", data, **info)
+        self._top(f"top-step-{row['global_step']:08d}.pt", data, info, run)
+
+    def _top(self, name: str, data: bytes | None, info: dict, run=None) -> None:
+        """`name` joins the top files when its value is among the `keep_top` best; then the
+        worst beyond K go, once the new file verifies (the manifest's crash-safety rules)."""
+        if not self.keep_top:
+            return
+        metric, mode = self.monitor.metric, self.monitor.mode
+        if self.checkpoints.enters_top(self.keep_top, metric, mode, info["value"]):
+            if data is None:
+                data = serialize(self.snapshot() if self.snapshot is not None else fit_checkpoint(run))
+            self.checkpoints.save(name, data, **info)
+            self.checkpoints.prune_top(self.keep_top, metric, mode, new=name)
+        else:  # (a crash after an earlier save left K+1: pruned here)
+            self.checkpoints.prune_top(self.keep_top, metric, mode)
 
 
 class TensorBoardLog(Callback):
@@ -293,6 +343,12 @@ class Console(Callback):
                  row["epoch"], run.state.epochs, row["train_loss"], row["train_acc"], row.get("val_loss", nan),
                  row.get("val_acc", nan), test, row["train_seconds"],
                  "  *best" if self.monitor is not None and self.monitor.improved else "")
+
+    def on_validation_end(self, run, row):
+        if self.is_main:
+            log.info("epoch %d/%d step %d  val loss %.4f acc %.4f%s", row["epoch"], run.state.epochs, row["step"],
+                     row.get("val_loss", float("nan")), row.get("val_acc", float("nan")),
+                     "  *best" if self.monitor is not None and self.monitor.improved else "")
 
 
 _BUILTIN = (BestAndEarlyStop, MetricsLog, CheckpointWriter, TensorBoardLog, Console)

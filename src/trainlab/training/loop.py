@@ -96,7 +96,8 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
 
 
 def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: StepParts,
-                callbacks: CallbackList, run, bar=None) -> dict | None:
+                callbacks: CallbackList, run, bar=None, validate: Callable[[], None] | None = None,
+                val_every: int = 0) -> dict | None:
     """Train the epoch `state.epoch` from `state.step`. Returns its record, or None when a
     callback asked to stop mid-way (then `state.step/partial` say where)."""
     model.train()
@@ -141,6 +142,10 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
         state.step = i
         if bar is not None:
             bar.update(1)
+        if validate is not None and val_every and state.global_step % val_every == 0 and i < steps:
+            # --val-every: a mid-epoch best.pt must hold this point, so the partial epoch is set first
+            state.partial = _partial(losses, correct, seen, loader, parts)
+            validate()
         _hook(state, lambda: callbacks.on_step_end(run))
         if state.stopped and i < steps:
             state.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
@@ -161,12 +166,18 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
     return {"train_loss": float(losses_cpu.mean()), "train_acc": int(correct) / max(1, seen)}
 
 
+def _partial(losses, correct, seen: int, loader, parts: StepParts) -> dict | None:
+    """An unfinished epoch's accumulators (None under DDP: each rank holds only its own)."""
+    return {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
+            "aug_state": loader.aug_state()} if parts.partial_ok else None
+
+
 def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=None,
         test_loader=None, loss_fn=None, parts: StepParts | None = None,
         state: FitState | None = None, callbacks: list[Callback] | CallbackList | None = None,
         progress: bool | None = None, eval_model: nn.Module | None = None,
-        tta_flip: bool = False, run=None, on_epoch_end: Callable[[FitState], bool | None] | None = None
-        ) -> FitState:
+        tta_flip: bool = False, run=None, on_epoch_end: Callable[[FitState], bool | None] | None = None,
+        val_every: int = 0) -> FitState:
     """Train until `epochs` epochs are complete, continuing `state` when resuming.
 
     Each epoch is evaluated on `val_loader` (for selection), appended to `state.history`, then
@@ -178,6 +189,9 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
     `run` (a training.run.Run; default: a FitContext of model, optimizer and state); a hook
     stops the run by returning a reason. `on_epoch_end(state)`, a plain function, is the
     one-hook shorthand of a callback.
+    `val_every` (optimizer steps; 0 = off): validation mid-epoch as well, every that many steps
+    (not at an epoch's last step: the epoch's own evaluation follows); its row, marked by a
+    "step" key, goes to the callbacks' on_validation_end (early stopping can act there).
     """
     state = state or FitState()
     state.epochs = epochs
@@ -197,6 +211,25 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
     if progress is None:
         progress = sys.stderr.isatty()
     state.stopped = None
+
+    def evaluate_into(row: dict, splits) -> None:
+        if parts.before_eval is not None:
+            parts.before_eval()
+        for split, loader in splits:
+            if loader is not None:
+                autocast = parts.precision.autocast(loader.device) if parts.precision else None
+                m = evaluate(eval_model, loader, tta_flip, parts.reduce, autocast)
+                if m["n"]:
+                    row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
+                    if split == "test":
+                        row[TEST_NOTE_KEY] = TEST_NOTE
+
+    def validate() -> None:  # mid-epoch (val_every): the validation split only
+        row = {"epoch": state.epoch + 1, "step": state.step, "global_step": state.global_step,
+               "lr": optimizer.param_groups[0]["lr"]}
+        evaluate_into(row, (("val", val_loader),))
+        _hook(state, lambda: cbs.on_validation_end(run, row))
+
     cbs.on_fit_start(run)
     try:
         while state.epoch < epochs and not state.stopped:
@@ -204,7 +237,8 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             bar = _progress(len(train_loader), f"epoch {state.epoch + 1}/{epochs}", progress, state.step)
             try:
                 record = train_epoch(model, optimizer, train_loader, state, loss_fn=loss_fn, parts=parts,
-                                     callbacks=cbs, run=run, bar=bar)
+                                     callbacks=cbs, run=run, bar=bar, val_every=val_every,
+                                     validate=validate if val_loader is not None else None)
             finally:
                 if bar is not None:
                     bar.close()
@@ -214,16 +248,7 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             state.epoch += 1
             row = {"epoch": state.epoch, "global_step": state.global_step,
                    "lr": optimizer.param_groups[0]["lr"], **record}
-            if parts.before_eval is not None:
-                parts.before_eval()
-            for split, loader in (("val", val_loader), ("test", test_loader)):
-                if loader is not None:
-                    autocast = parts.precision.autocast(loader.device) if parts.precision else None
-                    m = evaluate(eval_model, loader, tta_flip, parts.reduce, autocast)
-                    if m["n"]:
-                        row[f"{split}_loss"], row[f"{split}_acc"] = m["loss"], m["acc"]
-                        if split == "test":
-                            row[TEST_NOTE_KEY] = TEST_NOTE
+            evaluate_into(row, (("val", val_loader), ("test", test_loader)))
             row["train_seconds"] = train_seconds
             row["seconds"] = time.perf_counter() - t0
             state.history.append(row)

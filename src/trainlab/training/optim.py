@@ -1,5 +1,5 @@
 """The optimizer (decay on weights only, fused kernels) and the learning-rate schedule as a
-function of the global step."""
+function of the global step (plateau's factor is its callback's: training.schedules)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from trainlab.recipes import Recipe
+from trainlab.training.schedules import Plateau, step_factor
 
 
 def build_optimizer(model: nn.Module, recipe: Recipe, body: set[str] | None = None,
@@ -42,18 +43,24 @@ def build_optimizer(model: nn.Module, recipe: Recipe, body: set[str] | None = No
                            nesterov=recipe.nesterov and recipe.momentum > 0, **fused)
 
 
-def lr_multiplier(recipe: Recipe, steps_per_epoch: int, planned_epochs: int | None = None
-                  ) -> Callable[[int], float]:
+def lr_multiplier(recipe: Recipe, steps_per_epoch: int, planned_epochs: int | None = None,
+                  plateau: Plateau | None = None) -> Callable[[int], float]:
     """The schedule as a function of the global step (a LambdaLR factor).
 
     Past the planned number of steps (when a run is extended with more epochs) the
-    schedule's final rate continues: the documented policy, instead of an error.
+    schedule's final rate continues: the documented policy, instead of an error. `plateau`
+    reads the factor its callback holds (training.schedules; without one: constant 1); `step`
+    multiplies by step_gamma at each of step_milestones (epochs).
     """
     total = max(1, (planned_epochs or recipe.epochs) * steps_per_epoch)
     final = 0.01  # of the peak rate, at the end of onecycle/cosine
 
     if recipe.schedule == "none":
         return lambda step: 1.0
+    if recipe.schedule == "plateau":
+        return (lambda step: plateau.scale) if plateau is not None else (lambda step: 1.0)
+    if recipe.schedule == "step":
+        return step_factor(recipe.step_milestones, recipe.step_gamma, steps_per_epoch)
     if recipe.schedule == "onecycle":
         warm = max(1, int(0.25 * total))
         start = 1 / 25

@@ -16,7 +16,7 @@ log = logging.getLogger("trainlab")
 # What a resume may change, in three kinds (every config key is in exactly one):
 # free: read from the config each time, they change nothing about the numbers' path;
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "rerun", "data_dir", "device", "threads",
-                    "patience", "min_delta", "save_every", "keep", "tensorboard", "test_every_epoch", "compile",
+                    "patience", "min_delta", "save_every", "keep", "keep_top", "tensorboard", "test_every_epoch", "compile",
                     "channels_last", "tf32", "sync_bn", "malloc_tuning",
                     "memory_budget"}  # streamed or resident: the same batches, the same numbers
 # changeable: they change the run from here on, so they need --allow-changes (resume --lr

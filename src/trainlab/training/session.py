@@ -95,7 +95,9 @@ class Session:
                                     device=self.device)
         # the callbacks with state now (a resume loads them before the run has its folder); the
         # folder's writers join in attach()
-        self.user_callbacks = [*([self.finetune] if self.finetune else []), *callbacks]
+        # (the plateau schedule is a callback: its state rides with the callbacks' in every checkpoint)
+        self.user_callbacks = [*([self.finetune] if self.finetune else []),
+                               *([parts.plateau] if parts.plateau is not None else []), *callbacks]
         self.callbacks = CallbackList([self.monitor, self.signals, *self.user_callbacks])
         self.tensorboard: TensorBoardLog | None = None
         self.run_dir: Path | None = None
@@ -143,7 +145,7 @@ class Session:
         self.checkpoints = CheckpointDir(self.run_dir / runs.CHECKPOINTS)
         writers: list[Callback] = [MetricsLog(self.run_dir, main),
                                    CheckpointWriter(self.checkpoints, self.monitor, cfg.save_every, cfg.keep, main,
-                                                    snapshot=self.state_dict)]
+                                                    snapshot=self.state_dict, keep_top=cfg.keep_top)]
         if not cfg.quiet:
             writers.append(Console(self.monitor, main))
         if cfg.tensorboard:
@@ -186,7 +188,8 @@ class Session:
                 # the test split each epoch only when asked (an extra pass, never for selection)
                 test_loader=self.loaders["test"] if self.cfg.test_every_epoch else None,
                 parts=parts, state=self.state, callbacks=self.callbacks, progress=self.progress,
-                eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self)
+                eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self,
+                val_every=self.cfg.val_every)
         except NonFiniteLoss as e:
             # still a NonFiniteLoss for callers; the loop's generic "resume from the last
             # checkpoint" gives way to the checked advice (that checkpoint may hold the NaN)
