@@ -29,7 +29,8 @@ def refused(values, message):
 def test_every_number_and_choice_field_has_a_row_in_its_table():
     hints = {**typing.get_type_hints(Config), **typing.get_type_hints(Recipe)}
     numbers = {k for k, h in hints.items() if h in (int, float, int | None)}
-    choices = {"optimizer", "schedule", "precision", "device", "mode", "memory_budget", "rerun"}
+    choices = {"optimizer", "schedule", "precision", "device", "mode", "memory_budget", "rerun",
+               "class_weights"}
     assert numbers | choices == set(RUN_LIMITS) | set(RECIPE_LIMITS)
 
 

@@ -116,6 +116,11 @@ class Config:
     body_lr_mult: float = option(1.0, "learning rate of everything but the head, as a multiple of --lr "
                                  "(default 1)")
     train_per_class: int = option(0, "train on at most N images per class (seeded, stratified; 0 = all)")
+    # imbalanced data: one of the two (training.build.class_balance)
+    class_weights: str | None = option(None, "weigh the loss by class: auto (inverse frequency in the training "
+                                       "split, mean 1) or one weight per class, comma-separated (e.g. 1,1,5)")
+    balanced_sampler: bool = option(False, "draw each epoch's training batches with replacement, every class "
+                                    "equally often (seeded: exact on resume)")
     # the resolved recipe: preset + overrides (filled by `resolve`)
     train: Recipe = field(default_factory=lambda: PRESETS[DEFAULT_RECIPE])
 
@@ -266,6 +271,9 @@ RUN_LIMITS = {
     "unfreeze_at": (lambda v, c: 0 <= v <= 10**5, "must be 0 (stay frozen) or an epoch up to 100000"),
     "body_lr_mult": (lambda v, c: 0 < v <= 100, "must be greater than 0 and at most 100"),
     "train_per_class": (lambda v, c: 0 <= v <= 10**9, "must be 0 (all) or more, up to 10**9"),
+    "class_weights": (lambda v, c: parse_class_weights(v) is not None,
+                      "use auto, or one finite weight of 0 or more per class separated by commas (e.g. 1,1,5), "
+                      "at least one above 0"),
 }
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -288,6 +296,27 @@ def format_bytes(n: float) -> str:
         if n >= size:
             return f"{n / size:,.1f} {unit}"
     return f"{int(n)} B"
+
+
+MAX_CLASS_WEIGHTS = 100_000  # a weight per class; more is a typo, not a dataset
+
+
+def parse_class_weights(text: str | None) -> str | list[float] | None:
+    """ "auto" -> "auto"; "1, 1,5" -> [1.0, 1.0, 5.0]; None for anything else (a bad value)."""
+    if text is None:
+        return None
+    if text.strip() == "auto":
+        return "auto"
+    parts = text.split(",")
+    if len(parts) > MAX_CLASS_WEIGHTS:
+        return None
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        return None
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+        return None
+    return weights
 
 
 MAX_NAME_BYTES = 200  # a run folder name; the OS limit is 255 and suffixes get added

@@ -27,6 +27,8 @@ def option(default, help: str):
 class Recipe:
     epochs: int = option(10, "epochs to train")
     batch_size: int = option(64, "samples per step: the global batch, split across the processes under --nproc")
+    accumulate: int = option(1, "micro-batches of batch_size per optimizer step (gradient accumulation: an "
+                             "effective batch of batch_size x N; schedules count optimizer steps)")
     optimizer: str = option("adam", "adam, adamw or sgd")
     lr: float = option(1e-3, "learning rate: the peak rate when a schedule is on")
     weight_decay: float = option(0.0, "weight decay (0 = off)")
@@ -72,6 +74,8 @@ RECIPE_FIELDS = {f.name: f for f in fields(Recipe)}
 RECIPE_LIMITS = {
     "epochs": (lambda v, r: 1 <= v <= 100_000, "must be at least 1 and at most 100000"),
     "batch_size": (lambda v, r: 1 <= v <= 2**20, "must be at least 1 and at most 1048576"),
+    "accumulate": (lambda v, r: 1 <= v <= 4096, "must be at least 1 (1 = no accumulation) and at most 4096 "
+                   "micro-batches per optimizer step"),
     "optimizer": (lambda v, r: v in OPTIMIZERS, f"choose one of {', '.join(OPTIMIZERS)}"),
     "lr": (lambda v, r: 0 < v <= 10, "must be greater than 0 and at most 10"),
     "weight_decay": (lambda v, r: 0 <= v <= 1, "must be in [0, 1]"),

@@ -98,6 +98,21 @@ def hardest_classes(summary: dict, n: int = 3) -> str:
                      for pc in worst) + f" vs overall {percent(overall)}"
 
 
+def class_balance_note(cfg: dict, results: dict | None) -> str:
+    """Which correction for class imbalance the run trained with (training.build.class_balance)."""
+    if cfg.get("balanced_sampler"):
+        return "Class balance: balanced sampler (each epoch drawn with every class equally often)."
+    if cfg.get("class_weights") is None:
+        return "Class balance: none (plain loss and sampling)."
+    record = (results or {}).get("class_balance")
+    weights = record.get("weights") if isinstance(record, dict) else None
+    shown = ""
+    if isinstance(weights, list) and all(isinstance(w, (int, float)) for w in weights):
+        shown = ": " + ", ".join(f"{w:.3g}" for w in weights[:20]) + (", ..." if len(weights) > 20 else "")
+    source = "auto, inverse training frequency" if cfg["class_weights"] == "auto" else "given"
+    return f"Class balance: loss weighted by class ({source}){shown}."
+
+
 def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
     summary = (evaluation or {}).get("test") or run.test or {}
     cfg = run.config
@@ -131,7 +146,8 @@ def _run_section(i: int, run: RunRecord, evaluation: dict | None) -> str:
         # the terminal's per-class table, its columns named in full
         out.append('<h3>Per class</h3><div class="side">' + _table(
             ["class", "accuracy (= recall)", "precision", "F1", "n"], per_class_rows(summary), classes)
-            + _img(figs / "per_class.png", "per-class accuracy") + "</div>")
+            + _img(figs / "per_class.png", "per-class accuracy") + "</div>"
+            + f'<p class="meta">{_esc(class_balance_note(cfg, run.results))}</p>')
     if summary.get("most_confused"):
         out.append("<h3>Most confused pairs</h3>" + _table(CONFUSED_HEADERS, confused_rows(summary)))
     out.append("<h3>Confusion matrix</h3>" + _img(figs / "confusion_matrix.png", "confusion matrix"))

@@ -18,6 +18,7 @@ from trainlab.errors import TrainlabError
 # draw from unrelated streams.
 _ORDER_SALT = 0x5EED_0001
 _AUG_SALT = 0x5EED_0002
+_BALANCE_SALT = 0x5EED_0004
 
 
 def derive_seed(*parts: int) -> int:
@@ -66,7 +67,9 @@ class DeviceLoader:
     Each epoch's order is a permutation from (seed, epoch) drawn on the CPU, so the same seed
     gives the same order on every device and resuming needs no loader state. Under DDP each
     rank takes an equal, disjoint shard of that order (`rank`, `world_size`), and
-    `batch_size` is the global batch.
+    `batch_size` is the global batch. `balanced`: each epoch is instead a draw with replacement
+    in which every class is equally likely (a class, then one of its rows), from (seed, epoch):
+    as seeded as the permutation, and sharded across ranks the same way.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
@@ -74,7 +77,7 @@ class DeviceLoader:
                  augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  resident: str = "as-is", rank: int = 0, world_size: int = 1,
                  memory_limit: int | None = None, memory_budget: int | None = None,
-                 subset: torch.Tensor | None = None):
+                 subset: torch.Tensor | None = None, balanced: bool = False):
         if subset is not None:  # the rows of `images` served: taken now, or when streaming
             subset = torch.as_tensor(subset, dtype=torch.long).cpu()
             labels = labels[subset]
@@ -117,6 +120,7 @@ class DeviceLoader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.augment = augment
         self.rank, self.world_size = rank, world_size
+        self._classes = _class_rows(self.labels.cpu()) if balanced else None
         self.epoch = 0
         self.channels_last = False  # hand out NHWC batches (for channels_last conv models)
         self._start_step, self._aug_state = 0, None
@@ -132,7 +136,9 @@ class DeviceLoader:
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
-        if self.shuffle:
+        if self._classes is not None and n:
+            order = self._balanced_draw(n)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _ORDER_SALT))
             order = torch.randperm(n, generator=g)
         else:
@@ -141,6 +147,15 @@ class DeviceLoader:
             per_rank = n // self.world_size
             order = order[self.rank: per_rank * self.world_size: self.world_size]
         return order.to(self.device)
+
+    def _balanced_draw(self, n: int) -> torch.Tensor:
+        """n rows drawn with replacement, each a uniformly chosen class's uniformly chosen row:
+        two batched draws, no per-sample Python."""
+        by_class, starts, counts = self._classes
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, _BALANCE_SALT))
+        cls = torch.randint(len(counts), (n,), generator=g)
+        within = (torch.rand(n, generator=g, dtype=torch.float64) * counts[cls]).long()  # < counts[cls]
+        return by_class[starts[cls] + within]
 
     def __len__(self) -> int:
         n = len(self.labels) // self.world_size
@@ -192,6 +207,12 @@ class DeviceLoader:
             for i in range(c0, c1):
                 a, b = (i - c0) * self.local_batch, (i - c0 + 1) * self.local_batch
                 yield order[lo + a:lo + b], block[a:b]
+
+
+def _class_rows(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(rows grouped by class, where each class's rows start, how many it has): the classes present."""
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return torch.argsort(inverse, stable=True), torch.cumsum(counts, 0) - counts, counts
 
 
 STREAM_CHUNK = 64 << 20  # bytes of images gathered and copied to the device at once when streaming

@@ -13,7 +13,7 @@ from torch import nn
 
 from trainlab import models
 from trainlab.catalog import flips_keep_labels
-from trainlab.config import Config, parse_bytes
+from trainlab.config import Config, parse_bytes, parse_class_weights
 from trainlab.data import Dataset, DeviceLoader
 from trainlab.data.augment import Augment
 from trainlab.errors import ConfigError
@@ -65,6 +65,7 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
         raise ConfigError("sync_bn needs DDP on CUDA GPUs (torchrun with NCCL); on the CPU "
                           "each rank keeps its own BatchNorm statistics")
     _say_flips(cfg)
+    _check_class_balance(cfg, data)
     if cfg.freeze and not cfg.init_from:
         log.warning("freeze = %s without init_from: the frozen parameters keep their random initial values "
                     "and never learn; give --init-from WEIGHTS, or leave out --freeze", cfg.freeze)
@@ -89,6 +90,38 @@ def _say_flips(cfg: Config) -> None:
         log.info("data: recipe %s flips images (%s)", cfg.recipe, why if keep else f"{why}, but asked for")
     elif not keep:
         log.info("data: recipe %s's horizontal flips are off (%s; --hflip --tta-flip turn them on)", cfg.recipe, why)
+
+
+def _check_class_balance(cfg: Config, data: Dataset) -> None:
+    if cfg.class_weights is not None and cfg.balanced_sampler:
+        raise ConfigError("class_weights and balanced_sampler both correct for class imbalance (together they "
+                          "correct it twice over); choose one of them")
+    weights = parse_class_weights(cfg.class_weights)
+    if isinstance(weights, list) and len(weights) != data.num_classes:
+        names = ", ".join(map(str, data.classes[:5])) + (", ..." if data.num_classes > 5 else "")
+        raise ConfigError(f"class_weights gives {len(weights)} weights but {data.name} has {data.num_classes} "
+                          f"classes; give one weight per class in class order ({names}), or auto")
+
+
+def class_balance(cfg: Config, data: Dataset) -> dict | None:
+    """What corrects for class imbalance in this run (None: nothing), as meta.json and results.json
+    record it: the method, the training split's class counts, and the loss weights used. auto is
+    the inverse class frequency, scaled to mean 1 over the classes the split holds (a class it
+    lacks gets 0: no training sample carries its label)."""
+    weights = parse_class_weights(cfg.class_weights)
+    if weights is None and not cfg.balanced_sampler:
+        return None
+    counts = torch.bincount(data.train_y[finetune.train_indices(data, cfg)], minlength=data.num_classes)
+    record = {"method": "balanced-sampler" if cfg.balanced_sampler else "class-weights",
+              "train_counts": counts.tolist()}
+    if weights == "auto":
+        c = counts.double()
+        inv = torch.where(c > 0, 1.0 / c.clamp(min=1), torch.zeros_like(c))
+        weights = (inv * int((c > 0).sum()) / inv.sum()).tolist()
+    if weights is not None:
+        record.update(class_weights=cfg.class_weights.strip() if cfg.class_weights.strip() == "auto" else "given",
+                      weights=[float(w) for w in weights])
+    return record
 
 
 def resolve_mode(cfg: Config) -> str:
@@ -124,7 +157,8 @@ def make_loaders(data: Dataset, cfg: Config, device, augment=None,
     loaders = {
         # subset=: the loader takes the rows itself (or streams them when over memory_budget)
         "train": DeviceLoader(data.train_x, data.train_y, cfg.train.batch_size, subset=train_idx,
-                              shuffle=True, seed=cfg.seed, augment=augment, rank=r, world_size=w, **common),
+                              shuffle=True, seed=cfg.seed, augment=augment, rank=r, world_size=w,
+                              balanced=cfg.balanced_sampler, **common),
         "val": DeviceLoader(data.train_x, data.train_y, EVAL_BATCH, subset=val_idx[r::w], **common),
         "test": DeviceLoader(data.test_x[r::w], data.test_y[r::w], EVAL_BATCH, **common),
     }
@@ -145,11 +179,12 @@ class RunParts:
     scaler: torch.amp.GradScaler
     ema: nn.Module | None
     loss_fn: nn.Module
+    class_balance: dict | None = None  # class weights or balanced sampling: what was used (class_balance)
     plateau: Plateau | None = None  # schedule = plateau: the callback whose factor the scheduler reads
 
 
 def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, dist: distributed.DistContext,
-                steps_per_epoch: int, *, schedule_epochs: int | None = None, given=None,
+                batches_per_epoch: int, *, schedule_epochs: int | None = None, given=None,
                 allow_import: tuple[str, ...] | None = None, weights_bound: dict | None = None
                 ) -> tuple[RunParts, finetune.Finetune | None]:
     """The run's parts, and its fine-tuning callback when a fine-tuning key is set. init_from
@@ -159,6 +194,8 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     finetuning = finetune.setup(cfg, model, data, dist, fresh=schedule_epochs is None)
     precision = resolve_precision(cfg.train.precision, device, cfg.model)
     optimizer = build_optimizer(model, cfg.train, **finetune.optimizer_layout(cfg, model))
+    # schedules count optimizer steps: with accumulation, one per group of micro-batches (the last may be short)
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.accumulate)
     schedule = {"epochs": schedule_epochs or cfg.train.epochs, "steps_per_epoch": steps_per_epoch}
     plateau = Plateau(cfg.monitor, resolve_mode(cfg), cfg.train.plateau_factor, cfg.train.plateau_patience,
                       cfg.min_delta) if cfg.train.schedule == "plateau" else None
@@ -167,9 +204,12 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     if plateau is not None:
         plateau.scheduler = scheduler
     ema = make_ema(model, cfg.train.ema) if cfg.train.ema > 0 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+    balance = class_balance(cfg, data)
+    weight = torch.tensor(balance["weights"], dtype=torch.float32, device=device) \
+        if balance and "weights" in balance else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.train.label_smoothing)
     return RunParts(model, train_model, precision, optimizer, schedule, scheduler, precision.scaler(device),
-                    ema, loss_fn, plateau=plateau), finetuning
+                    ema, loss_fn, balance, plateau=plateau), finetuning
 
 
 def build_model(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,

@@ -61,6 +61,7 @@ class StepParts:
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None  # DDP: sum across ranks
     before_eval: Callable[[], None] | None = None  # DDP: make every rank's weights identical
     partial_ok: bool = True  # whether a stop may save mid-epoch state (not under DDP)
+    accumulate: int = 1  # micro-batches per optimizer step (gradient accumulation)
 
 
 class _EpochFunction(Callback):
@@ -99,7 +100,14 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
                 callbacks: CallbackList, run, bar=None, validate: Callable[[], None] | None = None,
                 val_every: int = 0) -> dict | None:
     """Train the epoch `state.epoch` from `state.step`. Returns its record, or None when a
-    callback asked to stop mid-way (then `state.step/partial` say where)."""
+    callback asked to stop mid-way (then `state.step/partial` say where).
+
+    Gradient accumulation (`parts.accumulate` = N): the loader's batches are micro-batches, N to
+    an optimizer step, the epoch's last group possibly shorter (it still steps). `state.step`
+    counts the epoch's micro-batches (where the loader resumes), `state.global_step` optimizer
+    steps (what schedules, EMA and `on_step_end` count). Hooks run after optimizer steps only,
+    so a stop -- and a mid-epoch checkpoint -- always falls between groups, where no gradient
+    is pending: the saved state is complete without the gradients, and resume is exact."""
     model.train()
     epoch = state.epoch
     steps = len(loader)
@@ -117,31 +125,36 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
         loader.set_epoch(epoch, state.step, p.get("aug_state"))
     autocast = parts.precision.autocast(device) if parts.precision else contextlib.nullcontext()
     scaler = parts.scaler if parts.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
-    clip = parts.grad_clip
+    n_acc = max(1, parts.accumulate)
+    # DDP: no gradient all-reduce on a group's first N-1 micro-batches (the last one syncs the sum)
+    no_sync = getattr(model, "no_sync", None) if n_acc > 1 else None
     i = state.step
+    group = min(n_acc, steps - i)  # micro-batches in the current group
     for x, y in loader:
-        with autocast:
-            out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients (a no-op when disabled)
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if parts.scheduler is not None:
-            parts.scheduler.step()
-        if parts.ema is not None:
-            parts.ema.update_parameters(model)
-        losses[i] = state.last_loss = loss.detach()
+        first = i % n_acc == 0
+        last = (i + 1) % n_acc == 0 or i + 1 == steps
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+            group = min(n_acc, steps - i)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with autocast:
+                out = model(x)
+                loss = loss_fn(out, y)
+            # the group's gradient is the mean of its micro-batches' (a batch of their size: exact
+            # when they are equal); N = 1 is the plain step
+            scaler.scale(loss / group if group > 1 else loss).backward()
+        losses[i] = detached = loss.detach()
         correct += (out.detach().argmax(1) == y).sum()
         seen += len(y)
         i += 1
-        state.global_step += 1
         state.step = i
         if bar is not None:
             bar.update(1)
+        if not last:
+            continue
+        _optimizer_step(model, optimizer, scaler, parts)
+        state.last_loss = losses[i - group:i].mean() if group > 1 else detached  # the step's loss
+        state.global_step += 1
         if validate is not None and val_every and state.global_step % val_every == 0 and i < steps:
             # --val-every: a mid-epoch best.pt must hold this point, so the partial epoch is set first
             state.partial = _partial(losses, correct, seen, loader, parts)
@@ -170,6 +183,19 @@ def _partial(losses, correct, seen: int, loader, parts: StepParts) -> dict | Non
     """An unfinished epoch's accumulators (None under DDP: each rank holds only its own)."""
     return {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
             "aug_state": loader.aug_state()} if parts.partial_ok else None
+
+
+def _optimizer_step(model, optimizer, scaler, parts: StepParts) -> None:
+    """Clip the (accumulated) gradients, step, then the schedule and the EMA: once per optimizer step."""
+    if parts.grad_clip > 0:
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op when disabled)
+        nn.utils.clip_grad_norm_(model.parameters(), parts.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if parts.scheduler is not None:
+        parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update_parameters(model)
 
 
 def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=None,

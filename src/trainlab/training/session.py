@@ -85,6 +85,7 @@ class Session:
         self.model, self.train_model, self.precision = parts.model, parts.train_model, parts.precision
         self.optimizer, self.schedule, self.scheduler = parts.optimizer, parts.schedule, parts.scheduler
         self.scaler, self.ema, self.loss_fn = parts.scaler, parts.ema, parts.loss_fn
+        self.class_balance = parts.class_balance  # recorded in meta.json and results.json
         if cfg.channels_last:  # the batches in the model's memory format
             for loader in self.loaders.values():
                 loader.channels_last = True
@@ -169,7 +170,8 @@ class Session:
             "device": describe_device(self.device), "precision": self.precision.name,
             "precision_reason": self.precision.reason, "data_source": self.data.source,
             "data_fingerprint": self.data.fingerprint(), "classes": self.data.classes,
-            "model_spec": self.spec, "parameters": models.count_parameters(self.model), **(extra_meta or {})})
+            "model_spec": self.spec, "parameters": models.count_parameters(self.model),
+            **({"class_balance": self.class_balance} if self.class_balance else {}), **(extra_meta or {})})
         return run_dir
 
     def run(self) -> "TrainResult":
@@ -177,7 +179,8 @@ class Session:
                  self.run_dir, self.cfg.model, f"{models.count_parameters(self.model):,}",
                  self.cfg.recipe, self.precision.name, self.precision.reason, describe_device(self.device))
         parts = StepParts(scheduler=self.scheduler, scaler=self.scaler, precision=self.precision, ema=self.ema,
-                          grad_clip=self.cfg.train.grad_clip, seed=self.cfg.seed, rank=self.dist.rank)
+                          grad_clip=self.cfg.train.grad_clip, seed=self.cfg.seed, rank=self.dist.rank,
+                          accumulate=self.cfg.train.accumulate)
         if self.dist.enabled:
             parts.reduce = distributed.all_reduce_sum
             parts.before_eval = self._sync_for_eval
@@ -270,7 +273,8 @@ class Session:
                    "device": device,
                    "precision": self.precision.name, "stopped": self.state.stopped, "best": self.monitor.summary(),
                    "seconds_per_epoch": sum(r["train_seconds"] for r in hist) / max(1, len(hist)),
-                   "total_seconds": sum(r["seconds"] for r in hist)}
+                   "total_seconds": sum(r["seconds"] for r in hist),
+                   **({"class_balance": self.class_balance} if self.class_balance else {})}
         runs.write_json(self.run_dir / runs.RESULTS_FILE, results)
         distributed.broadcast_object(results, self.dist)
         if self.tensorboard is not None:
