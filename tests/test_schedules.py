@@ -99,3 +99,33 @@ def test_plateau_resumes_bitwise_mid_epoch_with_its_state_in_the_checkpoint(tmp_
     assert state["scale"] < 1  # the rate was reduced before the stop: the resume had to know it
     assert cut["callbacks"]["plateau"] == state
     assert full["optimizer"]["param_groups"][0]["lr"] == pytest.approx(4e-3 * state["scale"])
+
+
+def test_a_run_saved_before_these_keys_existed_resumes(tmp_path, tiny_data):
+    """An older run's config and checkpoint lack the new keys: it ran with their defaults, which is
+    no change (before, the resume was refused: 'cannot change val_every: None -> 0')."""
+    import tomllib
+
+    import tomli_w
+
+    import trainlab
+    from trainlab.store.manifest import CheckpointDir
+
+    class StopAt(trainlab.Callback):
+        def on_step_end(self, run):
+            return "test" if run.state.global_step == 20 else None
+
+    run = trainlab.train({**TINY_RUN, "runs_dir": str(tmp_path), "name": "old"}, data=tiny_data, progress=False,
+                         callbacks=[StopAt()]).run_dir
+    new = ("val_every", "keep_top", "plateau_factor", "plateau_patience", "step_milestones", "step_gamma")
+    folder = CheckpointDir(run / "checkpoints")
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ckpt["config"] = {k: v for k, v in ckpt["config"].items() if k not in new}
+    folder.save("last.pt", ckpt, epoch=ckpt["epoch"], global_step=ckpt["global_step"])
+    folder.remove("best.pt")
+    saved = tomllib.loads((run / "config.toml").read_text())
+    (run / "config.toml").write_text(tomli_w.dumps({k: v for k, v in saved.items() if k not in new}))
+    result = trainlab.resume(run, data=tiny_data, progress=False)
+    assert result.history[-1]["epoch"] == 2
+    with pytest.raises(ConfigError, match="val_every"):  # a real change of a fixed key is still refused
+        trainlab.resume(run, data=tiny_data, progress=False, overrides={"val_every": 3}, epochs=3)

@@ -7,8 +7,10 @@ is the same), changeable (changes the run from here on: needs --allow-changes) a
 from __future__ import annotations
 
 import logging
+from dataclasses import MISSING
 
-from trainlab.config import Config
+from trainlab.config import RUN_FIELDS, Config
+from trainlab.recipes import RECIPE_FIELDS
 from trainlab.errors import ConfigError
 
 log = logging.getLogger("trainlab")
@@ -30,10 +32,40 @@ RESUME_CHANGEABLE_KEYS = {"lr", "weight_decay", "momentum", "grad_clip", "label_
 # it is refused by name; start a new run (or fork with --into) instead.
 
 
+def _default(key: str):
+    f = RUN_FIELDS.get(key) or RECIPE_FIELDS.get(key)
+    if f is None:
+        return None
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def fixed_differences(saved: dict, current: dict) -> list[str]:
+    # a key the saved config lacks is one added since that run was saved: it ran with the default
     keys = (set(saved) | set(current)) - RESUME_FREE_KEYS - RESUME_CHANGEABLE_KEYS
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(keys)
-            if saved.get(k) != current.get(k)]
+            if saved.get(k) != current.get(k) and not (k not in saved and current.get(k) == _default(k))]
+
+
+def apply_overrides(s, changes: dict) -> None:
+    """Make resume overrides real: the restored optimizer and scheduler would otherwise
+    put the old values back (grad_clip, augmentation, precision come from the config)."""
+    groups = s.optimizer.param_groups
+    if "lr" in changes:
+        old, new = changes["lr"]
+        ratio = new / old  # the schedule's shape is kept; its peak moves
+        s.scheduler.base_lrs = [b * ratio for b in s.scheduler.base_lrs]
+        for g in groups:
+            g["initial_lr"] = g.get("initial_lr", g["lr"]) * ratio
+            g["lr"] = g["lr"] * ratio
+        s.scheduler._last_lr = [g["lr"] for g in groups]
+    if "weight_decay" in changes:  # group 0 decays (build_optimizer); fine-tuning's groups say which do
+        for g in [g for g in groups if g.get("decay")] or groups[:1]:
+            g["weight_decay"] = changes["weight_decay"][1]
+    if "momentum" in changes and "momentum" in groups[0]:
+        for g in groups:
+            g["momentum"] = changes["momentum"][1]
+    for key, (old, new) in changes.items():
+        log.info("resume: %s %r -> %r (in effect from the next step)", key, old, new)
 
 
 def apply_overrides(s, changes: dict) -> None:
