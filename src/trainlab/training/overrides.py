@@ -68,28 +68,6 @@ def apply_overrides(s, changes: dict) -> None:
         log.info("resume: %s %r -> %r (in effect from the next step)", key, old, new)
 
 
-def apply_overrides(s, changes: dict) -> None:
-    """Make resume overrides real: the restored optimizer and scheduler would otherwise
-    put the old values back (grad_clip, augmentation, precision come from the config)."""
-    groups = s.optimizer.param_groups
-    if "lr" in changes:
-        old, new = changes["lr"]
-        ratio = new / old  # the schedule's shape is kept; its peak moves
-        s.scheduler.base_lrs = [b * ratio for b in s.scheduler.base_lrs]
-        for g in groups:
-            g["initial_lr"] = g.get("initial_lr", g["lr"]) * ratio
-            g["lr"] = g["lr"] * ratio
-        s.scheduler._last_lr = [g["lr"] for g in groups]
-    if "weight_decay" in changes:  # group 0 decays (build_optimizer); fine-tuning's groups say which do
-        for g in [g for g in groups if g.get("decay")] or groups[:1]:
-            g["weight_decay"] = changes["weight_decay"][1]
-    if "momentum" in changes and "momentum" in groups[0]:
-        for g in groups:
-            g["momentum"] = changes["momentum"][1]
-    for key, (old, new) in changes.items():
-        log.info("resume: %s %r -> %r (in effect from the next step)", key, old, new)
-
-
 def changes_to_apply(saved: dict, cfg: Config, allow_changes: bool, what: str) -> dict:
     """{key: (old, new)} of the changeable keys; refuses fixed ones by name."""
     current = cfg.to_dict()
