@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,66 @@ def test_inspect_a_run_killed_mid_save_shows_the_old_files_epoch(tmp_path, monke
     out = describe(tmp_path)
     assert row(section(out, "run "), "last.pt")[1:3] == ["1", "10"], out
     assert row(section(out, "run "), "last.pt")[-1] == "ok"
+
+
+# ---------------------------------------------------------------- --summary: the model's layers
+
+def test_summary_of_a_run_counts_trainable_parameters_and_lists_each_layer(run_dir, capsys):
+    assert main(["inspect", str(run_dir), "--summary"]) == 0
+    out = capsys.readouterr().out
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    total = sum(t.numel() for t in state.values())
+    assert f"parameters {total:,}: {total:,} trainable, 0 frozen" in out
+    for layer in ("1", "3", "5"):  # the mlp's Linear layers (Sequential indices)
+        w, b = state[f"{layer}.weight"], state[f"{layer}.bias"]
+        cells = row(out, layer)
+        assert cells[1] == "Linear" and cells[-2:] == [f"{w.numel() + b.numel():,}", "yes"]
+        assert f"weight {'x'.join(map(str, w.shape))}, bias {b.shape[0]}" in " ".join(cells)
+
+
+def test_summary_of_a_frozen_run_says_what_is_frozen(tmp_path, tiny_data, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="trainlab"):
+        result = train_tiny(tmp_path, tiny_data, epochs=1, model="cnn", freeze="body")
+    state = load_checkpoint(result.run_dir / "model.pt")["model"]
+    head = state["12.weight"].numel() + state["12.bias"].numel()
+    total = sum(t.numel() for k, t in state.items() if not k.endswith(("running_mean", "running_var", "tracked")))
+    counts = f"{head:,} trainable, {total - head:,} frozen"
+    assert any(f"({total:,} parameters: {counts})" in r.getMessage() for r in caplog.records)  # the run line
+    assert main(["inspect", str(result.run_dir), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert f"parameters {total:,}: {counts}" in out
+    assert row(out, "12")[-1] == "yes" and row(out, "0")[-1] == "no" and row(out, "1")[1] == "BatchNorm2d"
+
+
+def test_layer_table_of_a_users_model_follows_requires_grad():
+    from trainlab.analysis.inspection import layer_table
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(4, 2))
+    model[0].weight.requires_grad_(False)
+    out = layer_table(model)
+    assert "parameters 50: 14 trainable, 36 frozen" in out
+    assert row(out, "0")[1:] == ["Conv2d", "weight", "4x1x3x3,", "bias", "4", "40", "partly"]
+    assert row(out, "2")[-1] == "yes" and "ReLU" not in out
+
+
+def test_summary_of_a_user_model_without_allow_import_reads_the_tensors(run_dir, tmp_path, capsys):
+    """A file naming module:function is never imported by --summary: the table is the tensors'."""
+    ck = load_checkpoint(run_dir / "model.pt")
+    ck["model_spec"] = {**ck["model_spec"], "name": "evil_module:make"}
+    save_checkpoint(tmp_path / "user.pt", ck)
+    assert main(["inspect", str(tmp_path / "user.pt"), "--summary"]) == 0
+    out = capsys.readouterr().out
+    assert "evil_module:make (not built:" in out and "evil_module" not in sys.modules
+    total = sum(t.numel() for t in ck["model"].values())
+    assert f"parameters {total:,}: {total:,} trainable, 0 frozen (tensors, buffers included)" in out
+    assert row(out, "5")[1:] == ["weight", "10x128,", "bias", "10", "1,290", "yes"]
+
+
+def test_summary_of_a_plain_state_dict_and_of_garbage(tmp_path, capsys):
+    torch.save(nn.Linear(2, 2).state_dict(), tmp_path / "sd.pt")
+    assert main(["inspect", str(tmp_path / "sd.pt"), "--summary"]) == 0
+    assert "parameters 6: 6 trainable" in capsys.readouterr().out
+    torch.save([1, 2], tmp_path / "list.pt")
+    assert main(["inspect", str(tmp_path / "list.pt"), "--summary"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to summarize" in err and "Traceback" not in err

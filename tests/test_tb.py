@@ -102,3 +102,25 @@ def test_missing_tensorboard_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(TrainlabError, match=r"pip install trainlab\[tensorboard\]"):
         TensorBoardLogger(tmp_path)
+
+
+def test_per_step_loss_and_the_hparams_view(tiny_data, tmp_path):
+    """log_every = 4: the train loss every 4 optimizer steps (the mean of each window: the
+    windows of an epoch average to its train loss), and the config in the HParams view."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    result = train_tiny(tmp_path, tiny_data, tensorboard=True, log_every=4, lr=0.003)
+    acc = read_events(result.run_dir)
+    steps = acc.Scalars("loss/train_step")
+    rows = result.history
+    assert [e.step for e in steps] == list(range(4, rows[-1]["global_step"] + 1, 4))
+    per_epoch = rows[0]["global_step"] // 4
+    for i, row in enumerate(rows):
+        window = [e.value for e in steps[i * per_epoch:(i + 1) * per_epoch]]
+        assert sum(window) / len(window) == pytest.approx(row["train_loss"], rel=1e-5)
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hp = start.session_start_info.hparams
+    assert hp["lr"].number_value == pytest.approx(0.003) and hp["model"].string_value == "mlp"
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in exp.metric_infos} == {"loss/val", "acc/val", "loss/train", "acc/train"}

@@ -79,6 +79,11 @@ class Config:
     val_every: int = option(0, "also validate every N optimizer steps mid-epoch (0 = once per epoch); early "
                             "stopping, plateau and best.pt can act there, and patience counts validations")
     tensorboard: bool = option(False, "also write TensorBoard events")  # pip install trainlab[tensorboard]
+    track: str | None = option(None, "mlflow (MLFLOW_TRACKING_URI, else a local store in runs_dir) or mlflow:URI: "
+                               "also log the run to MLflow (pip install trainlab[mlflow]); a failure never stops "
+                               "training")  # training.trackers
+    log_every: int = option(50, "optimizer steps between the train-loss readings sent to TensorBoard and MLflow "
+                            "(0 = per epoch only; default 50)")
     # None = off: the test split is evaluated once, at the end, on the model chosen by validation
     test_every_epoch: bool | None = option(None, "also evaluate the test split every epoch (an evaluation pass "
                                            "each; labelled 'not for selection'); off: the test split is "
@@ -271,10 +276,25 @@ RUN_LIMITS = {
     "unfreeze_at": (lambda v, c: 0 <= v <= 10**5, "must be 0 (stay frozen) or an epoch up to 100000"),
     "body_lr_mult": (lambda v, c: 0 < v <= 100, "must be greater than 0 and at most 100"),
     "train_per_class": (lambda v, c: 0 <= v <= 10**9, "must be 0 (all) or more, up to 10**9"),
+    "log_every": (lambda v, c: 0 <= v <= 10**9, "must be 0 (per epoch only) or a number of steps up to 10**9"),
+    "track": (lambda v, c: _track_ok(v),
+              "use mlflow (MLFLOW_TRACKING_URI, else a local store in runs_dir) or mlflow:URI (e.g. "
+              "mlflow:http://127.0.0.1:5000); no user name or password in it: set MLFLOW_TRACKING_USERNAME and "
+              "MLFLOW_TRACKING_PASSWORD (config.toml records the URI)"),
     "class_weights": (lambda v, c: parse_class_weights(v) is not None,
                       "use auto, or one finite weight of 0 or more per class separated by commas (e.g. 1,1,5), "
                       "at least one above 0"),
 }
+
+
+def _track_ok(track: str) -> bool:
+    """mlflow or mlflow:URI, printable, no spaces, and no user:password@ in the URI's host part."""
+    kind, colon, uri = track.partition(":")
+    if kind != "mlflow" or (colon and not uri) or len(track) > 2000 or not track.isprintable() or " " in track:
+        return False
+    return "@" not in (uri.partition("://")[2].split("/")[0] if "://" in uri else "")
+
+
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
           "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -338,7 +358,7 @@ def _path_problem(path: str) -> str | None:
 
 def _model_spec_ok(spec: str) -> bool:
     """A registered name (checked when the model is built) or module.path:function."""
-    from trainlab import models
+    from trainlab import models  # (torch: not imported for --help, which reads Config's fields)
 
     if len(spec) > 100:
         return False

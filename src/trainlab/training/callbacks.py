@@ -39,6 +39,7 @@ from trainlab.store import runs
 from trainlab.store.checkpoint import make_checkpoint, serialize
 from trainlab.store.manifest import CheckpointDir
 from trainlab.training.run import Run, stop_reason
+from trainlab.training.step_loss import StepLoss
 
 log = logging.getLogger("trainlab")
 
@@ -287,11 +288,14 @@ class CheckpointWriter(Callback):
 
 
 class TensorBoardLog(Callback):
-    """Per-epoch scalars, and the final confusion matrix as an image, in `folder` (rank 0)."""
+    """Per-epoch scalars, the train loss every `every` steps, the run's `hparams` (its config:
+    TensorBoard's hyper-parameter view), and the final confusion matrix as an image, in
+    `folder` (rank 0)."""
     order = 75
 
-    def __init__(self, folder: str | Path, is_main: bool = True):
-        self.folder, self.is_main = Path(folder), is_main
+    def __init__(self, folder: str | Path, is_main: bool = True, every: int = 0, hparams: dict | None = None):
+        self.folder, self.is_main, self.hparams = Path(folder), is_main, hparams
+        self.window = StepLoss(every)
         self.writer = None
 
     def on_fit_start(self, run):
@@ -300,6 +304,13 @@ class TensorBoardLog(Callback):
             from trainlab.training.tensorboard import TensorBoardLogger
 
             self.writer = TensorBoardLogger(self.folder)
+            if self.hparams:
+                self.writer.log_hparams(self.hparams)
+
+    def on_step_end(self, run):
+        point = self.window.add(run.state) if self.writer is not None else None
+        if point is not None:
+            self.writer.log_step(*point)
 
     def on_epoch_end(self, run, row):
         if self.writer is not None:

@@ -18,14 +18,15 @@ log = logging.getLogger("trainlab")
 # What a resume may change, in three kinds (every config key is in exactly one):
 # free: read from the config each time, they change nothing about the numbers' path;
 RESUME_FREE_KEYS = {"epochs", "quiet", "name", "runs_dir", "rerun", "data_dir", "device", "threads",
-                    "patience", "min_delta", "save_every", "keep", "keep_top", "tensorboard", "test_every_epoch", "compile",
+                    "patience", "min_delta", "save_every", "keep", "keep_top", "tensorboard", "track", "log_every", "test_every_epoch", "compile",
                     "channels_last", "tf32", "sync_bn", "malloc_tuning",
                     "memory_budget"}  # streamed or resident: the same batches, the same numbers
 # changeable: they change the run from here on, so they need --allow-changes (resume --lr
 # implies it); the optimizer's own values are restored from the checkpoint, so those are
 # re-applied after the restore, or the override would silently do nothing;
 RESUME_CHANGEABLE_KEYS = {"lr", "weight_decay", "momentum", "grad_clip", "label_smoothing",
-                          "translate", "hflip", "erase", "tta_flip", "precision"}
+                          "translate", "hflip", "erase", "rrc", "brightness", "contrast", "mixup", "cutmix",
+                          "tta_flip", "precision"}
 # fixed: everything else (model, data, seed, optimizer, schedule, batch, split, monitor, EMA,
 # and fine-tuning's init_from, init_strict, freeze, unfreeze_at, body_lr_mult, train_per_class)
 # is restored from the checkpoint or shapes its state: a change could not take effect, so
