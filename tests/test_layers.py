@@ -192,7 +192,7 @@ def function_level_imports(path: Path, text: str | None = None) -> list[tuple[in
 
 # a module that explains once, in its docstring, why it imports inside functions (the CLI's
 # handlers: the library imports torch, and every --help answers without it)
-_SAYS_ONCE = re.compile(r"imported inside (the )?(handlers|functions)|imports? .{0,40}inside (the )?(handlers|functions)")
+_SAYS_ONCE = re.compile(r"imported inside (the |its )?(handlers?|functions?)|imports? .{0,40}inside (the |its )?(handlers?|functions?)")
 
 
 def says_once(path: Path) -> bool:

@@ -127,7 +127,7 @@ def test_a_folder_streams_in_chunks(forms, cli, monkeypatch):
     seen = []
     real = folder_mod.read_images
     monkeypatch.setattr(prediction, "CHUNK_BYTES", 5 * 28 * 28)
-    monkeypatch.setattr(folder_mod, "read_images", lambda paths, *a: seen.append(len(paths)) or real(paths, *a))
+    monkeypatch.setattr(prediction, "read_image_files", lambda paths, *a: seen.append(len(paths)) or real(paths, *a))
     r = cli("predict", forms["forms"]["model.pt"], forms["folder"], "--output", "csv")
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 25
     assert max(seen) == 5 and sum(seen) == 24

@@ -22,6 +22,7 @@ from trainlab.store.checkpoint import check_compatible
 from trainlab.store.safeload import CheckpointError
 from trainlab.store.schema import check_fields, load_checkpoint
 from trainlab.store.runs import CHECKPOINTS, WEIGHTS_FILE
+from trainlab.store.exported import load_safetensors
 
 log = logging.getLogger("trainlab")
 
@@ -110,7 +111,6 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=(), mode
     """
     path = checkpoint_path(path_or_run)
     if path.suffix == ".safetensors":  # an export: weights + model.safetensors.json (export/exported.py)
-        from trainlab.store.exported import load_safetensors
 
         return load_safetensors(path, map_location, allow_import, model)
     if path.suffix == ".onnx":

@@ -19,6 +19,8 @@ from typing import NamedTuple
 from trainlab.errors import TrainlabError
 from trainlab.metrics import percent
 from trainlab.store.runs import epoch_rows
+from trainlab.store.atomic import atomic_write_bytes
+from trainlab.text import printable
 
 
 class Saved(NamedTuple):
@@ -30,7 +32,6 @@ def _label(text) -> str:
     """A class, run or file name as figure text: escaped like the terminal's (a control
     character would reach stderr in matplotlib's missing-glyph warning) and with `$` literal
     (matplotlib reads $...$ as math, and fails on a malformed one)."""
-    from trainlab.text import printable
 
     return printable(text).replace("$", r"\$")
 
@@ -57,7 +58,6 @@ def _save(fig, out: str | Path) -> Saved:
     png, svg = base.with_name(base.name + ".png"), base.with_name(base.name + ".svg")
     import io
 
-    from trainlab.store.atomic import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})

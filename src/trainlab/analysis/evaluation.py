@@ -29,6 +29,7 @@ from trainlab.inference import checkpoint_path, evaluate_checkpoint
 from trainlab.metrics import highest_loss, json_safe
 from trainlab.store import runs
 from trainlab.store.atomic import atomic_write_text
+from trainlab.analysis.prediction import open_model
 
 log = logging.getLogger("trainlab")
 
@@ -94,7 +95,6 @@ def _evaluate(path: Path, data_dir, device, data, top_k, plots_flag, allow_impor
     out_dir = path if path.is_dir() else path.parent
     if run_dir is None and path.name == runs.WEIGHTS_FILE and (path.parent / runs.METRICS_FILE).exists():
         run_dir = path.parent  # runs/x/model.pt is the run itself: give it its curves too
-    from trainlab.analysis.prediction import open_model
 
     result = evaluate_checkpoint(path, data=data, data_dir=data_dir, device=device, allow_import=allow_import,
                                  open_graph=open_model)

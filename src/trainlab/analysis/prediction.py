@@ -18,6 +18,19 @@ from pathlib import Path
 import torch
 
 from trainlab.errors import ConfigError, TrainlabError
+from trainlab.data import data_options, load_dataset
+from trainlab.data.folder import EXTENSIONS
+from trainlab.data.folder import image_files
+from trainlab.data.folder import read_images as read_image_files
+from trainlab.export.export import read_images as read_array
+from trainlab.export.onnx_export import _checked
+from trainlab.export.onnx_export import run_graph
+from trainlab.export.onnx_run import DEFAULT_TIMEOUT
+from trainlab.inference import check_data_fits
+from trainlab.inference import load_model
+from trainlab.inference import predict_images
+from trainlab.metrics import most_confused, nanmean, normalize_rows, per_class_accuracy, precision_recall_f1
+from trainlab.store.exported import as_checkpoint
 
 CHUNK_BYTES = 64 << 20  # pixels held at once (uint8): a folder of any size streams through this
 CHUNK_IMAGES = 4096
@@ -40,15 +53,12 @@ class TrainedModel:
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """N x classes float32 probabilities on the CPU."""
-        from trainlab.inference import predict_images
 
         if tuple(images.shape[1:]) != self.input_shape:
             raise TrainlabError(f"the images are {tuple(images.shape[1:])} but the model expects "
                                 f"{self.input_shape} (C,H,W)")
         if self.onnx is None:
             return predict_images(self.net, self.ckpt, images)
-        from trainlab.export.onnx_export import run_graph
-        from trainlab.export.onnx_run import DEFAULT_TIMEOUT
 
         if images.dtype != torch.uint8:
             raise TrainlabError("the ONNX model takes uint8 images (0-255); these are float")
@@ -60,13 +70,9 @@ class TrainedModel:
 def open_model(path: str | Path, device: str = "auto", allow_import=(), timeout: float | None = None
                ) -> TrainedModel:
     """A run folder, checkpoint, model.pt, model.safetensors or model.onnx, ready to predict."""
-    from trainlab.inference import load_model
 
     path = Path(path)  # a missing file: each form's own reader says so
     if path.suffix == ".onnx":
-        from trainlab.export.onnx_export import _checked
-        from trainlab.store.exported import as_checkpoint
-
         blob, meta, batch = _checked(path)
         ckpt = as_checkpoint(meta, path)
         return TrainedModel(path, "onnx", ckpt, list(ckpt["classes"]), onnx=(blob, batch), timeout=timeout)
@@ -91,8 +97,6 @@ def _chunk_size(shape) -> int:
 
 
 def _is_array(p: Path) -> bool:
-    from trainlab.data.folder import EXTENSIONS
-
     return p.is_file() and p.suffix.lower() not in EXTENSIONS
 
 
@@ -114,9 +118,6 @@ def labelled_folder(inputs: list[Path], files: list[Path], classes: list[str]) -
 
 def chunks(inputs, model: TrainedModel, limit: int | None = None) -> Iterator[Chunk]:
     """The named inputs as chunks of images, in order, at most `limit` images in all."""
-    from trainlab.export.export import read_images as read_array
-    from trainlab.data.folder import image_files
-    from trainlab.data.folder import read_images as read_image_files
 
     c, h, w = model.input_shape
     size = _chunk_size(model.input_shape)
@@ -156,9 +157,6 @@ def test_split_chunks(model: TrainedModel, limit: int | None, data_dir=None, dat
 
 
 def test_split(model: TrainedModel, data_dir=None, data=None):
-    from trainlab.data import data_options, load_dataset
-    from trainlab.inference import check_data_fits
-
     if data is None:
         dataset = model.ckpt["config"].get("dataset")
         if not dataset:
@@ -190,7 +188,6 @@ class Tally:
 
     def summary(self) -> dict:
         """metrics.summarize()'s table, from the counts."""
-        from trainlab.metrics import most_confused, nanmean, normalize_rows, per_class_accuracy, precision_recall_f1
 
         cm, n = self.cm, int(self.cm.sum())
         prf = precision_recall_f1(cm)

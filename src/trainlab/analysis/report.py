@@ -23,6 +23,8 @@ from trainlab.errors import ConfigError, TrainlabError
 from trainlab.inference import checkpoint_path
 from trainlab.metrics import percent
 from trainlab.store.atomic import atomic_write_text
+from trainlab.store import runs
+from trainlab.tune.sweep_summary import summarize
 
 log = logging.getLogger("trainlab")
 
@@ -186,7 +188,6 @@ MAX_SWEEP_RUNS = 5  # a sweep's best trials shown as runs; the rest are in its f
 
 def _expand(paths) -> tuple[list[Path], list[Path], list[Path]]:
     """Run folders, sweep folders (their best complete trials join the runs) and lr-find folders."""
-    from trainlab.store import runs
 
     run_dirs, sweeps, finders = [], [], []
     for p in map(Path, paths):
@@ -204,14 +205,10 @@ def _expand(paths) -> tuple[list[Path], list[Path], list[Path]]:
 
 
 def _sweep_trials(folder: Path) -> list[dict]:
-    from trainlab.tune.sweep_summary import summarize
-
     return summarize(folder).trials
 
 
 def _sweep_section(folder: Path) -> str:
-    from trainlab.store import runs
-
     s = runs.read_json(folder / "sweep.json")
     best = s["best"]
     rows = [[name, f"{value:.3f}"] for name, value in (s.get("importances") or {}).items()]
@@ -234,8 +231,6 @@ def _sweep_section(folder: Path) -> str:
 
 
 def _lr_find_section(folder: Path) -> str:
-    from trainlab.store import runs
-
     r = runs.read_json(folder / "lr_find.json")
     return (f'<section id="lr-find-{_esc(folder.name)}"><h2>Learning-rate range test: {_esc(r["model"])} / '
             f'recipe {_esc(r["recipe"])}</h2><p>Suggested rate {r["suggestion"]:.3g}: {_esc(r["rule"])} '

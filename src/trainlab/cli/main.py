@@ -4,6 +4,8 @@ into one sentence.
 Exit codes: 0 ok, 2 usage or config errors, 1 other failures. A user error prints one
 sentence, never a traceback (set TRAINLAB_DEBUG=1 to see one). The commands live by subject
 in train.py, files.py, reports.py, serve.py and data.py; the `--nproc` launcher in launch.py.
+The training modules are imported inside the functions that need them: they import torch, and
+`--help` and `--version` answer without it.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from trainlab.data.dataset import from_arrays
 from trainlab.data.folder.decode import _open, _pillow, _reason, decode_one
 from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
+from trainlab.config import format_bytes, parse_bytes
 
 log = logging.getLogger("trainlab")
 
@@ -223,7 +224,6 @@ def _fits(rows: int, size, channels: int, where: str, memory_budget) -> None:
     before decoding when they would not fit, not after minutes and the machine's memory."""
     import torch
 
-    from trainlab.config import format_bytes, parse_bytes
 
     need = rows * channels * size[0] * size[1]
     budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))

@@ -15,6 +15,16 @@ from pathlib import Path
 
 from trainlab.errors import ConfigError, DataError, TrainlabError
 from trainlab.serve.uploads import UploadError
+from trainlab import plots
+from trainlab.analysis.compare import load_run
+from trainlab.analysis.evaluation import PLOTS_DIR
+from trainlab.analysis.evaluation import load_evaluation
+from trainlab.analysis.tables import printable
+from trainlab.data.folder.decode import _pillow
+from trainlab.data.folder.decode import _reason, decode_one
+from trainlab.inference import load_model
+from trainlab.inference import predict_images
+from trainlab.store import runs
 
 log = logging.getLogger("trainlab")
 
@@ -49,7 +59,6 @@ def _figures(run_dir: Path) -> dict[str, bytes]:
     """The run's own figures (plots/curves.png, plots/per_class.png, as evaluate and report
     write them); curves missing are drawn by plots.curves into a temporary folder, never into
     the run's."""
-    from trainlab.analysis.evaluation import PLOTS_DIR
 
     out = {}
     for name in ("curves", "per_class"):
@@ -60,9 +69,6 @@ def _figures(run_dir: Path) -> dict[str, bytes]:
                 out[name] = raw
     if "curves" not in out:
         try:
-            from trainlab import plots
-            from trainlab.analysis.compare import load_run
-
             run = load_run(run_dir)
             if run.history:
                 with tempfile.TemporaryDirectory(prefix="trainlab-serve-") as tmp:
@@ -74,9 +80,6 @@ def _figures(run_dir: Path) -> dict[str, bytes]:
 
 
 def _test_summary(run_dir: Path) -> dict | None:
-    from trainlab.analysis.evaluation import load_evaluation
-    from trainlab.store import runs
-
     try:
         evaluation = load_evaluation(run_dir)
         if evaluation and isinstance(evaluation.get("test"), dict):
@@ -93,9 +96,6 @@ class ServedModel:
     """Load once (`path`: run folder, checkpoint or model.pt), then `classify` from any thread."""
 
     def __init__(self, path: str | Path, device: str = "cpu", allow_import=()):
-        from trainlab.data.folder.decode import _pillow
-        from trainlab.inference import load_model
-
         self.Image = _pillow()  # Pillow missing: one sentence now, not at the first upload
         self.model, self.ckpt = load_model(path, map_location=device, allow_import=allow_import)
         spec = self.ckpt["model_spec"]
@@ -112,8 +112,6 @@ class ServedModel:
 
     def decode(self, name: str, data: bytes):
         """One file as uint8 C,H,W, or an UploadError naming the file and why."""
-        from trainlab.analysis.tables import printable
-        from trainlab.data.folder.decode import _reason, decode_one
 
         c, h, w = self.card.input_shape
         if not data:
@@ -135,7 +133,6 @@ class ServedModel:
 
     def top_k(self, images, names: list[str], k: int = 5) -> list[dict]:
         """[{"file", "top": [{"class", "probability"}, ...]}] per image, most probable first."""
-        from trainlab.inference import predict_images
 
         if not 1 <= k <= len(self.card.classes):
             raise ConfigError(f"k must be 1 to {len(self.card.classes)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from trainlab.errors import TrainlabError
+from trainlab.store import runs
 
 log = logging.getLogger("trainlab")
 
@@ -49,7 +50,6 @@ def out_of_memory_error(model, batch, where: str, kept: str) -> TrainlabError:
 
 def holds_checkpoint(run_dir: Path) -> bool:
     """Whether a run folder holds anything worth keeping: a checkpoint, model.pt or results."""
-    from trainlab.store import runs
 
     ckpts = run_dir / runs.CHECKPOINTS
     return ((run_dir / runs.WEIGHTS_FILE).exists() or (run_dir / runs.RESULTS_FILE).exists()

@@ -1,7 +1,6 @@
 """`folder:DIR`: your own images, one folder per class, decoded once into a uint8 cache.
 
 Layouts (class names are the sorted folder names, recorded with the run):
-
     DIR/<class>/*.png|jpg|jpeg|bmp|gif|webp          one pool: a test split is carved from it
     DIR/train/<class>/...  [DIR/val/<class>/...]  [DIR/test/<class>/...]
 
@@ -64,6 +63,8 @@ from trainlab.data.folder.scanner import EXTENSIONS, MAX_FILES, SPLITS, Scan, sc
 from trainlab.data.idx import payload_sha256
 from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
+from trainlab.config import format_bytes, parse_bytes
+from trainlab.text import printable
 
 log = logging.getLogger("trainlab.data")
 
@@ -159,7 +160,6 @@ def _from_scan(root: Path, name: str, scanned, image_size, skip_bad, seed, memor
                         len(missing), "es" if len(missing) > 1 else "", ", ".join(missing[:5]))
     fit_rows = train_idx[~is_val]  # statistics of what the model trains on
     mean, std = mean_std_from_sums(meta["sums"][fit_rows], meta["height"] * meta["width"])
-    from trainlab.config import format_bytes, parse_bytes
 
     budget = parse_bytes(memory_budget) if memory_budget is not None else default_memory_budget(torch.device("cpu"))
     if budget is not None and images.nbytes > budget:  # larger than memory: splits stay mapped
@@ -206,7 +206,6 @@ def _every_class_in_both(root: Path, classes: list[str], labels: np.ndarray, tra
                          test_idx: np.ndarray, carved: bool) -> None:
     """A class with no training image cannot be learnt, and one with no test image has no
     accuracy: `compare` and `report` refuse such a run, so it is refused here, before training."""
-    from trainlab.text import printable
 
     n = len(classes)
     for idx, split in ((train_idx, "training"), (test_idx, "test")):

@@ -24,6 +24,7 @@ import numpy as np
 
 from trainlab.data.folder.scanner import Scan
 from trainlab.errors import DataError
+from trainlab.config import format_bytes
 
 MAX_SIDE = 16384  # the chosen size (the most common one) is at most this many pixels a side
 SMALL = 256  # files decoded in this process, without a pool
@@ -328,8 +329,6 @@ def decode_folder(s: Scan, image_size: int | None = None, workers: int | None = 
     dest.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest).free
     if need > free:
-        from trainlab.config import format_bytes
-
         raise DataError(f"folder:{s.root}: decoding needs {format_bytes(need)} in the cache "
                         f"{dest.parent} but only {format_bytes(free)} is free; free some space, "
                         "set XDG_CACHE_HOME to a larger disk, or choose a smaller --image-size")

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from trainlab.errors import DataError
+from trainlab.text import printable
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLITS = ("train", "val", "test")
@@ -38,8 +39,6 @@ class Scan:
 
 
 def _shown(name: str) -> str:
-    from trainlab.text import printable
-
     return printable(name)
 
 
