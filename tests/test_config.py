@@ -85,7 +85,7 @@ def test_bad_toml_and_missing_file(tmp_path):
     ({"lr": -0.1}, "lr = -0.1 is invalid: must be greater than 0"),
     ({"batch_size": 0}, "batch_size = 0 is invalid: must be at least 1"),
     ({"optimizer": "rmsprop"}, "optimizer = 'rmsprop' is invalid: choose one of adam, adamw, sgd"),
-    ({"schedule": "step"}, "schedule = 'step' is invalid: choose one of none, onecycle, cosine"),
+    ({"schedule": "linear"}, "schedule = 'linear' is invalid: choose one of none, onecycle, cosine, plateau, step"),
     ({"label_smoothing": 1}, "label_smoothing = 1.0 is invalid: must be in [0, 1)"),
     ({"warmup_epochs": 3, "epochs": 3}, "warmup_epochs = 3.0 is invalid: must be in [0, epochs)"),
     ({"device": "gpu"}, "device = 'gpu' is invalid: use auto, cpu, cuda, cuda:N or mps"),

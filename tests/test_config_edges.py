@@ -9,7 +9,8 @@ from dataclasses import fields
 import pytest
 
 from trainlab import models
-from trainlab.config import RUN_LIMITS, Config, dumps_toml, load_toml, resolve
+from trainlab.config import Config, dumps_toml, load_toml, resolve
+from trainlab.config_checks import RUN_LIMITS
 from trainlab.errors import ConfigError
 from trainlab.recipes import RECIPE_LIMITS, Recipe
 
@@ -30,7 +31,7 @@ def test_every_number_and_choice_field_has_a_row_in_its_table():
     hints = {**typing.get_type_hints(Config), **typing.get_type_hints(Recipe)}
     numbers = {k for k, h in hints.items() if h in (int, float, int | None)}
     choices = {"optimizer", "schedule", "precision", "device", "mode", "memory_budget", "rerun",
-               "class_weights"}
+               "class_weights", "track"}
     lists = {k for k, h in hints.items() if h is list}  # e.g. step_milestones: checked item by item
     assert numbers | choices | lists == set(RUN_LIMITS) | set(RECIPE_LIMITS)
 

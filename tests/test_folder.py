@@ -672,7 +672,8 @@ def test_decoding_on_a_full_or_read_only_cache_ends_in_one_sentence_and_leaves_n
 
 
 def test_memory_budget_takes_bytes_or_units_and_refuses_junk_in_one_sentence():
-    from trainlab.config import parse_bytes, resolve
+    from trainlab.config import resolve
+    from trainlab.text import parse_bytes
 
     assert [parse_bytes(v) for v in ("2GiB", "512MiB", "1.5GB", "1000", " 4 kb ")] == \
         [2 * 2**30, 512 * 2**20, 1_500_000_000, 1000, 4000]

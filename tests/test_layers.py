@@ -15,6 +15,7 @@ LAYERS = {
     "trainlab.recipes": 2, "trainlab.metrics": 2, "trainlab.devices": 2,
     "trainlab.catalog": 2,  # the known data sets and what names one: constants, no I/O
     "trainlab.models": 3,
+    "trainlab.config_checks": 3.5,  # the values checked (it builds no Config)
     "trainlab.config": 4,
     "trainlab.store": 5,
     "trainlab.data": 6, "trainlab.plots": 6,

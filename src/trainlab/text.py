@@ -1,8 +1,9 @@
-"""Text that reaches a terminal: the lowest layer, so every other one may use it."""
+"""Text that reaches a terminal, and sizes in words: the lowest layer, so every other one may use it."""
 
 from __future__ import annotations
 
 import logging
+import re
 
 
 def printable(text) -> str:
@@ -43,3 +44,28 @@ def protect_log(logger: logging.Logger | None = None) -> None:
     logger = logger or logging.getLogger("trainlab")
     if not any(isinstance(f, PrintableArgs) for f in logger.filters):
         logger.addFilter(PrintableArgs())
+
+
+# ---------------------------------------------------------------- sizes
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_bytes(text: str | None) -> int | None:
+    """"2GiB", "500MB", "1.5GB", "1000000" as bytes; None for None or anything else."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([A-Za-z]{0,3})\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        return None
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    return value if value < 2**62 else None
+
+
+def format_bytes(n: float) -> str:
+    """Bytes for a sentence: "512 B", "12.3 KiB", "4.0 MiB", "1.2 GiB" (small sizes stay visible)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{int(n)} B"

@@ -27,7 +27,7 @@ from trainlab.data.dataset import from_arrays
 from trainlab.data.folder.decode import _open, _pillow, _reason, decode_one
 from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
-from trainlab.config import format_bytes, parse_bytes
+from trainlab.text import format_bytes, parse_bytes
 
 log = logging.getLogger("trainlab")
 

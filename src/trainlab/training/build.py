@@ -13,7 +13,9 @@ from torch import nn
 
 from trainlab import models
 from trainlab.catalog import flips_keep_labels
-from trainlab.config import Config, parse_bytes, parse_class_weights
+from trainlab.config import Config
+from trainlab.config_checks import parse_class_weights
+from trainlab.text import parse_bytes
 from trainlab.data import Dataset, DeviceLoader
 from trainlab.data.augment import Augment
 from trainlab.errors import ConfigError

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from trainlab.config import parse_init_map  # noqa: F401  (parsed where the config is checked)
+from trainlab.config_checks import parse_init_map  # noqa: F401  (parsed where the config is checked)
 
 MAX_DEPTH = 3  # prefixes of up to three dotted segments ("model.model.encoder.")
 MAX_CANDIDATES = 200

@@ -63,7 +63,7 @@ from trainlab.data.folder.scanner import EXTENSIONS, MAX_FILES, SPLITS, Scan, sc
 from trainlab.data.idx import payload_sha256
 from trainlab.data.loader import default_memory_budget, derive_seed, stratified_split
 from trainlab.errors import ConfigError, DataError
-from trainlab.config import format_bytes, parse_bytes
+from trainlab.text import format_bytes, parse_bytes
 from trainlab.text import printable
 
 log = logging.getLogger("trainlab.data")

@@ -24,7 +24,7 @@ import numpy as np
 
 from trainlab.data.folder.scanner import Scan
 from trainlab.errors import DataError
-from trainlab.config import format_bytes
+from trainlab.text import format_bytes
 
 MAX_SIDE = 16384  # the chosen size (the most common one) is at most this many pixels a side
 SMALL = 256  # files decoded in this process, without a pool
