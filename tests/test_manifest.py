@@ -16,7 +16,7 @@ from trainlab.errors import StoreError, TrainlabError
 from trainlab.store.checkpoint import make_checkpoint, sha256_file
 from trainlab.store.manifest import CheckpointDir
 from trainlab.store.safeload import CheckpointError, safe_load
-from trainlab.store.schema import check_fields, load_checkpoint
+from trainlab.store.schema import check_checkpoint, load_checkpoint
 
 SPEC = {"name": "mlp", "kwargs": {"hidden": [4]}, "input_shape": [1, 2, 2], "num_classes": 2}
 
@@ -251,13 +251,13 @@ def test_forged_fields_end_in_one_sentence(what):
     c["classes"] = ["a", "b"]
     FORGED[what](c)
     with pytest.raises(TrainlabError) as e:
-        check_fields(c, "x.pt", training=True)
+        check_checkpoint(c, "x.pt", training=True)
     assert "\n" not in str(e.value) and "x.pt" in str(e.value)
 
 
 def test_a_complete_checkpoint_passes_the_schema_check():
     c = training_ckpt()
-    assert check_fields(c, "x.pt", training=True) is c
+    assert check_checkpoint(c, "x.pt", training=True) is c
 
 
 # ---------------------------------------------------------------- property-based (hypothesis)
@@ -338,7 +338,7 @@ def test_prop_mutated_checkpoints_load_or_raise_one_sentence(tmp_path_factory, v
         assert "\n" not in str(e)
         return
     try:  # it loaded: the schema check accepts it or says why in one sentence
-        check_fields(obj, path, training=True)
+        check_checkpoint(obj, path, training=True)
     except TrainlabError as e:
         assert "\n" not in str(e)
 

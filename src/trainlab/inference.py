@@ -20,7 +20,7 @@ from trainlab.metrics import summarize
 from trainlab.models import build_from_spec
 from trainlab.store.checkpoint import check_compatible
 from trainlab.store.safeload import CheckpointError
-from trainlab.store.schema import check_fields, load_checkpoint
+from trainlab.store.schema import check_checkpoint, load_checkpoint
 from trainlab.store.runs import CHECKPOINTS, WEIGHTS_FILE
 from trainlab.store.exported import load_safetensors
 
@@ -118,7 +118,7 @@ def load_model(path_or_run: str | Path, map_location=None, allow_import=(), mode
                             "`trainlab predict` or trainlab.analysis.prediction.open_model, or load the "
                             "model.safetensors export")
     device = pick_device("auto") if map_location is None else pick_device(str(map_location))
-    ckpt = check_fields(load_checkpoint(path, map_location=device), path)
+    ckpt = check_checkpoint(load_checkpoint(path, map_location=device), path)
     weights = kept_weights(ckpt)
     model = build_from_spec(ckpt["model_spec"], tuple(allow_import or ()), str(path), weights=weights, model=model)
     check_compatible(model, weights, str(path))  # by name and shape, in one sentence

@@ -15,7 +15,7 @@ from trainlab.models import build_from_spec
 from trainlab.store import runs
 from trainlab.store.manifest import MANIFEST, CheckpointDir
 from trainlab.store.safeload import safe_load
-from trainlab.store.schema import FORMAT, check_fields
+from trainlab.store.schema import FORMAT, check_checkpoint
 from trainlab.analysis.inspect_export import describe_export
 
 
@@ -42,7 +42,7 @@ def describe_file(path: str | Path) -> str:
     out = [f"file      {path} ({path.stat().st_size / 2**20:.2f} MiB)", f"hash      {verification(path)}"]
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         try:
-            check_fields(obj, path)
+            check_checkpoint(obj, path)
             out += _describe_checkpoint(obj)
         except (TrainlabError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             # a damaged or forged file is still worth seeing: say why, then show what is there
@@ -284,7 +284,7 @@ def _summary(path: str | Path, allow_import: tuple[str, ...] = ()) -> str:
         file = path
     obj = safe_load(file, map_location="cpu")
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        check_fields(obj, file)
+        check_checkpoint(obj, file)
         state, ft = obj["model"], (obj.get("callbacks") or {}).get("finetune") or ft
         try:
             model = build_from_spec(obj["model_spec"], tuple(allow_import), str(file), weights=state)

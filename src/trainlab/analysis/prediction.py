@@ -22,7 +22,7 @@ from trainlab.data import data_options, load_dataset
 from trainlab.data.folder import EXTENSIONS
 from trainlab.data.folder import image_files
 from trainlab.data.folder import read_images as read_image_files
-from trainlab.export.export import read_images as read_array
+from trainlab.export.export import read_array_file as read_array
 from trainlab.export.onnx_export import _checked
 from trainlab.export.onnx_export import run_graph
 from trainlab.export.onnx_run import DEFAULT_TIMEOUT

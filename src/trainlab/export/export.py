@@ -63,7 +63,7 @@ def _write_export(model, ckpt: dict, src: Path, out: Path, save) -> tuple[Path, 
     return weights, meta
 
 
-def read_images(path: str | Path) -> torch.Tensor:
+def read_array_file(path: str | Path) -> torch.Tensor:
     """Images from an IDX (.gz or raw) or .npy file as N,C,H,W (uint8 or float32)."""
     path = Path(path)
     if path.suffix == ".npy":

@@ -3,7 +3,7 @@ safetensors form is read back into a model by trainlab.store.exported, below inf
 
 Each export writes its artifact and, beside it, the artifact's name + ".json"
 (model.safetensors.json, model.onnx.json; the ONNX graph also carries the same table inside).
-Schema 1 (every field trainlab reads is checked as a checkpoint's are: check_fields):
+Schema 1 (every field trainlab reads is checked as a checkpoint's are: check_checkpoint):
 
     schema          1
     format          "safetensors" or "onnx"

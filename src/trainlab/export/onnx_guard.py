@@ -18,7 +18,7 @@ from pathlib import Path
 
 from trainlab.errors import TrainlabError
 from trainlab.export.onnx_run import BATCH
-from trainlab.store.schema import check_fields
+from trainlab.store.schema import check_checkpoint
 
 # what onnx_export.to_onnx emits for every registered model (with and without flip TTA, 1 and 3 channels)
 TRAINLAB_OPS = frozenset({"Add", "BatchNormalization", "Cast", "Constant", "Conv", "Div", "Flatten", "Gemm",
@@ -271,7 +271,7 @@ def _string(v, limit=100_000) -> bool:
 
 
 def check_meta(proto, path) -> dict:
-    """trainlab's metadata entry, every field checked as a model.pt's are (check_fields)."""
+    """trainlab's metadata entry, every field checked as a model.pt's are (check_checkpoint)."""
     entries = [p.value for p in proto.metadata_props if p.key == "trainlab"]
     meta = None
     if len(entries) == 1 and len(entries[0]) <= MAX_META_CHARS:
@@ -299,7 +299,7 @@ def check_meta(proto, path) -> dict:
     if "classes" not in meta:
         bad("has no class names")
     fields["classes"] = meta["classes"]
-    check_fields(fields, path)
+    check_checkpoint(fields, path)
     spec = meta["model_spec"]
     for kind, name, dtype, shape in (("input", INPUT, "uint8", ["N", *spec["input_shape"]]),
                                      ("output", OUTPUT, "float32", ["N", spec["num_classes"]])):

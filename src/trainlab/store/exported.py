@@ -14,7 +14,7 @@ from trainlab.errors import TrainlabError
 from trainlab.models import build_from_spec
 from trainlab.store.checkpoint import check_compatible
 from trainlab.store.safeload import CheckpointError
-from trainlab.store.schema import check_fields
+from trainlab.store.schema import check_checkpoint
 
 SCHEMA = 1
 LEGACY_META = "model.json"
@@ -48,7 +48,7 @@ def as_checkpoint(meta: dict, path) -> dict:
               **{k: v for k, v in options.items() if k != "image_size"}}
     ckpt = {"model_spec": spec, "model": {}, "mean": pre.get("mean"), "std": pre.get("std"), "config": config,
             "classes": classes, "fingerprint": data.get("fingerprint")}
-    return check_fields(ckpt, path)
+    return check_checkpoint(ckpt, path)
 
 
 def read_json_meta(path: Path) -> dict:

@@ -26,7 +26,7 @@ from trainlab.store.atomic import (
     write_temp,
 )
 from trainlab.store.checkpoint import check_free_space, serialize, sha256_bytes, sha256_file
-from trainlab.store.schema import _is_int, check_fields, load_checkpoint
+from trainlab.store.schema import _is_int, check_checkpoint, load_checkpoint
 
 log = logging.getLogger("trainlab")
 
@@ -220,7 +220,7 @@ class CheckpointDir:
         for name in names:
             path = self.folder / name
             try:
-                ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
+                ckpt = check_checkpoint(load_checkpoint(path, map_location="cpu"), path, training=True)
             except TrainlabError as e:
                 log.warning("checkpoint %s: not recovered (%s)", path, e)
                 continue

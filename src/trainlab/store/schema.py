@@ -70,7 +70,7 @@ _TRAINING_FIELDS = {
 }
 
 
-def check_fields(ckpt: dict, path, training: bool = False) -> dict:
+def check_checkpoint(ckpt: dict, path, training: bool = False) -> dict:
     """The one schema check at load: every field the caller will use is present and of the
     right kind, so a hostile or damaged file ends in one sentence, not a KeyError later."""
     check_spec(ckpt.get("model_spec"), str(path))

@@ -12,7 +12,7 @@ from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
 from trainlab.store.atomic import remove_stale_temps
 from trainlab.store.manifest import CheckpointDir, valid_name
-from trainlab.store.schema import check_fields, load_checkpoint
+from trainlab.store.schema import check_checkpoint, load_checkpoint
 from trainlab.training.overrides import fixed_differences
 
 log = logging.getLogger("trainlab")
@@ -61,7 +61,7 @@ def choose_checkpoint(run_dir, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, 
 
 
 def usable_checkpoint(path: Path, run_dir: Path, folder_cfg: dict) -> dict:
-    ckpt = check_fields(load_checkpoint(path, map_location="cpu"), path, training=True)
+    ckpt = check_checkpoint(load_checkpoint(path, map_location="cpu"), path, training=True)
     try:
         resolve(ckpt["config"])
     except ConfigError as e:

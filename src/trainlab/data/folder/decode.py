@@ -148,7 +148,7 @@ def prepare(img, channels: int, width: int, height: int):
     return out
 
 
-def fit(img, width: int, height: int):
+def fit_to(img, width: int, height: int):
     """The size policy: scale to cover width x height (shorter side first), centre-crop."""
     Image = _pillow()
     w, h = img.size
@@ -170,7 +170,7 @@ def decode_one(Image, path: str, channels: int, width: int, height: int) -> np.n
         img = prepare(src, channels, width, height)
         if img is not src:
             src.close()  # the full raster goes before the resize
-        a = np.asarray(fit(img, width, height), dtype=np.uint8)
+        a = np.asarray(fit_to(img, width, height), dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
