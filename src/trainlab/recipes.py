@@ -36,7 +36,6 @@ class Recipe:
     nesterov: bool = option(False, "sgd only: Nesterov momentum")
     schedule: str = option("none", "the learning-rate schedule: none, onecycle, cosine, plateau (reduce on the "
                            "monitored metric's plateau) or step (at step_milestones)")
-
     warmup_epochs: float = option(0.0, "cosine only: epochs of warm-up (onecycle warms up over its first 25% "
                                   "of steps)")
     plateau_factor: float = option(0.1, "plateau only: multiply the rate by this when the monitored metric stalls")
@@ -52,6 +51,17 @@ class Recipe:
     hflip: bool = option(False, "augmentation: random horizontal flips (a preset's are left out for data "
                          "whose labels a mirror may change)")
     erase: float = option(0.0, "augmentation: probability of random erasing per image")
+    rrc: float = option(0.0, "augmentation: random-resized-crop: each image cropped to a random area fraction "
+                        "in [RRC, 1] (aspect 3/4..4/3) and resized back (0 = off)")
+    brightness: float = option(0.0, "augmentation: scale each image's intensity by a random factor in "
+                               "[1-B, 1+B] (0 = off)")
+    contrast: float = option(0.0, "augmentation: stretch each image's contrast about its mean by a random factor "
+                             "in [1-C, 1+C] (0 = off)")
+    mixup: float = option(0.0, "batch augmentation: mixup, blending image pairs and their labels by "
+                          "lam ~ Beta(ALPHA, ALPHA) (0 = off); label_smoothing then smooths the mixed targets")
+    cutmix: float = option(0.0, "batch augmentation: cutmix, pasting a box of another image and mixing the labels "
+                           "by the pixels kept, box from Beta(ALPHA, ALPHA) (0 = off; with mixup on too, each "
+                           "image takes one of the two)")
     ema: float = option(0.0, "decay of an exponential moving average of the weights, which is evaluated "
                         "(0 = off)")
     tta_flip: bool = option(False, "average predictions over the image and its mirror at test time")
@@ -93,6 +103,13 @@ RECIPE_LIMITS = {
     # are 28-32 pixels, so more than 16 would shift most of an image out of view
     "translate": (lambda v, r: 0 <= v <= 16, "must be 0 (off) or a number of pixels up to 16"),
     "erase": (lambda v, r: 0 <= v <= 1, "must be a probability in [0, 1]"),
+    # an area fraction below 0.05 leaves a few pixels of a 28-pixel image to blow up
+    "rrc": (lambda v, r: v == 0 or 0.05 <= v <= 1, "must be 0 (off) or the smallest area fraction in [0.05, 1]"),
+    "brightness": (lambda v, r: 0 <= v <= 1, "must be in [0, 1] (0 = off)"),
+    "contrast": (lambda v, r: 0 <= v <= 1, "must be in [0, 1] (0 = off)"),
+    # Beta(alpha, alpha): 0.1-1 is the usual range; past 10 every lam is close to 0.5
+    "mixup": (lambda v, r: 0 <= v <= 10, "must be 0 (off) or a Beta alpha in (0, 10]"),
+    "cutmix": (lambda v, r: 0 <= v <= 10, "must be 0 (off) or a Beta alpha in (0, 10]"),
     "ema": (lambda v, r: 0 <= v < 1, "must be 0 (off) or a decay in (0, 1)"),
     "precision": (lambda v, r: v in PRECISIONS, f"choose one of {', '.join(PRECISIONS)}"),
 }

@@ -2,10 +2,14 @@
 
 No per-sample Python: random choices are drawn as tensors from one generator (seeded per
 epoch by the DeviceLoader, so an epoch replays exactly on resume). Images arrive
-normalized, so "black" padding is each image's own minimum, not 0.
+normalized, so "black" padding is each image's own minimum, not 0. These ops touch the
+images alone; the ones that mix labels too (mixup, cutmix) are batch transforms
+(trainlab.data.batch_transforms), applied by the training step.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -51,17 +55,74 @@ def random_erase(x: torch.Tensor, p: float, g: torch.Generator, max_frac: float 
     return x.masked_fill(mask, 0.0)
 
 
-class Augment:
-    """The recipe's augmentation as one callable(batch, generator) for the DeviceLoader."""
+def random_resized_crop(x: torch.Tensor, scale_min: float, g: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Crop each image to a random box of area fraction U(scale_min, 1) and aspect ratio
+    log-uniform in `ratio`, inside the image, and resize it back (bilinear): one affine grid
+    and one grid_sample for the whole batch."""
+    if scale_min <= 0:
+        return x
+    n, c, h, w = x.shape
+    dev = x.device
+    area = scale_min + (1 - scale_min) * torch.rand(n, device=dev, generator=g)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * torch.rand(n, device=dev, generator=g))
+    # width and height as fractions of the image's; a side that would leave the frame is cut to
+    # it and the other side widened so the area stays what was drawn
+    sw = torch.sqrt(area * aspect).clamp(max=1.0)
+    sh = (area / sw).clamp(max=1.0)
+    sw = area / sh
+    tx = (2 * torch.rand(n, device=dev, generator=g) - 1) * (1 - sw)  # the box's centre, box inside
+    ty = (2 * torch.rand(n, device=dev, generator=g) - 1) * (1 - sh)
+    zero = torch.zeros_like(sw)
+    theta = torch.stack([torch.stack([sw, zero, tx], 1), torch.stack([zero, sh, ty], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta.to(x.dtype), [n, c, h, w], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def __init__(self, translate: int = 0, hflip: bool = False, erase: float = 0.0):
+
+def color_jitter(x: torch.Tensor, brightness: float, contrast: float, g: torch.Generator,
+                 black: torch.Tensor | None = None, white: torch.Tensor | None = None) -> torch.Tensor:
+    """Per image, scale the intensity by U(1-brightness, 1+brightness) (towards black: the
+    normalized value of a 0 pixel) and then stretch its contrast by U(1-contrast, 1+contrast)
+    about its own mean per channel; values are clamped to [black, white]. black / white: one
+    value per channel (normalized 0 and 255); None: each image's own minimum / maximum."""
+    if brightness <= 0 and contrast <= 0:
+        return x
+    n = x.shape[0]
+    dev = x.device
+    black = x.amin(dim=(1, 2, 3), keepdim=True) if black is None else black.to(dev, x.dtype)
+    white = x.amax(dim=(1, 2, 3), keepdim=True) if white is None else white.to(dev, x.dtype)
+    if brightness > 0:
+        f = 1 + brightness * (2 * torch.rand(n, 1, 1, 1, device=dev, generator=g) - 1)
+        x = black + f * (x - black)
+    if contrast > 0:
+        f = 1 + contrast * (2 * torch.rand(n, 1, 1, 1, device=dev, generator=g) - 1)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        x = mean + f * (x - mean)
+    return torch.maximum(torch.minimum(x, white), black)
+
+
+class Augment:
+    """The recipe's augmentation as one callable(batch, generator) for the DeviceLoader. The
+    order: crop, shift, flip, jitter, erase (an erased patch stays the data mean). An op that
+    is off draws nothing, so turning a new op on leaves the others' draws as they were."""
+
+    def __init__(self, translate: int = 0, hflip: bool = False, erase: float = 0.0, rrc: float = 0.0,
+                 brightness: float = 0.0, contrast: float = 0.0,
+                 black: torch.Tensor | None = None, white: torch.Tensor | None = None):
         self.translate, self.hflip, self.erase = translate, hflip, erase
+        self.rrc, self.brightness, self.contrast = rrc, brightness, contrast
+        self.black, self.white = black, white
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if self.rrc:
+            x = random_resized_crop(x, self.rrc, g)
         if self.translate:
             x = random_translate(x, self.translate, g)
         if self.hflip:
             x = random_hflip(x, g)
+        if self.brightness or self.contrast:
+            x = color_jitter(x, self.brightness, self.contrast, g, self.black, self.white)
         if self.erase:
             x = random_erase(x, self.erase, g)
         return x

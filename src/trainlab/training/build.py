@@ -18,6 +18,7 @@ from trainlab.config_checks import parse_class_weights
 from trainlab.text import parse_bytes
 from trainlab.data import Dataset, DeviceLoader
 from trainlab.data.augment import Augment
+from trainlab.data.batch_transforms import MixCut
 from trainlab.errors import ConfigError
 from trainlab.inference import EVAL_BATCH
 from trainlab.recipes import PRESETS
@@ -137,11 +138,25 @@ def model_spec(cfg: Config, data: Dataset) -> dict:
             "input_shape": list(data.input_shape), "num_classes": data.num_classes}
 
 
-def build_augment(cfg: Config):
+def build_augment(cfg: Config, data: Dataset):
+    """The loader's augmentation (images only); None when the recipe asks for none."""
     t = cfg.train
-    if not (t.translate or t.hflip or t.erase):
+    if not (t.translate or t.hflip or t.erase or t.rrc or t.brightness or t.contrast):
         return None
-    return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase)
+    c = len(data.mean)
+    mean = torch.as_tensor(data.mean, dtype=torch.float32).reshape(1, c, 1, 1)
+    std = torch.as_tensor(data.std, dtype=torch.float32).reshape(1, c, 1, 1)
+    # jitter clamps to the pixel range: normalized 0 and 255 of each channel
+    return Augment(translate=t.translate, hflip=t.hflip, erase=t.erase, rrc=t.rrc, brightness=t.brightness,
+                   contrast=t.contrast, black=-mean / std, white=(1 - mean) / std)
+
+
+def build_batch_transforms(cfg: Config, data: Dataset) -> list:
+    """The recipe's batch transforms (on images and labels: mixup, cutmix), run before the user's."""
+    t = cfg.train
+    if not (t.mixup or t.cutmix):
+        return []
+    return [MixCut(data.num_classes, mixup=t.mixup, cutmix=t.cutmix)]
 
 
 def make_loaders(data: Dataset, cfg: Config, device, augment=None,

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from trainlab.data.batch_transforms import apply_transforms, batch_seed, check_soft_targets, check_transforms, hard_labels
 from trainlab.data.loader import derive_seed
 from trainlab.data.torch_loader import as_loader
 from trainlab.devices import check_same_device
@@ -84,6 +85,13 @@ def _hook(state: FitState, call: Callable[[], str | None]) -> None:
         state.stopped = reason
 
 
+def _checking_targets(loss_fn):
+    def loss(out, y):
+        check_soft_targets(y, out)
+        return loss_fn(out, y)
+    return loss
+
+
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
@@ -97,7 +105,7 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
 
 
 def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: StepParts,
-                callbacks: CallbackList, run, bar=None, validate: Callable[[], None] | None = None,
+                callbacks: CallbackList, run, bar=None, transforms=(), validate: Callable[[], None] | None = None,
                 val_every: int = 0) -> dict | None:
     """Train the epoch `state.epoch` from `state.step`. Returns its record, or None when a
     callback asked to stop mid-way (then `state.step/partial` say where).
@@ -129,8 +137,12 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
     # DDP: no gradient all-reduce on a group's first N-1 micro-batches (the last one syncs the sum)
     no_sync = getattr(model, "no_sync", None) if n_acc > 1 else None
     i = state.step
+    # batch transforms draw from a generator seeded per batch: the same draws after a resume
+    tgen = torch.Generator(device=device) if transforms else None
     group = min(n_acc, steps - i)  # micro-batches in the current group
     for x, y in loader:
+        if transforms:
+            x, y = apply_transforms(transforms, x, y, tgen.manual_seed(batch_seed(parts.seed, epoch, i, parts.rank)))
         first = i % n_acc == 0
         last = (i + 1) % n_acc == 0 or i + 1 == steps
         if first:
@@ -144,7 +156,7 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
             # when they are equal); N = 1 is the plain step
             scaler.scale(loss / group if group > 1 else loss).backward()
         losses[i] = detached = loss.detach()
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += (out.detach().argmax(1) == hard_labels(y)).sum()  # soft: the target's argmax
         seen += len(y)
         i += 1
         state.step = i
@@ -203,7 +215,7 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
         state: FitState | None = None, callbacks: list[Callback] | CallbackList | None = None,
         progress: bool | None = None, eval_model: nn.Module | None = None,
         tta_flip: bool = False, run=None, on_epoch_end: Callable[[FitState], bool | None] | None = None,
-        val_every: int = 0) -> FitState:
+        transforms=(), val_every: int = 0) -> FitState:
     """Train until `epochs` epochs are complete, continuing `state` when resuming.
 
     Each epoch is evaluated on `val_loader` (for selection), appended to `state.history`, then
@@ -214,11 +226,14 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
     `eval_model` (e.g. the EMA weights) is what gets evaluated. Callbacks are called with
     `run` (a training.run.Run; default: a FitContext of model, optimizer and state); a hook
     stops the run by returning a reason. `on_epoch_end(state)`, a plain function, is the
-    one-hook shorthand of a callback.
+    one-hook shorthand of a callback. `transforms`: callables t(x, y, generator) -> (x, y) applied in
+    order to each training batch on its device (trainlab.data.batch_transforms); the generator is
+    seeded per batch from (seed, epoch, step, rank), so a resume draws what the run would have.
     `val_every` (optimizer steps; 0 = off): validation mid-epoch as well, every that many steps
     (not at an epoch's last step: the epoch's own evaluation follows); its row, marked by a
     "step" key, goes to the callbacks' on_validation_end (early stopping can act there).
     """
+    transforms = check_transforms(transforms)
     state = state or FitState()
     state.epochs = epochs
     parts = parts or StepParts()
@@ -233,6 +248,8 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
                                              for x in (train_loader, val_loader, test_loader))
     check_same_device(model, train_loader.device, optimizer)
     loss_fn = loss_fn or nn.CrossEntropyLoss()
+    if transforms:  # soft targets of the wrong width end in words, not in the loss's shape error
+        loss_fn = _checking_targets(loss_fn)
     eval_model = eval_model or model
     if progress is None:
         progress = sys.stderr.isatty()
@@ -263,7 +280,7 @@ def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=No
             bar = _progress(len(train_loader), f"epoch {state.epoch + 1}/{epochs}", progress, state.step)
             try:
                 record = train_epoch(model, optimizer, train_loader, state, loss_fn=loss_fn, parts=parts,
-                                     callbacks=cbs, run=run, bar=bar, val_every=val_every,
+                                     callbacks=cbs, run=run, bar=bar, transforms=transforms, val_every=val_every,
                                      validate=validate if val_loader is not None else None)
             finally:
                 if bar is not None:

@@ -43,6 +43,7 @@ class _Request:
     callbacks: tuple
     reason: str = "resume"
     model: object = None  # train(model=...) runs: the caller's model again
+    transforms: tuple = ()  # train(transforms=...) runs: the caller's batch transforms again
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path | None = None,
@@ -50,7 +51,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
            overrides: dict | None = None, progress: bool | None = None,
            allow_import: tuple[str, ...] = (), from_checkpoint: str | None = None,
            allow_data_change: bool | None = None, callbacks: list[Callback] = (),
-           reason: str = "resume", model=None) -> TrainResult:
+           reason: str = "resume", model=None, transforms=()) -> TrainResult:
     """Continue a run from its newest verified checkpoint (or fork it `into` a new folder).
 
     Overrides (e.g. {"lr": 1e-4}) take effect from the next step, are recorded in
@@ -61,14 +62,16 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, into: str | Path |
     checkpoint's; the CLI waives it only for an explicit --allow-changes. `callbacks` are the
     run's own (pass the same ones as to train()): each gets its state back from the checkpoint.
     `reason` is recorded in the resume event when it is not a plain resume (e.g. "rerun").
-    `model`: a run trained on a model given in memory (instance:NAME) needs it again here."""
+    `model`: a run trained on a model given in memory (instance:NAME) needs it again here;
+    `transforms`: the batch transforms given to train(), again (they are code: no file holds them)."""
     run_dir = Path(run_dir)
     if not (run_dir / runs.CONFIG_FILE).is_file():
         raise TrainlabError(f"{run_dir} holds no {runs.CONFIG_FILE}: it is not a trainlab run folder, "
                             "or its run was stopped before it started; start it again with trainlab train")
     req = _Request(epochs, Path(into) if into is not None else None, reset_optimizer, allow_changes,
                    allow_changes if allow_data_change is None else allow_data_change, data, dict(overrides or {}),
-                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks), reason, model)
+                   progress, tuple(allow_import or ()), from_checkpoint, tuple(callbacks), reason, model,
+                   tuple(transforms or ()))
     lock = runs.RunLock(run_dir).acquire() if into is None and distributed.context().is_main else None
     try:
         with runtime.library_output(progress, _quiet(run_dir)):
@@ -145,7 +148,7 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
                     "to an uninterrupted run", threads, ckpt.get("threads"))
     session = Session(cfg, req.data, progress=req.progress, schedule_epochs=ckpt["schedule"]["epochs"],
                       allow_import=req.allow_import, callbacks=req.callbacks, weights_bound=ckpt["model"],
-                      model=req.model)
+                      model=req.model, transforms=req.transforms)
     _check_continues(session, ckpt, path, name, req)
     session.load_state_dict(ckpt, reset_optimizer=req.reset_optimizer, source=str(path))
     apply_overrides(session, {} if req.reset_optimizer else changes)  # a fresh optimizer has the new values
@@ -235,7 +238,7 @@ def _restart(run_dir: Path, values: dict, req: _Request) -> TrainResult:
     changes = changes_to_apply(saved, cfg, req.allow_changes, "resume")
     # built first: missing data or a bad model ends here, before any file is moved
     session = Session(cfg, req.data, progress=req.progress, allow_import=req.allow_import, callbacks=req.callbacks,
-                      model=req.model)
+                      model=req.model, transforms=req.transforms)
     log.warning("resume: %s has no verified checkpoint; starting the run over from epoch 0", run_dir)
     session.attach(run_dir)  # the lock stays resume()'s
     if session.dist.is_main:  # rank 0 alone moves files

@@ -16,6 +16,7 @@ from torch import nn
 from trainlab import models
 from trainlab.config import Config
 from trainlab.data import Dataset, data_options, load_dataset
+from trainlab.data.batch_transforms import check_transforms
 from trainlab.devices import describe_device, pick_device
 from trainlab.inference import summarize_model
 from trainlab.store import runs
@@ -65,7 +66,7 @@ class Session:
 
     def __init__(self, cfg: Config, data: Dataset | None = None, *, progress: bool | None = None,
                  schedule_epochs: int | None = None, allow_import: tuple[str, ...] | None = None,
-                 callbacks: list[Callback] = (), weights_bound: dict | None = None, model=None):
+                 callbacks: list[Callback] = (), weights_bound: dict | None = None, model=None, transforms=()):
         self.cfg = cfg
         self.dist = distributed.context()
         if not self.dist.is_main:  # one voice: rank 0 prints, logs and writes
@@ -77,7 +78,9 @@ class Session:
         build.check_run(cfg, self.data, self.dist, self.device)  # before any side effect
         runtime.apply_process_settings(cfg, self.device)
         seed_everything(cfg.seed)
-        self.loaders = build.make_loaders(self.data, cfg, self.device, build.build_augment(cfg), self.dist)
+        self.loaders = build.make_loaders(self.data, cfg, self.device, build.build_augment(cfg, self.data), self.dist)
+        # the recipe's batch transforms (mixup, cutmix), then the caller's: applied by fit() per batch
+        self.transforms = (*build.build_batch_transforms(cfg, self.data), *check_transforms(transforms))
         self.spec = build.model_spec(cfg, self.data)
         parts, self.finetune = build.build_parts(
             cfg, self.spec, self.data, self.device, self.dist, len(self.loaders["train"]),
@@ -191,7 +194,7 @@ class Session:
                 # the test split each epoch only when asked (an extra pass, never for selection)
                 test_loader=self.loaders["test"] if self.cfg.test_every_epoch else None,
                 parts=parts, state=self.state, callbacks=self.callbacks, progress=self.progress,
-                eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self,
+                eval_model=self.eval_model, tta_flip=self.cfg.train.tta_flip, run=self, transforms=self.transforms,
                 val_every=self.cfg.val_every)
         except NonFiniteLoss as e:
             # still a NonFiniteLoss for callers; the loop's generic "resume from the last

@@ -21,7 +21,7 @@ log = logging.getLogger("trainlab")
 
 
 def train(config: Config | dict | None = None, *, data: Dataset | None = None, progress: bool | None = None,
-          callbacks: list[Callback] = (), restart: bool = False, model=None) -> TrainResult:
+          callbacks: list[Callback] = (), restart: bool = False, model=None, transforms=()) -> TrainResult:
     """Train one run as configured; returns the history and the final test summary.
 
     `callbacks` (trainlab.Callback subclasses) run around the loop and keep their state in
@@ -34,7 +34,10 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
     trainlab knows: num_classes, in_chans / in_channels / input_shape when it takes them). An
     importable class or function is recorded as module:function, so every later command rebuilds
     it; an instance (or a local function) is recorded as instance:NAME, and evaluate_run /
-    load_model / resume then take it again as model=."""
+    load_model / resume then take it again as model=.
+
+    `transforms`: callables t(x, y, generator) -> (x, y) on each training batch, on its device, after
+    the recipe's own (trainlab.data.batch_transforms); pass the same ones to resume()."""
     if data is not None and not isinstance(data, Dataset):
         what = "a torch DataLoader" if isinstance(data, DataLoader) else type(data).__name__
         raise ConfigError(f"train(data=...) takes a trainlab Dataset, not {what}: make one with "
@@ -48,14 +51,14 @@ def train(config: Config | dict | None = None, *, data: Dataset | None = None, p
     if data is not None:  # the run records what reloads its data ("arrays:" = only data= can)
         cfg = cfg.with_changes(dataset=data.spec or f"arrays:{data.name or 'arrays'}")
     try:
-        return _train(cfg, data, progress, callbacks, restart, given)
+        return _train(cfg, data, progress, callbacks, restart, given, transforms)
     except (RuntimeError, MemoryError) as e:
         if not memory.is_out_of_memory(e):
             raise
         raise memory.out_of_memory_error(cfg.model, cfg.train.batch_size, "training", "earlier files and checkpoints are intact") from None
 
 
-def _train(cfg: Config, data, progress, callbacks, restart, given=None) -> TrainResult:
+def _train(cfg: Config, data, progress, callbacks, restart, given=None, transforms=()) -> TrainResult:
     with runtime.library_output(progress, cfg.quiet):
         cfg = rerun.elastic_name(cfg)
         decision = rerun.decide(cfg, restart)
@@ -67,8 +70,8 @@ def _train(cfg: Config, data, progress, callbacks, restart, given=None) -> Train
                          "(rerun = refuse, or --restart, to do otherwise)", decision["path"])
             own = (cfg.model.partition(":")[0],) if ":" in cfg.model else ()  # named on this command
             return resume(decision["path"], epochs=cfg.train.epochs, data=data, progress=progress,
-                          callbacks=callbacks, allow_import=own, reason="rerun", model=given)
-        session = Session(cfg, data, progress=progress, callbacks=callbacks, model=given)
+                          callbacks=callbacks, allow_import=own, reason="rerun", model=given, transforms=transforms)
+        session = Session(cfg, data, progress=progress, callbacks=callbacks, model=given, transforms=transforms)
         session.start_run_dir()
         try:
             return session.run()
