@@ -57,7 +57,7 @@ from trainlab.data.dataset import Dataset, from_arrays
 from trainlab.data.folder.cache import CACHE_VERSION, cache_key, load_decoded  # noqa: F401
 from trainlab.data.folder.csv_scan import parse_spec, scan_csv
 from trainlab.data.folder.decode import (GREY_MODES, MAX_SIDE, SHOWN_BAD, _bad_sentence, _decode,  # noqa: F401
-                                         _pillow, convert, decode_folder, fit, prepare)
+                                         _pillow, convert, decode_folder, fit_to, prepare)
 from trainlab.data.folder.mapped_splits import _mapped_splits
 from trainlab.data.folder.scanner import EXTENSIONS, MAX_FILES, SPLITS, Scan, scan  # noqa: F401
 from trainlab.data.idx import payload_sha256
