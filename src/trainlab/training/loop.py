@@ -14,6 +14,7 @@ stop signal is polled as a Python flag (under DDP an all-reduce every `StopOnSig
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sys
 import time
@@ -92,16 +93,35 @@ def _checking_targets(loss_fn):
     return loss
 
 
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
-    if not enabled:
-        return None
+BAR_REFRESH = 0.5  # seconds between the bar's redraws: its loss is read from the device then only
+
+
+@functools.cache
+def _bar_class():
     try:  # a widget in a notebook that has ipywidgets; else the text bar (without tqdm.auto's warning)
         import ipywidgets  # noqa: F401
         from tqdm.auto import tqdm
     except ImportError:
         from tqdm.std import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, leave=False, unit="step", dynamic_ncols=True)
+    class Bar(tqdm):
+        """Shows the epoch's running train loss: read from the device when the bar is redrawn
+        (every BAR_REFRESH seconds at most), never per step."""
+        losses = None  # the epoch's per-batch losses, a device tensor (train_epoch sets it)
+
+        def display(self, *args, **kwargs):
+            if self.losses is not None and self.n:
+                self.set_postfix_str(f"loss {float(self.losses[:self.n].mean()):.4f}", refresh=False)
+            return super().display(*args, **kwargs)
+
+    return Bar
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+    if not enabled:
+        return None
+    return _bar_class()(total=total, initial=initial, desc=desc, leave=False, unit="step", dynamic_ncols=True,
+                        mininterval=BAR_REFRESH)
 
 
 def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: StepParts,
@@ -131,6 +151,8 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
         p = state.partial
         losses, correct, seen = p["losses"].to(device), p["correct"].to(device), p["seen"]
         loader.set_epoch(epoch, state.step, p.get("aug_state"))
+    if bar is not None:  # the bar reads the running loss from it at its redraws
+        bar.losses = losses
     autocast = parts.precision.autocast(device) if parts.precision else contextlib.nullcontext()
     scaler = parts.scaler if parts.scaler is not None else torch.amp.GradScaler(device.type, enabled=False)
     n_acc = max(1, parts.accumulate)
@@ -191,12 +213,6 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
     return {"train_loss": float(losses_cpu.mean()), "train_acc": int(correct) / max(1, seen)}
 
 
-def _partial(losses, correct, seen: int, loader, parts: StepParts) -> dict | None:
-    """An unfinished epoch's accumulators (None under DDP: each rank holds only its own)."""
-    return {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
-            "aug_state": loader.aug_state()} if parts.partial_ok else None
-
-
 def _optimizer_step(model, optimizer, scaler, parts: StepParts) -> None:
     """Clip the (accumulated) gradients, step, then the schedule and the EMA: once per optimizer step."""
     if parts.grad_clip > 0:
@@ -208,6 +224,12 @@ def _optimizer_step(model, optimizer, scaler, parts: StepParts) -> None:
         parts.scheduler.step()
     if parts.ema is not None:
         parts.ema.update_parameters(model)
+
+
+def _partial(losses, correct, seen: int, loader, parts: StepParts) -> dict | None:
+    """An unfinished epoch's accumulators (None under DDP: each rank holds only its own)."""
+    return {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
+            "aug_state": loader.aug_state()} if parts.partial_ok else None
 
 
 def fit(model: nn.Module, optimizer, train_loader, *, epochs: int, val_loader=None,

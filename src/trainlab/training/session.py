@@ -38,6 +38,7 @@ from trainlab.training.loop import NonFiniteLoss, StepParts, fit
 from trainlab.training.result import TrainResult, resume_point, tested_model
 from trainlab.training.run import FitState
 from trainlab.training.signals import Interrupted, StopOnSignal
+from trainlab.training.trackers import from_config as tracker_from_config
 from trainlab.training.state import (
     LOOP,
     OPTIMIZATION,
@@ -102,6 +103,10 @@ class Session:
         # (the plateau schedule is a callback: its state rides with the callbacks' in every checkpoint)
         self.user_callbacks = [*([self.finetune] if self.finetune else []),
                                *([parts.plateau] if parts.plateau is not None else []), *callbacks]
+        # the MLflow tracker (track = ...): its run id is state, so it is here before a resume loads
+        self.tracker = tracker_from_config(cfg, self.dist.is_main)
+        if self.tracker is not None:
+            self.user_callbacks.append(self.tracker)
         self.callbacks = CallbackList([self.monitor, self.signals, *self.user_callbacks])
         self.tensorboard: TensorBoardLog | None = None
         self.run_dir: Path | None = None
@@ -153,10 +158,12 @@ class Session:
         if not cfg.quiet:
             writers.append(Console(self.monitor, main))
         if cfg.tensorboard:
-            self.tensorboard = TensorBoardLog(self.run_dir, main)
+            self.tensorboard = TensorBoardLog(self.run_dir, main, every=cfg.log_every, hparams=cfg.to_dict())
             writers.append(self.tensorboard)
         if self.finetune is not None:
             self.finetune.attach(self.run_dir, main)
+        if self.tracker is not None:
+            self.tracker.attach(self.run_dir)
         self.callbacks = CallbackList([self.monitor, self.signals, *writers, *self.user_callbacks])
 
     def start_run_dir(self, extra_meta: dict | None = None, resumed: dict | None = None) -> Path:
@@ -178,8 +185,8 @@ class Session:
         return run_dir
 
     def run(self) -> "TrainResult":
-        log.info("run: %s | model %s (%s parameters) | recipe %s | precision %s (%s) | device %s",
-                 self.run_dir, self.cfg.model, f"{models.count_parameters(self.model):,}",
+        log.info("run: %s | model %s (%s) | recipe %s | precision %s (%s) | device %s",
+                 self.run_dir, self.cfg.model, self._parameter_counts(),
                  self.cfg.recipe, self.precision.name, self.precision.reason, describe_device(self.device))
         parts = StepParts(scheduler=self.scheduler, scaler=self.scaler, precision=self.precision, ema=self.ema,
                           grad_clip=self.cfg.train.grad_clip, seed=self.cfg.seed, rank=self.dist.rank,
@@ -210,6 +217,17 @@ class Session:
             distributed.barrier(self.dist)  # rank 0 has finished writing best.pt
             self._restore_best()
         return self.finish()
+
+    def _parameter_counts(self) -> str:
+        """"N parameters: T trainable, F frozen", as the epoch about to run has them (--freeze
+        decides there, with --unfreeze-at; else each parameter's requires_grad)."""
+        ft = self.finetune
+        names = set(ft.frozen_names) if ft is not None and ft._frozen_at(self.state.epoch) else set()
+        total = frozen = 0
+        for name, p in self.model.named_parameters():
+            total += p.numel()
+            frozen += p.numel() if (name in names if ft is not None else not p.requires_grad) else 0
+        return f"{total:,} parameters: {total - frozen:,} trainable, {frozen:,} frozen"
 
     def _divergence_advice(self) -> str:
         """A command that can work (training.advice): a tenth of the rate from a checkpoint whose
@@ -283,9 +301,13 @@ class Session:
         if self.tensorboard is not None:
             self.tensorboard.log_final_test(test["accuracy"], step=self.state.epoch)
             self.tensorboard.log_confusion(test["confusion_matrix"], self.data.classes, step=self.state.epoch)
+        if self.tracker is not None:  # after results.json and model.pt: they go as artifacts
+            self.tracker.finish(results, step=self.state.global_step)
         return TrainResult(self.run_dir, self.cfg, hist, test, device, results)
 
     def release(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
         if self.lock is not None:
