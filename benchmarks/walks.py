@@ -1,8 +1,11 @@
 """How far a reader follows the code: the trainlab modules a command passes through, and how
 many times control climbs back up into a module it had left, on two walks:
 
-  config      `trainlab train ...` from the command line to the optimizer being built
-  checkpoint  `trainlab resume RUN` from the command line to the first training step
+  config      `trainlab train ...` from its command handler to the optimizer being built
+  checkpoint  `trainlab resume RUN` from its command handler to the first training step
+
+(from the handler: building the parser visits every command module, which says nothing about
+the walk).
 
 Measured with sys.setprofile on a real run (tiny synthetic data), so it counts what runs, not
 what the files say. Usage (any checkout: PYTHONPATH picks the code):
@@ -20,6 +23,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+
+HANDLERS = ("cmd_train", "cmd_resume")  # where a walk starts
 
 
 class Walk(Exception):
@@ -54,8 +60,14 @@ def trace(argv: list[str], stop_when) -> tuple[list[str], int]:
         name = frame.f_globals.get("__name__", "")
         return name if name.startswith("trainlab") else None
 
+    inside = False
+
     def prof(frame, event, arg):
-        nonlocal climbs
+        nonlocal climbs, inside
+        if not inside:
+            inside = event == "call" and frame.f_code.co_name in HANDLERS
+            if not inside:
+                return
         if event == "call":
             if stop_when(frame):
                 raise Walk
