@@ -109,13 +109,14 @@ class Browser:
                 return m
             self.events.append(m)
 
-    def open(self, path: Path) -> None:
+    def open(self, path: Path | str) -> None:
+        """Load a file (a Path) or a URL (a str) and wait for its load event."""
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)
         self.session = self.send("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
                                  session=False)["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
-        self.send("Page.navigate", {"url": Path(path).resolve().as_uri()})
+        self.send("Page.navigate", {"url": path if isinstance(path, str) else Path(path).resolve().as_uri()})
         self.wait_for("Page.loadEventFired", timeout=60)  # fires after every image has loaded
 
     def evaluate(self, expression: str):

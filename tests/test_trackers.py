@@ -186,6 +186,34 @@ class Server:
         self.log.close()
 
 
+def assert_ui_shows(uri: str, run, result, png: Path) -> None:
+    """The MLflow UI's page for the run, opened in headless Chromium as a person would: it names the
+    run and shows its parameters and metrics; the screenshot is kept beside the test's files."""
+    from test_report import Browser, find_chromium
+
+    exe = find_chromium()
+    if exe is None:
+        message = "headless Chromium is missing: apt-get install -y chromium (make test does this)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    browser = Browser(exe)
+    try:
+        browser.open(f"{uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+        deadline, text = time.monotonic() + 90, ""
+        while time.monotonic() < deadline:  # a single-page app: its text arrives after the load event
+            text = browser.evaluate("document.body.innerText") or ""
+            if result.run_dir.name in text and "batch_size" in text and "val_acc" in text:
+                break
+            time.sleep(0.5)
+        png.write_bytes(browser.screenshot())
+    finally:
+        browser.close()
+    assert result.run_dir.name in text, text[:2000]
+    assert "batch_size" in text and "val_acc" in text, text[:2000]  # a parameter and a metric, by name
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
 @pytest.fixture
 def server(tmp_path):
     srv = Server(tmp_path)
@@ -201,6 +229,7 @@ def test_a_run_logged_to_a_tracking_server_reads_back_whole_and_a_killed_server_
     result = train_tiny(tmp_path / "runs", tiny_data, track=f"mlflow:{server.uri}", log_every=4)
     client = MlflowClient(server.uri)
     assert_logged(client, result, every=4)
+    assert_ui_shows(server.uri, only_run(client), result, tmp_path / "mlflow-run.png")
 
     class KillServer(trainlab.Callback):
         """Kills the server at the end of epoch 1, once the tracker has its MLflow run."""

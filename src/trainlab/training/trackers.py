@@ -55,6 +55,26 @@ def tracking_uri(track: str, runs_dir: str | Path) -> tuple[str, str | None]:
     return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
 
 
+def sqlite_problem(uri: str) -> str | None:
+    """Why a sqlite:/// store cannot be opened (checked before MLflow, whose engine retries with
+    backoff for about 100 s), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):])
+    if path.is_dir():
+        return f"{path} is a folder, not a database file"
+    for parent in path.parents:  # the nearest existing ancestor must be a folder we may write in
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, so {path} cannot be created"
+            if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                return f"{parent} is not writable"
+            break
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"{path} is not readable and writable"
+    return None
+
+
 def flat_params(config: dict) -> dict[str, str]:
     """A config as MLflow params: tables flattened (model_kwargs.hidden), values as text."""
     out = {}
@@ -228,6 +248,9 @@ class MlflowTracker(Callback):
         if self.uri.startswith(("http://", "https://")):  # a dead server: a few seconds, not minutes of retries
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        problem = sqlite_problem(self.uri)
+        if problem:  # MLflow would retry opening it for ~100 s before saying so
+            raise OSError(problem)
         self.client = MlflowClient(tracking_uri=self.uri)
         params = flat_params(self.config)
         saved = self.saved
