@@ -199,11 +199,11 @@ def test_mixed_sizes_default_to_the_most_common_one(tmp_path, caplog):
     assert ds.source["sizes"] == {"12x10": 10, "30x30": 1}
 
 
-def test_fit_is_the_one_size_rule():
+def test_fit_to_is_the_one_size_rule():
     img = Image.fromarray(np.zeros((30, 60, 3), np.uint8))  # 60 wide, 30 high
-    assert folder_mod.fit(img, 10, 10).size == (10, 10)
-    assert folder_mod.fit(img, 60, 30) is img
-    assert folder_mod.fit(img, 20, 40).size == (20, 40)
+    assert folder_mod.fit_to(img, 10, 10).size == (10, 10)
+    assert folder_mod.fit_to(img, 60, 30) is img
+    assert folder_mod.fit_to(img, 20, 40).size == (20, 40)
 
 
 # ---------------------------------------------------------------- bad files

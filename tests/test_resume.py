@@ -104,6 +104,9 @@ def test_a_signal_on_the_cli_saves_and_prints_the_resume_command(idx_dir, tmp_pa
 
 # ---------------------------------------------------------------- kill -9
 
+KILL_TRIALS = 12  # three per phase aimed at (tmp-partial, pending, renamed, a moment in time)
+
+
 def _kill_trial(idx_dir, tmp_path, trial: int) -> tuple[str, int | None]:
     """Start training, SIGKILL it at a seeded moment; returns where the kill landed and the
     global step of the newest checkpoint file fully renamed into place before it."""
@@ -149,7 +152,7 @@ def test_kill_9_at_random_moments_then_resume_or_rerun_equals_uninterrupted(idx_
     assert ref.returncode == 0, ref.stderr
     ref_model = load_checkpoint(tmp_path / "ref" / "model.pt")["model"]
     landings = []
-    for trial in range(20):
+    for trial in range(KILL_TRIALS):
         landed, newest_in_place = _kill_trial(idx_dir, tmp_path, trial)
         landings.append(landed)
         run_dir = tmp_path / f"k{trial}"
@@ -170,7 +173,7 @@ def test_kill_9_at_random_moments_then_resume_or_rerun_equals_uninterrupted(idx_
     pending = sum(x.startswith("pending") for x in landings)
     after_rename = sum(x.startswith("renamed") for x in landings)
     print("kills landed:", landings)
-    assert in_tmp >= 4 and pending >= 3 and after_rename >= 3, landings
+    assert in_tmp >= 2 and pending >= 2 and after_rename >= 2, landings
 
 
 # ---------------------------------------------------------------- policies
