@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from conftest import tiny_dataset
+from fixtures.make_resume_fixture import CONFIG, Counter  # the fixture's own callback, state key "counter"
 
 import trainlab
 from trainlab.store.schema import load_checkpoint
@@ -18,22 +19,6 @@ from trainlab.store.runs import environment
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume-format1"
 STOP_AT = 13  # the fixture's run stopped here: epoch 2, step 3
-
-
-class Counter(trainlab.Callback):  # the fixture's user callback, with its state key
-    state_key = "counter"
-
-    def __init__(self):
-        self.steps = 0
-
-    def on_step_end(self, run):
-        self.steps += 1
-
-    def state_dict(self):
-        return {"steps": self.steps}
-
-    def load_state_dict(self, d):
-        self.steps = d["steps"]
 
 
 class Probe(Counter):
@@ -100,8 +85,17 @@ def test_an_old_checkpoint_continues_bitwise(tmp_path):
     made = json.loads((FIXTURE / "meta.json").read_text())
     here = environment()
     if (made["cpu"], made["torch"]) == (here["cpu"], here["torch"]):
-        from fixtures.make_resume_fixture import CONFIG
-
         full = trainlab.train({**CONFIG, "runs_dir": str(tmp_path), "name": "full"}, data=data, progress=False,
                               callbacks=[Counter()])
         assert _equal(_weights(tmp_path / "straight"), _weights(full.run_dir))
+
+
+def test_the_same_command_again_continues_an_old_run(tmp_path):
+    """A run saved before today's keys existed (accumulate, mixup, keep_top, ...) is the same run
+    to the same command: the keys it lacks ran with their defaults, so nothing reads as a change."""
+    _copy(tmp_path, "run")
+    result = trainlab.train({**CONFIG, "runs_dir": str(tmp_path), "name": "run"}, data=tiny_dataset(600, 200),
+                            progress=False, callbacks=[Counter()])
+    assert result.run_dir == tmp_path / "run" and result.history[-1]["epoch"] == 3
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "resume" and e.get("by") == "rerun" for e in events)

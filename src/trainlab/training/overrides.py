@@ -40,6 +40,17 @@ def _default(key: str):
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
+def saved_value(saved: dict, key: str):
+    """`key` as the saved run had it: a key its config lacks was added since, and it ran with the default."""
+    return saved[key] if key in saved else _default(key)
+
+
+def changeable_differences(saved: dict, current: dict) -> dict:
+    """{key: (saved, current)} of the keys a resume may change that differ."""
+    return {k: (saved_value(saved, k), current.get(k)) for k in sorted(RESUME_CHANGEABLE_KEYS)
+            if saved_value(saved, k) != current.get(k)}
+
+
 def fixed_differences(saved: dict, current: dict) -> list[str]:
     # a key the saved config lacks is one added since that run was saved: it ran with the default
     keys = (set(saved) | set(current)) - RESUME_FREE_KEYS - RESUME_CHANGEABLE_KEYS
@@ -77,8 +88,7 @@ def changes_to_apply(saved: dict, cfg: Config, allow_changes: bool, what: str) -
         raise ConfigError(f"{what} cannot change {'; '.join(fixed)}: these are restored from the "
                           "checkpoint or shape its state, so the change could not take effect; "
                           "start a new run with trainlab train instead")
-    changes = {k: (saved.get(k), current.get(k)) for k in sorted(RESUME_CHANGEABLE_KEYS)
-               if saved.get(k) != current.get(k)}
+    changes = changeable_differences(saved, current)
     if "momentum" in changes and current.get("optimizer") != "sgd":
         raise ConfigError(f"momentum cannot change on resume with optimizer = {current.get('optimizer')!r}: "
                           "only sgd uses it, so the change would do nothing")

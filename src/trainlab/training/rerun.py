@@ -16,7 +16,7 @@ from trainlab.errors import ConfigError, TrainlabError
 from trainlab.store import runs
 from trainlab.training import distributed
 from trainlab.training.choose import read_run_config
-from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, fixed_differences
+from trainlab.training.overrides import changeable_differences, fixed_differences
 from trainlab.training.result import TrainResult
 
 log = logging.getLogger("trainlab")
@@ -52,9 +52,8 @@ def _decide(cfg: Config, restart: bool) -> dict:
         _clear_unstarted(path)  # killed before its config was written: nothing in it to keep
         return {"action": "new"}
     saved, current = read_run_config(path), cfg.to_dict()
-    differ = fixed_differences(saved, current) + [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}"
-                                                  for k in sorted(RESUME_CHANGEABLE_KEYS)
-                                                  if saved.get(k) != current.get(k)]
+    differ = fixed_differences(saved, current) + [f"{k}: {a!r} -> {b!r}"
+                                                  for k, (a, b) in changeable_differences(saved, current).items()]
     if differ:
         raise ConfigError(f"run folder {path} holds a run with another config ({'; '.join(differ)}): running "
                           "a command again continues its run only with the same config; choose another "

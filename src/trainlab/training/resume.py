@@ -19,7 +19,7 @@ from trainlab.store.manifest import CheckpointDir
 from trainlab.training import distributed, memory, runtime
 from trainlab.training.callbacks import Callback
 from trainlab.training.choose import choose_checkpoint, damaged, read_run_config, usable_checkpoint
-from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply
+from trainlab.training.overrides import RESUME_CHANGEABLE_KEYS, apply_overrides, changes_to_apply, saved_value
 from trainlab.training.result import TrainResult, resume_point
 from trainlab.training.session import Session
 
@@ -128,7 +128,7 @@ def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     overrides, allow_changes = req.overrides, req.allow_changes
     # an override recorded in config.toml whose first save never came (a kill): applied again
     pending = {k: folder_cfg[k] for k in RESUME_CHANGEABLE_KEYS
-               if k in folder_cfg and folder_cfg[k] != saved_cfg.get(k) and k not in overrides}
+               if k in folder_cfg and folder_cfg[k] != saved_value(saved_cfg, k) and k not in overrides}
     if pending:
         log.warning("resume: re-applying the override(s) recorded in config.toml: %s",
                     ", ".join(f"{k} = {v!r}" for k, v in sorted(pending.items())))
