@@ -2,9 +2,9 @@
 recipe with mixup, cutmix or random-resized-crop on, seeds 0..--seeds-1, in one process.
 
 To stay affordable on a shared 2-core CPU: --per-class training images per class (default
-1,000: 10,000 of the 55,000 left after 5,000 are carved out for validation), float32 (on this
-CPU, without AVX512-BF16, the bf16 autocast that precision "auto" picks was 5x slower per step
-under load), --epochs (default 5; mixup and cutmix are usually given far longer, so this is what
+1,000: 10,000 of the 55,000 left after 5,000 are carved out for validation), float32 (what
+precision "auto" picks on a CPU without AVX512-BF16 or AMX; bf16 autocast asked for by name was 5x
+slower per step there, under load), --epochs (default 5; mixup and cutmix are usually given far longer, so this is what
 they do in a short budget). The test split is all 10,000 images. Reported: final-epoch test
 accuracy (mean +- std over seeds) and the mean training seconds per epoch (augmentation included).
 
