@@ -207,7 +207,7 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
     """The run's parts, and its fine-tuning callback when a fine-tuning key is set. init_from
     loads on a fresh run only (a resume passes `schedule_epochs` and takes the weights from its
     checkpoint); freezing happens before the optimizer and EMA are built."""
-    model, train_model = build_model(cfg, spec, device, dist, given, allow_import, weights_bound)
+    model, train_model = build_modules(cfg, spec, device, dist, given, allow_import, weights_bound)
     finetuning = finetune.setup(cfg, model, data, dist, fresh=schedule_epochs is None)
     precision = resolve_precision(cfg.train.precision, device, cfg.model)
     optimizer = build_optimizer(model, cfg.train, **finetune.optimizer_layout(cfg, model))
@@ -229,7 +229,7 @@ def build_parts(cfg: Config, spec: dict, data: Dataset, device: torch.device, di
                     ema, loss_fn, balance, plateau=plateau), finetuning
 
 
-def build_model(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,
+def build_modules(cfg: Config, spec: dict, device: torch.device, dist: distributed.DistContext, given=None,
                 allow_import: tuple[str, ...] | None = None, weights_bound: dict | None = None
                 ) -> tuple[nn.Module, nn.Module]:
     """(model, train_model): the weights kept, and what the step runs (DDP- and compile-wrapped)."""

@@ -101,7 +101,7 @@ def _quiet(run_dir: Path) -> bool:
         return False
 
 
-def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> tuple[str | None, dict | None]:
+def _choose(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req: _Request) -> tuple[str | None, dict | None]:
     """(name, checkpoint): rank 0 alone cleans, repairs, chooses and loads (once); the other ranks
     follow its choice by name (under DDP a rank deciding on its own could restart over
     checkpoints rank 0 is recovering) and load it themselves (None)."""
@@ -118,7 +118,7 @@ def _decide(run_dir: Path, ckpt_dir: CheckpointDir, folder_cfg: dict, lock, req:
 def _resume_locked(run_dir: Path, req: _Request, lock) -> TrainResult:
     ckpt_dir = CheckpointDir(run_dir / CHECKPOINTS)
     folder_cfg = read_run_config(run_dir)
-    name, ckpt = _decide(run_dir, ckpt_dir, folder_cfg, lock, req)
+    name, ckpt = _choose(run_dir, ckpt_dir, folder_cfg, lock, req)
     if name is None:
         return _restart(run_dir, folder_cfg, req)
     path = run_dir / CHECKPOINTS / name
