@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import tiny_dataset
 from fixtures.make_resume_fixture import CONFIG, Counter  # the fixture's own callback, state key "counter"
@@ -17,7 +21,25 @@ import trainlab
 from trainlab.store.schema import load_checkpoint
 from trainlab.store.runs import environment
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "resume-format1"
+HERE = Path(__file__).resolve().parent
+OLD = "3d20b6c"  # the commit whose trainlab writes the format-1 run
+
+
+@pytest.fixture(scope="module")
+def fixture_run(tmp_path_factory) -> Path:
+    """The run as commit 3d20b6c wrote it: that commit's src from this clone's history, in a child."""
+    base = tmp_path_factory.mktemp("old")
+    repo = HERE.parent
+    archive = subprocess.run(["git", "-C", str(repo), "archive", OLD, "src"], capture_output=True)
+    if archive.returncode:
+        pytest.fail(f"git archive {OLD} failed (a shallow clone?): {archive.stderr.decode()[-300:]}")
+    subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True)
+    out = base / "resume-format1"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(base / "src"), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    made = subprocess.run([sys.executable, str(HERE / "fixtures" / "make_resume_fixture.py"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    return out
 STOP_AT = 13  # the fixture's run stopped here: epoch 2, step 3
 
 
@@ -32,9 +54,9 @@ class Probe(Counter):
                      "torch_rng": torch.get_rng_state().clone()}
 
 
-def _copy(tmp_path: Path, name: str) -> Path:
+def _copy(fixture: Path, tmp_path: Path, name: str) -> Path:
     dest = tmp_path / name
-    shutil.copytree(FIXTURE, dest)
+    shutil.copytree(fixture, dest)
     return dest
 
 
@@ -46,11 +68,11 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_every_part_of_an_old_checkpoint_comes_back(tmp_path):
-    saved = load_checkpoint(FIXTURE / "checkpoints" / "last.pt")
+def test_every_part_of_an_old_checkpoint_comes_back(fixture_run, tmp_path):
+    saved = load_checkpoint(fixture_run / "checkpoints" / "last.pt")
     assert saved["format_version"] == 1 and saved["global_step"] == STOP_AT and saved["partial"] is not None
     probe = Probe()
-    result = trainlab.resume(_copy(tmp_path, "a"), data=tiny_dataset(600, 200), progress=False, callbacks=[probe])
+    result = trainlab.resume(_copy(fixture_run, tmp_path, "a"), data=tiny_dataset(600, 200), progress=False, callbacks=[probe])
     seen = probe.seen
     assert _equal(seen["model"], saved["model"])
     assert (seen["epoch"], seen["step"], seen["global_step"]) == (1, 3, STOP_AT)
@@ -65,24 +87,24 @@ def test_every_part_of_an_old_checkpoint_comes_back(tmp_path):
     assert [r["epoch"] for r in rows if "epoch" in r and "event" not in r] == [1, 2, 3]
 
 
-def test_an_old_checkpoint_continues_bitwise(tmp_path):
+def test_an_old_checkpoint_continues_bitwise(fixture_run, tmp_path):
     """Resumed straight to the end == resumed for one step, saved by today's code, resumed again.
     And where this machine is the fixture's kind (CPU and torch), == today's uninterrupted run."""
     data = tiny_dataset(600, 200)
-    trainlab.resume(_copy(tmp_path, "straight"), data=data, progress=False, callbacks=[Counter()])
+    trainlab.resume(_copy(fixture_run, tmp_path, "straight"), data=data, progress=False, callbacks=[Counter()])
 
     class StopNext(Counter):
         def on_step_end(self, run):
             super().on_step_end(run)
             return "test" if run.state.global_step == STOP_AT + 1 else None
 
-    twice = _copy(tmp_path, "twice")
+    twice = _copy(fixture_run, tmp_path, "twice")
     trainlab.resume(twice, data=data, progress=False, callbacks=[StopNext()])
     assert load_checkpoint(twice / "checkpoints" / "last.pt")["global_step"] == STOP_AT + 1
     trainlab.resume(twice, data=data, progress=False, callbacks=[Counter()])
     assert _equal(_weights(tmp_path / "straight"), _weights(twice))
 
-    made = json.loads((FIXTURE / "meta.json").read_text())
+    made = json.loads((fixture_run / "meta.json").read_text())
     here = environment()
     if (made["cpu"], made["torch"]) == (here["cpu"], here["torch"]):
         full = trainlab.train({**CONFIG, "runs_dir": str(tmp_path), "name": "full"}, data=data, progress=False,
@@ -90,10 +112,10 @@ def test_an_old_checkpoint_continues_bitwise(tmp_path):
         assert _equal(_weights(tmp_path / "straight"), _weights(full.run_dir))
 
 
-def test_the_same_command_again_continues_an_old_run(tmp_path):
+def test_the_same_command_again_continues_an_old_run(fixture_run, tmp_path):
     """A run saved before today's keys existed (accumulate, mixup, keep_top, ...) is the same run
     to the same command: the keys it lacks ran with their defaults, so nothing reads as a change."""
-    _copy(tmp_path, "run")
+    _copy(fixture_run, tmp_path, "run")
     result = trainlab.train({**CONFIG, "runs_dir": str(tmp_path), "name": "run"}, data=tiny_dataset(600, 200),
                             progress=False, callbacks=[Counter()])
     assert result.run_dir == tmp_path / "run" and result.history[-1]["epoch"] == 3
