@@ -123,7 +123,7 @@ def test_a_bad_track_value_is_one_sentence_exit_2(tmp_path, capsys, value):
     assert main(["train", "--track", value, "--runs-dir", str(tmp_path), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "track = " in err and "Traceback" not in err and not list(tmp_path.iterdir())
-    assert "secret" not in err or "MLFLOW_TRACKING_PASSWORD" in err
+    assert "secret" not in err  # a refused URI is quoted without its user:password@
 
 
 def test_the_step_loss_is_read_once_per_window(monkeypatch):
@@ -251,3 +251,66 @@ def test_a_run_logged_to_a_tracking_server_reads_back_whole_and_a_killed_server_
     assert str(cut.run_dir / runs.METRICS_FILE) in warned[0]
     assert [r["epoch"] for r in epoch_rows(cut.run_dir)] == [1, 2, 3]
     assert (cut.run_dir / "model.pt").is_file() and (cut.run_dir / runs.RESULTS_FILE).is_file()
+
+
+def test_the_first_checkpoint_waits_for_the_mlflow_run_id(monkeypatch, tmp_path):
+    """The id is set on the sender thread: a checkpoint taken before it is set would record none,
+    and a resume would start a second MLflow run."""
+    from trainlab.training.trackers import MlflowTracker
+
+    def slow_open(self):
+        time.sleep(0.5)
+        self.run_id = "run-1"
+
+    monkeypatch.setattr(MlflowTracker, "_open", slow_open)
+    tracker = MlflowTracker("mlflow", runs_dir=tmp_path)
+    tracker.attach(tmp_path / "a")
+    tracker.on_fit_start(None)
+    assert tracker.state_dict()["run_id"] == "run-1"
+    tracker.finished = True
+    tracker.close()
+
+
+def test_a_fork_never_records_its_parents_mlflow_run(monkeypatch, tmp_path):
+    """A fork loads its parent's state (another run folder): if its own start fails, its
+    checkpoint records no MLflow run, not the parent's; a resume in place keeps its own."""
+    from trainlab.training.trackers import MlflowTracker
+
+    def failing_open(self):
+        raise OSError("server down")
+
+    monkeypatch.setattr(MlflowTracker, "_open", failing_open)
+    parent = {"run_id": "parent", "uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "run_dir": str(tmp_path / "a")}
+    for run_dir, expected in ((tmp_path / "fork", None), (tmp_path / "a", "parent")):
+        tracker = MlflowTracker("mlflow", runs_dir=tmp_path)
+        tracker.load_state_dict(parent)
+        tracker.attach(run_dir)
+        tracker.on_fit_start(None)
+        assert tracker.started.wait(10)
+        assert tracker.state_dict()["run_id"] == expected
+        tracker.finished = True
+        tracker.close()
+
+
+def test_the_local_store_lies_beside_the_run_whatever_the_working_folder(monkeypatch, tmp_path):
+    from trainlab.training.trackers import MlflowTracker
+
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracker = MlflowTracker("mlflow", runs_dir="runs")  # the config's relative runs_dir, read from elsewhere
+    tracker.attach(tmp_path / "runs" / "a")
+    assert tracker.uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert tracker.state_dict()["run_dir"] == str(tmp_path / "runs" / "a")
+
+
+def test_credentials_in_the_tracking_uri_are_neither_stored_nor_printed(tiny_data, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://someone:secret@127.0.0.1:1")  # nothing listens on port 1
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with caplog.at_level(logging.WARNING, logger="trainlab"):
+        result = train_tiny(tmp_path, tiny_data, track="mlflow")
+    warned = [r.getMessage() for r in caplog.records if STOPPED in r.getMessage()]
+    assert len(warned) == 1 and "***@127.0.0.1:1" in warned[0] and "secret" not in warned[0], warned
+    for path in (result.run_dir / "checkpoints").glob("*.pt"):
+        assert b"secret" not in path.read_bytes(), path
+    assert b"secret" not in (result.run_dir / "config.toml").read_bytes()

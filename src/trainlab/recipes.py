@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from trainlab.errors import ConfigError
+from trainlab.text import hide_credentials
 
 PRECISIONS = ("auto", "32", "16-mixed", "bf16-mixed")  # see trainlab.training.precision
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -143,7 +144,8 @@ def check_fields(obj, limits: dict) -> None:
         else:
             ok = isinstance(value, str) and test(value, obj)
         if not ok:
-            raise ConfigError(f"{f.name} = {value!r} is invalid: {allowed}")
+            shown = hide_credentials(repr(value)) if isinstance(value, str) else repr(value)
+            raise ConfigError(f"{f.name} = {shown} is invalid: {allowed}")
 
 
 PRESETS: dict[str, Recipe] = {

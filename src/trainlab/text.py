@@ -39,6 +39,15 @@ def _safe_arg(a):
     return a if text.isprintable() else printable(text)
 
 
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
+
+
+def hide_credentials(text: str) -> str:
+    """A URL's `user:password@` written as `***@`: a URI is shown (an error, a log line) or
+    stored (a checkpoint) only without the secret it may carry (MLFLOW_TRACKING_URI can)."""
+    return _USERINFO.sub("***@", text)
+
+
 def protect_log(logger: logging.Logger | None = None) -> None:
     """Install PrintableArgs on the trainlab logger once (importing trainlab does)."""
     logger = logger or logging.getLogger("trainlab")

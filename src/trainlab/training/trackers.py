@@ -30,6 +30,7 @@ from pathlib import Path
 
 from trainlab._version import __version__
 from trainlab.store import runs
+from trainlab.text import hide_credentials
 from trainlab.training.callbacks import Callback
 from trainlab.training.step_loss import StepLoss
 
@@ -40,6 +41,7 @@ MAX_MODEL_ARTIFACT = 256 * 2**20  # a larger model.pt stays in the run folder (a
 FILES = (runs.CONFIG_FILE, runs.META_FILE, runs.METRICS_FILE, runs.RESULTS_FILE)
 MAX_QUEUE = 10_000  # calls waiting for MLflow: memory stays bounded when it falls behind
 CLOSE_TIMEOUT = 120.0  # seconds the end of a run waits for MLflow to take what is queued
+START_WAIT = 60.0  # seconds the first checkpoint waits for the MLflow run's id (the sender's start)
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param's value
 BATCH = {"params": 100, "metrics": 1000, "tags": 100}  # MLflow's limits per log_batch call
 
@@ -98,7 +100,7 @@ def _reason(e: BaseException | str) -> str:
         return e
     if isinstance(e, ImportError) and (e.name or "").split(".")[0] == "mlflow":
         return "the mlflow package is not installed: pip install trainlab[mlflow]"
-    text = (str(e).strip().splitlines() or [""])[0]
+    text = hide_credentials((str(e).strip().splitlines() or [""])[0])  # MLflow's errors quote the URI
     return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
@@ -162,18 +164,23 @@ class MlflowTracker(Callback):
 
     def __init__(self, track: str = "mlflow", config: dict | None = None, *, runs_dir: str | Path = "runs",
                  log_every: int = 50, tags: dict | None = None, is_main: bool = True):
+        self.track = track
         self.uri, self.artifact_location = tracking_uri(track, runs_dir)
         self.config, self.tags, self.is_main = dict(config or {}), dict(tags or {}), is_main
         self.window = StepLoss(log_every)
         self.run_dir: Path | None = None
         self.run_id: str | None = None
         self.saved: dict = {}  # a resume's state: the MLflow run to continue
+        self.started = threading.Event()  # set when _start has decided run_id (or failed)
         self.sender: _Sender | None = None
         self.client = None
         self.finished = False
 
     def attach(self, run_dir: str | Path) -> None:
-        self.run_dir = Path(run_dir)
+        """The run folder. The local default store lies beside it (runs_dir = its parent), not
+        under the working folder: a resume from elsewhere finds the same store."""
+        self.run_dir = Path(run_dir).resolve()
+        self.uri, self.artifact_location = tracking_uri(self.track, self.run_dir.parent)
 
     # ------------------------------------------------------------ the hooks (main thread)
 
@@ -224,22 +231,42 @@ class MlflowTracker(Callback):
         self.sender = None
 
     def state_dict(self) -> dict:
+        """The MLflow run this run logs to, for a resume in place to continue it. Its id is set
+        by the sender's first call: the first checkpoint waits for it (bounded). The URI is
+        stored without credentials; a run whose tracking failed keeps the run it had."""
         if not self.is_main:
             return {}
-        return {"run_id": self.run_id, "uri": self.uri, "run_dir": None if self.run_dir is None else str(self.run_dir)}
+        if self.sender is not None and not self.sender.failed:
+            self.started.wait(START_WAIT)
+        if self.run_id is None and self._continues(self.saved):
+            return dict(self.saved)
+        return {"run_id": self.run_id, "uri": hide_credentials(self.uri),
+                "run_dir": None if self.run_dir is None else str(self.run_dir)}
 
     def load_state_dict(self, state: dict) -> None:
         self.saved = dict(state or {})
-        self.run_id = self.saved.get("run_id")  # kept in checkpoints until _start decides
+
+    def _continues(self, saved: dict) -> bool:
+        """Is `saved` this run's own MLflow run (a resume in place), not a parent's (a fork)?"""
+        if not saved.get("run_id") or self.run_dir is None or not isinstance(saved.get("run_dir"), str):
+            return False
+        return (hide_credentials(str(saved.get("uri"))) == hide_credentials(self.uri)
+                and Path(saved["run_dir"]).resolve() == self.run_dir)
 
     def _warn(self, why) -> None:
         where = f"; every metric is in {self.run_dir / runs.METRICS_FILE}" if self.run_dir is not None else ""
         log.warning("MLflow tracking stopped (%s): training goes on and sends nothing more to %s%s",
-                    _reason(why), self.uri, where)
+                    _reason(why), hide_credentials(self.uri), where)
 
     # ------------------------------------------------------------ the calls (sender thread)
 
     def _start(self) -> None:
+        try:
+            self._open()
+        finally:
+            self.started.set()
+
+    def _open(self) -> None:
         # (mlflow is optional: imported here, on this thread, only when a run asks for it)
         from mlflow.tracking import MlflowClient
 
@@ -254,7 +281,7 @@ class MlflowTracker(Callback):
         self.client = MlflowClient(tracking_uri=self.uri)
         params = flat_params(self.config)
         saved = self.saved
-        if saved.get("run_id") and saved.get("uri") == self.uri and saved.get("run_dir") == str(self.run_dir):
+        if self._continues(saved):
             self.run_id = saved["run_id"]  # a resume in place: the same MLflow run goes on
             self.client.update_run(self.run_id, status="RUNNING")
             had = self.client.get_run(self.run_id).data.params  # params cannot change: new keys only
