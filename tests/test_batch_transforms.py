@@ -165,15 +165,18 @@ def test_mixcut_is_deterministic_for_a_generator_and_takes_soft_labels():
     assert torch.allclose(again[1].sum(1), torch.ones(32))
 
 
-def test_label_smoothing_applies_to_the_mixed_targets():
-    """The run's loss: nn.CrossEntropyLoss(label_smoothing=s) on soft targets t is the cross
-    entropy with t * (1 - s) + s / C (what the README states)."""
-    from trainlab.training.build import build_parts  # noqa: F401  (the loss is built there)
+def test_label_smoothing_applies_to_the_mixed_targets(tiny_data):
+    """The run's own loss (the Session's, with mixup on) on soft targets t is the cross entropy
+    with t * (1 - s) + s / C (what the README states), the mixing among its transforms."""
+    from trainlab.config import resolve
+    from trainlab.training.session import Session
 
-    out = torch.randn(6, 4, generator=gen(1))
-    t = torch.softmax(torch.randn(6, 4, generator=gen(2)), 1)
-    smoothed = torch.nn.CrossEntropyLoss(label_smoothing=0.1)(out, t)
-    by_hand = -(torch.log_softmax(out, 1) * (t * 0.9 + 0.1 / 4)).sum(1).mean()
+    session = Session(resolve({**TINY_RUN, "label_smoothing": 0.1, "mixup": 0.4}), tiny_data, progress=False)
+    assert any(isinstance(t, MixCut) for t in session.transforms)
+    out = torch.randn(6, tiny_data.num_classes, generator=gen(1))
+    t = torch.softmax(torch.randn(6, tiny_data.num_classes, generator=gen(2)), 1)
+    smoothed = session.loss_fn(out, t)
+    by_hand = -(torch.log_softmax(out, 1) * (t * 0.9 + 0.1 / tiny_data.num_classes)).sum(1).mean()
     assert torch.allclose(smoothed, by_hand)
 
 

@@ -175,7 +175,9 @@ def test_every_command_applies_each_run_option_it_accepts_or_refuses_it(tmp_path
     assert set(NOT_USED) <= set(RUN_FIELDS) | set(RECIPE_FIELDS)
     values = {"epochs": "3", "schedule": "cosine", "warmup_epochs": "1", "ema": "0.9", "patience": "2",
               "min_delta": "0.1", "monitor": "val_acc", "mode": "max", "unfreeze_at": "2", "save_every": "1",
-              "keep": "2", "name": "x", "rerun": "refuse"}
+              "keep": "2", "name": "x", "rerun": "refuse", "val_every": "5", "keep_top": "2", "track": "mlflow",
+              "log_every": "5", "plateau_factor": "0.5", "plateau_patience": "3", "step_gamma": "0.5",
+              "step_milestones": "2"}
     for key in NOT_USED:
         flag = f"--{key.replace('_', '-')}"
         argv = [flag] if key in ("tta_flip", "tensorboard", "test_every_epoch") else [flag, values[key]]
@@ -191,3 +193,21 @@ def test_lr_find_checks_out_before_the_test(tmp_path, cli):
     done = cli("lr-find", "--dataset", f"idx:{tmp_path / 'no-such-data'}", "--out", taken)
     assert done.returncode == 2 and "is not a folder" in done.stderr  # not the data's error: --out first
     assert taken.read_text() == "mine"
+
+
+def test_lr_find_steps_as_the_run_steps_accumulation_and_batch_transforms_included(tiny_data, monkeypatch):
+    """The suggested rate is for the run's own step: N micro-batches per optimizer step under
+    --accumulate N, each mixed when the recipe mixes; the curve has one point per optimizer step."""
+    from trainlab.training import lr_find as module
+
+    seen, real = {}, module.fit
+
+    def spy(*args, **kw):
+        seen.update(accumulate=kw["parts"].accumulate, transforms=kw["transforms"], epochs=kw["epochs"])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, "fit", spy)
+    r = lr_find({**CFG, "accumulate": 4, "mixup": 0.2}, data=tiny_data, steps=20, end_lr=1e-2)
+    assert seen["accumulate"] == 4 and len(seen["transforms"]) == 1
+    assert seen["epochs"] == 5  # 16 batches an epoch are 4 optimizer steps: 20 steps take 5 epochs
+    assert len(r.lrs) == 20 and len(r.losses[0]) == 20

@@ -84,7 +84,8 @@ def test_a_run_logged_to_the_local_store_reads_back_whole(tiny_data, tmp_path):
 def test_resume_continues_the_same_mlflow_run_and_stays_bitwise(tiny_data, tmp_path):
     cfg = {"model": "mlp", "epochs": 3, "batch_size": 32, "val_size": 100, "quiet": True, "threads": 1,
            "track": "mlflow", "log_every": 8}
-    assert_resume_bitwise(cfg, tmp_path, step=24, train_kw={"data": tiny_data}, resume_kw={"data": tiny_data})
+    # stopped at step 20, mid-window (8-step windows): the window's open sum is in the checkpoint
+    assert_resume_bitwise(cfg, tmp_path, step=20, train_kw={"data": tiny_data}, resume_kw={"data": tiny_data})
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     found = client.search_runs([client.get_experiment_by_name("trainlab").experiment_id])
     by_name = {r.info.run_name: r for r in found}
@@ -93,6 +94,10 @@ def test_resume_continues_the_same_mlflow_run_and_stays_bitwise(tiny_data, tmp_p
     assert cut.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(cut.info.run_id, "epoch")]
     assert sorted(set(steps)) == [16, 32, 48]
+
+    def step_losses(run):
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss_step"))
+    assert step_losses(cut) == step_losses(by_name["full"])  # the window at 24 spans 17-24, as uninterrupted
 
 
 def test_mlflow_missing_is_one_warning_and_the_run_finishes(tiny_data, tmp_path, monkeypatch, caplog):
@@ -314,3 +319,26 @@ def test_credentials_in_the_tracking_uri_are_neither_stored_nor_printed(tiny_dat
     for path in (result.run_dir / "checkpoints").glob("*.pt"):
         assert b"secret" not in path.read_bytes(), path
     assert b"secret" not in (result.run_dir / "config.toml").read_bytes()
+
+
+def test_an_open_step_loss_window_carries_over_a_resume():
+    class State:
+        global_step, last_loss = 0, None
+
+    def feed(window, steps):
+        state, got = State(), []
+        for step in steps:
+            state.global_step, state.last_loss = step, torch.tensor(float(step) / 3)
+            got.append(window.add(state))
+        return got
+
+    whole = feed(StepLoss(4), range(1, 9))
+    first = StepLoss(4)
+    part = feed(first, range(1, 7))  # stopped after step 6: steps 5 and 6 are in the open window
+    again = StepLoss(4)
+    again.load_state_dict(first.state_dict())
+    assert part + feed(again, range(7, 9)) == whole
+    for hostile in (None, {}, {"sum": "x", "n": 2}, {"sum": torch.ones(3), "n": 2}, {"sum": torch.ones(()), "n": -1}):
+        fresh = StepLoss(4)
+        fresh.load_state_dict(hostile)  # nothing usable: a new window
+        assert fresh.state_dict() == {"sum": None, "n": 0}

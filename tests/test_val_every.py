@@ -101,3 +101,40 @@ def test_more_validations_an_epoch_than_a_log_holds_are_refused_before_training(
     with pytest.raises(ConfigError, match="val_every"):
         trainlab.train({**TINY_RUN, "epochs": 1, "val_every": 4, "runs_dir": str(tmp_path)}, data=tiny_data,
                        progress=False)
+    # val_every counts optimizer steps: 16 batches at accumulate 4 are 4 steps, 4 validations at 1
+    trainlab.train({**TINY_RUN, "epochs": 1, "val_every": 2, "accumulate": 4, "runs_dir": str(tmp_path),
+                    "name": "acc"}, data=tiny_data, progress=False)
+    with pytest.raises(ConfigError, match="4 optimizer steps"):
+        trainlab.train({**TINY_RUN, "epochs": 1, "val_every": 1, "accumulate": 4, "runs_dir": str(tmp_path),
+                        "name": "acc1"}, data=tiny_data, progress=False)
+
+
+class StepCounter(trainlab.Callback):
+    """State a user's callback keeps per optimizer step: it must be in every checkpoint, a
+    mid-epoch best.pt included, as of that checkpoint's step."""
+    state_key = "step_counter"
+
+    def __init__(self):
+        self.n = 0
+
+    def on_step_end(self, run):
+        self.n += 1
+
+    def state_dict(self):
+        return {"n": self.n}
+
+    def load_state_dict(self, state):
+        self.n = state["n"]
+
+
+def test_a_mid_epoch_best_pt_holds_its_steps_hooks(tmp_path, tiny_data):
+    cfg = {**TINY_RUN, "epochs": 2, "val_every": 5, "runs_dir": str(tmp_path)}
+    counter = StepCounter()
+    full = trainlab.train({**cfg, "name": "full"}, data=tiny_data, progress=False, callbacks=[counter])
+    best = load_checkpoint(full.run_dir / "checkpoints" / "best.pt")
+    assert best["step"] > 0 and best["callbacks"]["step_counter"] == {"n": best["global_step"]}
+    shutil.copytree(full.run_dir, tmp_path / "again")
+    again = StepCounter()  # a kill -9 after the mid-epoch best: the resume starts from it
+    trainlab.resume(tmp_path / "again", data=tiny_data, progress=False, from_checkpoint="best.pt",
+                    callbacks=[again])
+    assert again.n == counter.n == load_checkpoint(full.run_dir / "checkpoints" / "last.pt")["global_step"]

@@ -58,9 +58,11 @@ def check_run(cfg: Config, data: Dataset, dist: distributed.DistContext, device:
         raise ConfigError(f"batch_size = {cfg.train.batch_size} is the global batch and must divide "
                           f"evenly across the {dist.world_size} processes")
     # each mid-epoch validation is a metrics row: the run folder's readers bound the rows an epoch may add
-    if cfg.val_every and math.ceil(n_fit / cfg.train.batch_size) // cfg.val_every > history.MAX_VALIDATIONS_PER_EPOCH:
+    # (val_every counts optimizer steps: accumulate batches make one)
+    opt_steps = math.ceil(math.ceil(n_fit / cfg.train.batch_size) / cfg.train.accumulate)
+    if cfg.val_every and opt_steps // cfg.val_every > history.MAX_VALIDATIONS_PER_EPOCH:
         raise ConfigError(f"val_every = {cfg.val_every} would validate more than {history.MAX_VALIDATIONS_PER_EPOCH:,} "
-                          f"times an epoch ({math.ceil(n_fit / cfg.train.batch_size):,} batches); raise val_every")
+                          f"times an epoch ({opt_steps:,} optimizer steps); raise val_every")
     if cfg.val_every and dist.enabled:
         raise ConfigError(f"val_every = {cfg.val_every} is not available under DDP (a mid-epoch checkpoint would "
                           "hold one rank's partial epoch); leave val_every at 0 with --nproc")

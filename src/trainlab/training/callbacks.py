@@ -292,6 +292,7 @@ class TensorBoardLog(Callback):
     TensorBoard's hyper-parameter view), and the final confusion matrix as an image, in
     `folder` (rank 0)."""
     order = 75
+    state_key = "tensorboard"
 
     def __init__(self, folder: str | Path, is_main: bool = True, every: int = 0, hparams: dict | None = None):
         self.folder, self.is_main, self.hparams = Path(folder), is_main, hparams
@@ -311,6 +312,12 @@ class TensorBoardLog(Callback):
         point = self.window.add(run.state) if self.writer is not None else None
         if point is not None:
             self.writer.log_step(*point)
+
+    def state_dict(self) -> dict:
+        return {"window": self.window.state_dict()} if self.is_main else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window.load_state_dict((state or {}).get("window"))
 
     def on_epoch_end(self, run, row):
         if self.writer is not None:

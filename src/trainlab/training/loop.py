@@ -189,14 +189,14 @@ def train_epoch(model, optimizer, loader, state: FitState, *, loss_fn, parts: St
         _optimizer_step(model, optimizer, scaler, parts)
         state.last_loss = losses[i - group:i].mean() if group > 1 else detached  # the step's loss
         state.global_step += 1
+        _hook(state, lambda: callbacks.on_step_end(run))
         if validate is not None and val_every and state.global_step % val_every == 0 and i < steps:
-            # --val-every: a mid-epoch best.pt must hold this point, so the partial epoch is set first
+            # --val-every, after this step's hooks: a mid-epoch best.pt holds the whole step (its
+            # hooks' state included) and this point of the epoch, so the partial epoch is set first
             state.partial = _partial(losses, correct, seen, loader, parts)
             validate()
-        _hook(state, lambda: callbacks.on_step_end(run))
         if state.stopped and i < steps:
-            state.partial = {"losses": losses.cpu(), "correct": correct.cpu(), "seen": seen,
-                             "aug_state": loader.aug_state()} if parts.partial_ok else None
+            state.partial = _partial(losses, correct, seen, loader, parts)
             return None
     state.step, state.partial = 0, None
     if parts.reduce is not None:  # DDP: every rank reports the same numbers

@@ -42,6 +42,10 @@ NOT_USED = {
     "monitor": "it evaluates nothing", "mode": "it evaluates nothing", "unfreeze_at": "it is the first epoch",
     "save_every": "it keeps no checkpoint", "keep": "it keeps no checkpoint", "name": "it makes no run folder",
     "rerun": "it makes no run folder", "tensorboard": "it writes the curve's figure, not events",
+    "val_every": "it evaluates nothing", "keep_top": "it keeps no checkpoint", "track": "it logs no run",
+    "log_every": "it logs no run", "plateau_factor": "it sets the rate itself, step by step",
+    "plateau_patience": "it sets the rate itself, step by step", "step_gamma": "it sets the rate itself, step by step",
+    "step_milestones": "it sets the rate itself, step by step",
 }
 
 
@@ -150,16 +154,20 @@ class RangeTest(Callback):
 
 def _one_seed(cfg: Config, data: Dataset, lrs, smoothing, diverge) -> tuple[list[float], str | None]:
     """One seed's curve, trained by fit() with the run's own parts (clipping, precision,
-    channels_last, the fine-tuning layout and freezing, the data options)."""
+    channels_last, gradient accumulation, the batch transforms, the fine-tuning layout and
+    freezing, the data options): the rate it suggests is for the step the run will take."""
     s = Session(cfg, data, progress=False)
     shares = [g["initial_lr"] / cfg.train.lr if cfg.train.lr else 1.0 for g in s.optimizer.param_groups]
     test = RangeTest(lrs, shares, smoothing, diverge)
-    parts = StepParts(precision=s.precision, scaler=s.scaler, grad_clip=cfg.train.grad_clip, seed=cfg.seed)
-    epochs = -(-len(lrs) // len(s.loaders["train"]))
+    parts = StepParts(precision=s.precision, scaler=s.scaler, grad_clip=cfg.train.grad_clip, seed=cfg.seed,
+                      accumulate=cfg.train.accumulate)
+    steps_per_epoch = -(-len(s.loaders["train"]) // cfg.train.accumulate)  # optimizer steps: what lrs counts
+    epochs = -(-len(lrs) // steps_per_epoch)
     run = FitContext(s.model, s.optimizer, FitState())
     try:
         fit(s.train_model, s.optimizer, s.loaders["train"], epochs=epochs, loss_fn=s.loss_fn, parts=parts,
-            state=run.state, callbacks=[*([s.finetune] if s.finetune else []), test], progress=False, run=run)
+            state=run.state, callbacks=[*([s.finetune] if s.finetune else []), test], progress=False, run=run,
+            transforms=s.transforms)
     except NonFiniteLoss:  # the loss went to inf/nan between two reads: the curve ends there
         test.read()
     return test.smoothed, test.why

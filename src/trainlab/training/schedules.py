@@ -62,15 +62,11 @@ class Plateau(Callback):
 
     def _apply(self, optimizer) -> None:
         """The new rate from the next step on (the LambdaLR sets it again after that step)."""
-        sched = self.scheduler
-        if sched is None:
+        if self.scheduler is None:
             for group in optimizer.param_groups:
                 group["lr"] *= self.factor
             return
-        rates = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
-        for group, lr in zip(optimizer.param_groups, rates):
-            group["lr"] = lr
-        sched._last_lr = rates
+        continue_schedule(optimizer, self.scheduler, self.scheduler.last_epoch)
 
     def on_epoch_end(self, run, row):
         self._observe(run, row)
@@ -83,3 +79,14 @@ class Plateau(Callback):
 
     def load_state_dict(self, d: dict) -> None:
         self.best, self.counter, self.scale = d["best"], int(d["counter"]), float(d["scale"])
+
+
+def continue_schedule(optimizer, scheduler, step: int) -> None:
+    """Set the optimizer's rates to the schedule's at `step`, now: a plateau's new factor, or a
+    fresh optimizer (the "amnesia" fork) whose schedule continues at `step` (a changed --lr
+    included)."""
+    scheduler.last_epoch = step
+    rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates

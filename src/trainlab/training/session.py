@@ -37,6 +37,7 @@ from trainlab.training.callbacks import (
 from trainlab.training.loop import NonFiniteLoss, StepParts, fit
 from trainlab.training.result import TrainResult, resume_point, tested_model
 from trainlab.training.run import FitState
+from trainlab.training.schedules import continue_schedule
 from trainlab.training.signals import Interrupted, StopOnSignal
 from trainlab.training.trackers import from_config as tracker_from_config
 from trainlab.training.state import (
@@ -46,7 +47,6 @@ from trainlab.training.state import (
     RandomState,
     ScalerState,
     compose,
-    continue_schedule,
     param_names,
     restore,
     seed_everything,
@@ -267,10 +267,13 @@ class Session:
             return
         ckpt = load_checkpoint(best, map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
-        self.tested = {"weights": "best", "epoch": ckpt["epoch"]}
+        # the best's own epoch (1-based): a mid-epoch best (--val-every) lies inside an epoch that
+        # the checkpoint's `epoch` (epochs completed) does not count yet
+        epoch = ckpt["best"].get("epoch", ckpt["epoch"])
+        self.tested = {"weights": "best", "epoch": epoch}
         if self.ema is not None and ckpt.get("ema") is not None:
             self.ema.load_state_dict(ckpt["ema"])
-        log.info("restored the best weights from %s (epoch %d, %s %.4f)", best, ckpt["epoch"],
+        log.info("restored the best weights from %s (epoch %d, %s %.4f)", best, epoch,
                  self.monitor.metric, ckpt["best"]["value"])
 
     def finish(self) -> "TrainResult":

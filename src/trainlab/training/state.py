@@ -138,13 +138,3 @@ def restore(model, parts: dict, ckpt: dict, source: str, skip: tuple[str, ...] =
     except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
         raise CheckpointError(f"{source} does not fit this run ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); it was not used") from None
-
-
-def continue_schedule(optimizer, scheduler, step: int) -> None:
-    """A fresh optimizer (the "amnesia" fork) whose schedule continues at `step`: the rates of this
-    config's schedule there (a changed --lr included)."""
-    scheduler.last_epoch = step
-    rates = [base * fn(step) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
-    for group, lr in zip(optimizer.param_groups, rates):
-        group["lr"] = lr
-    scheduler._last_lr = rates

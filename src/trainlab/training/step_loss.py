@@ -21,6 +21,8 @@ class StepLoss:
         if not self.every or loss is None:
             return None
         loss = loss.detach().float()
+        if self._sum is not None and self._sum.device != loss.device:  # a window restored on the CPU
+            self._sum = self._sum.to(loss.device)
         # a device add, not a read: the step path stays free of host syncs
         self._sum = loss.clone() if self._sum is None else self._sum.add_(loss)
         self._n += 1
@@ -29,3 +31,16 @@ class StepLoss:
         value = float(self._sum) / self._n  # the window's one host read
         self._sum, self._n = None, 0
         return state.global_step, value
+
+    def state_dict(self) -> dict:
+        """The open window, so that a resume mid-window reports the same means as a run that
+        never stopped (its sum leaves the device once per checkpoint)."""
+        return {"sum": None if self._sum is None else self._sum.detach().cpu(), "n": self._n}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        state = state or {}
+        total, n = state.get("sum"), state.get("n")
+        if isinstance(total, torch.Tensor) and total.numel() == 1 and isinstance(n, int) and n > 0:
+            self._sum, self._n = total.detach().clone().float().reshape(()), n
+        else:
+            self._sum, self._n = None, 0

@@ -199,9 +199,12 @@ class MlflowTracker(Callback):
         return None
 
     def on_epoch_end(self, run, row):
-        if self.sender is not None and "event" not in row:
+        if self.sender is not None:
             self.sender.submit(self._metrics, row_metrics(row, _now()))
         return None
+
+    def on_validation_end(self, run, row):  # --val-every: a mid-epoch row, at its global step too
+        return self.on_epoch_end(run, row)
 
     def on_fit_end(self, run):
         if self.run_dir is None:  # fit() alone: no Session will call finish() and close()
@@ -238,13 +241,15 @@ class MlflowTracker(Callback):
             return {}
         if self.sender is not None and not self.sender.failed:
             self.started.wait(START_WAIT)
+        window = self.window.state_dict()
         if self.run_id is None and self._continues(self.saved):
-            return dict(self.saved)
+            return {**self.saved, "window": window}
         return {"run_id": self.run_id, "uri": hide_credentials(self.uri),
-                "run_dir": None if self.run_dir is None else str(self.run_dir)}
+                "run_dir": None if self.run_dir is None else str(self.run_dir), "window": window}
 
     def load_state_dict(self, state: dict) -> None:
         self.saved = dict(state or {})
+        self.window.load_state_dict(self.saved.get("window"))
 
     def _continues(self, saved: dict) -> bool:
         """Is `saved` this run's own MLflow run (a resume in place), not a parent's (a fork)?"""
