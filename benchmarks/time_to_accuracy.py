@@ -60,6 +60,9 @@ from trainlab.data import from_arrays, load_dataset, stratified_split
 from trainlab.store.runs import cpu_model
 from trainlab.training.start import train
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from textbook_mlp import accuracy_on, train_epochs  # noqa: E402  (the tutorial's loop, one copy)
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
 
 # What trainlab recommends for each model on a CPU (see benchmarks/RESULTS.md for the
@@ -118,25 +121,52 @@ def textbook_run(model_name: str, data, train_idx, seed: int, epochs: int, devic
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     else:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    criterion = nn.CrossEntropyLoss()
-    epoch_seconds = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        model.train()
-        for images, labels in train_loader:
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad()
-            loss = criterion(model(images), labels)
-            loss.backward()
-            optimizer.step()
-        epoch_seconds.append(time.perf_counter() - t0)
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for images, labels in test_loader:
-            correct += (model(images.to(device)).argmax(1) == labels.to(device)).sum().item()
+    epoch_seconds = train_epochs(model, train_loader, optimizer, epochs, device)
     return {"seed": seed, "epochs": epochs, "train_s": sum(epoch_seconds),
-            "epoch_s": epoch_seconds, "test_acc": correct / len(test_set)}
+            "epoch_s": epoch_seconds, "test_acc": accuracy_on(model, test_loader, device)}
+
+
+def lightning_run(model_name: str, data, train_idx, seed: int, epochs: int) -> dict | None:
+    """The peer framework: PyTorch Lightning's Trainer over the textbook's own DataLoader and
+    optimizer (the same model, Adam 1e-3, batch 64), CPU, no checkpoints, logger or progress
+    bar (what it would add, it adds to both sides). None when lightning is not installed."""
+    t0 = time.perf_counter()
+    try:
+        import lightning as L
+    except ImportError:
+        return None
+    import_s = time.perf_counter() - t0
+    torch.manual_seed(seed)
+    mean, std = float(data.mean[0]), float(data.std[0])
+    train_loader = DataLoader(TextbookDataset(data.train_x[train_idx], data.train_y[train_idx], mean, std),
+                              batch_size=64, shuffle=True)
+    test_loader = DataLoader(TextbookDataset(data.test_x, data.test_y, mean, std), batch_size=1000)
+    net = models.build(model_name, data.input_shape, data.num_classes)
+    epoch_seconds: list[float] = []
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, _):
+            images, labels = batch
+            return nn.functional.cross_entropy(self.net(images), labels)
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+        def on_train_epoch_start(self):
+            self._t = time.perf_counter()
+
+        def on_train_epoch_end(self):
+            epoch_seconds.append(time.perf_counter() - self._t)
+
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Module(), train_loader)
+    return {"seed": seed, "epochs": epochs, "train_s": sum(epoch_seconds), "epoch_s": epoch_seconds,
+            "import_s": import_s, "test_acc": accuracy_on(net, test_loader, "cpu")}
 
 
 # ---------------------------------------------------------------- trainlab runs
@@ -229,6 +259,9 @@ def main(argv=None) -> int:
                    help="seeds of the textbook reference per model (default 1: the cnn's takes ~5 min)")
     p.add_argument("--textbook-epochs", type=int, default=10)
     p.add_argument("--no-textbook", action="store_true", help="skip the textbook reference")
+    p.add_argument("--lightning", action="store_true",
+                   help="also the peer framework: Lightning's Trainer over the textbook's DataLoader and "
+                        "optimizer (its import time and epoch time), when lightning is installed")
     p.add_argument("--epochs-list", help="comma-separated fixed schedules for every model "
                    "(default: per model, see EPOCHS in this file)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
@@ -294,6 +327,21 @@ def main(argv=None) -> int:
                                        "load_average": load_average()}
             print(f"| {ref} | {args.textbook_epochs} | {t[0] / args.textbook_epochs:.2f} | {t[0]:.1f} | "
                   f"{pct(acc)} | {load_average()} |", flush=True)
+    if args.lightning:  # the peer framework, on the textbook's DataLoader, also before malloc tuning
+        print("\n## peer: Lightning Trainer over the textbook DataLoader (bs 64, Adam 1e-3)")
+        print("| model | epochs | import s | s/epoch | total training s | test acc | load avg |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        report["lightning"] = {}
+        for ref in refs:
+            runs = [lightning_run(ref, data, train_idx, s, args.textbook_epochs) for s in range(args.textbook_seeds)]
+            if runs[0] is None:
+                print("| (lightning is not installed: pip install trainlab[lightning]) |")
+                break
+            t = mean_std([r["train_s"] for r in runs])
+            acc = mean_std([r["test_acc"] for r in runs])
+            report["lightning"][ref] = {"runs": runs, "train_s": t, "test_acc": acc}
+            print(f"| {ref} | {args.textbook_epochs} | {runs[0]['import_s']:.2f} | {t[0] / args.textbook_epochs:.2f} | "
+                  f"{t[0]:.1f} | {pct(acc)} | {load_average()} |", flush=True)
 
     # 2. trainlab's recipes, with trainlab's process settings
     if args.malloc_tuning == "on":
