@@ -41,7 +41,8 @@ MAX_MODEL_ARTIFACT = 256 * 2**20  # a larger model.pt stays in the run folder (a
 FILES = (runs.CONFIG_FILE, runs.META_FILE, runs.METRICS_FILE, runs.RESULTS_FILE)
 MAX_QUEUE = 10_000  # calls waiting for MLflow: memory stays bounded when it falls behind
 CLOSE_TIMEOUT = 120.0  # seconds the end of a run waits for MLflow to take what is queued
-START_WAIT = 60.0  # seconds the first checkpoint waits for the MLflow run's id (the sender's start)
+START_WAIT = 15.0  # seconds the first checkpoint waits for the MLflow run id (the sender's start): a hung
+# server stalls one checkpoint that long at most; a local store starts in a few seconds
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param's value
 BATCH = {"params": 100, "metrics": 1000, "tags": 100}  # MLflow's limits per log_batch call
 
