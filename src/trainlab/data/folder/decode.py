@@ -200,23 +200,6 @@ def _pool(workers: int):
                                initargs=(os.getpid(),))
 
 
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """End the pool now. Its workers only compute (they write no file), so they are killed, not
-    waited for: a shutdown that waits for running chunks, or the exit hook that joins the pool's
-    manager thread, can wait for ever when the signal landed inside the pool's own queue code, and
-    a stopped command must end in seconds. `_processes` is the executor's own table (3.14 adds
-    `terminate_workers()` for this)."""
-    workers = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in workers:
-        try:
-            proc.kill()
-        except (OSError, ValueError):  # already gone, or already closed
-            pass
-    for proc in workers:
-        proc.join(timeout=5)
-
-
 def _worker_start(parent: int) -> None:
     """A decode worker ends with its parent, however the parent ends (kill -9 included):
     otherwise it waits on its pipe for ever, holding the cache file and the parent's output.
@@ -287,7 +270,7 @@ def _map(fn, jobs: list[tuple], workers: int, total: int, desc: str):
                 bar.update(len(job[0]))
                 yield r
         except BaseException:  # Ctrl-C, SIGTERM, an error: the queued jobs are dropped, not run
-            _stop(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown()
     finally:
