@@ -338,7 +338,18 @@ def test_an_open_step_loss_window_carries_over_a_resume():
     again = StepLoss(4)
     again.load_state_dict(first.state_dict())
     assert part + feed(again, range(7, 9)) == whole
-    for hostile in (None, {}, {"sum": "x", "n": 2}, {"sum": torch.ones(3), "n": 2}, {"sum": torch.ones(()), "n": -1}):
+    for hostile in (None, 7, {}, {"sum": "x", "n": 2}, {"sum": torch.ones(3), "n": 2}, {"sum": torch.ones(()), "n": -1},
+                    {"sum": torch.ones(()), "n": 10**400}, {"sum": torch.ones(()), "n": 4},
+                    {"sum": torch.ones((), device="meta"), "n": 2}, {"sum": torch.ones((), dtype=torch.float64), "n": 2}):
         fresh = StepLoss(4)
         fresh.load_state_dict(hostile)  # nothing usable: a new window
         assert fresh.state_dict() == {"sum": None, "n": 0}
+
+
+def test_credentials_with_an_at_sign_in_the_password_are_hidden_whole():
+    from trainlab.text import hide_credentials
+
+    for uri in ("http://alice:pa@ss@127.0.0.1:9/", "http://alice:p a\tss@host/x?q=a@b", "https://u@[::1]:5000/"):
+        shown = hide_credentials(uri)
+        assert "pa" not in shown.split("//")[1].split("@")[0] and shown.count("***@") == 1, shown
+    assert hide_credentials("http://host/path@x") == "http://host/path@x"  # an @ after the host is no secret

@@ -39,7 +39,7 @@ def _safe_arg(a):
     return a if text.isprintable() else printable(text)
 
 
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s]*@")
+_USERINFO = re.compile(r"(?<=://)[^/?#]*@")  # to the last @ of the authority, as URL parsers split it
 
 
 def hide_credentials(text: str) -> str:

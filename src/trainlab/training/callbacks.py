@@ -317,7 +317,7 @@ class TensorBoardLog(Callback):
         return {"window": self.window.state_dict()} if self.is_main else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.window.load_state_dict((state or {}).get("window"))
+        self.window.load_state_dict(state.get("window") if isinstance(state, dict) else None)
 
     def on_epoch_end(self, run, row):
         if self.writer is not None:

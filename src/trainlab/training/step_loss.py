@@ -38,9 +38,11 @@ class StepLoss:
         return {"sum": None if self._sum is None else self._sum.detach().cpu(), "n": self._n}
 
     def load_state_dict(self, state: dict | None) -> None:
-        state = state or {}
+        state = state if isinstance(state, dict) else {}
         total, n = state.get("sum"), state.get("n")
-        if isinstance(total, torch.Tensor) and total.numel() == 1 and isinstance(n, int) and n > 0:
+        # what state_dict() writes: a one-number float32 CPU tensor and 0 < n < every; else a new window
+        if (isinstance(total, torch.Tensor) and total.numel() == 1 and total.device.type == "cpu"
+                and total.dtype == torch.float32 and not total.is_sparse and type(n) is int and 0 < n < max(1, self.every)):
             self._sum, self._n = total.detach().clone().float().reshape(()), n
         else:
             self._sum, self._n = None, 0

@@ -173,6 +173,7 @@ class MlflowTracker(Callback):
         self.run_id: str | None = None
         self.saved: dict = {}  # a resume's state: the MLflow run to continue
         self.started = threading.Event()  # set when _start has decided run_id (or failed)
+        self.waited = False
         self.sender: _Sender | None = None
         self.client = None
         self.finished = False
@@ -240,7 +241,8 @@ class MlflowTracker(Callback):
         stored without credentials; a run whose tracking failed keeps the run it had."""
         if not self.is_main:
             return {}
-        if self.sender is not None and not self.sender.failed:
+        if self.sender is not None and not self.sender.failed and not self.waited:
+            self.waited = True  # once per run: a hung server must not stall every checkpoint
             self.started.wait(START_WAIT)
         window = self.window.state_dict()
         if self.run_id is None and self._continues(self.saved):
@@ -249,15 +251,18 @@ class MlflowTracker(Callback):
                 "run_dir": None if self.run_dir is None else str(self.run_dir), "window": window}
 
     def load_state_dict(self, state: dict) -> None:
-        self.saved = dict(state or {})
+        self.saved = dict(state) if isinstance(state, dict) else {}
         self.window.load_state_dict(self.saved.get("window"))
 
     def _continues(self, saved: dict) -> bool:
         """Is `saved` this run's own MLflow run (a resume in place), not a parent's (a fork)?"""
         if not saved.get("run_id") or self.run_dir is None or not isinstance(saved.get("run_dir"), str):
             return False
-        return (hide_credentials(str(saved.get("uri"))) == hide_credentials(self.uri)
-                and Path(saved["run_dir"]).resolve() == self.run_dir)
+        try:
+            same_dir = Path(saved["run_dir"]).resolve() == self.run_dir
+        except (OSError, ValueError, RuntimeError):  # a damaged entry (a NUL byte, a loop): not ours
+            return False
+        return hide_credentials(str(saved.get("uri"))) == hide_credentials(self.uri) and same_dir
 
     def _warn(self, why) -> None:
         where = f"; every metric is in {self.run_dir / runs.METRICS_FILE}" if self.run_dir is not None else ""
